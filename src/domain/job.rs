@@ -1,0 +1,167 @@
+//! A job as the service stores and returns it, and the states it moves through.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Timestamp;
+
+/// The tenant every job belongs to until API keys name others.
+pub const TENANT_DEFAULT: &str = "default";
+
+/// A job's id: a UUIDv7, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(text).map(Self)
+    }
+}
+
+/// Where a job is in its life. See `docs/state-machine.md` for who moves it.
+///
+/// - `scheduled`: waiting for `run_at` (a delay or a retry's backoff).
+/// - `queued`: ready; the dispatcher claims it when its queue has a free slot.
+/// - `running`: claimed by one instance under a lease.
+/// - `succeeded`, `failed`, `cancelled`: terminal, never change again
+///   (except through an explicit `retry`, which starts a new attempt series).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Scheduled,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| format!("unknown status `{text}`"))
+    }
+}
+
+/// Progress reported by a running job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub current: u64,
+    pub total: Option<u64>,
+    pub message: Option<String>,
+}
+
+/// Why an attempt failed: a stable `code` and a human `message`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    /// The attempt this error ended (absent on errors not tied to one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+}
+
+/// A job as the service returns it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Job {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub status: JobState,
+    pub priority: i32,
+    /// Attempts started so far in the current attempt series.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub key: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub progress: Option<Progress>,
+    pub result: Option<Value>,
+    /// The last failure.
+    pub error: Option<ErrorInfo>,
+    /// One entry per failed attempt, oldest first.
+    pub errors: Vec<ErrorInfo>,
+    /// Place among the queued jobs of the queue (0 = next); `null` unless `queued`.
+    pub position: Option<u64>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub run_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Timestamp>,
+    pub cancel_requested: bool,
+    #[serde(skip)]
+    pub tenant: String,
+    #[serde(skip)]
+    pub backoff: super::Backoff,
+}

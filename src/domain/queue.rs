@@ -1,0 +1,228 @@
+//! Queues: named, bounded, each with its own concurrency and job defaults.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::FieldError;
+
+/// Retry delay: exponential from `base_ms`, capped at `max_ms`, full jitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay before the first retry, before jitter. Default 1 000.
+    pub base_ms: u64,
+    /// Cap of the delay. Default 600 000 (10 minutes).
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base_ms: 1_000,
+            max_ms: 600_000,
+        }
+    }
+}
+
+impl Backoff {
+    /// The upper bound of the delay before retry number `failed_attempts`
+    /// (1 after the first failure): `min(max_ms, base_ms * 2^(n-1))`.
+    /// Full jitter picks uniformly in `0..=ceiling`.
+    pub fn ceiling_ms(&self, failed_attempts: u32) -> u64 {
+        let exponent = failed_attempts.saturating_sub(1).min(63);
+        let grown = self.base_ms.saturating_mul(1u64 << exponent);
+        grown.min(self.max_ms)
+    }
+}
+
+/// Defaults a queue gives the jobs submitted to it that don't say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefaults {
+    /// Default 3.
+    pub max_attempts: u32,
+    /// Default 60 000.
+    pub timeout_ms: u64,
+    pub backoff: Backoff,
+}
+
+impl Default for QueueDefaults {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            timeout_ms: 60_000,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A queue's settings, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Jobs of this queue running at once. Default 10.
+    pub concurrency: u32,
+    /// Bound on `scheduled + queued` jobs. Default 10 000.
+    pub capacity: u64,
+    /// A paused queue admits jobs but starts none.
+    pub paused: bool,
+    pub defaults: QueueDefaults,
+}
+
+impl QueueConfig {
+    pub const DEFAULT_NAME: &'static str = "default";
+    pub const DEFAULT_CONCURRENCY: u32 = 10;
+    pub const DEFAULT_CAPACITY: u64 = 10_000;
+    pub const MAX_CONCURRENCY: u32 = 10_000;
+    pub const MAX_CAPACITY: u64 = 100_000_000;
+
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            capacity: Self::DEFAULT_CAPACITY,
+            paused: false,
+            defaults: QueueDefaults::default(),
+        }
+    }
+
+    /// Queue names appear in URLs and metrics labels: keep them plain.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    }
+
+    /// Applies a partial change; fields left out keep their value.
+    pub fn apply(&mut self, settings: &QueueSettings) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if let Some(concurrency) = settings.concurrency {
+            if (1..=Self::MAX_CONCURRENCY).contains(&concurrency) {
+                self.concurrency = concurrency;
+            } else {
+                errors.push(FieldError::new(
+                    "/concurrency",
+                    format!("must be between 1 and {}", Self::MAX_CONCURRENCY),
+                ));
+            }
+        }
+        if let Some(capacity) = settings.capacity {
+            if (1..=Self::MAX_CAPACITY).contains(&capacity) {
+                self.capacity = capacity;
+            } else {
+                errors.push(FieldError::new(
+                    "/capacity",
+                    format!("must be between 1 and {}", Self::MAX_CAPACITY),
+                ));
+            }
+        }
+        if let Some(paused) = settings.paused {
+            self.paused = paused;
+        }
+        if let Some(defaults) = &settings.defaults {
+            if let Some(max_attempts) = defaults.max_attempts {
+                if (1..=100).contains(&max_attempts) {
+                    self.defaults.max_attempts = max_attempts;
+                } else {
+                    errors.push(FieldError::new(
+                        "/defaults/max_attempts",
+                        "must be between 1 and 100",
+                    ));
+                }
+            }
+            if let Some(timeout_ms) = defaults.timeout_ms {
+                if (1..=super::spec::MAX_TIMEOUT_MS).contains(&timeout_ms) {
+                    self.defaults.timeout_ms = timeout_ms;
+                } else {
+                    errors.push(FieldError::new(
+                        "/defaults/timeout_ms",
+                        format!("must be between 1 and {}", super::spec::MAX_TIMEOUT_MS),
+                    ));
+                }
+            }
+            if let Some(backoff) = defaults.backoff {
+                match super::spec::check_backoff(backoff, "/defaults/backoff") {
+                    Ok(backoff) => self.defaults.backoff = backoff,
+                    Err(mut more) => errors.append(&mut more),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The body of `PUT /v1/queues/{name}`: every field optional; what is left
+/// out keeps its current value (or its default, for a new queue).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub concurrency: Option<u32>,
+    pub capacity: Option<u64>,
+    pub paused: Option<bool>,
+    pub defaults: Option<QueueDefaultsPatch>,
+}
+
+/// Partial queue defaults, for `PUT /v1/queues/{name}`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefaultsPatch {
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub backoff: Option<Backoff>,
+}
+
+/// Jobs of one queue per non-terminal state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueCounts {
+    pub scheduled: u64,
+    pub queued: u64,
+    pub running: u64,
+}
+
+/// A queue as `GET /v1/queues` shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct QueueInfo {
+    pub name: String,
+    pub concurrency: u32,
+    pub capacity: u64,
+    pub paused: bool,
+    pub defaults: QueueDefaults,
+    pub counts: QueueCounts,
+}
+
+impl QueueInfo {
+    pub fn new(config: QueueConfig, counts: QueueCounts) -> Self {
+        Self {
+            name: config.name,
+            concurrency: config.concurrency,
+            capacity: config.capacity,
+            paused: config.paused,
+            defaults: config.defaults,
+            counts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_and_stops_at_the_cap() {
+        let backoff = Backoff {
+            base_ms: 100,
+            max_ms: 1_000,
+        };
+        assert_eq!(backoff.ceiling_ms(1), 100);
+        assert_eq!(backoff.ceiling_ms(2), 200);
+        assert_eq!(backoff.ceiling_ms(4), 800);
+        assert_eq!(backoff.ceiling_ms(5), 1_000);
+        assert_eq!(backoff.ceiling_ms(99), 1_000);
+    }
+}

@@ -1,0 +1,366 @@
+//! What a client submits (`JobSpec`), its validation, and the validated `NewJob`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{Backoff, JobId, JobState, QueueConfig, Timestamp};
+
+pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
+/// How far ahead `run_at`/`delay_ms` may point: one year.
+const MAX_DELAY_MS: u64 = 366 * 24 * 3_600_000;
+const MAX_KEY_LEN: usize = 255;
+const MAX_METADATA_ENTRIES: usize = 64;
+const MAX_METADATA_VALUE_LEN: usize = 1_024;
+
+/// One offending field: a JSON Pointer into the request body and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What to do when a job's `key` is already held by an active job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// 409 `key_conflict` naming the holder.
+    #[default]
+    Reject,
+    /// 200 with the holder; nothing is enqueued.
+    Existing,
+    /// Cancel the holder (running or not) and enqueue this job.
+    Replace,
+}
+
+impl OnConflict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnConflict::Reject => "reject",
+            OnConflict::Existing => "existing",
+            OnConflict::Replace => "replace",
+        }
+    }
+}
+
+/// A job submission. Unknown fields are rejected.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A registered kind (`GET /v1/kinds`).
+    pub kind: String,
+    /// The kind's input, validated against its schema. Default `{}`.
+    #[serde(default)]
+    pub payload: Option<Value>,
+    /// A configured queue. Default `default`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// −100..=100; higher runs first, FIFO among equals. Default 0.
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Run no earlier than this (RFC 3339). Exclusive with `delay_ms`.
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// Run no earlier than this many ms from now. Exclusive with `run_at`.
+    #[serde(default)]
+    pub delay_ms: Option<i64>,
+    /// 1..=100. Default: the queue's (3).
+    #[serde(default)]
+    pub max_attempts: Option<i64>,
+    /// Deadline of one attempt. Default: the queue's (60 000).
+    #[serde(default)]
+    pub timeout_ms: Option<i64>,
+    /// Default: the queue's (base 1 000, cap 600 000).
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Unique among the tenant's active (scheduled, queued, running) jobs.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// When `key` is held. Default `reject`.
+    #[serde(default)]
+    pub on_conflict: Option<OnConflict>,
+    /// Labels, returned as given and filterable with `metadata.K=V`.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// A validated job, ready to be stored.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub id: JobId,
+    pub tenant: String,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub state: JobState,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub backoff: Backoff,
+    pub key: Option<String>,
+    pub on_conflict: OnConflict,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+    pub run_at: Timestamp,
+}
+
+/// Metadata keys become filter parameters (`metadata.K=V`) and JSON paths:
+/// keep them to a plain alphabet.
+pub fn valid_metadata_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+}
+
+pub(crate) fn check_backoff(backoff: Backoff, pointer: &str) -> Result<Backoff, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if !(1..=86_400_000).contains(&backoff.base_ms) {
+        errors.push(FieldError::new(
+            format!("{pointer}/base_ms"),
+            "must be between 1 and 86400000",
+        ));
+    }
+    if !(1..=86_400_000).contains(&backoff.max_ms) {
+        errors.push(FieldError::new(
+            format!("{pointer}/max_ms"),
+            "must be between 1 and 86400000",
+        ));
+    } else if backoff.max_ms < backoff.base_ms {
+        errors.push(FieldError::new(
+            format!("{pointer}/max_ms"),
+            "must not be less than base_ms",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(backoff)
+    } else {
+        Err(errors)
+    }
+}
+
+impl JobSpec {
+    /// Checks every field against its rules and fills defaults from `queue`.
+    /// Pointers are prefixed with `at` (empty for a single job, `/jobs/3`
+    /// inside a batch). The kind and payload schema are checked elsewhere.
+    pub fn validate(
+        self,
+        tenant: &str,
+        queue: &QueueConfig,
+        now: Timestamp,
+        at: &str,
+    ) -> Result<NewJob, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let pointer = |field: &str| format!("{at}/{field}");
+
+        let priority = match self.priority {
+            None => 0,
+            Some(p) if (-100..=100).contains(&p) => p as i32,
+            Some(_) => {
+                errors.push(FieldError::new(
+                    pointer("priority"),
+                    "must be between -100 and 100",
+                ));
+                0
+            }
+        };
+
+        let run_at = match (&self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    pointer("delay_ms"),
+                    "give either run_at or delay_ms, not both",
+                ));
+                now
+            }
+            (Some(text), None) => match Timestamp::parse_rfc3339(text) {
+                Some(at) if at.as_millis() <= now.as_millis() + MAX_DELAY_MS as i64 => at.max(now),
+                Some(_) => {
+                    errors.push(FieldError::new(
+                        pointer("run_at"),
+                        "must be at most one year ahead",
+                    ));
+                    now
+                }
+                None => {
+                    errors.push(FieldError::new(
+                        pointer("run_at"),
+                        "must be an RFC 3339 timestamp, e.g. 2026-11-23T10:00:00Z",
+                    ));
+                    now
+                }
+            },
+            (None, Some(delay)) if (0..=MAX_DELAY_MS as i64).contains(&delay) => {
+                now.plus_ms(delay)
+            }
+            (None, Some(_)) => {
+                errors.push(FieldError::new(
+                    pointer("delay_ms"),
+                    format!("must be between 0 and {MAX_DELAY_MS}"),
+                ));
+                now
+            }
+            (None, None) => now,
+        };
+
+        let max_attempts = match self.max_attempts {
+            None => queue.defaults.max_attempts,
+            Some(n) if (1..=100).contains(&n) => n as u32,
+            Some(_) => {
+                errors.push(FieldError::new(
+                    pointer("max_attempts"),
+                    "must be between 1 and 100",
+                ));
+                1
+            }
+        };
+
+        let timeout_ms = match self.timeout_ms {
+            None => queue.defaults.timeout_ms,
+            Some(ms) if (1..=MAX_TIMEOUT_MS as i64).contains(&ms) => ms as u64,
+            Some(_) => {
+                errors.push(FieldError::new(
+                    pointer("timeout_ms"),
+                    format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+                ));
+                1
+            }
+        };
+
+        let backoff = match self.backoff {
+            None => queue.defaults.backoff,
+            Some(backoff) => match check_backoff(backoff, &pointer("backoff")) {
+                Ok(backoff) => backoff,
+                Err(mut more) => {
+                    errors.append(&mut more);
+                    Backoff::default()
+                }
+            },
+        };
+
+        if let Some(key) = &self.key
+            && (key.is_empty() || key.len() > MAX_KEY_LEN)
+        {
+            errors.push(FieldError::new(
+                pointer("key"),
+                format!("must be 1 to {MAX_KEY_LEN} bytes"),
+            ));
+        }
+        if self.on_conflict.is_some() && self.key.is_none() {
+            errors.push(FieldError::new(
+                pointer("on_conflict"),
+                "only applies together with key",
+            ));
+        }
+
+        let metadata = self.metadata.unwrap_or_default();
+        if metadata.len() > MAX_METADATA_ENTRIES {
+            errors.push(FieldError::new(
+                pointer("metadata"),
+                format!("at most {MAX_METADATA_ENTRIES} entries"),
+            ));
+        }
+        for (key, value) in &metadata {
+            let field = pointer(&format!("metadata/{}", escape_pointer(key)));
+            if !valid_metadata_key(key) {
+                errors.push(FieldError::new(
+                    field,
+                    "keys are 1 to 64 of A-Z a-z 0-9 _ - . : /",
+                ));
+            } else if value.len() > MAX_METADATA_VALUE_LEN {
+                errors.push(FieldError::new(
+                    field,
+                    format!("values are at most {MAX_METADATA_VALUE_LEN} bytes"),
+                ));
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
+        Ok(NewJob {
+            id: JobId::new(),
+            tenant: tenant.to_owned(),
+            queue: queue.name.clone(),
+            kind: self.kind,
+            payload: self.payload.unwrap_or_else(|| Value::Object(Default::default())),
+            state,
+            priority,
+            max_attempts,
+            timeout_ms,
+            backoff,
+            key: self.key,
+            on_conflict: self.on_conflict.unwrap_or_default(),
+            metadata,
+            created_at: now,
+            run_at,
+        })
+    }
+}
+
+/// Escapes a key for use inside a JSON Pointer (RFC 6901).
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: Value) -> JobSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_with_its_pointer() {
+        let queue = QueueConfig::new("default");
+        let errors = spec(serde_json::json!({
+            "kind": "noop", "priority": 101, "max_attempts": 0, "timeout_ms": -1,
+            "run_at": "soon", "metadata": {"bad key": "v"}
+        }))
+        .validate("default", &queue, Timestamp::now(), "")
+        .unwrap_err();
+        let pointers: Vec<_> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/priority",
+                "/run_at",
+                "/max_attempts",
+                "/timeout_ms",
+                "/metadata/bad key"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_come_from_the_queue_and_delays_schedule_the_job() {
+        let mut queue = QueueConfig::new("mail");
+        queue.defaults.max_attempts = 7;
+        let now = Timestamp::from_millis(1_000);
+        let job = spec(serde_json::json!({"kind": "noop", "delay_ms": 500}))
+            .validate("default", &queue, now, "")
+            .unwrap();
+        assert_eq!(job.max_attempts, 7);
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_eq!(job.run_at, Timestamp::from_millis(1_500));
+        assert_eq!(job.payload, serde_json::json!({}));
+    }
+}

@@ -1,0 +1,212 @@
+//! Job kinds: the handler trait library users implement, the registry, and the built-ins.
+
+mod builtin;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::domain::{FieldError, JobId, Progress};
+
+pub use builtin::{EchoKind, NoopKind, SleepKind};
+
+/// How an attempt failed, and whether trying again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobFailure {
+    /// A passing fault: the attempt is retried with backoff while attempts remain.
+    #[error("{code}: {message}")]
+    Retryable { code: String, message: String },
+    /// Trying again cannot help: the job fails at once.
+    #[error("{code}: {message}")]
+    Permanent { code: String, message: String },
+}
+
+impl JobFailure {
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Retryable {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Permanent {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable { .. })
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Retryable { code, .. } | Self::Permanent { code, .. } => code,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Retryable { message, .. } | Self::Permanent { message, .. } => message,
+        }
+    }
+}
+
+/// Lets a running job report progress; reports are stored and shown on the job.
+#[async_trait]
+pub trait ProgressSink: Send + Sync {
+    async fn report(&self, progress: Progress);
+}
+
+/// Everything a handler gets for one attempt.
+pub struct JobContext {
+    pub job_id: JobId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub payload: Value,
+    /// Fires when the job is cancelled, times out, or the service shuts down.
+    /// Handlers should stop promptly; after a grace period the task is aborted.
+    pub cancel: CancellationToken,
+    progress: Arc<dyn ProgressSink>,
+}
+
+impl JobContext {
+    pub fn new(
+        job_id: JobId,
+        attempt: u32,
+        payload: Value,
+        cancel: CancellationToken,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Self {
+        Self {
+            job_id,
+            attempt,
+            payload,
+            cancel,
+            progress,
+        }
+    }
+
+    /// Records progress on the job (`GET /v1/jobs/{id}` shows the latest).
+    pub async fn progress(&self, current: u64, total: Option<u64>, message: Option<String>) {
+        self.progress
+            .report(Progress {
+                current,
+                total,
+                message,
+            })
+            .await;
+    }
+}
+
+/// A kind of job: a name, a payload schema and the code that runs it.
+#[async_trait]
+pub trait JobKind: Send + Sync + 'static {
+    /// The `kind` clients submit; unique in a registry.
+    fn name(&self) -> &str;
+    /// One line for `GET /v1/kinds`.
+    fn description(&self) -> &str;
+    /// JSON Schema (2020-12) of the payload; submissions are checked against it.
+    fn payload_schema(&self) -> Value;
+    /// Runs one attempt. The returned value becomes the job's `result`.
+    async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure>;
+}
+
+/// A kind as `GET /v1/kinds` lists it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct KindInfo {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the payload.
+    pub schema: Value,
+}
+
+struct RegisteredKind {
+    handler: Arc<dyn JobKind>,
+    validator: jsonschema::Validator,
+}
+
+/// Errors registering a kind: found at start-up, never at request time.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("job kind `{0}` is registered twice")]
+    Duplicate(String),
+    #[error("job kind `{name}` has an invalid payload schema: {reason}")]
+    InvalidSchema { name: String, reason: String },
+}
+
+/// The kinds this service runs, by name, with compiled payload validators.
+#[derive(Clone, Default)]
+pub struct KindRegistry {
+    kinds: Arc<BTreeMap<String, RegisteredKind>>,
+}
+
+impl KindRegistry {
+    /// The built-in kinds: `noop`, `echo`, `sleep`.
+    pub fn builtin() -> Vec<Arc<dyn JobKind>> {
+        vec![Arc::new(NoopKind), Arc::new(EchoKind), Arc::new(SleepKind)]
+    }
+
+    pub fn new(kinds: Vec<Arc<dyn JobKind>>) -> Result<Self, RegistryError> {
+        let mut map = BTreeMap::new();
+        for handler in kinds {
+            let name = handler.name().to_owned();
+            let validator = jsonschema::validator_for(&handler.payload_schema()).map_err(|e| {
+                RegistryError::InvalidSchema {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if map
+                .insert(name.clone(), RegisteredKind { handler, validator })
+                .is_some()
+            {
+                return Err(RegistryError::Duplicate(name));
+            }
+        }
+        Ok(Self {
+            kinds: Arc::new(map),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn JobKind>> {
+        self.kinds.get(name).map(|kind| kind.handler.clone())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.kinds.contains_key(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.kinds.keys().cloned().collect()
+    }
+
+    pub fn list(&self) -> Vec<KindInfo> {
+        self.kinds
+            .values()
+            .map(|kind| KindInfo {
+                name: kind.handler.name().to_owned(),
+                description: kind.handler.description().to_owned(),
+                schema: kind.handler.payload_schema(),
+            })
+            .collect()
+    }
+
+    /// Checks `payload` against the kind's schema; each error points into the
+    /// request body below `at` (e.g. `/payload`).
+    pub fn validate_payload(&self, kind: &str, payload: &Value, at: &str) -> Vec<FieldError> {
+        let Some(kind) = self.kinds.get(kind) else {
+            return Vec::new();
+        };
+        kind.validator
+            .iter_errors(payload)
+            .map(|error| FieldError::new(format!("{at}{}", error.instance_path()), error.to_string()))
+            .collect()
+    }
+}

@@ -1,0 +1,236 @@
+//! The storage trait every backend implements, and the types that cross it.
+//!
+//! The store is the source of truth: every state transition is one call here,
+//! made atomic by the backend. The engine keeps nothing it cannot rebuild
+//! from the store after a crash.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::domain::{
+    ErrorInfo, Job, JobId, JobState, NewJob, Progress, QueueConfig, QueueInfo, Timestamp,
+};
+
+pub use sqlite::SqliteStore;
+
+/// Storage failures. Anything here is the service's problem, not the client's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A remembered `Idempotency-Key`: the request's fingerprint.
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the canonical request, hex.
+    pub request_hash: String,
+}
+
+/// One submission: the jobs of a request, admitted together or not at all.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub tenant: String,
+    pub jobs: Vec<NewJob>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// The response a submission produced, as remembered for idempotent replay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Clone, Debug)]
+pub enum SubmitOutcome {
+    /// Stored. `replaced` lists running holders of a key that were asked to
+    /// cancel (`on_conflict: replace`); queued ones were cancelled outright.
+    Created { jobs: Vec<Job>, replaced: Vec<JobId> },
+    /// `on_conflict: existing`: the holder, nothing stored.
+    Existing(Job),
+    /// The same `Idempotency-Key` and body were seen before.
+    Replayed(StoredResponse),
+}
+
+/// Why a submission was refused. Nothing of it was stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubmitRejection {
+    QueueFull {
+        queue: String,
+        capacity: u64,
+        pending: u64,
+        requested: u64,
+    },
+    UnknownQueue(String),
+    KeyConflict {
+        key: String,
+        holder: JobId,
+    },
+    IdempotencyMismatch,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Clone, Debug)]
+pub enum AttemptOutcome {
+    Succeeded(Value),
+    /// `retry_at` is set when another attempt follows (the job goes back to
+    /// `scheduled`); otherwise the job is `failed`.
+    Failed {
+        error: ErrorInfo,
+        retry_at: Option<Timestamp>,
+    },
+    Cancelled(ErrorInfo),
+    /// Handed back unfinished at shutdown: `queued` again, the attempt not counted.
+    Released,
+}
+
+/// The end of one attempt, fenced by `attempt` and `lease_owner`: a late
+/// write from an instance whose lease was taken over changes nothing.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub id: JobId,
+    pub attempt: u32,
+    pub lease_owner: String,
+    pub outcome: AttemptOutcome,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub enum CompletionResult {
+    Applied(Job),
+    /// The job is no longer this attempt's: the write was discarded.
+    Fenced,
+}
+
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    NotFound,
+    AlreadyFinished(Job),
+    /// It was scheduled or queued: cancelled now.
+    Cancelled(Job),
+    /// It is running: `cancel_requested` is set; the runner stops it.
+    Requested(Job),
+}
+
+#[derive(Clone, Debug)]
+pub enum RetryOutcome {
+    NotFound,
+    NotRetryable(Job),
+    Retried(Job),
+    Rejected(SubmitRejection),
+}
+
+/// Filters of `GET /v1/jobs`; `cursor` is the last id of the previous page.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    pub status: Option<JobState>,
+    pub kind: Option<String>,
+    pub key: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub before: Option<JobId>,
+    pub limit: u32,
+}
+
+/// A job taken back from an instance that stopped renewing its lease.
+#[derive(Clone, Debug)]
+pub struct Rescued {
+    pub id: JobId,
+    pub queue: String,
+    pub state: JobState,
+}
+
+/// What promoting due jobs did.
+#[derive(Clone, Debug, Default)]
+pub struct Promoted {
+    /// Queues that received newly queued jobs.
+    pub queues: Vec<String>,
+    /// The earliest `run_at` still waiting.
+    pub next_due: Option<Timestamp>,
+}
+
+/// The storage interface of the engine and the API.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Admits every job of `submission` or none: capacity, unique keys and
+    /// the idempotency key are checked in the same transaction as the insert.
+    async fn submit(
+        &self,
+        submission: Submission,
+    ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError>;
+
+    async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError>;
+    /// Place of a queued job among its queue's queued jobs (0 = next).
+    async fn queue_position(&self, job: &Job) -> Result<u64, StoreError>;
+    async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
+
+    /// Moves up to `limit` queued jobs of `queue` to `running` under a lease
+    /// owned by `owner`, best priority first then FIFO, counting an attempt.
+    async fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Job>, StoreError>;
+    async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError>;
+    /// Fenced like `complete`; a stale report is dropped silently.
+    async fn report_progress(
+        &self,
+        id: JobId,
+        attempt: u32,
+        progress: Progress,
+    ) -> Result<(), StoreError>;
+
+    async fn cancel_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        at: Timestamp,
+    ) -> Result<CancelOutcome, StoreError>;
+    /// Re-enqueues a failed or cancelled job as a new attempt series.
+    async fn retry_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        at: Timestamp,
+    ) -> Result<RetryOutcome, StoreError>;
+
+    /// Extends the lease of every job `owner` runs.
+    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64, StoreError>;
+    /// Takes back running jobs whose lease expired before `now`, or — with
+    /// `not_owner` — every running job not owned by that (live) instance.
+    async fn rescue(
+        &self,
+        now: Timestamp,
+        not_owner: Option<&str>,
+    ) -> Result<Vec<Rescued>, StoreError>;
+    /// Queues scheduled jobs whose `run_at` has come.
+    async fn promote_due(&self, now: Timestamp) -> Result<Promoted, StoreError>;
+    /// Deletes terminal jobs finished before `finished_before` and idempotency
+    /// keys created before `keys_before`.
+    async fn prune(
+        &self,
+        finished_before: Timestamp,
+        keys_before: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError>;
+    /// Creates or replaces a queue's settings; `true` when it was created.
+    async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError>;
+}

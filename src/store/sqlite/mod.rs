@@ -1,0 +1,378 @@
+//! The embedded backend: one SQLite file in WAL mode, one writer connection
+//! fed by a group-commit queue, and a pool of read-only connections.
+
+mod ops;
+mod rows;
+mod writer;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, QueryBuilder, Sqlite};
+use tokio::sync::{mpsc, oneshot};
+
+use self::ops::Done;
+use self::rows::{JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, jobs_from_rows};
+use self::writer::{Command, Op};
+use super::{
+    CancelOutcome, Completion, CompletionResult, JobFilter, JobStore, Promoted, Rescued,
+    RetryOutcome, StoreError, SubmitOutcome, SubmitRejection, Submission,
+};
+use crate::domain::{
+    Job, JobId, JobState, Progress, QueueConfig, QueueCounts, QueueInfo, Timestamp,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Commands waiting for the writer before submitters wait for room: enough
+/// for several full batches, small enough to bound memory.
+const WRITE_QUEUE: usize = 4_096;
+const READ_CONNECTIONS: u32 = 4;
+
+pub struct SqliteStore {
+    writes: mpsc::Sender<Command>,
+    reads: SqlitePool,
+    /// Held for the life of the store: a second process on the same file
+    /// would break the single-writer assumptions (and fencing by startup rescue).
+    _lock: Option<File>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url`, e.g.
+    /// `sqlite://spool.db`, and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-65536");
+        let lock = lock_database(options.get_filename().to_path_buf())?;
+
+        let mut writer = options.connect().await?;
+        MIGRATOR.run(&mut writer).await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (writes, commands) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(writer::run(writer, commands));
+        Ok(Self {
+            writes,
+            reads,
+            _lock: lock,
+        })
+    }
+
+    async fn write(&self, op: Op) -> Result<Done, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.writes
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+}
+
+/// Takes an exclusive lock on `<file>.lock`; `None` for in-memory databases.
+fn lock_database(path: PathBuf) -> Result<Option<File>, StoreError> {
+    if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+        return Ok(None);
+    }
+    let mut lock_path = path.into_os_string();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = File::create(&lock_path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot create {}: {e}", lock_path.display()))
+    })?;
+    file.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "another Spool process uses this database ({} is locked); \
+             use PostgreSQL to run several instances",
+            lock_path.display()
+        ))
+    })?;
+    Ok(Some(file))
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Corrupt("the writer answered with the wrong kind of result".into())
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        if self.writes.is_closed() {
+            return Err(StoreError::Unavailable("the writer has stopped".into()));
+        }
+        Ok(())
+    }
+
+    async fn submit(
+        &self,
+        submission: Submission,
+    ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
+        match self.write(Op::Submit(submission)).await? {
+            Done::Submit(outcome) => Ok(outcome),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?");
+        let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&self.reads)
+            .await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn queue_position(&self, job: &Job) -> Result<u64, StoreError> {
+        let ahead: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'queued' AND \
+             (priority > ?2 OR (priority = ?2 AND (run_at < ?3 OR (run_at = ?3 AND id < ?4))))",
+        )
+        .bind(&job.queue)
+        .bind(i64::from(job.priority))
+        .bind(job.run_at.as_millis())
+        .bind(job.id.to_string())
+        .fetch_one(&self.reads)
+        .await?;
+        Ok(ahead.max(0) as u64)
+    }
+
+    async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let mut query: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = "));
+        query.push_bind(tenant.to_owned());
+        if let Some(queue) = &filter.queue {
+            query.push(" AND queue = ").push_bind(queue.clone());
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND state = ").push_bind(status.as_str());
+        }
+        if let Some(kind) = &filter.kind {
+            query.push(" AND kind = ").push_bind(kind.clone());
+        }
+        if let Some(key) = &filter.key {
+            query.push(" AND key = ").push_bind(key.clone());
+        }
+        for (name, value) in &filter.metadata {
+            // Keys are restricted to a plain alphabet; quoting makes dots literal.
+            query
+                .push(" AND json_extract(metadata, ")
+                .push_bind(format!("$.\"{name}\""))
+                .push(") = ")
+                .push_bind(value.clone());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before.to_string());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        jobs_from_rows(rows)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Job>, StoreError> {
+        let op = Op::Claim {
+            queue: queue.to_owned(),
+            limit,
+            owner: owner.to_owned(),
+            lease_until,
+            now,
+        };
+        match self.write(op).await? {
+            Done::Jobs(jobs) => Ok(jobs),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
+        match self.write(Op::Complete(completion)).await? {
+            Done::Completion(result) => Ok(result),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn report_progress(
+        &self,
+        id: JobId,
+        attempt: u32,
+        progress: Progress,
+    ) -> Result<(), StoreError> {
+        let op = Op::Progress {
+            id,
+            attempt,
+            progress,
+        };
+        match self.write(op).await? {
+            Done::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn cancel_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        at: Timestamp,
+    ) -> Result<CancelOutcome, StoreError> {
+        let op = Op::Cancel {
+            tenant: tenant.to_owned(),
+            id,
+            at,
+        };
+        match self.write(op).await? {
+            Done::Cancel(outcome) => Ok(outcome),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn retry_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        at: Timestamp,
+    ) -> Result<RetryOutcome, StoreError> {
+        let op = Op::Retry {
+            tenant: tenant.to_owned(),
+            id,
+            at,
+        };
+        match self.write(op).await? {
+            Done::Retry(outcome) => Ok(outcome),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64, StoreError> {
+        let op = Op::Renew {
+            owner: owner.to_owned(),
+            until,
+        };
+        match self.write(op).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn rescue(
+        &self,
+        now: Timestamp,
+        not_owner: Option<&str>,
+    ) -> Result<Vec<Rescued>, StoreError> {
+        let op = Op::Rescue {
+            now,
+            not_owner: not_owner.map(str::to_owned),
+        };
+        match self.write(op).await? {
+            Done::Rescued(rescued) => Ok(rescued),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> Result<Promoted, StoreError> {
+        match self.write(Op::Promote { now }).await? {
+            Done::Promoted(promoted) => Ok(promoted),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn prune(
+        &self,
+        finished_before: Timestamp,
+        keys_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let op = Op::Prune {
+            finished_before,
+            keys_before,
+        };
+        match self.write(op).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let sql = format!("SELECT {QUEUE_COLUMNS} FROM queues ORDER BY name");
+        let rows: Vec<QueueRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_all(&self.reads)
+            .await?;
+        let counts: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, state, n FROM queue_counts WHERE state IN ('scheduled', 'queued', 'running')",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let config = QueueConfig::from(row);
+                let counts = counts_of(&config.name, &counts);
+                QueueInfo::new(config, counts)
+            })
+            .collect())
+    }
+
+    async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError> {
+        let sql = format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE name = ?");
+        let row: Option<QueueRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.reads)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let counts: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, state, n FROM queue_counts WHERE queue = ? \
+             AND state IN ('scheduled', 'queued', 'running')",
+        )
+        .bind(name)
+        .fetch_all(&self.reads)
+        .await?;
+        let config = QueueConfig::from(row);
+        let counts = counts_of(&config.name, &counts);
+        Ok(Some(QueueInfo::new(config, counts)))
+    }
+
+    async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError> {
+        match self.write(Op::UpsertQueue(config.clone())).await? {
+            Done::Created(created) => Ok(created),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn counts_of(queue: &str, rows: &[(String, String, i64)]) -> QueueCounts {
+    let mut counts = QueueCounts::default();
+    for (name, state, n) in rows {
+        if name != queue {
+            continue;
+        }
+        let n = (*n).max(0) as u64;
+        match state.parse() {
+            Ok(JobState::Scheduled) => counts.scheduled = n,
+            Ok(JobState::Queued) => counts.queued = n,
+            Ok(JobState::Running) => counts.running = n,
+            _ => {}
+        }
+    }
+    counts
+}

@@ -1,0 +1,590 @@
+//! The write operations of the SQLite store, each applied inside the writer's
+//! open transaction.
+
+use std::collections::BTreeMap;
+
+use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Sqlite, SqliteConnection};
+
+use super::rows::{JOB_COLUMNS, JobRow, jobs_from_rows, to_json};
+use super::writer::Op;
+use crate::domain::{ErrorInfo, Job, JobId, JobState, NewJob, OnConflict, QueueConfig, Timestamp};
+use crate::store::{
+    AttemptOutcome, CancelOutcome, Completion, CompletionResult, Promoted, Rescued, RetryOutcome,
+    StoreError, StoredResponse, SubmitOutcome, SubmitRejection, Submission,
+};
+
+/// What a write produced; the store's methods unpack the variant they expect.
+pub enum Done {
+    Submit(Result<SubmitOutcome, SubmitRejection>),
+    Jobs(Vec<Job>),
+    Completion(CompletionResult),
+    Unit,
+    Cancel(CancelOutcome),
+    Retry(RetryOutcome),
+    Count(u64),
+    Rescued(Vec<Rescued>),
+    Promoted(Promoted),
+    Created(bool),
+}
+
+pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreError> {
+    Ok(match op {
+        Op::Submit(submission) => Done::Submit(submit(conn, submission).await?),
+        Op::Claim {
+            queue,
+            limit,
+            owner,
+            lease_until,
+            now,
+        } => Done::Jobs(claim(conn, &queue, limit, &owner, lease_until, now).await?),
+        Op::Complete(completion) => Done::Completion(complete(conn, completion).await?),
+        Op::Progress {
+            id,
+            attempt,
+            progress,
+        } => {
+            sqlx::query("UPDATE jobs SET progress = ? WHERE id = ? AND attempt = ? AND state = 'running'")
+                .bind(to_json(&progress))
+                .bind(id.to_string())
+                .bind(i64::from(attempt))
+                .execute(&mut *conn)
+                .await?;
+            Done::Unit
+        }
+        Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at).await?),
+        Op::Retry { tenant, id, at } => Done::Retry(retry(conn, &tenant, id, at).await?),
+        Op::Renew { owner, until } => {
+            let done = sqlx::query(
+                "UPDATE jobs SET lease_expires_at = ? WHERE state = 'running' AND lease_owner = ?",
+            )
+            .bind(until.as_millis())
+            .bind(owner)
+            .execute(&mut *conn)
+            .await?;
+            Done::Count(done.rows_affected())
+        }
+        Op::Rescue { now, not_owner } => Done::Rescued(rescue(conn, now, not_owner).await?),
+        Op::Promote { now } => Done::Promoted(promote(conn, now).await?),
+        Op::Prune {
+            finished_before,
+            keys_before,
+        } => Done::Count(prune(conn, finished_before, keys_before).await?),
+        Op::UpsertQueue(config) => Done::Created(upsert_queue(conn, &config).await?),
+    })
+}
+
+async fn submit(
+    conn: &mut SqliteConnection,
+    submission: Submission,
+) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
+    // A savepoint, so that a refused submission leaves nothing behind while
+    // the other commands of the batch still commit.
+    let mut savepoint = conn.begin().await?;
+    match submit_in(&mut savepoint, submission).await {
+        Ok(Ok(outcome)) => {
+            savepoint.commit().await?;
+            Ok(Ok(outcome))
+        }
+        Ok(Err(rejection)) => {
+            savepoint.rollback().await?;
+            Ok(Err(rejection))
+        }
+        Err(error) => {
+            let _ = savepoint.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+async fn submit_in(
+    conn: &mut SqliteConnection,
+    submission: Submission,
+) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
+    let tenant = submission.tenant;
+    if let Some(idempotency) = &submission.idempotency {
+        let seen: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key = ?",
+        )
+        .bind(&tenant)
+        .bind(&idempotency.key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((hash, status, body)) = seen {
+            if hash != idempotency.request_hash {
+                return Ok(Err(SubmitRejection::IdempotencyMismatch));
+            }
+            let body = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
+            return Ok(Ok(SubmitOutcome::Replayed(StoredResponse {
+                status: status as u16,
+                body,
+            })));
+        }
+    }
+
+    let mut requested: BTreeMap<&str, u64> = BTreeMap::new();
+    for job in &submission.jobs {
+        *requested.entry(job.queue.as_str()).or_default() += 1;
+    }
+    for (queue, count) in &requested {
+        if let Some(rejection) = check_capacity(conn, queue, *count).await? {
+            return Ok(Err(rejection));
+        }
+    }
+
+    let mut replaced = Vec::new();
+    for job in &submission.jobs {
+        let Some(key) = &job.key else { continue };
+        let Some(holder) = active_holder(conn, &tenant, key).await? else {
+            continue;
+        };
+        match job.on_conflict {
+            OnConflict::Reject => {
+                return Ok(Err(SubmitRejection::KeyConflict {
+                    key: key.clone(),
+                    holder: holder.id,
+                }));
+            }
+            OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(holder))),
+            OnConflict::Replace => {
+                let error = ErrorInfo {
+                    code: "replaced".into(),
+                    message: format!("replaced by job {} with the same key", job.id),
+                    attempt: None,
+                    at: job.created_at,
+                };
+                match cancel_now(conn, holder.id, &error, job.created_at).await? {
+                    Some(_) => {}
+                    None => replaced.push(holder.id),
+                }
+            }
+        }
+    }
+
+    insert_jobs(conn, &submission.jobs).await?;
+    let jobs: Vec<Job> = submission.jobs.into_iter().map(job_from_new).collect();
+
+    if let (Some(idempotency), [job]) = (&submission.idempotency, jobs.as_slice()) {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
+             VALUES (?, ?, ?, 202, ?, ?)",
+        )
+        .bind(&tenant)
+        .bind(&idempotency.key)
+        .bind(&idempotency.request_hash)
+        .bind(to_json(job))
+        .bind(job.created_at.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Ok(SubmitOutcome::Created { jobs, replaced }))
+}
+
+/// `None` when `count` more jobs fit in the queue.
+async fn check_capacity(
+    conn: &mut SqliteConnection,
+    queue: &str,
+    count: u64,
+) -> Result<Option<SubmitRejection>, StoreError> {
+    let capacity: Option<i64> = sqlx::query_scalar("SELECT capacity FROM queues WHERE name = ?")
+        .bind(queue)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(capacity) = capacity else {
+        return Ok(Some(SubmitRejection::UnknownQueue(queue.to_owned())));
+    };
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(n), 0) FROM queue_counts WHERE queue = ? AND state IN ('scheduled', 'queued')",
+    )
+    .bind(queue)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (capacity, pending) = (capacity.max(0) as u64, pending.max(0) as u64);
+    if pending + count > capacity {
+        return Ok(Some(SubmitRejection::QueueFull {
+            queue: queue.to_owned(),
+            capacity,
+            pending,
+            requested: count,
+        }));
+    }
+    Ok(None)
+}
+
+async fn active_holder(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<Job>, StoreError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ? AND key = ? \
+         AND state IN ('scheduled', 'queued', 'running') AND cancel_requested = 0"
+    );
+    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(Job::try_from).transpose()
+}
+
+/// Cancels a scheduled or queued job at once (`Some`), or asks a running one
+/// to stop (`None`; its runner finishes the job).
+async fn cancel_now(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    error: &ErrorInfo,
+    at: Timestamp,
+) -> Result<Option<Job>, StoreError> {
+    let sql = format!(
+        "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ? \
+         WHERE id = ? AND state IN ('scheduled', 'queued') RETURNING {JOB_COLUMNS}"
+    );
+    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(at.as_millis())
+        .bind(to_json(error))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = row {
+        return Ok(Some(Job::try_from(row)?));
+    }
+    sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(None)
+}
+
+/// Rows per INSERT statement: 100 rows × 17 columns stays far below
+/// SQLite's limit of 32 766 bound parameters.
+const INSERT_CHUNK: usize = 100;
+
+async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<(), StoreError> {
+    for chunk in jobs.chunks(INSERT_CHUNK) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
+             timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at) ",
+        );
+        insert.push_values(chunk, |mut row, job| {
+            row.push_bind(job.id.to_string())
+                .push_bind(job.tenant.clone())
+                .push_bind(job.queue.clone())
+                .push_bind(job.kind.clone())
+                .push_bind(to_json(&job.payload))
+                .push_bind(job.state.as_str())
+                .push_bind(i64::from(job.priority))
+                .push_bind(i64::from(job.max_attempts))
+                .push_bind(job.timeout_ms as i64)
+                .push_bind(job.backoff.base_ms as i64)
+                .push_bind(job.backoff.max_ms as i64)
+                .push_bind(job.key.clone())
+                .push_bind(to_json(&job.metadata))
+                .push_bind(job.created_at.as_millis())
+                .push_bind(job.run_at.as_millis());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn job_from_new(job: NewJob) -> Job {
+    Job {
+        id: job.id,
+        tenant: job.tenant,
+        queue: job.queue,
+        kind: job.kind,
+        payload: job.payload,
+        status: job.state,
+        priority: job.priority,
+        attempt: 0,
+        max_attempts: job.max_attempts,
+        timeout_ms: job.timeout_ms,
+        backoff: job.backoff,
+        key: job.key,
+        metadata: job.metadata,
+        progress: None,
+        result: None,
+        error: None,
+        errors: Vec::new(),
+        position: None,
+        cancel_requested: false,
+        created_at: job.created_at,
+        run_at: job.run_at,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+async fn claim(
+    conn: &mut SqliteConnection,
+    queue: &str,
+    limit: u32,
+    owner: &str,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Result<Vec<Job>, StoreError> {
+    let sql = format!(
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
+         lease_expires_at = ?, started_at = ?, progress = NULL \
+         WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' \
+                      ORDER BY priority DESC, run_at, id LIMIT ?) \
+         RETURNING {JOB_COLUMNS}"
+    );
+    let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(owner)
+        .bind(lease_until.as_millis())
+        .bind(now.as_millis())
+        .bind(queue)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut jobs = jobs_from_rows(rows)?;
+    // RETURNING has no order: start the best job first.
+    jobs.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(jobs)
+}
+
+async fn complete(
+    conn: &mut SqliteConnection,
+    completion: Completion,
+) -> Result<CompletionResult, StoreError> {
+    const FENCE: &str = "WHERE id = ? AND attempt = ? AND lease_owner = ? AND state = 'running'";
+    let at = completion.at.as_millis();
+    let mut query = match &completion.outcome {
+        AttemptOutcome::Succeeded(result) => sqlx::query_as::<_, JobRow>(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'succeeded', result = ?, finished_at = ?, \
+             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(to_json(result))
+        .bind(at),
+        AttemptOutcome::Failed {
+            error,
+            retry_at: Some(retry_at),
+        } => sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'scheduled', run_at = ?, error = ?, \
+             errors = json_insert(errors, '$[#]', json(?)), \
+             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(retry_at.as_millis())
+        .bind(to_json(error))
+        .bind(to_json(error)),
+        AttemptOutcome::Failed {
+            error,
+            retry_at: None,
+        } => sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, \
+             errors = json_insert(errors, '$[#]', json(?)), \
+             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(at)
+        .bind(to_json(error))
+        .bind(to_json(error)),
+        AttemptOutcome::Cancelled(error) => sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ?, \
+             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(at)
+        .bind(to_json(error)),
+        AttemptOutcome::Released => sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'queued', attempt = attempt - 1, started_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
+        ))),
+    };
+    query = query
+        .bind(completion.id.to_string())
+        .bind(i64::from(completion.attempt))
+        .bind(completion.lease_owner.clone());
+    match query.fetch_optional(&mut *conn).await? {
+        Some(row) => Ok(CompletionResult::Applied(Job::try_from(row)?)),
+        None => Ok(CompletionResult::Fenced),
+    }
+}
+
+async fn fetch_job(conn: &mut SqliteConnection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(Job::try_from).transpose()
+}
+
+async fn cancel(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    id: JobId,
+    at: Timestamp,
+) -> Result<CancelOutcome, StoreError> {
+    let Some(job) = fetch_job(conn, id).await?.filter(|job| job.tenant == tenant) else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    if job.status.is_terminal() {
+        return Ok(CancelOutcome::AlreadyFinished(job));
+    }
+    let error = ErrorInfo {
+        code: "cancelled".into(),
+        message: "cancelled on request".into(),
+        attempt: None,
+        at,
+    };
+    if let Some(job) = cancel_now(conn, id, &error, at).await? {
+        return Ok(CancelOutcome::Cancelled(job));
+    }
+    match fetch_job(conn, id).await? {
+        Some(job) => Ok(CancelOutcome::Requested(job)),
+        None => Ok(CancelOutcome::NotFound),
+    }
+}
+
+async fn retry(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    id: JobId,
+    at: Timestamp,
+) -> Result<RetryOutcome, StoreError> {
+    let Some(job) = fetch_job(conn, id).await?.filter(|job| job.tenant == tenant) else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    if !matches!(job.status, JobState::Failed | JobState::Cancelled) {
+        return Ok(RetryOutcome::NotRetryable(job));
+    }
+    if let Some(rejection) = check_capacity(conn, &job.queue, 1).await? {
+        return Ok(RetryOutcome::Rejected(rejection));
+    }
+    if let Some(key) = &job.key
+        && let Some(holder) = active_holder(conn, tenant, key).await?
+    {
+        return Ok(RetryOutcome::Rejected(SubmitRejection::KeyConflict {
+            key: key.clone(),
+            holder: holder.id,
+        }));
+    }
+    let sql = format!(
+        "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?, result = NULL, error = NULL, \
+         errors = '[]', progress = NULL, cancel_requested = 0, started_at = NULL, \
+         finished_at = NULL WHERE id = ? RETURNING {JOB_COLUMNS}"
+    );
+    let row: JobRow = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(at.as_millis())
+        .bind(id.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(RetryOutcome::Retried(Job::try_from(row)?))
+}
+
+async fn rescue(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    not_owner: Option<String>,
+) -> Result<Vec<Rescued>, StoreError> {
+    let at = now.to_rfc3339();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "UPDATE jobs SET \
+            state = CASE WHEN cancel_requested = 1 THEN 'cancelled' \
+                         WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END, \
+            finished_at = CASE WHEN cancel_requested = 1 OR attempt >= max_attempts THEN ?1 END, \
+            error = json_object('code', 'lease_expired', \
+                'message', 'the instance running this attempt stopped renewing its lease', \
+                'attempt', attempt, 'at', ?2), \
+            errors = json_insert(errors, '$[#]', json_object('code', 'lease_expired', \
+                'message', 'the instance running this attempt stopped renewing its lease', \
+                'attempt', attempt, 'at', ?2)), \
+            lease_owner = NULL, lease_expires_at = NULL \
+         WHERE state = 'running' AND (lease_expires_at < ?1 OR (?3 IS NOT NULL AND lease_owner <> ?3)) \
+         RETURNING id, queue, state",
+    )
+    .bind(now.as_millis())
+    .bind(at)
+    .bind(not_owner)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, queue, state)| {
+            Ok(Rescued {
+                id: id.parse().map_err(|e| StoreError::Corrupt(format!("job id {id}: {e}")))?,
+                queue,
+                state: state.parse().map_err(StoreError::Corrupt)?,
+            })
+        })
+        .collect()
+}
+
+async fn promote(conn: &mut SqliteConnection, now: Timestamp) -> Result<Promoted, StoreError> {
+    let queues: Vec<String> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'queued' WHERE state = 'scheduled' AND run_at <= ? RETURNING queue",
+    )
+    .bind(now.as_millis())
+    .fetch_all(&mut *conn)
+    .await?;
+    let next_due: Option<i64> =
+        sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'")
+            .fetch_one(&mut *conn)
+            .await?;
+    let mut queues = queues;
+    queues.sort();
+    queues.dedup();
+    Ok(Promoted {
+        queues,
+        next_due: next_due.map(Timestamp::from_millis),
+    })
+}
+
+/// Rows deleted per call, so one prune never holds the writer for long.
+const PRUNE_CHUNK: i64 = 5_000;
+
+async fn prune(
+    conn: &mut SqliteConnection,
+    finished_before: Timestamp,
+    keys_before: Timestamp,
+) -> Result<u64, StoreError> {
+    let jobs = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+         WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? LIMIT ?)",
+    )
+    .bind(finished_before.as_millis())
+    .bind(PRUNE_CHUNK)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        .bind(keys_before.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    Ok(jobs.rows_affected())
+}
+
+async fn upsert_queue(conn: &mut SqliteConnection, config: &QueueConfig) -> Result<bool, StoreError> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM queues WHERE name = ?")
+        .bind(&config.name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let now = Timestamp::now().as_millis();
+    sqlx::query(
+        "INSERT INTO queues (name, concurrency, capacity, paused, max_attempts, timeout_ms, \
+         backoff_base_ms, backoff_max_ms, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, \
+         capacity = excluded.capacity, paused = excluded.paused, \
+         max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, \
+         backoff_base_ms = excluded.backoff_base_ms, backoff_max_ms = excluded.backoff_max_ms, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(&config.name)
+    .bind(i64::from(config.concurrency))
+    .bind(config.capacity as i64)
+    .bind(i64::from(config.paused))
+    .bind(i64::from(config.defaults.max_attempts))
+    .bind(config.defaults.timeout_ms as i64)
+    .bind(config.defaults.backoff.base_ms as i64)
+    .bind(config.defaults.backoff.max_ms as i64)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(exists.is_none())
+}

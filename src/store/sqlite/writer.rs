@@ -1,0 +1,115 @@
+//! The single writer: every change goes through one connection, and the
+//! commands that arrive together commit together (group commit).
+//!
+//! SQLite admits one writer at a time; serialising writes here instead of
+//! letting connections contend for the lock avoids `SQLITE_BUSY`, and one
+//! `BEGIN IMMEDIATE … COMMIT` for a batch of commands amortises the commit
+//! (WAL append) over all of them. A command's reply is sent only after its
+//! transaction committed, so a `202` always means "on disk".
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ops;
+use crate::domain::{JobId, Progress, QueueConfig, Timestamp};
+use crate::store::{Completion, StoreError, Submission};
+
+/// Most commands applied in one transaction: bounds the latency one batch
+/// adds to the commands queued behind it.
+const MAX_BATCH: usize = 256;
+
+pub enum Op {
+    Submit(Submission),
+    Claim {
+        queue: String,
+        limit: u32,
+        owner: String,
+        lease_until: Timestamp,
+        now: Timestamp,
+    },
+    Complete(Completion),
+    Progress {
+        id: JobId,
+        attempt: u32,
+        progress: Progress,
+    },
+    Cancel {
+        tenant: String,
+        id: JobId,
+        at: Timestamp,
+    },
+    Retry {
+        tenant: String,
+        id: JobId,
+        at: Timestamp,
+    },
+    Renew {
+        owner: String,
+        until: Timestamp,
+    },
+    Rescue {
+        now: Timestamp,
+        not_owner: Option<String>,
+    },
+    Promote {
+        now: Timestamp,
+    },
+    Prune {
+        finished_before: Timestamp,
+        keys_before: Timestamp,
+    },
+    UpsertQueue(QueueConfig),
+}
+
+pub struct Command {
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<ops::Done, StoreError>>,
+}
+
+/// Runs until every sender is dropped.
+pub async fn run(mut conn: SqliteConnection, mut commands: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while commands.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        apply_batch(&mut conn, &mut batch).await;
+        batch.clear();
+    }
+    if let Err(error) = conn.close().await {
+        tracing::warn!(%error, "closing the SQLite writer connection failed");
+    }
+}
+
+async fn apply_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(error) => {
+            let message = error.to_string();
+            for command in batch.drain(..) {
+                let _ = command
+                    .reply
+                    .send(Err(StoreError::Unavailable(message.clone())));
+            }
+            return;
+        }
+    };
+    let mut replies = Vec::with_capacity(batch.len());
+    for command in batch.drain(..) {
+        let result = ops::apply(&mut tx, command.op).await;
+        replies.push((command.reply, result));
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for (reply, result) in replies {
+                // The caller may have given up waiting (request cancelled):
+                // the change stands all the same.
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            tracing::error!(error = %message, commands = replies.len(), "group commit failed");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+    }
+}
