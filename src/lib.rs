@@ -1,3 +1,5 @@
 pub mod domain;
+pub mod engine;
 pub mod kinds;
+pub mod notify;
 pub mod store;

@@ -162,6 +162,11 @@ pub struct Promoted {
 /// The storage interface of the engine and the API.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
+    /// True when this process is the store's only user (embedded SQLite, held
+    /// under a file lock): every job still `running` at start-up belongs to a
+    /// process that died, and is rescued at once rather than after its lease.
+    fn exclusive(&self) -> bool;
+
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -210,8 +215,10 @@ pub trait JobStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<RetryOutcome, StoreError>;
 
-    /// Extends the lease of every job `owner` runs.
-    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64, StoreError>;
+    /// Extends the lease of every job `owner` runs; returns those of them
+    /// whose cancellation was requested (possibly through another instance).
+    async fn renew_leases(&self, owner: &str, until: Timestamp)
+    -> Result<Vec<JobId>, StoreError>;
     /// Takes back running jobs whose lease expired before `now`, or — with
     /// `not_owner` — every running job not owned by that (live) instance.
     async fn rescue(

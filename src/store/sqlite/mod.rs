@@ -110,6 +110,10 @@ fn unexpected() -> StoreError {
 
 #[async_trait]
 impl JobStore for SqliteStore {
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reads).await?;
         if self.writes.is_closed() {
@@ -265,13 +269,17 @@ impl JobStore for SqliteStore {
         }
     }
 
-    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64, StoreError> {
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        until: Timestamp,
+    ) -> Result<Vec<JobId>, StoreError> {
         let op = Op::Renew {
             owner: owner.to_owned(),
             until,
         };
         match self.write(op).await? {
-            Done::Count(n) => Ok(n),
+            Done::Ids(ids) => Ok(ids),
             _ => Err(unexpected()),
         }
     }

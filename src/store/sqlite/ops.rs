@@ -22,6 +22,7 @@ pub enum Done {
     Cancel(CancelOutcome),
     Retry(RetryOutcome),
     Count(u64),
+    Ids(Vec<JobId>),
     Rescued(Vec<Rescued>),
     Promoted(Promoted),
     Created(bool),
@@ -54,14 +55,20 @@ pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreErr
         Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at).await?),
         Op::Retry { tenant, id, at } => Done::Retry(retry(conn, &tenant, id, at).await?),
         Op::Renew { owner, until } => {
-            let done = sqlx::query(
-                "UPDATE jobs SET lease_expires_at = ? WHERE state = 'running' AND lease_owner = ?",
+            let renewed: Vec<(String, i64)> = sqlx::query_as(
+                "UPDATE jobs SET lease_expires_at = ? WHERE state = 'running' AND lease_owner = ? \
+                 RETURNING id, cancel_requested",
             )
             .bind(until.as_millis())
             .bind(owner)
-            .execute(&mut *conn)
+            .fetch_all(&mut *conn)
             .await?;
-            Done::Count(done.rows_affected())
+            let cancelled = renewed
+                .into_iter()
+                .filter(|(_, cancel_requested)| *cancel_requested != 0)
+                .filter_map(|(id, _)| id.parse().ok())
+                .collect();
+            Done::Ids(cancelled)
         }
         Op::Rescue { now, not_owner } => Done::Rescued(rescue(conn, now, not_owner).await?),
         Op::Promote { now } => Done::Promoted(promote(conn, now).await?),

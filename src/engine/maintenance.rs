@@ -1,0 +1,129 @@
+//! Background loops: the promoter (scheduled → queued), the lease heartbeat,
+//! rescue of expired leases, and retention pruning.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Engine, STOP_CANCEL};
+use crate::domain::Timestamp;
+
+/// How often expired leases and retention are checked.
+const RESCUE_EVERY: Duration = Duration::from_secs(5);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl Engine {
+    pub(super) fn spawn_loops(&self) {
+        let loops = &self.inner.loops;
+        loops.spawn(self.clone().dispatch_loop());
+        loops.spawn(self.clone().promote_loop());
+        loops.spawn(self.clone().heartbeat_loop());
+        loops.spawn(self.clone().rescue_loop());
+        loops.spawn(self.clone().prune_loop());
+    }
+
+    /// Moves scheduled jobs to `queued` when their `run_at` comes, sleeping
+    /// until the earliest one (or the poll interval, whichever is sooner).
+    async fn promote_loop(self) {
+        let stopping = self.inner.stopping.clone();
+        loop {
+            // Clear first: a job scheduled while we promote re-arms the wake.
+            self.inner.next_due_ms.store(i64::MAX, Ordering::Release);
+            let now = Timestamp::now();
+            match self.inner.store.promote_due(now).await {
+                Ok(promoted) => {
+                    if !promoted.queues.is_empty() {
+                        self.inner.wake_dispatcher.notify_one();
+                    }
+                    if let Some(next) = promoted.next_due {
+                        self.inner
+                            .next_due_ms
+                            .fetch_min(next.as_millis(), Ordering::AcqRel);
+                    }
+                }
+                Err(error) => tracing::error!(%error, "promoting due jobs failed"),
+            }
+            let next = self.inner.next_due_ms.load(Ordering::Acquire);
+            let until_next = Duration::from_millis(next.saturating_sub(Timestamp::now().as_millis()).max(0) as u64);
+            let sleep = until_next.min(self.inner.settings.poll_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.inner.wake_promoter.notified() => {}
+                _ = stopping.cancelled() => break,
+            }
+        }
+    }
+
+    /// Renews this process's leases every third of their length, and stops
+    /// jobs whose cancellation was requested elsewhere. Runs until the very
+    /// end of shutdown, so that draining jobs keep their leases.
+    async fn heartbeat_loop(self) {
+        let stopped = self.inner.stopped.clone();
+        let ttl = self.inner.settings.lease_ttl;
+        let every = (ttl / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopped.cancelled() => break,
+            }
+            let until = Timestamp::now().plus_ms(ttl.as_millis() as i64);
+            match self.inner.store.renew_leases(&self.inner.instance_id, until).await {
+                Ok(cancel_requested) => {
+                    for id in cancel_requested {
+                        self.stop_running(id, STOP_CANCEL);
+                    }
+                }
+                Err(error) => tracing::error!(%error, "renewing leases failed"),
+            }
+        }
+    }
+
+    /// Takes back jobs whose instance stopped renewing their lease.
+    async fn rescue_loop(self) {
+        let stopping = self.inner.stopping.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RESCUE_EVERY) => {}
+                _ = stopping.cancelled() => break,
+            }
+            match self.inner.store.rescue(Timestamp::now(), None).await {
+                Ok(rescued) if !rescued.is_empty() => {
+                    for job in &rescued {
+                        tracing::warn!(job_id = %job.id, queue = %job.queue, status = %job.state, "rescued a job whose lease expired");
+                    }
+                    self.inner.wake_dispatcher.notify_one();
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "rescuing expired leases failed"),
+            }
+        }
+    }
+
+    /// Deletes terminal jobs past retention and idempotency keys past their TTL.
+    async fn prune_loop(self) {
+        let stopping = self.inner.stopping.clone();
+        loop {
+            let now = Timestamp::now();
+            let finished_before = now.plus_ms(-(self.inner.settings.retention.as_millis() as i64));
+            let keys_before = now.plus_ms(-(self.inner.settings.idempotency_ttl.as_millis() as i64));
+            loop {
+                match self.inner.store.prune(finished_before, keys_before).await {
+                    Ok(0) => break,
+                    Ok(deleted) => {
+                        tracing::info!(jobs = deleted, "pruned terminal jobs past retention");
+                        if stopping.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "pruning failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = stopping.cancelled() => break,
+            }
+        }
+    }
+}

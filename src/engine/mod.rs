@@ -1,0 +1,468 @@
+//! The engine: admission, dispatch to the worker pool, leases, retries,
+//! cancellation and shutdown. It owns no state the store cannot rebuild.
+
+mod admission;
+mod drain;
+mod maintenance;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{
+    FieldError, Job, JobId, QueueConfig, QueueInfo, QueueSettings, Timestamp,
+};
+use crate::kinds::KindRegistry;
+use crate::notify::EventHub;
+use crate::store::{
+    CancelOutcome, JobFilter, JobStore, RetryOutcome, StoreError, SubmitRejection,
+};
+
+pub use admission::Submitted;
+use drain::DrainMeter;
+
+/// Timing of the engine. Every default is documented in `docs/operations.md`.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Time running jobs get to finish at shutdown. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Time a cancelled (or timed-out) handler gets to return before its task
+    /// is aborted. Default 5 s.
+    pub cancel_grace: Duration,
+    /// Lease of a running job; renewed every third of it. Default 30 s.
+    pub lease_ttl: Duration,
+    /// How long terminal jobs are kept. Default 7 days.
+    pub retention: Duration,
+    /// How long idempotency keys are remembered. Default 24 h.
+    pub idempotency_ttl: Duration,
+    /// Fallback re-check of queues and schedules when no wake-up came. Default 1 s.
+    pub poll_interval: Duration,
+    /// Largest serialized result a job may return. Default 256 KiB.
+    pub max_result_bytes: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            max_result_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why a request to the engine was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the request is invalid")]
+    Validation(Vec<FieldError>),
+    #[error("unknown job kind `{kind}`")]
+    UnknownKind { kind: String, known: Vec<String> },
+    #[error("unknown queue `{queue}`")]
+    UnknownQueue { queue: String, known: Vec<String> },
+    #[error("queue `{queue}` is full ({pending} of {capacity} waiting)")]
+    QueueFull {
+        queue: String,
+        capacity: u64,
+        pending: u64,
+        retry_after_s: u64,
+    },
+    #[error("key `{key}` is held by job {holder}")]
+    KeyConflict { key: String, holder: JobId },
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("the job is already {}", .0.status)]
+    AlreadyFinished(Box<Job>),
+    #[error("only failed or cancelled jobs can be retried; this one is {}", .0.status)]
+    NotRetryable(Box<Job>),
+    #[error("not found")]
+    NotFound,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+/// What cancelling did.
+#[derive(Debug)]
+pub enum Cancelled {
+    /// The job was waiting: it is cancelled now.
+    Now(Job),
+    /// The job is running: its runner was told to stop.
+    Requested(Job),
+}
+
+/// Why a running job's token fired.
+const STOP_NONE: u8 = 0;
+const STOP_CANCEL: u8 = 1;
+const STOP_SHUTDOWN: u8 = 2;
+
+struct RunningJob {
+    token: CancellationToken,
+    stop: Arc<AtomicU8>,
+}
+
+struct QueueState {
+    config: QueueConfig,
+    /// Jobs of this queue running in this process.
+    running: u32,
+    drain: DrainMeter,
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn JobStore>,
+    kinds: KindRegistry,
+    settings: EngineSettings,
+    /// Owner name of this process's leases.
+    instance_id: String,
+    queues: RwLock<BTreeMap<String, QueueState>>,
+    running: Mutex<HashMap<JobId, RunningJob>>,
+    wake_dispatcher: Notify,
+    wake_promoter: Notify,
+    /// Earliest known `run_at` of a scheduled job (ms; `i64::MAX` for none),
+    /// so the promoter can sleep until exactly then.
+    next_due_ms: AtomicI64,
+    admitting: AtomicBool,
+    /// Stops claiming and the maintenance loops (but not the heartbeat).
+    stopping: CancellationToken,
+    /// Stops the heartbeat, last.
+    stopped: CancellationToken,
+    jobs: TaskTracker,
+    loops: TaskTracker,
+    events: EventHub,
+}
+
+/// A handle on the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Prepares the queues (`default` always exists; `declared` ones are
+    /// created or updated), rescues jobs orphaned by a previous process and
+    /// starts the dispatcher and maintenance loops.
+    pub async fn start(
+        store: Arc<dyn JobStore>,
+        kinds: KindRegistry,
+        settings: EngineSettings,
+        declared: Vec<QueueConfig>,
+    ) -> Result<Self, StoreError> {
+        let existing: Vec<String> = store
+            .list_queues()
+            .await?
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        if !existing.iter().any(|name| name == QueueConfig::DEFAULT_NAME)
+            && !declared.iter().any(|q| q.name == QueueConfig::DEFAULT_NAME)
+        {
+            store
+                .upsert_queue(&QueueConfig::new(QueueConfig::DEFAULT_NAME))
+                .await?;
+        }
+        for queue in &declared {
+            store.upsert_queue(queue).await?;
+        }
+        let queues = store
+            .list_queues()
+            .await?
+            .into_iter()
+            .map(|info| {
+                let config = QueueConfig {
+                    name: info.name.clone(),
+                    concurrency: info.concurrency,
+                    capacity: info.capacity,
+                    paused: info.paused,
+                    defaults: info.defaults,
+                };
+                let state = QueueState {
+                    config,
+                    running: 0,
+                    drain: DrainMeter::default(),
+                };
+                (info.name, state)
+            })
+            .collect();
+
+        let instance_id = format!("spool-{}", uuid::Uuid::now_v7());
+        let now = Timestamp::now();
+        let exclusive_owner = store.exclusive().then_some(instance_id.as_str());
+        let rescued = store.rescue(now, exclusive_owner).await?;
+        if !rescued.is_empty() {
+            tracing::warn!(
+                jobs = rescued.len(),
+                "took back jobs left running by a previous process"
+            );
+        }
+
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                kinds,
+                settings,
+                instance_id,
+                queues: RwLock::new(queues),
+                running: Mutex::new(HashMap::new()),
+                wake_dispatcher: Notify::new(),
+                wake_promoter: Notify::new(),
+                next_due_ms: AtomicI64::new(i64::MAX),
+                admitting: AtomicBool::new(true),
+                stopping: CancellationToken::new(),
+                stopped: CancellationToken::new(),
+                jobs: TaskTracker::new(),
+                loops: TaskTracker::new(),
+                events: EventHub::default(),
+            }),
+        };
+        engine.spawn_loops();
+        tracing::info!(instance_id = %engine.inner.instance_id, "engine started");
+        Ok(engine)
+    }
+
+    pub fn kinds(&self) -> &KindRegistry {
+        &self.inner.kinds
+    }
+
+    pub fn events(&self) -> &EventHub {
+        &self.inner.events
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// False once shutdown began.
+    pub fn is_admitting(&self) -> bool {
+        self.inner.admitting.load(Ordering::Acquire)
+    }
+
+    /// Ready to serve: admitting and the store answers.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        if !self.is_admitting() {
+            return Err(EngineError::ShuttingDown);
+        }
+        self.inner.store.ping().await?;
+        Ok(())
+    }
+
+    /// A job with its `position` when queued.
+    pub async fn get_job(&self, tenant: &str, id: JobId) -> Result<Job, EngineError> {
+        let mut job = self
+            .inner
+            .store
+            .get_job(tenant, id)
+            .await?
+            .ok_or(EngineError::NotFound)?;
+        if job.status == crate::domain::JobState::Queued {
+            job.position = Some(self.inner.store.queue_position(&job).await?);
+        }
+        Ok(job)
+    }
+
+    pub async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, EngineError> {
+        Ok(self.inner.store.list_jobs(tenant, filter).await?)
+    }
+
+    pub async fn cancel_job(&self, tenant: &str, id: JobId) -> Result<Cancelled, EngineError> {
+        match self
+            .inner
+            .store
+            .cancel_job(tenant, id, Timestamp::now())
+            .await?
+        {
+            CancelOutcome::NotFound => Err(EngineError::NotFound),
+            CancelOutcome::AlreadyFinished(job) => Err(EngineError::AlreadyFinished(Box::new(job))),
+            CancelOutcome::Cancelled(job) => {
+                self.publish(&job);
+                Ok(Cancelled::Now(job))
+            }
+            CancelOutcome::Requested(job) => {
+                self.stop_running(job.id, STOP_CANCEL);
+                Ok(Cancelled::Requested(job))
+            }
+        }
+    }
+
+    pub async fn retry_job(&self, tenant: &str, id: JobId) -> Result<Job, EngineError> {
+        if !self.is_admitting() {
+            return Err(EngineError::ShuttingDown);
+        }
+        match self.inner.store.retry_job(tenant, id, Timestamp::now()).await? {
+            RetryOutcome::NotFound => Err(EngineError::NotFound),
+            RetryOutcome::NotRetryable(job) => Err(EngineError::NotRetryable(Box::new(job))),
+            RetryOutcome::Rejected(rejection) => Err(self.rejection_error(rejection)),
+            RetryOutcome::Retried(job) => {
+                self.publish(&job);
+                self.inner.wake_dispatcher.notify_one();
+                Ok(job)
+            }
+        }
+    }
+
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        Ok(self.inner.store.list_queues().await?)
+    }
+
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, EngineError> {
+        self.inner
+            .store
+            .get_queue(name)
+            .await?
+            .ok_or(EngineError::NotFound)
+    }
+
+    /// Creates or changes a queue; effective at once. `true` when created.
+    pub async fn put_queue(
+        &self,
+        name: &str,
+        settings: &QueueSettings,
+    ) -> Result<(QueueInfo, bool), EngineError> {
+        if !QueueConfig::valid_name(name) {
+            return Err(EngineError::Validation(vec![FieldError::new(
+                "",
+                "queue names are 1 to 64 of A-Z a-z 0-9 _ - .",
+            )]));
+        }
+        let mut config = self
+            .queue_config(name)
+            .unwrap_or_else(|| QueueConfig::new(name));
+        config.apply(settings).map_err(EngineError::Validation)?;
+        let created = self.inner.store.upsert_queue(&config).await?;
+        {
+            let mut queues = self.write_queues();
+            queues
+                .entry(name.to_owned())
+                .and_modify(|state| state.config = config.clone())
+                .or_insert_with(|| QueueState {
+                    config,
+                    running: 0,
+                    drain: DrainMeter::default(),
+                });
+        }
+        // More concurrency or an unpaused queue may start jobs now.
+        self.inner.wake_dispatcher.notify_one();
+        Ok((self.get_queue(name).await?, created))
+    }
+
+    /// Stops admitting, lets running jobs finish within the shutdown grace,
+    /// interrupts and hands back the rest, then stops every loop.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.admitting.store(false, Ordering::Release);
+        inner.stopping.cancel();
+        inner.jobs.close();
+        let grace = inner.settings.shutdown_grace;
+        // Interrupting leaves the handlers `cancel_grace` to return, so start
+        // it early enough for the whole shutdown to fit in the grace period.
+        let patience = grace.saturating_sub(inner.settings.cancel_grace.min(grace / 2));
+        let running = inner.running.lock().map(|r| r.len()).unwrap_or(0);
+        tracing::info!(running_jobs = running, grace_ms = grace.as_millis() as u64, "shutting down");
+        if tokio::time::timeout(patience, inner.jobs.wait()).await.is_err() {
+            let ids: Vec<JobId> = inner
+                .running
+                .lock()
+                .map(|r| r.keys().copied().collect())
+                .unwrap_or_default();
+            tracing::warn!(jobs = ids.len(), "grace period over: handing running jobs back to their queues");
+            for id in ids {
+                self.stop_running(id, STOP_SHUTDOWN);
+            }
+            let bound = inner.settings.cancel_grace + Duration::from_secs(2);
+            if tokio::time::timeout(bound, inner.jobs.wait()).await.is_err() {
+                tracing::error!("some jobs did not stop; their leases will expire and they will be rescued");
+            }
+        }
+        inner.loops.close();
+        inner.stopped.cancel();
+        inner.loops.wait().await;
+        tracing::info!("engine stopped");
+    }
+
+    fn stop_running(&self, id: JobId, reason: u8) {
+        let running = self.inner.running.lock();
+        if let Ok(running) = running
+            && let Some(job) = running.get(&id)
+        {
+            let _ = job
+                .stop
+                .compare_exchange(STOP_NONE, reason, Ordering::AcqRel, Ordering::Acquire);
+            job.token.cancel();
+        }
+    }
+
+    fn queue_config(&self, name: &str) -> Option<QueueConfig> {
+        self.read_queues().get(name).map(|q| q.config.clone())
+    }
+
+    fn queue_names(&self) -> Vec<String> {
+        self.read_queues().keys().cloned().collect()
+    }
+
+    fn read_queues(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, QueueState>> {
+        // A panic while holding this lock cannot leave the map half-changed
+        // (every write is a single insert or field store): keep going.
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_queues(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, QueueState>> {
+        self.inner
+            .queues
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, job: &Job) {
+        self.inner.events.publish(crate::notify::JobEvent {
+            kind: crate::notify::EventKind::for_state(job.status),
+            job_id: job.id,
+            queue: job.queue.clone(),
+            status: job.status,
+            at: Timestamp::now(),
+        });
+    }
+
+    fn rejection_error(&self, rejection: SubmitRejection) -> EngineError {
+        match rejection {
+            SubmitRejection::QueueFull {
+                queue,
+                capacity,
+                pending,
+                requested,
+            } => {
+                let overflow = (pending + requested).saturating_sub(capacity).max(1);
+                let retry_after_s = self
+                    .read_queues()
+                    .get(&queue)
+                    .map_or(drain::FALLBACK_RETRY_AFTER_S, |q| {
+                        q.drain.retry_after_s(overflow, q.config.paused)
+                    });
+                EngineError::QueueFull {
+                    queue,
+                    capacity,
+                    pending,
+                    retry_after_s,
+                }
+            }
+            SubmitRejection::UnknownQueue(queue) => EngineError::UnknownQueue {
+                queue,
+                known: self.queue_names(),
+            },
+            SubmitRejection::KeyConflict { key, holder } => EngineError::KeyConflict { key, holder },
+            SubmitRejection::IdempotencyMismatch => EngineError::IdempotencyMismatch,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The dispatcher and the worker pool: claiming queued jobs into free slots
+//! and running each attempt under its timeout and cancellation token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, RunningJob, STOP_CANCEL, STOP_SHUTDOWN};
+use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
+use crate::kinds::{JobContext, JobFailure, ProgressSink};
+use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
+
+/// Attempts at storing an attempt's outcome before leaving the job to lease
+/// expiry and rescue.
+const COMPLETE_TRIES: u32 = 8;
+
+impl Engine {
+    /// Claims jobs into free slots whenever woken: by a submission, a job
+    /// finishing, a queue change, the promoter, or the fallback poll.
+    pub(super) async fn dispatch_loop(self) {
+        let stopping = self.inner.stopping.clone();
+        loop {
+            let wanted: Vec<(String, u32)> = self
+                .read_queues()
+                .values()
+                .filter(|q| !q.config.paused && q.running < q.config.concurrency)
+                .map(|q| (q.config.name.clone(), q.config.concurrency - q.running))
+                .collect();
+            if !wanted.is_empty() {
+                let now = Timestamp::now();
+                let lease_until = now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64);
+                let claims = wanted.iter().map(|(queue, free)| {
+                    self.inner
+                        .store
+                        .claim(queue, *free, &self.inner.instance_id, lease_until, now)
+                });
+                // Claims of all queues go out together and share one commit.
+                for (result, (queue, _)) in futures::future::join_all(claims).await.into_iter().zip(&wanted) {
+                    match result {
+                        Ok(jobs) => {
+                            for job in jobs {
+                                self.start_attempt(job);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, queue = %queue, "claiming jobs failed");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.inner.wake_dispatcher.notified() => {}
+                _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+                _ = stopping.cancelled() => break,
+            }
+        }
+    }
+
+    fn start_attempt(&self, job: Job) {
+        let token = CancellationToken::new();
+        let stop = Arc::new(AtomicU8::new(super::STOP_NONE));
+        {
+            let mut queues = self.write_queues();
+            if let Some(queue) = queues.get_mut(&job.queue) {
+                queue.running += 1;
+                queue.drain.record(1);
+            }
+        }
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(
+                job.id,
+                RunningJob {
+                    token: token.clone(),
+                    stop: stop.clone(),
+                },
+            );
+        }
+        self.publish(&job);
+        let engine = self.clone();
+        self.inner.jobs.spawn(async move {
+            let outcome = engine.execute(&job, token, &stop).await;
+            engine.finish(job, outcome).await;
+        });
+    }
+
+    /// Runs one attempt to its outcome. Never fails: every way an attempt can
+    /// end is an `AttemptOutcome`.
+    async fn execute(&self, job: &Job, token: CancellationToken, stop: &AtomicU8) -> AttemptOutcome {
+        let Some(handler) = self.inner.kinds.get(&job.kind) else {
+            return self.failure(
+                job,
+                JobFailure::permanent("unknown_kind", format!("no handler for kind `{}`", job.kind)),
+            );
+        };
+        let progress = Arc::new(StoreProgress {
+            store: self.inner.store.clone(),
+            id: job.id,
+            attempt: job.attempt,
+        });
+        let ctx = JobContext::new(job.id, job.attempt, job.payload.clone(), token.clone(), progress);
+        // Its own task, so that a handler ignoring its token can be aborted.
+        let mut task = tokio::spawn(async move { handler.run(ctx).await });
+        let timeout = Duration::from_millis(job.timeout_ms);
+
+        let interrupted_by_timeout = tokio::select! {
+            joined = &mut task => return self.outcome_of(job, joined, stop),
+            _ = tokio::time::sleep(timeout) => true,
+            _ = token.cancelled() => false,
+        };
+        token.cancel();
+        let joined = tokio::time::timeout(self.inner.settings.cancel_grace, &mut task).await;
+        if joined.is_err() {
+            task.abort();
+            tracing::warn!(job_id = %job.id, "handler ignored its cancellation; aborted");
+        }
+        match stop.load(Ordering::Acquire) {
+            STOP_SHUTDOWN => AttemptOutcome::Released,
+            STOP_CANCEL => match joined {
+                // It finished its work after all: report what really happened.
+                Ok(Ok(Ok(result))) => self.success(job, result),
+                _ => AttemptOutcome::Cancelled(cancel_error(job)),
+            },
+            _ if interrupted_by_timeout => self.failure(
+                job,
+                JobFailure::retryable(
+                    "timeout",
+                    format!("the attempt exceeded its timeout of {} ms", job.timeout_ms),
+                ),
+            ),
+            _ => AttemptOutcome::Cancelled(cancel_error(job)),
+        }
+    }
+
+    fn outcome_of(
+        &self,
+        job: &Job,
+        joined: Result<Result<Value, JobFailure>, tokio::task::JoinError>,
+        stop: &AtomicU8,
+    ) -> AttemptOutcome {
+        match joined {
+            Ok(Ok(result)) => self.success(job, result),
+            Ok(Err(_)) if stop.load(Ordering::Acquire) == STOP_CANCEL => {
+                AttemptOutcome::Cancelled(cancel_error(job))
+            }
+            Ok(Err(_)) if stop.load(Ordering::Acquire) == STOP_SHUTDOWN => AttemptOutcome::Released,
+            Ok(Err(failure)) => self.failure(job, failure),
+            Err(join_error) => self.failure(
+                job,
+                JobFailure::retryable(
+                    "panicked",
+                    if join_error.is_panic() {
+                        "the handler panicked"
+                    } else {
+                        "the handler's task was aborted"
+                    },
+                ),
+            ),
+        }
+    }
+
+    fn success(&self, job: &Job, result: Value) -> AttemptOutcome {
+        let size = serde_json::to_vec(&result).map_or(usize::MAX, |bytes| bytes.len());
+        if size > self.inner.settings.max_result_bytes {
+            return self.failure(
+                job,
+                JobFailure::permanent(
+                    "result_too_large",
+                    format!(
+                        "the result is {size} bytes; at most {} are kept",
+                        self.inner.settings.max_result_bytes
+                    ),
+                ),
+            );
+        }
+        AttemptOutcome::Succeeded(result)
+    }
+
+    /// A failed attempt: retried after a jittered backoff while attempts
+    /// remain and the failure is retryable, otherwise final.
+    fn failure(&self, job: &Job, failure: JobFailure) -> AttemptOutcome {
+        let now = Timestamp::now();
+        let error = ErrorInfo {
+            code: failure.code().to_owned(),
+            message: failure.message().to_owned(),
+            attempt: Some(job.attempt),
+            at: now,
+        };
+        let retry_at = (failure.is_retryable() && job.attempt < job.max_attempts).then(|| {
+            let ceiling = job.backoff.ceiling_ms(job.attempt);
+            let delay = rand::rng().random_range(0..=ceiling);
+            now.plus_ms(delay as i64)
+        });
+        AttemptOutcome::Failed { error, retry_at }
+    }
+
+    /// Stores the outcome (fenced by attempt and lease), frees the slot and
+    /// tells whoever waits.
+    async fn finish(&self, job: Job, outcome: AttemptOutcome) {
+        let completion = Completion {
+            id: job.id,
+            attempt: job.attempt,
+            lease_owner: self.inner.instance_id.clone(),
+            outcome,
+            at: Timestamp::now(),
+        };
+        let mut stored = None;
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..COMPLETE_TRIES {
+            match self.inner.store.complete(completion.clone()).await {
+                Ok(result) => {
+                    stored = Some(result);
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %job.id, %error, "storing an attempt's outcome failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(&job.id);
+        }
+        if let Some(queue) = self.write_queues().get_mut(&job.queue) {
+            queue.running = queue.running.saturating_sub(1);
+        }
+        self.inner.wake_dispatcher.notify_one();
+        match stored {
+            Some(CompletionResult::Applied(done)) => {
+                tracing::debug!(job_id = %done.id, attempt = done.attempt, status = %done.status, "attempt finished");
+                if done.status == JobState::Scheduled {
+                    self.schedule_wake(done.run_at);
+                }
+                self.publish(&done);
+            }
+            Some(CompletionResult::Fenced) => {
+                tracing::warn!(job_id = %job.id, attempt = job.attempt, "outcome discarded: the job's lease was taken over");
+            }
+            None => {
+                tracing::error!(job_id = %job.id, attempt = job.attempt, "could not store the outcome; the job will be rescued when its lease expires");
+            }
+        }
+    }
+}
+
+fn cancel_error(job: &Job) -> ErrorInfo {
+    ErrorInfo {
+        code: "cancelled".into(),
+        message: "cancelled on request".into(),
+        attempt: Some(job.attempt),
+        at: Timestamp::now(),
+    }
+}
+
+/// Progress reports of one attempt, written through the store (fenced by attempt).
+struct StoreProgress {
+    store: Arc<dyn JobStore>,
+    id: JobId,
+    attempt: u32,
+}
+
+#[async_trait]
+impl ProgressSink for StoreProgress {
+    async fn report(&self, progress: Progress) {
+        if let Err(error) = self.store.report_progress(self.id, self.attempt, progress).await {
+            tracing::warn!(job_id = %self.id, %error, "storing progress failed");
+        }
+    }
+}
