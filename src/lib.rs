@@ -1,5 +1,29 @@
+//! Spool: an HTTP job-submission service, usable as a binary or a library.
+//!
+//! Map of the modules, from the outside in:
+//!
+//! - [`app`]: assembles store, engine and router; runs until a signal.
+//! - [`config`]: flags, `SPOOL_*` environment variables and the TOML file.
+//! - [`http`]: routes, extractors, the problem+json error type, OpenAPI.
+//! - [`engine`]: admission, dispatch to the worker pool, leases, retries,
+//!   cancellation, shutdown.
+//! - [`kinds`]: the [`kinds::JobKind`] trait and the built-in kinds.
+//! - [`notify`]: job lifecycle events.
+//! - [`store`]: the [`store::JobStore`] trait and its SQLite backend.
+//! - [`domain`]: plain types (jobs, specs, states, queues): no HTTP, no SQL.
+//! - [`bench`]: the `spool bench` load generator.
+//! - [`telemetry`]: logging set-up.
+//!
+//! A custom kind is a type implementing [`kinds::JobKind`], registered with
+//! [`app::App::builder`]`(config).kind(MyKind)`; see `examples/custom_kind.rs`.
+
+pub mod app;
+pub mod bench;
+pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod http;
 pub mod kinds;
 pub mod notify;
 pub mod store;
+pub mod telemetry;

@@ -1,1 +1,49 @@
-fn main() {}
+//! The `spool` binary: configuration → telemetry → App::build → run until stopped.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use spool::app::App;
+use spool::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Openapi) => {
+            print!("{}", spool::http::openapi_document());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Bench(args)) => match spool::bench::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("spool bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Serve) | None => serve(cli.config).await,
+    }
+}
+
+async fn serve(config: spool::config::Config) -> ExitCode {
+    spool::telemetry::init(config.log_format);
+    let app = match App::builder(config).build().await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("spool: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "listening"),
+        Err(error) => tracing::warn!(%error, "listening on an unknown address"),
+    }
+    match app.run_until(spool::app::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "the server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -9,5 +9,5 @@ pub use job::{ErrorInfo, Job, JobId, JobState, Progress, TENANT_DEFAULT};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
-pub use spec::{FieldError, JobSpec, NewJob, OnConflict};
+pub use spec::{FieldError, JobSpec, NewJob, OnConflict, escape_pointer, valid_metadata_key};
 pub use time::Timestamp;

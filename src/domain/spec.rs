@@ -15,10 +15,13 @@ const MAX_KEY_LEN: usize = 255;
 const MAX_METADATA_ENTRIES: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 1_024;
 
-/// One offending field: a JSON Pointer into the request body and what is wrong.
+/// One offending field: a JSON Pointer into the request body (or, for a
+/// query parameter, its name in `parameter`) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     pub pointer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
     pub message: String,
 }
 
@@ -26,6 +29,16 @@ impl FieldError {
     pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             pointer: pointer.into(),
+            parameter: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error in a query parameter; `pointer` is empty (there is no body).
+    pub fn parameter(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            pointer: String::new(),
+            parameter: Some(name.into()),
             message: message.into(),
         }
     }

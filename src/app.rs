@@ -1,0 +1,166 @@
+//! Assembling the service: store, engine, router and listener; running it
+//! until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::Engine;
+use crate::http::{AppState, router};
+use crate::kinds::{JobKind, KindRegistry, RegistryError};
+use crate::store::{JobStore, SqliteStore, StoreError};
+
+/// Time in-flight requests get to finish after the engine stopped.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kinds(#[from] RegistryError),
+    #[error("SPOOL_DATABASE_URL: {0}")]
+    Store(#[from] StoreError),
+    #[error("SPOOL_BIND: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Builds an [`App`]: the built-in kinds plus any added with [`AppBuilder::kind`].
+pub struct AppBuilder {
+    config: Config,
+    kinds: Vec<Arc<dyn JobKind>>,
+}
+
+impl AppBuilder {
+    /// Registers a job kind of your own.
+    pub fn kind(mut self, kind: impl JobKind) -> Self {
+        self.kinds.push(Arc::new(kind));
+        self
+    }
+
+    pub async fn build(self) -> Result<App, StartError> {
+        let config = self.config;
+        let declared = config.declared_queues()?;
+        let engine_settings = config.engine_settings()?;
+        let http_settings = config.http_settings()?;
+        let kinds = KindRegistry::new(self.kinds)?;
+        let store = open_store(&config.database_url).await?;
+        let engine = Engine::start(store, kinds, engine_settings, declared).await?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let router = router(
+            AppState {
+                engine: engine.clone(),
+            },
+            &http_settings,
+        );
+        Ok(App {
+            listener,
+            router,
+            engine,
+        })
+    }
+}
+
+async fn open_store(url: &str) -> Result<Arc<dyn JobStore>, StartError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::open(url).await?));
+    }
+    Err(ConfigError::Invalid {
+        setting: "SPOOL_DATABASE_URL",
+        message: format!("`{url}` is not supported; use sqlite://FILE"),
+    }
+    .into())
+}
+
+/// A started service: listening, engine running, not yet serving requests.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    engine: Engine,
+}
+
+impl App {
+    pub fn builder(config: Config) -> AppBuilder {
+        AppBuilder {
+            config,
+            kinds: KindRegistry::builtin(),
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` resolves, then stops admitting (503), drains
+    /// running jobs within the grace period, hands back the rest and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let App {
+            listener,
+            router,
+            engine,
+        } = self;
+        let stop_http = CancellationToken::new();
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future();
+        let server = tokio::spawn(server);
+        shutdown.await;
+        // Keep answering while jobs drain: reads work, submissions get 503.
+        engine.shutdown().await;
+        stop_http.cancel();
+        match tokio::time::timeout(HTTP_DRAIN, server).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join_error)) => Err(std::io::Error::other(join_error)),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish in time; closing");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

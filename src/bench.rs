@@ -1,0 +1,277 @@
+//! `spool bench`: starts the service on a fresh database and measures it over
+//! loopback HTTP, next to a bare axum handler doing the same parsing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use clap::Args;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::domain::{JobSpec, QueueDefaultsPatch, QueueSettings};
+use crate::notify::EventKind;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent HTTP connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Length of each submission round.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Rounds per throughput figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Jobs per end-to-end round.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: usize,
+    /// Worker slots of the benchmark queue.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// Jobs submitted one by one to measure enqueue-to-start latency.
+    #[arg(long, default_value_t = 1_000)]
+    pub latency_samples: usize,
+}
+
+const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let config = Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+        ..Config::default()
+    };
+    let app = App::builder(config).build().await?;
+    let spool_addr = app.local_addr()?;
+    let engine = app.engine().clone();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+    let bare_addr = start_bare_server().await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+
+    let queue = |paused: bool| QueueSettings {
+        concurrency: Some(args.concurrency),
+        capacity: Some(100_000_000),
+        paused: Some(paused),
+        defaults: Some(QueueDefaultsPatch::default()),
+    };
+    engine.put_queue("bench", &queue(true)).await?;
+
+    println!(
+        "spool bench: {} connections, {} rounds of {:?}, {} worker slots, {} cores",
+        args.connections,
+        args.rounds,
+        args.duration,
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Accepted submissions/s, against the bare handler, alternating rounds.
+    let (mut bare, mut durable) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        bare.push(post_load(&client, bare_addr, "/bare", &args).await?);
+        durable.push(post_load(&client, spool_addr, "/v1/jobs", &args).await?);
+    }
+    let (bare, durable) = (median(&mut bare), median(&mut durable));
+    println!("bare axum POST (parse the same JSON, 202):  {bare:>10.0} req/s (median)");
+    println!("spool POST /v1/jobs (durable noop):         {durable:>10.0} req/s (median)");
+    println!("ratio durable / bare:                       {:>10.2}", durable / bare);
+
+    // Drain what the submission rounds left, so later figures start idle.
+    engine.put_queue("bench", &queue(false)).await?;
+    wait_until_idle(&engine).await?;
+
+    // 2. End-to-end: submit `jobs` noop jobs as fast as possible, until all succeeded.
+    let mut e2e = Vec::new();
+    for _ in 0..args.rounds {
+        let started = Instant::now();
+        submit_count(&client, spool_addr, args.jobs, args.connections).await?;
+        wait_until_idle(&engine).await?;
+        e2e.push(args.jobs as f64 / started.elapsed().as_secs_f64());
+    }
+    println!(
+        "end-to-end noop (submitted → succeeded):    {:>10.0} jobs/s (median of {} rounds of {} jobs)",
+        median(&mut e2e),
+        args.rounds,
+        args.jobs
+    );
+
+    // 3. Enqueue-to-start latency with idle workers: from sending the POST
+    // to the worker starting the job (an upper bound of the true figure).
+    let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut events = engine.events().subscribe();
+    let recorder = {
+        let started_at = started_at.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                if event.kind == EventKind::Started {
+                    started_at.lock().await.insert(event.job_id.to_string(), Instant::now());
+                }
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(args.latency_samples);
+    for _ in 0..args.latency_samples {
+        let sent = Instant::now();
+        let response = client
+            .post(format!("http://{spool_addr}/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(NOOP_JOB)
+            .send()
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            bail!("latency probe got {}", response.status());
+        }
+        let body: serde_json::Value = response.json().await?;
+        let id = body["id"].as_str().unwrap_or_default().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(at) = started_at.lock().await.get(&id) {
+                latencies.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("job {id} did not start within 5 s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // Let the worker finish so every probe meets idle workers.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    recorder.abort();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "enqueue-to-start latency, idle workers:     p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.len()
+    );
+
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// A bare axum server that parses the job spec exactly as the API does.
+async fn start_bare_server() -> anyhow::Result<SocketAddr> {
+    async fn bare(body: Bytes) -> (StatusCode, &'static str) {
+        match crate::http::parse_json::<JobSpec>(&body) {
+            Ok(_) => (StatusCode::ACCEPTED, r#"{"status":"queued"}"#),
+            Err(_) => (StatusCode::UNPROCESSABLE_ENTITY, "{}"),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new().route("/bare", axum::routing::post(bare));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+/// POSTs noop jobs from `connections` tasks for `duration`; returns accepted/s.
+async fn post_load(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<f64> {
+    let url = format!("http://{addr}{path}");
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = 0u64;
+            while Instant::now() < deadline {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(NOOP_JOB)
+                    .send()
+                    .await?;
+                if response.status() == StatusCode::ACCEPTED {
+                    accepted += 1;
+                }
+                response.bytes().await?;
+            }
+            anyhow::Ok(accepted)
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await??;
+    }
+    Ok(accepted as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Submits exactly `count` noop jobs over `connections` tasks.
+async fn submit_count(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    count: usize,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let url = format!("http://{addr}/v1/jobs");
+    let per_task = count.div_ceil(connections);
+    let mut tasks = Vec::new();
+    for task in 0..connections {
+        let n = per_task.min(count.saturating_sub(task * per_task));
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(NOOP_JOB)
+                    .send()
+                    .await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    bail!("submission got {}", response.status());
+                }
+                response.bytes().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn wait_until_idle(engine: &crate::engine::Engine) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = engine.get_queue("bench").await?.counts;
+        if counts.scheduled + counts.queued + counts.running == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the bench queue did not drain within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}

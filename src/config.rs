@@ -1,0 +1,189 @@
+//! Typed configuration: command-line flags with `SPOOL_*` environment
+//! fallbacks, plus an optional TOML file for queues.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::domain::{QueueConfig, QueueSettings};
+use crate::engine::EngineSettings;
+use crate::http::HttpSettings;
+
+#[derive(Parser, Debug)]
+#[command(name = "spool", version, about = "An HTTP job-submission service.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print the OpenAPI document the code describes.
+    Openapi,
+    /// Start the service on a fresh database and measure it over loopback HTTP.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 7d: {e}"))
+}
+
+/// Everything the service needs to start. Each default is documented here
+/// and in `docs/operations.md`.
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SPOOL_BIND", default_value = "127.0.0.1:8080", global = true)]
+    pub bind: SocketAddr,
+    /// `sqlite://FILE` (embedded, created when missing).
+    #[arg(long, env = "SPOOL_DATABASE_URL", default_value = "sqlite://spool.db", global = true)]
+    pub database_url: String,
+    /// Optional TOML file declaring queues.
+    #[arg(long = "config", env = "SPOOL_CONFIG", global = true)]
+    pub config_file: Option<PathBuf>,
+    /// Time running jobs get to finish on SIGTERM/SIGINT before they are handed back.
+    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration, global = true)]
+    pub shutdown_grace: Duration,
+    /// Time a cancelled or timed-out handler gets to stop before it is aborted.
+    #[arg(long, env = "SPOOL_CANCEL_GRACE", default_value = "5s", value_parser = duration, global = true)]
+    pub cancel_grace: Duration,
+    /// Lease of a running job (renewed every third of it); a job whose process
+    /// died is rescued once it expires.
+    #[arg(long, env = "SPOOL_LEASE_TTL", default_value = "30s", value_parser = duration, global = true)]
+    pub lease_ttl: Duration,
+    /// How long terminal jobs are kept.
+    #[arg(long, env = "SPOOL_RETENTION", default_value = "7d", value_parser = duration, global = true)]
+    pub retention: Duration,
+    /// Largest request body in bytes.
+    #[arg(long, env = "SPOOL_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+    /// Log format.
+    #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// A bad setting: start-up stops with a message naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("SPOOL_CONFIG: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("SPOOL_CONFIG: {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("SPOOL_CONFIG: queue `{queue}`: {message}")]
+    Queue { queue: String, message: String },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+/// The optional TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[queues.NAME]` tables with the fields of `PUT /v1/queues/{name}`.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueSettings>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://spool.db".into(),
+            config_file: None,
+            shutdown_grace: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_body_bytes: 1024 * 1024,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// The queues the config file declares, checked.
+    pub fn declared_queues(&self) -> Result<Vec<QueueConfig>, ConfigError> {
+        let Some(path) = &self.config_file else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        file.queues
+            .into_iter()
+            .map(|(name, settings)| {
+                if !QueueConfig::valid_name(&name) {
+                    return Err(ConfigError::Queue {
+                        queue: name,
+                        message: "names are 1 to 64 of A-Z a-z 0-9 _ - .".into(),
+                    });
+                }
+                let mut queue = QueueConfig::new(name.clone());
+                queue.apply(&settings).map_err(|errors| ConfigError::Queue {
+                    queue: name,
+                    message: errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.pointer.trim_start_matches('/'), e.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+                Ok(queue)
+            })
+            .collect()
+    }
+
+    pub fn engine_settings(&self) -> Result<EngineSettings, ConfigError> {
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_LEASE_TTL",
+                message: "must be at least 1s".into(),
+            });
+        }
+        Ok(EngineSettings {
+            shutdown_grace: self.shutdown_grace,
+            cancel_grace: self.cancel_grace,
+            lease_ttl: self.lease_ttl,
+            retention: self.retention,
+            ..EngineSettings::default()
+        })
+    }
+
+    pub fn http_settings(&self) -> Result<HttpSettings, ConfigError> {
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_MAX_BODY_BYTES",
+                message: "must be at least 1024".into(),
+            });
+        }
+        Ok(HttpSettings {
+            max_body_bytes: self.max_body_bytes,
+            ..HttpSettings::default()
+        })
+    }
+}

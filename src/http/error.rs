@@ -1,0 +1,206 @@
+//! The one HTTP error type: every failure becomes RFC 9457 problem details
+//! with a stable `code`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::FieldError;
+use crate::engine::EngineError;
+use crate::store::StoreError;
+
+/// Problem details (RFC 9457), as every error response carries them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:spool:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable, machine-readable: branch on this.
+    pub code: String,
+    /// Each offending field of the request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// The job involved (`key_conflict`: the holder of the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// What would have been accepted (`unknown_kind`, `unknown_queue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known: Option<Vec<String>>,
+}
+
+/// An error response. 5xx causes are kept out of the body and logged once
+/// by the `log_server_errors` middleware.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    errors: Option<Vec<FieldError>>,
+    job_id: Option<String>,
+    known: Option<Vec<String>>,
+    retry_after_s: Option<u64>,
+    cause: Option<String>,
+}
+
+/// The cause of a 5xx, carried to the logging middleware in the response's
+/// extensions (never in its body).
+#[derive(Clone, Debug)]
+pub struct ServerErrorCause(pub String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            errors: None,
+            job_id: None,
+            known: None,
+            retry_after_s: None,
+            cause: None,
+        }
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] if one.pointer.is_empty() => one.message.clone(),
+            [one] => format!("{}: {}", one.pointer, one.message),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        let mut error = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail);
+        error.errors = Some(errors);
+        error
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the server failed to handle this request; it has been logged",
+        );
+        error.cause = Some(cause.to_string());
+        error
+    }
+
+    pub fn storage_unavailable(cause: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "storage is unavailable; try again shortly",
+        );
+        error.cause = Some(cause.to_string());
+        error.retry_after_s = Some(2);
+        error
+    }
+
+    pub fn with_job(mut self, job_id: impl ToString) -> Self {
+        self.job_id = Some(job_id.to_string());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) | StoreError::Database(_) => Self::storage_unavailable(error),
+            StoreError::Migrate(_) | StoreError::Corrupt(_) => Self::internal(error),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        let detail = error.to_string();
+        match error {
+            EngineError::Validation(errors) => Self::validation(errors),
+            EngineError::UnknownKind { known, .. } => {
+                let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_kind", detail);
+                e.errors = Some(vec![FieldError::new("/kind", "not a registered kind")]);
+                e.known = Some(known);
+                e
+            }
+            EngineError::UnknownQueue { known, .. } => {
+                let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_queue", detail);
+                e.errors = Some(vec![FieldError::new("/queue", "not a configured queue")]);
+                e.known = Some(known);
+                e
+            }
+            EngineError::QueueFull { retry_after_s, .. } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail);
+                e.retry_after_s = Some(retry_after_s);
+                e
+            }
+            EngineError::KeyConflict { holder, .. } => {
+                Self::new(StatusCode::CONFLICT, "key_conflict", detail).with_job(holder)
+            }
+            EngineError::IdempotencyMismatch => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_mismatch",
+                detail,
+            ),
+            EngineError::AlreadyFinished(job) => {
+                Self::new(StatusCode::CONFLICT, "already_finished", detail).with_job(job.id)
+            }
+            EngineError::NotRetryable(job) => {
+                Self::new(StatusCode::CONFLICT, "not_retryable", detail).with_job(job.id)
+            }
+            EngineError::NotFound => Self::not_found("resource"),
+            EngineError::ShuttingDown => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail);
+                e.retry_after_s = Some(5);
+                e
+            }
+            EngineError::Storage(store) => Self::from(store),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self
+            .status
+            .canonical_reason()
+            .unwrap_or("Error")
+            .to_owned();
+        let problem = Problem {
+            type_: format!("urn:spool:problem:{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code.to_owned(),
+            errors: self.errors,
+            job_id: self.job_id,
+            known: self.known,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ServerErrorCause(cause));
+        }
+        response
+    }
+}

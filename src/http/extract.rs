@@ -1,0 +1,219 @@
+//! Extractors that turn every malformed request into a problem, never into
+//! axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::domain::{FieldError, JobId};
+
+/// A JSON request body: `Content-Type: application/json` (or `+json`), at
+/// most the configured size, well-formed, and of the expected shape.
+pub struct JsonBody<T> {
+    pub value: T,
+    raw: Bytes,
+}
+
+impl<T> JsonBody<T> {
+    /// SHA-256 of the body's canonical form (keys sorted, no whitespace), so
+    /// a retried request that only differs in formatting matches its original.
+    pub fn fingerprint(&self, route: &str) -> String {
+        let canonical = serde_json::from_slice::<Value>(&self.raw)
+            .map(|value| value.to_string())
+            .unwrap_or_default();
+        let mut hasher = Sha256::new();
+        hasher.update(route.as_bytes());
+        hasher.update([0]);
+        hasher.update(canonical.as_bytes());
+        hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if !is_json(content_type) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let raw = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the service accepts",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("the request body could not be read: {rejection}"),
+                )
+            }
+        })?;
+        let value = parse_json(&raw)?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// Parses `bytes` as a `T`: 400 when it is not JSON, 422 with a pointer to
+/// the offending field when it is JSON of the wrong shape.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let error = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => {
+            return match deserializer.end() {
+                Ok(()) => Ok(value),
+                Err(trailing) => Err(malformed(&trailing)),
+            };
+        }
+        Err(error) => error,
+    };
+    let inner = error.inner();
+    if inner.classify() != serde_json::error::Category::Data {
+        return Err(malformed(inner));
+    }
+    let message = strip_position(&inner.to_string());
+    let mut pointer = String::new();
+    for segment in error.path().iter() {
+        pointer.push('/');
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => pointer.push_str(&index.to_string()),
+            serde_path_to_error::Segment::Map { key } => {
+                pointer.push_str(&crate::domain::escape_pointer(key))
+            }
+            serde_path_to_error::Segment::Enum { variant } => pointer.push_str(variant),
+            serde_path_to_error::Segment::Unknown => pointer.push('?'),
+        }
+    }
+    // A missing field is named in the message; the path stops at its parent.
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(field) = rest.split('`').next()
+    {
+        pointer.push('/');
+        pointer.push_str(&crate::domain::escape_pointer(field));
+    }
+    Err(ApiError::validation(vec![FieldError::new(pointer, message)]))
+}
+
+fn malformed(error: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        format!("the request body is not valid JSON: {error}"),
+    )
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A job id from the path; anything that is not one is simply not found.
+pub struct JobIdPath(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::not_found("job"))?;
+        raw.parse()
+            .map(JobIdPath)
+            .map_err(|_| ApiError::not_found("job"))
+    }
+}
+
+/// A name from the path (queues).
+pub struct NamePath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NamePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(name)| NamePath(name))
+            .map_err(|_| ApiError::not_found("queue"))
+    }
+}
+
+/// The query string as ordered pairs, for endpoints that validate their own
+/// parameters (and reject unknown ones).
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .map(QueryPairs)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_query",
+                    format!("the query string could not be parsed: {e}"),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobSpec;
+
+    #[test]
+    fn shape_errors_point_at_the_field_and_syntax_errors_are_malformed() {
+        let error = parse_json::<JobSpec>(br#"{"kind": "noop", "priority": "high"}"#).unwrap_err();
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let error = parse_json::<JobSpec>(br#"{"kind": "noop", "prority": 1}"#).unwrap_err();
+        assert_eq!(error.code(), "validation_failed");
+        let error = parse_json::<JobSpec>(br#"{"kind": "noop""#).unwrap_err();
+        assert_eq!(error.code(), "malformed_json");
+        let error = parse_json::<JobSpec>(br#"{"kind": "noop"} trailing"#).unwrap_err();
+        assert_eq!(error.code(), "malformed_json");
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/merge-patch+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json(""));
+    }
+}

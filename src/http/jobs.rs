@@ -1,0 +1,258 @@
+//! `/v1/jobs`: submit, read, list, cancel and retry jobs.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{JobIdPath, JsonBody, QueryPairs};
+use crate::domain::{FieldError, Job, JobSpec, JobState, TENANT_DEFAULT, valid_metadata_key};
+use crate::engine::{Cancelled, Submitted};
+use crate::store::{IdempotencyKey, JobFilter};
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1_000;
+
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<Job>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn location(id: impl std::fmt::Display) -> (header::HeaderName, String) {
+    (header::LOCATION, format!("/v1/jobs/{id}"))
+}
+
+/// The `Idempotency-Key` header, if any, checked for shape.
+pub(super) fn idempotency_key(
+    headers: &HeaderMap,
+    fingerprint: impl FnOnce() -> String,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::validation(vec![FieldError::new(
+                "",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )])
+        })?;
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        request_hash: fingerprint(),
+    }))
+}
+
+/// Submit a job.
+///
+/// Validated against its kind's payload schema and its queue, then durably
+/// stored before the answer: a `202` survives a crash. A full queue answers
+/// `429` with `Retry-After`. With `key`, `on_conflict` decides what happens
+/// when an active job holds the key. With an `Idempotency-Key` header, a
+/// repeat of the same request returns the original response.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
+    responses(
+        (status = 202, description = "Accepted and stored.", body = Job,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 200, description = "`on_conflict: existing`: the job that holds the key.", body = Job),
+        (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`key_conflict`: the key is held.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid: `validation_failed`, `unknown_kind`, `unknown_queue`, `idempotency_mismatch`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`queue_full`; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<JobSpec>,
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency_key(&headers, || body.fingerprint("POST /v1/jobs"))?;
+    let submitted = state
+        .engine
+        .submit_job(TENANT_DEFAULT, body.value, idempotency)
+        .await?;
+    Ok(match submitted {
+        Submitted::Created(job) => {
+            (StatusCode::ACCEPTED, [location(job.id)], Json(job)).into_response()
+        }
+        Submitted::Existing(job) => (StatusCode::OK, [location(job.id)], Json(job)).into_response(),
+        Submitted::Replayed(stored) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
+            let mut response = (status, Json(&stored.body)).into_response();
+            if let Some(id) = stored.body.get("id").and_then(|id| id.as_str())
+                && let Ok(value) = HeaderValue::from_str(&format!("/v1/jobs/{id}"))
+            {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+    })
+}
+
+/// Get a job.
+///
+/// `position` is the job's place among its queue's queued jobs (0 = next).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job.", body = Job),
+        (status = 404, description = "No such job.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_job(
+    State(state): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(state.engine.get_job(TENANT_DEFAULT, id).await?))
+}
+
+/// List jobs, newest first.
+///
+/// Filters combine with AND; `metadata.K=V` matches a metadata label.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("queue" = Option<String>, Query, description = "Only this queue"),
+        ("status" = Option<JobState>, Query, description = "Only this status"),
+        ("kind" = Option<String>, Query, description = "Only this kind"),
+        ("key" = Option<String>, Query, description = "Only jobs with this key"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs.", body = JobPage),
+        (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid or unknown.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    QueryPairs(pairs): QueryPairs,
+) -> Result<Json<JobPage>, ApiError> {
+    let filter = parse_filter(pairs)?;
+    let limit = filter.limit;
+    let mut probe = filter;
+    probe.limit = limit + 1;
+    let mut items = state.engine.list_jobs(TENANT_DEFAULT, &probe).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|job| job.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(JobPage { items, next_cursor }))
+}
+
+fn parse_filter(pairs: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
+    let mut filter = JobFilter {
+        limit: DEFAULT_PAGE,
+        ..JobFilter::default()
+    };
+    let mut errors = Vec::new();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "queue" => filter.queue = Some(value),
+            "kind" => filter.kind = Some(value),
+            "key" => filter.key = Some(value),
+            "status" => match value.parse::<JobState>() {
+                Ok(status) => filter.status = Some(status),
+                Err(message) => errors.push(FieldError::parameter(name, message)),
+            },
+            "limit" => match value.parse::<u32>() {
+                Ok(limit) if (1..=MAX_PAGE).contains(&limit) => filter.limit = limit,
+                _ => errors.push(FieldError::parameter(
+                    name,
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                )),
+            },
+            "cursor" => match value.parse() {
+                Ok(id) => filter.before = Some(id),
+                Err(_) => errors.push(FieldError::parameter(name, "not a cursor from this API")),
+            },
+            _ => match name.strip_prefix("metadata.") {
+                Some(label) if valid_metadata_key(label) => {
+                    filter.metadata.push((label.to_owned(), value))
+                }
+                Some(_) => errors.push(FieldError::parameter(name, "not a valid metadata key")),
+                None => errors.push(FieldError::parameter(name, "unknown parameter")),
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(filter)
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Cancel a job.
+///
+/// A scheduled or queued job is cancelled at once (200). A running job is
+/// asked to stop (202): its handler's token fires, and after a grace period
+/// its task is aborted; it becomes `cancelled` when it stops.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled.", body = Job),
+        (status = 202, description = "Cancellation requested; the job is stopping.", body = Job),
+        (status = 404, description = "No such job.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`already_finished`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> Result<Response, ApiError> {
+    Ok(match state.engine.cancel_job(TENANT_DEFAULT, id).await? {
+        Cancelled::Now(job) => (StatusCode::OK, Json(job)).into_response(),
+        Cancelled::Requested(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
+    })
+}
+
+/// Retry a failed or cancelled job.
+///
+/// Re-enqueues it as a new attempt series (`attempt` starts again at 0).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Queued again.", body = Job),
+        (status = 404, description = "No such job.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_retryable` (not failed or cancelled) or `key_conflict`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`queue_full`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> Result<Response, ApiError> {
+    let job = state.engine.retry_job(TENANT_DEFAULT, id).await?;
+    Ok((StatusCode::ACCEPTED, [location(job.id)], Json(job)).into_response())
+}

@@ -1,0 +1,158 @@
+//! The HTTP API: routes, middleware, and the OpenAPI document generated from them.
+
+mod error;
+mod extract;
+mod health;
+mod jobs;
+mod kinds;
+mod queues;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, Problem, ServerErrorCause};
+pub use extract::parse_json;
+pub use health::OPENAPI_YAML;
+
+use crate::engine::Engine;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+}
+
+/// Limits of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Largest request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Longest a request may take. Default 75 s (long-polls wait up to 60 s).
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Spool",
+        description = "Submit jobs and batches over HTTP, follow them, cancel them. \
+            Errors are RFC 9457 problem details with a stable `code`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    tags(
+        (name = "jobs", description = "Submit, read, cancel and retry jobs"),
+        (name = "queues", description = "Named, bounded queues with their own concurrency"),
+        (name = "kinds", description = "The job kinds this service runs"),
+        (name = "operations", description = "Health and the API description"),
+    )
+)]
+struct ApiDoc;
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::retry_job))
+        .routes(routes!(queues::list_queues))
+        .routes(routes!(queues::get_queue, queues::put_queue))
+        .routes(routes!(kinds::list_kinds))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::openapi_yaml))
+}
+
+/// The OpenAPI document as the code describes it (what `openapi.yaml` must be).
+pub fn openapi_document() -> String {
+    let (_, mut api) = api_router().split_for_parts();
+    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    api.to_yaml().unwrap_or_default()
+}
+
+/// The whole application: routes, fallbacks and middleware.
+pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
+    let (router, _) = api_router().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                        let request_id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id = %request_id,
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(middleware::from_fn(log_server_errors))
+                .layer(CatchPanicLayer::custom(|_panic| {
+                    ApiError::internal("a handler panicked").into_response()
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    settings.request_timeout,
+                ))
+                .layer(CompressionLayer::new()),
+        )
+}
+
+/// Logs the cause of every 5xx once, inside the request's span (so with its
+/// request id); the body the client gets stays opaque.
+async fn log_server_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        let cause = response
+            .extensions()
+            .get::<ServerErrorCause>()
+            .map_or("no cause recorded", |cause| cause.0.as_str());
+        tracing::error!(status = response.status().as_u16(), cause, "request failed");
+    }
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this resource does not support that method",
+    )
+}
