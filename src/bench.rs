@@ -85,7 +85,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (bare, durable) = (median(&mut bare), median(&mut durable));
     println!("bare axum POST (parse the same JSON, 202):  {bare:>10.0} req/s (median)");
     println!("spool POST /v1/jobs (durable noop):         {durable:>10.0} req/s (median)");
-    println!("ratio durable / bare:                       {:>10.2}", durable / bare);
+    println!(
+        "ratio durable / bare:                       {:>10.2}",
+        durable / bare
+    );
 
     // Drain what the submission rounds left, so later figures start idle.
     engine.put_queue("bench", &queue(false)).await?;
@@ -115,7 +118,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
                 if event.kind == EventKind::Started {
-                    started_at.lock().await.insert(event.job_id.to_string(), Instant::now());
+                    started_at
+                        .lock()
+                        .await
+                        .insert(event.job_id.to_string(), Instant::now());
                 }
             }
         })

@@ -40,7 +40,8 @@ pub enum LogFormat {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 7d: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 7d: {e}"))
 }
 
 /// Everything the service needs to start. Each default is documented here
@@ -48,10 +49,20 @@ fn duration(text: &str) -> Result<Duration, String> {
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "SPOOL_BIND", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SPOOL_BIND",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub bind: SocketAddr,
     /// `sqlite://FILE` (embedded, created when missing).
-    #[arg(long, env = "SPOOL_DATABASE_URL", default_value = "sqlite://spool.db", global = true)]
+    #[arg(
+        long,
+        env = "SPOOL_DATABASE_URL",
+        default_value = "sqlite://spool.db",
+        global = true
+    )]
     pub database_url: String,
     /// Optional TOML file declaring queues.
     #[arg(long = "config", env = "SPOOL_CONFIG", global = true)]
@@ -145,14 +156,18 @@ impl Config {
                     });
                 }
                 let mut queue = QueueConfig::new(name.clone());
-                queue.apply(&settings).map_err(|errors| ConfigError::Queue {
-                    queue: name,
-                    message: errors
-                        .iter()
-                        .map(|e| format!("{}: {}", e.pointer.trim_start_matches('/'), e.message))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                })?;
+                queue
+                    .apply(&settings)
+                    .map_err(|errors| ConfigError::Queue {
+                        queue: name,
+                        message: errors
+                            .iter()
+                            .map(|e| {
+                                format!("{}: {}", e.pointer.trim_start_matches('/'), e.message)
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    })?;
                 Ok(queue)
             })
             .collect()

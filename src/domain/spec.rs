@@ -215,9 +215,7 @@ impl JobSpec {
                     now
                 }
             },
-            (None, Some(delay)) if (0..=MAX_DELAY_MS as i64).contains(&delay) => {
-                now.plus_ms(delay)
-            }
+            (None, Some(delay)) if (0..=MAX_DELAY_MS as i64).contains(&delay) => now.plus_ms(delay),
             (None, Some(_)) => {
                 errors.push(FieldError::new(
                     pointer("delay_ms"),
@@ -313,7 +311,9 @@ impl JobSpec {
             tenant: tenant.to_owned(),
             queue: queue.name.clone(),
             kind: self.kind,
-            payload: self.payload.unwrap_or_else(|| Value::Object(Default::default())),
+            payload: self
+                .payload
+                .unwrap_or_else(|| Value::Object(Default::default())),
             state,
             priority,
             max_attempts,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Engine, EngineError};
 use crate::domain::{FieldError, Job, JobSpec, JobState, Timestamp};
-use crate::store::{IdempotencyKey, StoredResponse, SubmitOutcome, Submission};
+use crate::store::{IdempotencyKey, StoredResponse, Submission, SubmitOutcome};
 
 /// What a successful submission returns.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ impl Engine {
                 self.admitted(&job);
                 Ok(Submitted::Created(job))
             }
-            SubmitOutcome::Existing(job) => Ok(Submitted::Existing(job)),
+            SubmitOutcome::Existing(job) => Ok(Submitted::Existing(*job)),
             SubmitOutcome::Replayed(response) => Ok(Submitted::Replayed(response)),
         }
     }

@@ -43,7 +43,9 @@ impl Engine {
                 Err(error) => tracing::error!(%error, "promoting due jobs failed"),
             }
             let next = self.inner.next_due_ms.load(Ordering::Acquire);
-            let until_next = Duration::from_millis(next.saturating_sub(Timestamp::now().as_millis()).max(0) as u64);
+            let until_next = Duration::from_millis(
+                next.saturating_sub(Timestamp::now().as_millis()).max(0) as u64,
+            );
             let sleep = until_next.min(self.inner.settings.poll_interval);
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
@@ -66,7 +68,12 @@ impl Engine {
                 _ = stopped.cancelled() => break,
             }
             let until = Timestamp::now().plus_ms(ttl.as_millis() as i64);
-            match self.inner.store.renew_leases(&self.inner.instance_id, until).await {
+            match self
+                .inner
+                .store
+                .renew_leases(&self.inner.instance_id, until)
+                .await
+            {
                 Ok(cancel_requested) => {
                     for id in cancel_requested {
                         self.stop_running(id, STOP_CANCEL);
@@ -104,7 +111,8 @@ impl Engine {
         loop {
             let now = Timestamp::now();
             let finished_before = now.plus_ms(-(self.inner.settings.retention.as_millis() as i64));
-            let keys_before = now.plus_ms(-(self.inner.settings.idempotency_ttl.as_millis() as i64));
+            let keys_before =
+                now.plus_ms(-(self.inner.settings.idempotency_ttl.as_millis() as i64));
             loop {
                 match self.inner.store.prune(finished_before, keys_before).await {
                     Ok(0) => break,

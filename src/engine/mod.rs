@@ -15,14 +15,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{
-    FieldError, Job, JobId, QueueConfig, QueueInfo, QueueSettings, Timestamp,
-};
+use crate::domain::{FieldError, Job, JobId, QueueConfig, QueueInfo, QueueSettings, Timestamp};
 use crate::kinds::KindRegistry;
 use crate::notify::EventHub;
-use crate::store::{
-    CancelOutcome, JobFilter, JobStore, RetryOutcome, StoreError, SubmitRejection,
-};
+use crate::store::{CancelOutcome, JobFilter, JobStore, RetryOutcome, StoreError, SubmitRejection};
 
 pub use admission::Submitted;
 use drain::DrainMeter;
@@ -164,7 +160,9 @@ impl Engine {
             .into_iter()
             .map(|q| q.name)
             .collect();
-        if !existing.iter().any(|name| name == QueueConfig::DEFAULT_NAME)
+        if !existing
+            .iter()
+            .any(|name| name == QueueConfig::DEFAULT_NAME)
             && !declared.iter().any(|q| q.name == QueueConfig::DEFAULT_NAME)
         {
             store
@@ -270,7 +268,11 @@ impl Engine {
         Ok(job)
     }
 
-    pub async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, EngineError> {
+    pub async fn list_jobs(
+        &self,
+        tenant: &str,
+        filter: &JobFilter,
+    ) -> Result<Vec<Job>, EngineError> {
         Ok(self.inner.store.list_jobs(tenant, filter).await?)
     }
 
@@ -298,7 +300,12 @@ impl Engine {
         if !self.is_admitting() {
             return Err(EngineError::ShuttingDown);
         }
-        match self.inner.store.retry_job(tenant, id, Timestamp::now()).await? {
+        match self
+            .inner
+            .store
+            .retry_job(tenant, id, Timestamp::now())
+            .await?
+        {
             RetryOutcome::NotFound => Err(EngineError::NotFound),
             RetryOutcome::NotRetryable(job) => Err(EngineError::NotRetryable(Box::new(job))),
             RetryOutcome::Rejected(rejection) => Err(self.rejection_error(rejection)),
@@ -367,20 +374,35 @@ impl Engine {
         // it early enough for the whole shutdown to fit in the grace period.
         let patience = grace.saturating_sub(inner.settings.cancel_grace.min(grace / 2));
         let running = inner.running.lock().map(|r| r.len()).unwrap_or(0);
-        tracing::info!(running_jobs = running, grace_ms = grace.as_millis() as u64, "shutting down");
-        if tokio::time::timeout(patience, inner.jobs.wait()).await.is_err() {
+        tracing::info!(
+            running_jobs = running,
+            grace_ms = grace.as_millis() as u64,
+            "shutting down"
+        );
+        if tokio::time::timeout(patience, inner.jobs.wait())
+            .await
+            .is_err()
+        {
             let ids: Vec<JobId> = inner
                 .running
                 .lock()
                 .map(|r| r.keys().copied().collect())
                 .unwrap_or_default();
-            tracing::warn!(jobs = ids.len(), "grace period over: handing running jobs back to their queues");
+            tracing::warn!(
+                jobs = ids.len(),
+                "grace period over: handing running jobs back to their queues"
+            );
             for id in ids {
                 self.stop_running(id, STOP_SHUTDOWN);
             }
             let bound = inner.settings.cancel_grace + Duration::from_secs(2);
-            if tokio::time::timeout(bound, inner.jobs.wait()).await.is_err() {
-                tracing::error!("some jobs did not stop; their leases will expire and they will be rescued");
+            if tokio::time::timeout(bound, inner.jobs.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "some jobs did not stop; their leases will expire and they will be rescued"
+                );
             }
         }
         inner.loops.close();
@@ -394,9 +416,9 @@ impl Engine {
         if let Ok(running) = running
             && let Some(job) = running.get(&id)
         {
-            let _ = job
-                .stop
-                .compare_exchange(STOP_NONE, reason, Ordering::AcqRel, Ordering::Acquire);
+            let _ =
+                job.stop
+                    .compare_exchange(STOP_NONE, reason, Ordering::AcqRel, Ordering::Acquire);
             job.token.cancel();
         }
     }
@@ -461,7 +483,9 @@ impl Engine {
                 queue,
                 known: self.queue_names(),
             },
-            SubmitRejection::KeyConflict { key, holder } => EngineError::KeyConflict { key, holder },
+            SubmitRejection::KeyConflict { key, holder } => {
+                EngineError::KeyConflict { key, holder }
+            }
             SubmitRejection::IdempotencyMismatch => EngineError::IdempotencyMismatch,
         }
     }

@@ -40,7 +40,11 @@ impl Engine {
                         .claim(queue, *free, &self.inner.instance_id, lease_until, now)
                 });
                 // Claims of all queues go out together and share one commit.
-                for (result, (queue, _)) in futures::future::join_all(claims).await.into_iter().zip(&wanted) {
+                for (result, (queue, _)) in futures::future::join_all(claims)
+                    .await
+                    .into_iter()
+                    .zip(&wanted)
+                {
                     match result {
                         Ok(jobs) => {
                             for job in jobs {
@@ -90,11 +94,19 @@ impl Engine {
 
     /// Runs one attempt to its outcome. Never fails: every way an attempt can
     /// end is an `AttemptOutcome`.
-    async fn execute(&self, job: &Job, token: CancellationToken, stop: &AtomicU8) -> AttemptOutcome {
+    async fn execute(
+        &self,
+        job: &Job,
+        token: CancellationToken,
+        stop: &AtomicU8,
+    ) -> AttemptOutcome {
         let Some(handler) = self.inner.kinds.get(&job.kind) else {
             return self.failure(
                 job,
-                JobFailure::permanent("unknown_kind", format!("no handler for kind `{}`", job.kind)),
+                JobFailure::permanent(
+                    "unknown_kind",
+                    format!("no handler for kind `{}`", job.kind),
+                ),
             );
         };
         let progress = Arc::new(StoreProgress {
@@ -102,7 +114,13 @@ impl Engine {
             id: job.id,
             attempt: job.attempt,
         });
-        let ctx = JobContext::new(job.id, job.attempt, job.payload.clone(), token.clone(), progress);
+        let ctx = JobContext::new(
+            job.id,
+            job.attempt,
+            job.payload.clone(),
+            token.clone(),
+            progress,
+        );
         // Its own task, so that a handler ignoring its token can be aborted.
         let mut task = tokio::spawn(async move { handler.run(ctx).await });
         let timeout = Duration::from_millis(job.timeout_ms);
@@ -267,7 +285,11 @@ struct StoreProgress {
 #[async_trait]
 impl ProgressSink for StoreProgress {
     async fn report(&self, progress: Progress) {
-        if let Err(error) = self.store.report_progress(self.id, self.attempt, progress).await {
+        if let Err(error) = self
+            .store
+            .report_progress(self.id, self.attempt, progress)
+            .await
+        {
             tracing::warn!(job_id = %self.id, %error, "storing progress failed");
         }
     }

@@ -35,7 +35,10 @@ pub struct Problem {
 /// An error response. 5xx causes are kept out of the body and logged once
 /// by the `log_server_errors` middleware.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ApiErrorInner>);
+
+#[derive(Debug)]
+struct ApiErrorInner {
     status: StatusCode,
     code: &'static str,
     detail: String,
@@ -53,7 +56,7 @@ pub struct ServerErrorCause(pub String);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ApiErrorInner {
             status,
             code,
             detail: detail.into(),
@@ -62,7 +65,7 @@ impl ApiError {
             known: None,
             retry_after_s: None,
             cause: None,
-        }
+        }))
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
@@ -71,13 +74,21 @@ impl ApiError {
             [one] => format!("{}: {}", one.pointer, one.message),
             many => format!("{} fields are invalid", many.len()),
         };
-        let mut error = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail);
-        error.errors = Some(errors);
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            detail,
+        );
+        error.0.errors = Some(errors);
         error
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -86,7 +97,7 @@ impl ApiError {
             "internal_error",
             "the server failed to handle this request; it has been logged",
         );
-        error.cause = Some(cause.to_string());
+        error.0.cause = Some(cause.to_string());
         error
     }
 
@@ -96,29 +107,31 @@ impl ApiError {
             "storage_unavailable",
             "storage is unavailable; try again shortly",
         );
-        error.cause = Some(cause.to_string());
-        error.retry_after_s = Some(2);
+        error.0.cause = Some(cause.to_string());
+        error.0.retry_after_s = Some(2);
         error
     }
 
     pub fn with_job(mut self, job_id: impl ToString) -> Self {
-        self.job_id = Some(job_id.to_string());
+        self.0.job_id = Some(job_id.to_string());
         self
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     pub fn code(&self) -> &'static str {
-        self.code
+        self.0.code
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) | StoreError::Database(_) => Self::storage_unavailable(error),
+            StoreError::Unavailable(_) | StoreError::Database(_) => {
+                Self::storage_unavailable(error)
+            }
             StoreError::Migrate(_) | StoreError::Corrupt(_) => Self::internal(error),
         }
     }
@@ -131,19 +144,19 @@ impl From<EngineError> for ApiError {
             EngineError::Validation(errors) => Self::validation(errors),
             EngineError::UnknownKind { known, .. } => {
                 let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_kind", detail);
-                e.errors = Some(vec![FieldError::new("/kind", "not a registered kind")]);
-                e.known = Some(known);
+                e.0.errors = Some(vec![FieldError::new("/kind", "not a registered kind")]);
+                e.0.known = Some(known);
                 e
             }
             EngineError::UnknownQueue { known, .. } => {
                 let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_queue", detail);
-                e.errors = Some(vec![FieldError::new("/queue", "not a configured queue")]);
-                e.known = Some(known);
+                e.0.errors = Some(vec![FieldError::new("/queue", "not a configured queue")]);
+                e.0.known = Some(known);
                 e
             }
             EngineError::QueueFull { retry_after_s, .. } => {
                 let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail);
-                e.retry_after_s = Some(retry_after_s);
+                e.0.retry_after_s = Some(retry_after_s);
                 e
             }
             EngineError::KeyConflict { holder, .. } => {
@@ -163,7 +176,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound => Self::not_found("resource"),
             EngineError::ShuttingDown => {
                 let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail);
-                e.retry_after_s = Some(5);
+                e.0.retry_after_s = Some(5);
                 e
             }
             EngineError::Storage(store) => Self::from(store),
@@ -173,32 +186,33 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let title = self
+        let error = *self.0;
+        let title = error
             .status
             .canonical_reason()
             .unwrap_or("Error")
             .to_owned();
         let problem = Problem {
-            type_: format!("urn:spool:problem:{}", self.code),
+            type_: format!("urn:spool:problem:{}", error.code),
             title,
-            status: self.status.as_u16(),
-            detail: self.detail,
-            code: self.code.to_owned(),
-            errors: self.errors,
-            job_id: self.job_id,
-            known: self.known,
+            status: error.status.as_u16(),
+            detail: error.detail,
+            code: error.code.to_owned(),
+            errors: error.errors,
+            job_id: error.job_id,
+            known: error.known,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (self.status, body).into_response();
+        let mut response = (error.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(seconds) = self.retry_after_s {
+        if let Some(seconds) = error.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(cause) = self.cause {
+        if let Some(cause) = error.cause {
             response.extensions_mut().insert(ServerErrorCause(cause));
         }
         response

@@ -45,7 +45,8 @@ fn is_json(content_type: &str) -> bool {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -64,21 +65,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
-        let raw = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is larger than the service accepts",
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("the request body could not be read: {rejection}"),
-                )
-            }
-        })?;
+        let raw = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body is larger than the service accepts",
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_json",
+                        format!("the request body could not be read: {rejection}"),
+                    )
+                }
+            })?;
         let value = parse_json(&raw)?;
         Ok(Self { value, raw })
     }
@@ -121,7 +124,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         pointer.push('/');
         pointer.push_str(&crate::domain::escape_pointer(field));
     }
-    Err(ApiError::validation(vec![FieldError::new(pointer, message)]))
+    Err(ApiError::validation(vec![FieldError::new(
+        pointer, message,
+    )]))
 }
 
 fn malformed(error: &serde_json::Error) -> ApiError {

@@ -40,7 +40,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 )]
 pub async fn openapi_yaml() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
         OPENAPI_YAML,
     )
         .into_response()

@@ -206,7 +206,9 @@ impl KindRegistry {
         };
         kind.validator
             .iter_errors(payload)
-            .map(|error| FieldError::new(format!("{at}{}", error.instance_path()), error.to_string()))
+            .map(|error| {
+                FieldError::new(format!("{at}{}", error.instance_path()), error.to_string())
+            })
             .collect()
     }
 }

@@ -55,9 +55,12 @@ pub struct StoredResponse {
 pub enum SubmitOutcome {
     /// Stored. `replaced` lists running holders of a key that were asked to
     /// cancel (`on_conflict: replace`); queued ones were cancelled outright.
-    Created { jobs: Vec<Job>, replaced: Vec<JobId> },
+    Created {
+        jobs: Vec<Job>,
+        replaced: Vec<JobId>,
+    },
     /// `on_conflict: existing`: the holder, nothing stored.
-    Existing(Job),
+    Existing(Box<Job>),
     /// The same `Idempotency-Key` and body were seen before.
     Replayed(StoredResponse),
 }
@@ -107,7 +110,7 @@ pub struct Completion {
 
 #[derive(Clone, Debug)]
 pub enum CompletionResult {
-    Applied(Job),
+    Applied(Box<Job>),
     /// The job is no longer this attempt's: the write was discarded.
     Fenced,
 }
@@ -217,8 +220,7 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Extends the lease of every job `owner` runs; returns those of them
     /// whose cancellation was requested (possibly through another instance).
-    async fn renew_leases(&self, owner: &str, until: Timestamp)
-    -> Result<Vec<JobId>, StoreError>;
+    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError>;
     /// Takes back running jobs whose lease expired before `now`, or — with
     /// `not_owner` — every running job not owned by that (live) instance.
     async fn rescue(

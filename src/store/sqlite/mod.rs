@@ -22,7 +22,7 @@ use self::rows::{JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, jobs_from_rows};
 use self::writer::{Command, Op};
 use super::{
     CancelOutcome, Completion, CompletionResult, JobFilter, JobStore, Promoted, Rescued,
-    RetryOutcome, StoreError, SubmitOutcome, SubmitRejection, Submission,
+    RetryOutcome, StoreError, Submission, SubmitOutcome, SubmitRejection,
 };
 use crate::domain::{
     Job, JobId, JobState, Progress, QueueConfig, QueueCounts, QueueInfo, Timestamp,
@@ -269,11 +269,7 @@ impl JobStore for SqliteStore {
         }
     }
 
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        until: Timestamp,
-    ) -> Result<Vec<JobId>, StoreError> {
+    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
         let op = Op::Renew {
             owner: owner.to_owned(),
             until,

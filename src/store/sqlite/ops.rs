@@ -10,7 +10,7 @@ use super::writer::Op;
 use crate::domain::{ErrorInfo, Job, JobId, JobState, NewJob, OnConflict, QueueConfig, Timestamp};
 use crate::store::{
     AttemptOutcome, CancelOutcome, Completion, CompletionResult, Promoted, Rescued, RetryOutcome,
-    StoreError, StoredResponse, SubmitOutcome, SubmitRejection, Submission,
+    StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
 };
 
 /// What a write produced; the store's methods unpack the variant they expect.
@@ -44,12 +44,14 @@ pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreErr
             attempt,
             progress,
         } => {
-            sqlx::query("UPDATE jobs SET progress = ? WHERE id = ? AND attempt = ? AND state = 'running'")
-                .bind(to_json(&progress))
-                .bind(id.to_string())
-                .bind(i64::from(attempt))
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND attempt = ? AND state = 'running'",
+            )
+            .bind(to_json(&progress))
+            .bind(id.to_string())
+            .bind(i64::from(attempt))
+            .execute(&mut *conn)
+            .await?;
             Done::Unit
         }
         Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at).await?),
@@ -152,7 +154,7 @@ async fn submit_in(
                     holder: holder.id,
                 }));
             }
-            OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(holder))),
+            OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(Box::new(holder)))),
             OnConflict::Replace => {
                 let error = ErrorInfo {
                     code: "replaced".into(),
@@ -408,7 +410,7 @@ async fn complete(
         .bind(i64::from(completion.attempt))
         .bind(completion.lease_owner.clone());
     match query.fetch_optional(&mut *conn).await? {
-        Some(row) => Ok(CompletionResult::Applied(Job::try_from(row)?)),
+        Some(row) => Ok(CompletionResult::Applied(Box::new(Job::try_from(row)?))),
         None => Ok(CompletionResult::Fenced),
     }
 }
@@ -428,7 +430,10 @@ async fn cancel(
     id: JobId,
     at: Timestamp,
 ) -> Result<CancelOutcome, StoreError> {
-    let Some(job) = fetch_job(conn, id).await?.filter(|job| job.tenant == tenant) else {
+    let Some(job) = fetch_job(conn, id)
+        .await?
+        .filter(|job| job.tenant == tenant)
+    else {
         return Ok(CancelOutcome::NotFound);
     };
     if job.status.is_terminal() {
@@ -455,7 +460,10 @@ async fn retry(
     id: JobId,
     at: Timestamp,
 ) -> Result<RetryOutcome, StoreError> {
-    let Some(job) = fetch_job(conn, id).await?.filter(|job| job.tenant == tenant) else {
+    let Some(job) = fetch_job(conn, id)
+        .await?
+        .filter(|job| job.tenant == tenant)
+    else {
         return Ok(RetryOutcome::NotFound);
     };
     if !matches!(job.status, JobState::Failed | JobState::Cancelled) {
@@ -514,7 +522,9 @@ async fn rescue(
     rows.into_iter()
         .map(|(id, queue, state)| {
             Ok(Rescued {
-                id: id.parse().map_err(|e| StoreError::Corrupt(format!("job id {id}: {e}")))?,
+                id: id
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("job id {id}: {e}")))?,
                 queue,
                 state: state.parse().map_err(StoreError::Corrupt)?,
             })
@@ -565,7 +575,10 @@ async fn prune(
     Ok(jobs.rows_affected())
 }
 
-async fn upsert_queue(conn: &mut SqliteConnection, config: &QueueConfig) -> Result<bool, StoreError> {
+async fn upsert_queue(
+    conn: &mut SqliteConnection,
+    config: &QueueConfig,
+) -> Result<bool, StoreError> {
     let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM queues WHERE name = ?")
         .bind(&config.name)
         .fetch_optional(&mut *conn)

@@ -66,10 +66,14 @@ impl TryFrom<JobRow> for Job {
 
     fn try_from(row: JobRow) -> Result<Self, StoreError> {
         let id = row.id.parse().map_err(|e| corrupt("id", &row.id, e))?;
-        let status: JobState = row.state.parse().map_err(|e| corrupt("state", &row.id, e))?;
+        let status: JobState = row
+            .state
+            .parse()
+            .map_err(|e| corrupt("state", &row.id, e))?;
         let payload: Value = parse_json(&row.payload, "payload", &row.id)?;
         let metadata: BTreeMap<String, String> = parse_json(&row.metadata, "metadata", &row.id)?;
-        let progress: Option<Progress> = parse_opt_json(row.progress.as_deref(), "progress", &row.id)?;
+        let progress: Option<Progress> =
+            parse_opt_json(row.progress.as_deref(), "progress", &row.id)?;
         let result: Option<Value> = parse_opt_json(row.result.as_deref(), "result", &row.id)?;
         let error: Option<ErrorInfo> = parse_opt_json(row.error.as_deref(), "error", &row.id)?;
         let errors: Vec<ErrorInfo> = parse_json(&row.errors, "errors", &row.id)?;

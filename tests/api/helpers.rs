@@ -1,0 +1,232 @@
+//! Starting the service for a test: in process on port 0 (`spawn_app`), or
+//! as the real binary (`SpoolProcess`) when a test needs to kill it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spool::app::App;
+use spool::config::Config;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: TempDir,
+}
+
+/// Configuration for a test: a fresh database in its own directory.
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: format!("sqlite://{}", dir.join("spool.db").display()),
+        shutdown_grace: Duration::from_secs(5),
+        cancel_grace: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    let app = App::builder(config).build().await.expect("the app starts");
+    let addr = app.local_addr().expect("a local address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        stop,
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Submits a job and returns its JSON, asserting a 202.
+    pub async fn submit(&self, spec: Value) -> Value {
+        let response = self.post("/v1/jobs", &spec).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(status, 202, "submission of {spec} answered {body}");
+        body
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("a JSON body")
+    }
+
+    /// Polls the job until `done` holds for it, or panics after `within`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job never reached the expected state: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_for_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        self.wait_for(id, within, |job| job["status"] == status)
+            .await
+    }
+
+    pub async fn configure_queue(&self, name: &str, settings: Value) {
+        let response = self.put(&format!("/v1/queues/{name}"), &settings).await;
+        assert!(
+            response.status().is_success(),
+            "queue {name} not configured: {}",
+            response.status()
+        );
+    }
+
+    /// Stops the server as SIGTERM would.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn noop() -> Value {
+    json!({"kind": "noop"})
+}
+
+pub fn sleep_ms(ms: u64) -> Value {
+    json!({"kind": "sleep", "payload": {"ms": ms}})
+}
+
+/// The real `spool` binary, on a database file that outlives it.
+pub struct SpoolProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl SpoolProcess {
+    pub fn start(db: &Path, extra_env: &[(&str, &str)]) -> SpoolProcess {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
+        command
+            .env("SPOOL_BIND", addr.to_string())
+            .env("SPOOL_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("the spool binary starts");
+        let process = SpoolProcess { child, addr };
+        process.wait_ready();
+        process
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("spool did not start listening on {}", self.addr);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL sent");
+        self.child.wait().expect("reaped");
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM sent");
+    }
+}
+
+impl Drop for SpoolProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+pub fn db_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("spool.db")
+}

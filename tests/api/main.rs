@@ -1,0 +1,11 @@
+//! API tests: the real router on port 0, or the real binary where a test
+//! kills it. One binary, so the crate links once.
+
+mod durability;
+mod helpers;
+mod hostile;
+mod jobs;
+mod keys;
+mod openapi;
+mod queues;
+mod shutdown;

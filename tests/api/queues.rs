@@ -1,0 +1,155 @@
+//! Queues: runtime changes, capacity and 429s.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app;
+
+const SOON: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_queue_is_created_changed_and_read_back() {
+    let app = spawn_app().await;
+    let created = app
+        .put(
+            "/v1/queues/mail",
+            &json!({"concurrency": 4, "capacity": 50, "defaults": {"max_attempts": 7}}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let changed = app.put("/v1/queues/mail", &json!({"paused": true})).await;
+    assert_eq!(changed.status(), 200);
+    let queue: Value = app.get("/v1/queues/mail").await.json().await.unwrap();
+    assert_eq!(queue["concurrency"], 4);
+    assert_eq!(queue["capacity"], 50);
+    assert_eq!(queue["paused"], true);
+    assert_eq!(queue["defaults"]["max_attempts"], 7);
+    assert_eq!(queue["defaults"]["timeout_ms"], 60000);
+
+    let job = app.submit(json!({"kind": "noop", "queue": "mail"})).await;
+    assert_eq!(job["max_attempts"], 7);
+    let queue: Value = app.get("/v1/queues/mail").await.json().await.unwrap();
+    assert_eq!(queue["counts"]["queued"], 1);
+
+    let all: Value = app.get("/v1/queues").await.json().await.unwrap();
+    let names: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "mail"]);
+}
+
+#[tokio::test]
+async fn bad_queue_settings_and_names_are_refused() {
+    let app = spawn_app().await;
+    let response = app
+        .put(
+            "/v1/queues/mail",
+            &json!({"concurrency": 0, "capacity": -1}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let response = app.put("/v1/queues/mail", &json!({"concurrency": 0})).await;
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/concurrency");
+    let response = app.put("/v1/queues/bad%20name", &json!({})).await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(app.get("/v1/queues/nope").await.status(), 404);
+
+    let unknown = app
+        .post("/v1/jobs", &json!({"kind": "noop", "queue": "nope"}))
+        .await;
+    assert_eq!(unknown.status(), 422);
+    let problem: Value = unknown.json().await.unwrap();
+    assert_eq!(problem["code"], "unknown_queue");
+    assert_eq!(problem["known"], json!(["default"]));
+}
+
+#[tokio::test]
+async fn more_concurrency_starts_waiting_jobs_at_once() {
+    let app = spawn_app().await;
+    app.configure_queue("slow", json!({"concurrency": 1})).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = app
+            .submit(json!({"kind": "sleep", "queue": "slow", "payload": {"ms": 3000}}))
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    app.wait_for_status(&ids[0], "running", SOON).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queue: Value = app.get("/v1/queues/slow").await.json().await.unwrap();
+    assert_eq!(
+        queue["counts"],
+        json!({"scheduled": 0, "queued": 2, "running": 1})
+    );
+
+    app.configure_queue("slow", json!({"concurrency": 3})).await;
+    for id in &ids {
+        app.wait_for_status(id, "running", Duration::from_secs(1))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_loses_nothing_and_reopens_as_it_drains() {
+    let app = spawn_app().await;
+    app.configure_queue(
+        "bounded",
+        json!({"capacity": 3, "concurrency": 1, "paused": true}),
+    )
+    .await;
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        let job = app
+            .submit(json!({"kind": "sleep", "queue": "bounded", "payload": {"ms": 50}}))
+            .await;
+        accepted.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let refused = app
+        .post("/v1/jobs", &json!({"kind": "noop", "queue": "bounded"}))
+        .await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "queue_full");
+
+    // Delayed jobs count against capacity too.
+    let delayed = app
+        .post(
+            "/v1/jobs",
+            &json!({"kind": "noop", "queue": "bounded", "delay_ms": 1000}),
+        )
+        .await;
+    assert_eq!(delayed.status(), 429);
+
+    app.configure_queue("bounded", json!({"paused": false}))
+        .await;
+    for id in &accepted {
+        app.wait_for_status(id, "succeeded", SOON).await;
+    }
+    let reopened = app
+        .submit(json!({"kind": "noop", "queue": "bounded"}))
+        .await;
+    app.wait_for_status(reopened["id"].as_str().unwrap(), "succeeded", SOON)
+        .await;
+    let listed: Value = app
+        .get("/v1/jobs?queue=bounded")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        4,
+        "only accepted jobs exist"
+    );
+}
