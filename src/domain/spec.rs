@@ -81,24 +81,30 @@ pub struct JobSpec {
     pub queue: Option<String>,
     /// −100..=100; higher runs first, FIFO among equals. Default 0.
     #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
     pub priority: Option<i64>,
     /// Run no earlier than this (RFC 3339). Exclusive with `delay_ms`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
     /// Run no earlier than this many ms from now. Exclusive with `run_at`.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
     pub delay_ms: Option<i64>,
     /// 1..=100. Default: the queue's (3).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
     /// Deadline of one attempt. Default: the queue's (60 000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604_800_000_i64)]
     pub timeout_ms: Option<i64>,
     /// Default: the queue's (base 1 000, cap 600 000).
     #[serde(default)]
     pub backoff: Option<Backoff>,
     /// Unique among the tenant's active (scheduled, queued, running) jobs.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     pub key: Option<String>,
     /// When `key` is held. Default `reject`.
     #[serde(default)]

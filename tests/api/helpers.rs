@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spool::app::App;
+use spool::app::{App, AppBuilder};
 use spool::config::Config;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -36,10 +36,22 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_kinds(adjust, Vec::new()).await
+}
+
+/// Starts the app with job kinds of the test's own besides the built-ins.
+pub async fn spawn_app_with_kinds(
+    adjust: impl FnOnce(&mut Config),
+    kinds: Vec<Box<dyn FnOnce(AppBuilder) -> AppBuilder>>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = test_config(dir.path());
     adjust(&mut config);
-    let app = App::builder(config).build().await.expect("the app starts");
+    let mut builder = App::builder(config);
+    for add in kinds {
+        builder = add(builder);
+    }
+    let app = builder.build().await.expect("the app starts");
     let addr = app.local_addr().expect("a local address");
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));

@@ -1,6 +1,8 @@
 //! API tests: the real router on port 0, or the real binary where a test
 //! kills it. One binary, so the crate links once.
 
+mod config;
+mod custom_kinds;
 mod durability;
 mod helpers;
 mod hostile;

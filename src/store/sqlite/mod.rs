@@ -1,6 +1,7 @@
 //! The embedded backend: one SQLite file in WAL mode, one writer connection
 //! fed by a group-commit queue, and a pool of read-only connections.
 
+mod admit;
 mod ops;
 mod rows;
 mod writer;

@@ -1,16 +1,15 @@
 //! The write operations of the SQLite store, each applied inside the writer's
 //! open transaction.
 
-use std::collections::BTreeMap;
+use sqlx::{AssertSqlSafe, SqliteConnection};
 
-use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Sqlite, SqliteConnection};
-
+use super::admit::{active_holder, check_capacity};
 use super::rows::{JOB_COLUMNS, JobRow, jobs_from_rows, to_json};
 use super::writer::Op;
-use crate::domain::{ErrorInfo, Job, JobId, JobState, NewJob, OnConflict, QueueConfig, Timestamp};
+use crate::domain::{ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
 use crate::store::{
     AttemptOutcome, CancelOutcome, Completion, CompletionResult, Promoted, Rescued, RetryOutcome,
-    StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
+    StoreError, SubmitOutcome, SubmitRejection,
 };
 
 /// What a write produced; the store's methods unpack the variant they expect.
@@ -30,7 +29,7 @@ pub enum Done {
 
 pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreError> {
     Ok(match op {
-        Op::Submit(submission) => Done::Submit(submit(conn, submission).await?),
+        Op::Submit(submission) => Done::Submit(super::admit::submit(conn, submission).await?),
         Op::Claim {
             queue,
             limit,
@@ -82,164 +81,9 @@ pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreErr
     })
 }
 
-async fn submit(
-    conn: &mut SqliteConnection,
-    submission: Submission,
-) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
-    // A savepoint, so that a refused submission leaves nothing behind while
-    // the other commands of the batch still commit.
-    let mut savepoint = conn.begin().await?;
-    match submit_in(&mut savepoint, submission).await {
-        Ok(Ok(outcome)) => {
-            savepoint.commit().await?;
-            Ok(Ok(outcome))
-        }
-        Ok(Err(rejection)) => {
-            savepoint.rollback().await?;
-            Ok(Err(rejection))
-        }
-        Err(error) => {
-            let _ = savepoint.rollback().await;
-            Err(error)
-        }
-    }
-}
-
-async fn submit_in(
-    conn: &mut SqliteConnection,
-    submission: Submission,
-) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
-    let tenant = submission.tenant;
-    if let Some(idempotency) = &submission.idempotency {
-        let seen: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key = ?",
-        )
-        .bind(&tenant)
-        .bind(&idempotency.key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some((hash, status, body)) = seen {
-            if hash != idempotency.request_hash {
-                return Ok(Err(SubmitRejection::IdempotencyMismatch));
-            }
-            let body = serde_json::from_str(&body)
-                .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
-            return Ok(Ok(SubmitOutcome::Replayed(StoredResponse {
-                status: status as u16,
-                body,
-            })));
-        }
-    }
-
-    let mut requested: BTreeMap<&str, u64> = BTreeMap::new();
-    for job in &submission.jobs {
-        *requested.entry(job.queue.as_str()).or_default() += 1;
-    }
-    for (queue, count) in &requested {
-        if let Some(rejection) = check_capacity(conn, queue, *count).await? {
-            return Ok(Err(rejection));
-        }
-    }
-
-    let mut replaced = Vec::new();
-    for job in &submission.jobs {
-        let Some(key) = &job.key else { continue };
-        let Some(holder) = active_holder(conn, &tenant, key).await? else {
-            continue;
-        };
-        match job.on_conflict {
-            OnConflict::Reject => {
-                return Ok(Err(SubmitRejection::KeyConflict {
-                    key: key.clone(),
-                    holder: holder.id,
-                }));
-            }
-            OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(Box::new(holder)))),
-            OnConflict::Replace => {
-                let error = ErrorInfo {
-                    code: "replaced".into(),
-                    message: format!("replaced by job {} with the same key", job.id),
-                    attempt: None,
-                    at: job.created_at,
-                };
-                match cancel_now(conn, holder.id, &error, job.created_at).await? {
-                    Some(_) => {}
-                    None => replaced.push(holder.id),
-                }
-            }
-        }
-    }
-
-    insert_jobs(conn, &submission.jobs).await?;
-    let jobs: Vec<Job> = submission.jobs.into_iter().map(job_from_new).collect();
-
-    if let (Some(idempotency), [job]) = (&submission.idempotency, jobs.as_slice()) {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
-             VALUES (?, ?, ?, 202, ?, ?)",
-        )
-        .bind(&tenant)
-        .bind(&idempotency.key)
-        .bind(&idempotency.request_hash)
-        .bind(to_json(job))
-        .bind(job.created_at.as_millis())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(Ok(SubmitOutcome::Created { jobs, replaced }))
-}
-
-/// `None` when `count` more jobs fit in the queue.
-async fn check_capacity(
-    conn: &mut SqliteConnection,
-    queue: &str,
-    count: u64,
-) -> Result<Option<SubmitRejection>, StoreError> {
-    let capacity: Option<i64> = sqlx::query_scalar("SELECT capacity FROM queues WHERE name = ?")
-        .bind(queue)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(capacity) = capacity else {
-        return Ok(Some(SubmitRejection::UnknownQueue(queue.to_owned())));
-    };
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(n), 0) FROM queue_counts WHERE queue = ? AND state IN ('scheduled', 'queued')",
-    )
-    .bind(queue)
-    .fetch_one(&mut *conn)
-    .await?;
-    let (capacity, pending) = (capacity.max(0) as u64, pending.max(0) as u64);
-    if pending + count > capacity {
-        return Ok(Some(SubmitRejection::QueueFull {
-            queue: queue.to_owned(),
-            capacity,
-            pending,
-            requested: count,
-        }));
-    }
-    Ok(None)
-}
-
-async fn active_holder(
-    conn: &mut SqliteConnection,
-    tenant: &str,
-    key: &str,
-) -> Result<Option<Job>, StoreError> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ? AND key = ? \
-         AND state IN ('scheduled', 'queued', 'running') AND cancel_requested = 0"
-    );
-    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(Job::try_from).transpose()
-}
-
 /// Cancels a scheduled or queued job at once (`Some`), or asks a running one
 /// to stop (`None`; its runner finishes the job).
-async fn cancel_now(
+pub(super) async fn cancel_now(
     conn: &mut SqliteConnection,
     id: JobId,
     error: &ErrorInfo,
@@ -263,66 +107,6 @@ async fn cancel_now(
         .execute(&mut *conn)
         .await?;
     Ok(None)
-}
-
-/// Rows per INSERT statement: 100 rows × 17 columns stays far below
-/// SQLite's limit of 32 766 bound parameters.
-const INSERT_CHUNK: usize = 100;
-
-async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<(), StoreError> {
-    for chunk in jobs.chunks(INSERT_CHUNK) {
-        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
-             timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at) ",
-        );
-        insert.push_values(chunk, |mut row, job| {
-            row.push_bind(job.id.to_string())
-                .push_bind(job.tenant.clone())
-                .push_bind(job.queue.clone())
-                .push_bind(job.kind.clone())
-                .push_bind(to_json(&job.payload))
-                .push_bind(job.state.as_str())
-                .push_bind(i64::from(job.priority))
-                .push_bind(i64::from(job.max_attempts))
-                .push_bind(job.timeout_ms as i64)
-                .push_bind(job.backoff.base_ms as i64)
-                .push_bind(job.backoff.max_ms as i64)
-                .push_bind(job.key.clone())
-                .push_bind(to_json(&job.metadata))
-                .push_bind(job.created_at.as_millis())
-                .push_bind(job.run_at.as_millis());
-        });
-        insert.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-fn job_from_new(job: NewJob) -> Job {
-    Job {
-        id: job.id,
-        tenant: job.tenant,
-        queue: job.queue,
-        kind: job.kind,
-        payload: job.payload,
-        status: job.state,
-        priority: job.priority,
-        attempt: 0,
-        max_attempts: job.max_attempts,
-        timeout_ms: job.timeout_ms,
-        backoff: job.backoff,
-        key: job.key,
-        metadata: job.metadata,
-        progress: None,
-        result: None,
-        error: None,
-        errors: Vec::new(),
-        position: None,
-        cancel_requested: false,
-        created_at: job.created_at,
-        run_at: job.run_at,
-        started_at: None,
-        finished_at: None,
-    }
 }
 
 async fn claim(

@@ -10,7 +10,8 @@
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::ops;
+use super::admit;
+use super::ops::{self, Done};
 use crate::domain::{JobId, Progress, QueueConfig, Timestamp};
 use crate::store::{Completion, StoreError, Submission};
 
@@ -63,7 +64,7 @@ pub enum Op {
 
 pub struct Command {
     pub op: Op,
-    pub reply: oneshot::Sender<Result<ops::Done, StoreError>>,
+    pub reply: Reply,
 }
 
 /// Runs until every sender is dropped.
@@ -75,6 +76,23 @@ pub async fn run(mut conn: SqliteConnection, mut commands: mpsc::Receiver<Comman
     }
     if let Err(error) = conn.close().await {
         tracing::warn!(%error, "closing the SQLite writer connection failed");
+    }
+}
+
+type Reply = oneshot::Sender<Result<Done, StoreError>>;
+
+async fn admit_submissions(
+    conn: &mut SqliteConnection,
+    submissions: &mut Vec<(Submission, Reply)>,
+    replies: &mut Vec<(Reply, Result<Done, StoreError>)>,
+) {
+    if submissions.is_empty() {
+        return;
+    }
+    let (submissions, senders): (Vec<_>, Vec<_>) = submissions.drain(..).unzip();
+    let results = admit::submit_many(conn, submissions).await;
+    for (reply, result) in senders.into_iter().zip(results) {
+        replies.push((reply, result.map(Done::Submit)));
     }
 }
 
@@ -92,10 +110,21 @@ async fn apply_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
         }
     };
     let mut replies = Vec::with_capacity(batch.len());
+    // Consecutive submissions are admitted together (see `admit::submit_many`);
+    // any other command first lets the submissions before it through, so
+    // commands still apply in arrival order.
+    let mut submissions = Vec::new();
     for command in batch.drain(..) {
-        let result = ops::apply(&mut tx, command.op).await;
-        replies.push((command.reply, result));
+        match command.op {
+            Op::Submit(submission) => submissions.push((submission, command.reply)),
+            op => {
+                admit_submissions(&mut tx, &mut submissions, &mut replies).await;
+                let result = ops::apply(&mut tx, op).await;
+                replies.push((command.reply, result));
+            }
+        }
     }
+    admit_submissions(&mut tx, &mut submissions, &mut replies).await;
     match tx.commit().await {
         Ok(()) => {
             for (reply, result) in replies {

@@ -1,0 +1,790 @@
+//! The cases of the conformance suite, each taking a fresh store.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use spool::domain::{
+    ErrorInfo, JobId, JobSpec, JobState, NewJob, OnConflict, Progress, QueueConfig, TENANT_DEFAULT,
+    Timestamp,
+};
+use spool::store::{
+    AttemptOutcome, CancelOutcome, Completion, CompletionResult, IdempotencyKey, JobFilter,
+    JobStore, RetryOutcome, Submission, SubmitOutcome, SubmitRejection,
+};
+
+const OWNER: &str = "owner-a";
+const OTHER: &str = "owner-b";
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000 + ms)
+}
+
+fn job(queue: &str, spec: serde_json::Value, now: Timestamp) -> NewJob {
+    let mut spec = spec;
+    if spec.get("kind").is_none() {
+        spec["kind"] = json!("noop");
+    }
+    let spec: JobSpec = serde_json::from_value(spec).expect("a valid spec");
+    let mut config = QueueConfig::new(queue);
+    config.defaults.max_attempts = 2;
+    spec.validate(TENANT_DEFAULT, &config, now, "")
+        .expect("valid")
+}
+
+async fn with_queues(store: &Arc<dyn JobStore>, queues: &[(&str, u64)]) {
+    for (name, capacity) in queues {
+        let mut queue = QueueConfig::new(*name);
+        queue.capacity = *capacity;
+        store.upsert_queue(&queue).await.expect("queue stored");
+    }
+}
+
+async fn submit(
+    store: &Arc<dyn JobStore>,
+    jobs: Vec<NewJob>,
+) -> Result<SubmitOutcome, SubmitRejection> {
+    store
+        .submit(Submission {
+            tenant: TENANT_DEFAULT.into(),
+            jobs,
+            idempotency: None,
+        })
+        .await
+        .expect("storage works")
+}
+
+async fn submit_one(store: &Arc<dyn JobStore>, new: NewJob) -> JobId {
+    let id = new.id;
+    match submit(store, vec![new]).await {
+        Ok(SubmitOutcome::Created { jobs, .. }) => assert_eq!(jobs[0].id, id),
+        other => panic!("not created: {other:?}"),
+    }
+    id
+}
+
+async fn state_of(store: &Arc<dyn JobStore>, id: JobId) -> JobState {
+    store
+        .get_job(TENANT_DEFAULT, id)
+        .await
+        .unwrap()
+        .expect("exists")
+        .status
+}
+
+fn error(code: &str, attempt: u32, now: Timestamp) -> ErrorInfo {
+    ErrorInfo {
+        code: code.into(),
+        message: format!("{code} happened"),
+        attempt: Some(attempt),
+        at: now,
+    }
+}
+
+fn completion(id: JobId, attempt: u32, owner: &str, outcome: AttemptOutcome) -> Completion {
+    Completion {
+        id,
+        attempt,
+        lease_owner: owner.into(),
+        outcome,
+        at: at(100),
+    }
+}
+
+pub async fn submitted_jobs_can_be_read_back_and_listed(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100), ("other", 100)]).await;
+    let first = submit_one(
+        &store,
+        job(
+            "default",
+            json!({"kind": "echo", "payload": {"a": [1, 2]}, "metadata": {"team": "x"}}),
+            at(0),
+        ),
+    )
+    .await;
+    let second = submit_one(&store, job("other", json!({"delay_ms": 1000}), at(0))).await;
+    let read = store.get_job(TENANT_DEFAULT, first).await.unwrap().unwrap();
+    assert_eq!(read.payload, json!({"a": [1, 2]}));
+    assert_eq!(read.status, JobState::Queued);
+    assert_eq!(read.metadata["team"], "x");
+    assert_eq!(read.created_at, at(0));
+    assert_eq!(state_of(&store, second).await, JobState::Scheduled);
+    assert!(
+        store
+            .get_job("another-tenant", first)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let all = store
+        .list_jobs(
+            TENANT_DEFAULT,
+            &JobFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [second, first],
+        "newest first"
+    );
+    let filtered = JobFilter {
+        metadata: vec![("team".into(), "x".into())],
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .list_jobs(TENANT_DEFAULT, &filtered)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let page = JobFilter {
+        before: Some(second),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        store.list_jobs(TENANT_DEFAULT, &page).await.unwrap()[0].id,
+        first
+    );
+}
+
+pub async fn claims_take_the_best_priority_first_then_fifo_and_count_an_attempt(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let low = submit_one(&store, job("default", json!({"priority": -1}), at(0))).await;
+    let first = submit_one(&store, job("default", json!({}), at(1))).await;
+    let high = submit_one(&store, job("default", json!({"priority": 5}), at(2))).await;
+    let second = submit_one(&store, job("default", json!({}), at(3))).await;
+    let queued = store
+        .get_job(TENANT_DEFAULT, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.queue_position(&queued).await.unwrap(), 2);
+
+    let claimed = store
+        .claim("default", 10, OWNER, at(30_000), at(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [high, first, second, low]
+    );
+    for job in &claimed {
+        assert_eq!(job.status, JobState::Running);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.started_at, Some(at(10)));
+    }
+    assert!(
+        store
+            .claim("default", 10, OWNER, at(30_000), at(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn claims_never_take_more_than_asked_or_jobs_of_other_queues(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100), ("other", 100)]).await;
+    for n in 0..5 {
+        submit_one(&store, job("default", json!({}), at(n))).await;
+    }
+    submit_one(&store, job("other", json!({}), at(9))).await;
+    submit_one(&store, job("default", json!({"delay_ms": 5000}), at(9))).await;
+    assert_eq!(
+        store
+            .claim("default", 3, OWNER, at(30_000), at(10))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let rest = store
+        .claim("default", 10, OWNER, at(30_000), at(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.len(),
+        2,
+        "scheduled and other queues' jobs are not claimed"
+    );
+    assert!(rest.iter().all(|j| j.queue == "default"));
+}
+
+pub async fn an_attempts_outcome_is_fenced_by_attempt_and_owner(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100)]).await;
+    let id = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+
+    let wrong_owner = completion(id, 1, OTHER, AttemptOutcome::Succeeded(json!(1)));
+    assert!(matches!(
+        store.complete(wrong_owner).await.unwrap(),
+        CompletionResult::Fenced
+    ));
+    let wrong_attempt = completion(id, 2, OWNER, AttemptOutcome::Succeeded(json!(1)));
+    assert!(matches!(
+        store.complete(wrong_attempt).await.unwrap(),
+        CompletionResult::Fenced
+    ));
+
+    let right = completion(id, 1, OWNER, AttemptOutcome::Succeeded(json!({"ok": true})));
+    match store.complete(right.clone()).await.unwrap() {
+        CompletionResult::Applied(job) => {
+            assert_eq!(job.status, JobState::Succeeded);
+            assert_eq!(job.result, Some(json!({"ok": true})));
+            assert_eq!(job.finished_at, Some(at(100)));
+        }
+        CompletionResult::Fenced => panic!("the owner's write was fenced"),
+    }
+    assert!(
+        matches!(
+            store.complete(right).await.unwrap(),
+            CompletionResult::Fenced
+        ),
+        "terminal jobs never change"
+    );
+}
+
+pub async fn a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let id = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    let failed = AttemptOutcome::Failed {
+        error: error("boom", 1, at(2)),
+        retry_at: Some(at(500)),
+    };
+    let CompletionResult::Applied(job) = store
+        .complete(completion(id, 1, OWNER, failed))
+        .await
+        .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(job.status, JobState::Scheduled);
+    assert_eq!(job.run_at, at(500));
+    assert_eq!(job.errors.len(), 1);
+    assert_eq!(job.error.as_ref().unwrap().code, "boom");
+
+    store.promote_due(at(500)).await.unwrap();
+    let claimed = store
+        .claim("default", 1, OWNER, at(30_000), at(501))
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].attempt, 2);
+    let last = AttemptOutcome::Failed {
+        error: error("boom", 2, at(502)),
+        retry_at: None,
+    };
+    let CompletionResult::Applied(job) = store
+        .complete(completion(id, 2, OWNER, last))
+        .await
+        .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(job.status, JobState::Failed);
+    assert_eq!(
+        job.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
+}
+
+pub async fn released_jobs_go_back_to_the_queue_without_counting_the_attempt(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let id = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    let CompletionResult::Applied(job) = store
+        .complete(completion(id, 1, OWNER, AttemptOutcome::Released))
+        .await
+        .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(job.status, JobState::Queued);
+    assert_eq!(job.attempt, 0);
+    assert_eq!(job.started_at, None);
+}
+
+pub async fn due_jobs_are_promoted_and_the_next_due_time_is_reported(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100), ("other", 100)]).await;
+    let soon = submit_one(&store, job("default", json!({"delay_ms": 100}), at(0))).await;
+    let later = submit_one(&store, job("other", json!({"delay_ms": 900}), at(0))).await;
+    let promoted = store.promote_due(at(50)).await.unwrap();
+    assert!(promoted.queues.is_empty());
+    assert_eq!(promoted.next_due, Some(at(100)));
+    let promoted = store.promote_due(at(100)).await.unwrap();
+    assert_eq!(promoted.queues, ["default"]);
+    assert_eq!(promoted.next_due, Some(at(900)));
+    assert_eq!(state_of(&store, soon).await, JobState::Queued);
+    assert_eq!(state_of(&store, later).await, JobState::Scheduled);
+}
+
+pub async fn capacity_counts_scheduled_and_queued_jobs_only(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("small", 2)]).await;
+    submit_one(&store, job("small", json!({}), at(0))).await;
+    submit_one(&store, job("small", json!({"delay_ms": 1000}), at(0))).await;
+    let refused = submit(&store, vec![job("small", json!({}), at(1))]).await;
+    assert_eq!(
+        refused.unwrap_err(),
+        SubmitRejection::QueueFull {
+            queue: "small".into(),
+            capacity: 2,
+            pending: 2,
+            requested: 1
+        }
+    );
+    // A running job no longer counts.
+    store
+        .claim("small", 1, OWNER, at(30_000), at(2))
+        .await
+        .unwrap();
+    submit_one(&store, job("small", json!({}), at(3))).await;
+    let info = store.get_queue("small").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.counts.scheduled,
+            info.counts.queued,
+            info.counts.running
+        ),
+        (1, 1, 1)
+    );
+}
+
+pub async fn a_submission_is_all_or_nothing(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("a", 10), ("b", 1)]).await;
+    let jobs = vec![
+        job("a", json!({}), at(0)),
+        job("b", json!({}), at(0)),
+        job("b", json!({}), at(0)),
+    ];
+    assert!(matches!(
+        submit(&store, jobs).await,
+        Err(SubmitRejection::QueueFull { .. })
+    ));
+    let all = store
+        .list_jobs(
+            TENANT_DEFAULT,
+            &JobFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(all.is_empty(), "nothing of a refused submission is stored");
+    let a = store.get_queue("a").await.unwrap().unwrap();
+    assert_eq!(a.counts.queued, 0);
+}
+
+pub async fn unknown_queues_are_refused(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let refused = submit(&store, vec![job("ghost", json!({}), at(0))]).await;
+    assert_eq!(
+        refused.unwrap_err(),
+        SubmitRejection::UnknownQueue("ghost".into())
+    );
+}
+
+pub async fn keys_are_unique_among_active_jobs(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let holder = submit_one(&store, job("default", json!({"key": "k"}), at(0))).await;
+    let conflict = submit(&store, vec![job("default", json!({"key": "k"}), at(1))]).await;
+    assert_eq!(
+        conflict.unwrap_err(),
+        SubmitRejection::KeyConflict {
+            key: "k".into(),
+            holder
+        }
+    );
+
+    let existing = job(
+        "default",
+        json!({"key": "k", "on_conflict": "existing"}),
+        at(1),
+    );
+    assert_eq!(existing.on_conflict, OnConflict::Existing);
+    match submit(&store, vec![existing]).await {
+        Ok(SubmitOutcome::Existing(job)) => assert_eq!(job.id, holder),
+        other => panic!("{other:?}"),
+    }
+
+    // Replace a running holder: it is asked to cancel and frees the key.
+    store
+        .claim("default", 1, OWNER, at(30_000), at(2))
+        .await
+        .unwrap();
+    let replacement = job(
+        "default",
+        json!({"key": "k", "on_conflict": "replace"}),
+        at(3),
+    );
+    match submit(&store, vec![replacement]).await {
+        Ok(SubmitOutcome::Created { replaced, .. }) => assert_eq!(replaced, [holder]),
+        other => panic!("{other:?}"),
+    }
+    let old = store
+        .get_job(TENANT_DEFAULT, holder)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.status, JobState::Running);
+    assert!(old.cancel_requested);
+
+    // Replace a waiting holder: cancelled at once.
+    let waiting = submit_one(
+        &store,
+        job("default", json!({"key": "w", "delay_ms": 1000}), at(4)),
+    )
+    .await;
+    submit(
+        &store,
+        vec![job(
+            "default",
+            json!({"key": "w", "on_conflict": "replace"}),
+            at(5),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(state_of(&store, waiting).await, JobState::Cancelled);
+
+    // Keys of other tenants and of finished jobs don't conflict.
+    let mut other_tenant = job("default", json!({"key": "w"}), at(6));
+    other_tenant.tenant = "someone-else".into();
+    store
+        .submit(Submission {
+            tenant: "someone-else".into(),
+            jobs: vec![other_tenant],
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .expect("another tenant's key space");
+}
+
+pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let key = |hash: &str| {
+        Some(IdempotencyKey {
+            key: "req-1".into(),
+            request_hash: hash.into(),
+        })
+    };
+    let first = job("default", json!({}), at(0));
+    let id = first.id;
+    let outcome = store
+        .submit(Submission {
+            tenant: TENANT_DEFAULT.into(),
+            jobs: vec![first],
+            idempotency: key("h1"),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, SubmitOutcome::Created { .. }));
+    let again = store
+        .submit(Submission {
+            tenant: TENANT_DEFAULT.into(),
+            jobs: vec![job("default", json!({}), at(1))],
+            idempotency: key("h1"),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    match again {
+        SubmitOutcome::Replayed(response) => {
+            assert_eq!(response.status, 202);
+            assert_eq!(response.body["id"], id.to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    let mismatch = store
+        .submit(Submission {
+            tenant: TENANT_DEFAULT.into(),
+            jobs: vec![job("default", json!({}), at(1))],
+            idempotency: key("h2"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mismatch.unwrap_err(), SubmitRejection::IdempotencyMismatch);
+    let all = store
+        .list_jobs(
+            TENANT_DEFAULT,
+            &JobFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+pub async fn cancelling_waiting_running_and_finished_jobs(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let waiting = submit_one(&store, job("default", json!({"delay_ms": 1000}), at(0))).await;
+    let running = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(store.cancel_job(TENANT_DEFAULT, waiting, at(2)).await.unwrap(), CancelOutcome::Cancelled(j) if j.status == JobState::Cancelled)
+    );
+    assert!(
+        matches!(store.cancel_job(TENANT_DEFAULT, running, at(2)).await.unwrap(), CancelOutcome::Requested(j) if j.cancel_requested && j.status == JobState::Running)
+    );
+    assert!(matches!(
+        store
+            .cancel_job(TENANT_DEFAULT, waiting, at(3))
+            .await
+            .unwrap(),
+        CancelOutcome::AlreadyFinished(_)
+    ));
+    assert!(matches!(
+        store
+            .cancel_job("someone-else", running, at(3))
+            .await
+            .unwrap(),
+        CancelOutcome::NotFound
+    ));
+    assert!(matches!(
+        store
+            .cancel_job(TENANT_DEFAULT, JobId::new(), at(3))
+            .await
+            .unwrap(),
+        CancelOutcome::NotFound
+    ));
+
+    let cancelled = AttemptOutcome::Cancelled(error("cancelled", 1, at(4)));
+    let CompletionResult::Applied(job) = store
+        .complete(completion(running, 1, OWNER, cancelled))
+        .await
+        .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(job.status, JobState::Cancelled);
+}
+
+pub async fn retry_starts_a_new_series_for_failed_or_cancelled_jobs_only(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let id = submit_one(&store, job("default", json!({"key": "r"}), at(0))).await;
+    assert!(matches!(
+        store.retry_job(TENANT_DEFAULT, id, at(1)).await.unwrap(),
+        RetryOutcome::NotRetryable(_)
+    ));
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    let failed = AttemptOutcome::Failed {
+        error: error("boom", 1, at(2)),
+        retry_at: None,
+    };
+    store
+        .complete(completion(id, 1, OWNER, failed))
+        .await
+        .unwrap();
+
+    // While another job holds the key, the retry would break uniqueness.
+    let holder = submit_one(&store, job("default", json!({"key": "r"}), at(3))).await;
+    assert!(matches!(
+        store.retry_job(TENANT_DEFAULT, id, at(4)).await.unwrap(),
+        RetryOutcome::Rejected(SubmitRejection::KeyConflict { holder: h, .. }) if h == holder
+    ));
+    store
+        .cancel_job(TENANT_DEFAULT, holder, at(5))
+        .await
+        .unwrap();
+    match store.retry_job(TENANT_DEFAULT, id, at(6)).await.unwrap() {
+        RetryOutcome::Retried(job) => {
+            assert_eq!(job.status, JobState::Queued);
+            assert_eq!(job.attempt, 0);
+            assert!(job.errors.is_empty() && job.error.is_none() && job.finished_at.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store
+            .retry_job(TENANT_DEFAULT, JobId::new(), at(7))
+            .await
+            .unwrap(),
+        RetryOutcome::NotFound
+    ));
+}
+
+pub async fn expired_leases_are_rescued_and_the_old_owner_is_fenced(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let again = submit_one(&store, job("default", json!({"max_attempts": 3}), at(0))).await;
+    let last = submit_one(&store, job("default", json!({"max_attempts": 1}), at(0))).await;
+    store
+        .claim("default", 2, OWNER, at(1_000), at(1))
+        .await
+        .unwrap();
+    assert!(
+        store.rescue(at(999), None).await.unwrap().is_empty(),
+        "leases not yet expired"
+    );
+
+    let rescued = store.rescue(at(1_001), None).await.unwrap();
+    assert_eq!(rescued.len(), 2);
+    let again_job = store.get_job(TENANT_DEFAULT, again).await.unwrap().unwrap();
+    assert_eq!(again_job.status, JobState::Queued);
+    assert_eq!(again_job.errors[0].code, "lease_expired");
+    assert_eq!(state_of(&store, last).await, JobState::Failed);
+
+    // The new attempt belongs to OTHER; the old owner's late write is fenced.
+    store
+        .claim("default", 1, OTHER, at(30_000), at(1_002))
+        .await
+        .unwrap();
+    let late = completion(again, 1, OWNER, AttemptOutcome::Succeeded(json!("late")));
+    assert!(matches!(
+        store.complete(late).await.unwrap(),
+        CompletionResult::Fenced
+    ));
+    let current = completion(again, 2, OTHER, AttemptOutcome::Succeeded(json!("current")));
+    assert!(matches!(
+        store.complete(current).await.unwrap(),
+        CompletionResult::Applied(_)
+    ));
+}
+
+pub async fn an_exclusive_start_rescues_every_job_of_other_owners(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let id = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OTHER, at(1_000_000), at(1))
+        .await
+        .unwrap();
+    let rescued = store.rescue(at(2), Some(OWNER)).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(rescued[0].id, id);
+    assert_eq!(state_of(&store, id).await, JobState::Queued);
+}
+
+pub async fn renewing_leases_reports_jobs_asked_to_cancel(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let calm = submit_one(&store, job("default", json!({}), at(0))).await;
+    let doomed = submit_one(&store, job("default", json!({}), at(1))).await;
+    store
+        .claim("default", 2, OWNER, at(1_000), at(2))
+        .await
+        .unwrap();
+    store
+        .cancel_job(TENANT_DEFAULT, doomed, at(3))
+        .await
+        .unwrap();
+    let asked = store.renew_leases(OWNER, at(50_000)).await.unwrap();
+    assert_eq!(asked, [doomed]);
+    assert!(
+        store.rescue(at(1_500), None).await.unwrap().is_empty(),
+        "renewed leases hold"
+    );
+    assert_eq!(state_of(&store, calm).await, JobState::Running);
+    assert!(
+        store
+            .renew_leases(OTHER, at(50_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn progress_is_stored_for_the_current_attempt_only(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let id = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    let progress = Progress {
+        current: 3,
+        total: Some(10),
+        message: Some("three".into()),
+    };
+    store
+        .report_progress(id, 1, progress.clone())
+        .await
+        .unwrap();
+    store
+        .report_progress(
+            id,
+            7,
+            Progress {
+                current: 9,
+                total: None,
+                message: None,
+            },
+        )
+        .await
+        .unwrap();
+    let read = store.get_job(TENANT_DEFAULT, id).await.unwrap().unwrap();
+    assert_eq!(read.progress, Some(progress));
+}
+
+pub async fn prune_deletes_only_old_terminal_jobs(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 10)]).await;
+    let old = submit_one(&store, job("default", json!({}), at(0))).await;
+    let waiting = submit_one(&store, job("default", json!({}), at(0))).await;
+    store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    store
+        .complete(completion(
+            old,
+            1,
+            OWNER,
+            AttemptOutcome::Succeeded(json!(null)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.prune(at(100), at(0)).await.unwrap(),
+        0,
+        "finished at 100, not before"
+    );
+    assert_eq!(store.prune(at(101), at(0)).await.unwrap(), 1);
+    assert!(store.get_job(TENANT_DEFAULT, old).await.unwrap().is_none());
+    assert_eq!(state_of(&store, waiting).await, JobState::Queued);
+}
+
+pub async fn queues_are_created_updated_and_counted(store: Arc<dyn JobStore>) {
+    let mut queue = QueueConfig::new("mail");
+    assert!(store.upsert_queue(&queue).await.unwrap(), "created");
+    queue.concurrency = 3;
+    queue.paused = true;
+    queue.defaults.max_attempts = 9;
+    assert!(!store.upsert_queue(&queue).await.unwrap(), "updated");
+    let read = store.get_queue("mail").await.unwrap().unwrap();
+    assert_eq!(
+        (read.concurrency, read.paused, read.defaults.max_attempts),
+        (3, true, 9)
+    );
+    assert!(store.get_queue("nope").await.unwrap().is_none());
+    assert_eq!(store.list_queues().await.unwrap().len(), 1);
+}

@@ -1,0 +1,59 @@
+//! The storage conformance suite: every store operation and state transition,
+//! written once against `JobStore` and run on each backend.
+
+mod conformance;
+
+use std::sync::Arc;
+
+use spool::store::{JobStore, SqliteStore};
+use tempfile::TempDir;
+
+/// A fresh SQLite store in its own directory (kept alive with the store).
+pub async fn sqlite_store() -> (Arc<dyn JobStore>, TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
+    let store = SqliteStore::open(&url).await.expect("the store opens");
+    (Arc::new(store), dir)
+}
+
+/// Runs each conformance case against a backend.
+macro_rules! conformance_suite {
+    ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, _guard) = $open().await;
+                    crate::conformance::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(
+    sqlite,
+    crate::sqlite_store,
+    [
+        submitted_jobs_can_be_read_back_and_listed,
+        claims_take_the_best_priority_first_then_fifo_and_count_an_attempt,
+        claims_never_take_more_than_asked_or_jobs_of_other_queues,
+        an_attempts_outcome_is_fenced_by_attempt_and_owner,
+        a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error,
+        released_jobs_go_back_to_the_queue_without_counting_the_attempt,
+        due_jobs_are_promoted_and_the_next_due_time_is_reported,
+        capacity_counts_scheduled_and_queued_jobs_only,
+        a_submission_is_all_or_nothing,
+        unknown_queues_are_refused,
+        keys_are_unique_among_active_jobs,
+        idempotency_keys_replay_or_refuse,
+        cancelling_waiting_running_and_finished_jobs,
+        retry_starts_a_new_series_for_failed_or_cancelled_jobs_only,
+        expired_leases_are_rescued_and_the_old_owner_is_fenced,
+        an_exclusive_start_rescues_every_job_of_other_owners,
+        renewing_leases_reports_jobs_asked_to_cancel,
+        progress_is_stored_for_the_current_attempt_only,
+        prune_deletes_only_old_terminal_jobs,
+        queues_are_created_updated_and_counted,
+    ]
+);
