@@ -2,6 +2,7 @@
 //! fed by a group-commit queue, and a pool of read-only connections.
 
 mod admit;
+mod complete;
 mod ops;
 mod rows;
 mod writer;
@@ -65,7 +66,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (writes, commands) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer::run(writer, commands));
+        spawn_writer(writer, commands)?;
         Ok(Self {
             writes,
             reads,
@@ -82,6 +83,25 @@ impl SqliteStore {
         done.await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
+}
+
+/// Runs the writer on a thread of its own, with its own single-threaded
+/// runtime. Each statement is a round trip to SQLite's worker thread; on the
+/// shared runtime every one of those would wait behind the HTTP tasks, and
+/// under load that queueing, not SQLite, bounds throughput.
+fn spawn_writer(
+    conn: sqlx::SqliteConnection,
+    commands: mpsc::Receiver<Command>,
+) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+    std::thread::Builder::new()
+        .name("spool-sqlite-writer".into())
+        .spawn(move || runtime.block_on(writer::run(conn, commands)))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+    Ok(())
 }
 
 /// Takes an exclusive lock on `<file>.lock`; `None` for in-memory databases.

@@ -8,8 +8,8 @@ use super::rows::{JOB_COLUMNS, JobRow, jobs_from_rows, to_json};
 use super::writer::Op;
 use crate::domain::{ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
 use crate::store::{
-    AttemptOutcome, CancelOutcome, Completion, CompletionResult, Promoted, Rescued, RetryOutcome,
-    StoreError, SubmitOutcome, SubmitRejection,
+    CancelOutcome, CompletionResult, Promoted, Rescued, RetryOutcome, StoreError, SubmitOutcome,
+    SubmitRejection,
 };
 
 /// What a write produced; the store's methods unpack the variant they expect.
@@ -37,7 +37,6 @@ pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreErr
             lease_until,
             now,
         } => Done::Jobs(claim(conn, &queue, limit, &owner, lease_until, now).await?),
-        Op::Complete(completion) => Done::Completion(complete(conn, completion).await?),
         Op::Progress {
             id,
             attempt,
@@ -52,6 +51,10 @@ pub async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Done, StoreErr
             .execute(&mut *conn)
             .await?;
             Done::Unit
+        }
+        Op::Complete(completion) => {
+            let mut results = super::complete::complete_many(conn, &[completion]).await;
+            Done::Completion(results.pop().unwrap_or(Ok(CompletionResult::Fenced))?)
         }
         Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at).await?),
         Op::Retry { tenant, id, at } => Done::Retry(retry(conn, &tenant, id, at).await?),
@@ -141,62 +144,6 @@ async fn claim(
             .then(a.id.cmp(&b.id))
     });
     Ok(jobs)
-}
-
-async fn complete(
-    conn: &mut SqliteConnection,
-    completion: Completion,
-) -> Result<CompletionResult, StoreError> {
-    const FENCE: &str = "WHERE id = ? AND attempt = ? AND lease_owner = ? AND state = 'running'";
-    let at = completion.at.as_millis();
-    let mut query = match &completion.outcome {
-        AttemptOutcome::Succeeded(result) => sqlx::query_as::<_, JobRow>(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'succeeded', result = ?, finished_at = ?, \
-             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(to_json(result))
-        .bind(at),
-        AttemptOutcome::Failed {
-            error,
-            retry_at: Some(retry_at),
-        } => sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'scheduled', run_at = ?, error = ?, \
-             errors = json_insert(errors, '$[#]', json(?)), \
-             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(retry_at.as_millis())
-        .bind(to_json(error))
-        .bind(to_json(error)),
-        AttemptOutcome::Failed {
-            error,
-            retry_at: None,
-        } => sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, \
-             errors = json_insert(errors, '$[#]', json(?)), \
-             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(at)
-        .bind(to_json(error))
-        .bind(to_json(error)),
-        AttemptOutcome::Cancelled(error) => sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ?, \
-             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(at)
-        .bind(to_json(error)),
-        AttemptOutcome::Released => sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'queued', attempt = attempt - 1, started_at = NULL, \
-             lease_owner = NULL, lease_expires_at = NULL {FENCE} RETURNING {JOB_COLUMNS}"
-        ))),
-    };
-    query = query
-        .bind(completion.id.to_string())
-        .bind(i64::from(completion.attempt))
-        .bind(completion.lease_owner.clone());
-    match query.fetch_optional(&mut *conn).await? {
-        Some(row) => Ok(CompletionResult::Applied(Box::new(Job::try_from(row)?))),
-        None => Ok(CompletionResult::Fenced),
-    }
 }
 
 async fn fetch_job(conn: &mut SqliteConnection, id: JobId) -> Result<Option<Job>, StoreError> {

@@ -10,8 +10,8 @@
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::admit;
 use super::ops::{self, Done};
+use super::{admit, complete};
 use crate::domain::{JobId, Progress, QueueConfig, Timestamp};
 use crate::store::{Completion, StoreError, Submission};
 
@@ -81,21 +81,6 @@ pub async fn run(mut conn: SqliteConnection, mut commands: mpsc::Receiver<Comman
 
 type Reply = oneshot::Sender<Result<Done, StoreError>>;
 
-async fn admit_submissions(
-    conn: &mut SqliteConnection,
-    submissions: &mut Vec<(Submission, Reply)>,
-    replies: &mut Vec<(Reply, Result<Done, StoreError>)>,
-) {
-    if submissions.is_empty() {
-        return;
-    }
-    let (submissions, senders): (Vec<_>, Vec<_>) = submissions.drain(..).unzip();
-    let results = admit::submit_many(conn, submissions).await;
-    for (reply, result) in senders.into_iter().zip(results) {
-        replies.push((reply, result.map(Done::Submit)));
-    }
-}
-
 async fn apply_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
@@ -109,22 +94,43 @@ async fn apply_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
             return;
         }
     };
+    // Every command of a batch was in flight at the same time, so any order
+    // of applying them is a valid one. Grouping them by kind lets each group
+    // share statements: the statements, not SQLite's work, are what cost
+    // here (each is a round trip to the connection's worker thread).
     let mut replies = Vec::with_capacity(batch.len());
-    // Consecutive submissions are admitted together (see `admit::submit_many`);
-    // any other command first lets the submissions before it through, so
-    // commands still apply in arrival order.
-    let mut submissions = Vec::new();
+    let (mut completions, mut submissions, mut claims) = (Vec::new(), Vec::new(), Vec::new());
     for command in batch.drain(..) {
         match command.op {
+            Op::Complete(completion) => completions.push((completion, command.reply)),
             Op::Submit(submission) => submissions.push((submission, command.reply)),
+            claim @ Op::Claim { .. } => claims.push((claim, command.reply)),
             op => {
-                admit_submissions(&mut tx, &mut submissions, &mut replies).await;
                 let result = ops::apply(&mut tx, op).await;
                 replies.push((command.reply, result));
             }
         }
     }
-    admit_submissions(&mut tx, &mut submissions, &mut replies).await;
+    // Outcomes first (they free slots), then new jobs, then claims, which
+    // can start jobs submitted in this very batch.
+    if !completions.is_empty() {
+        let (completions, senders): (Vec<_>, Vec<_>) = completions.into_iter().unzip();
+        let results = complete::complete_many(&mut tx, &completions).await;
+        for (reply, result) in senders.into_iter().zip(results) {
+            replies.push((reply, result.map(Done::Completion)));
+        }
+    }
+    if !submissions.is_empty() {
+        let (submissions, senders): (Vec<_>, Vec<_>) = submissions.into_iter().unzip();
+        let results = admit::submit_many(&mut tx, submissions).await;
+        for (reply, result) in senders.into_iter().zip(results) {
+            replies.push((reply, result.map(Done::Submit)));
+        }
+    }
+    for (claim, reply) in claims {
+        let result = ops::apply(&mut tx, claim).await;
+        replies.push((reply, result));
+    }
     match tx.commit().await {
         Ok(()) => {
             for (reply, result) in replies {
