@@ -129,7 +129,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) | StoreError::Database(_) => {
+            StoreError::Unavailable(_) | StoreError::Database(_) | StoreError::Sqlite(_) => {
                 Self::storage_unavailable(error)
             }
             StoreError::Migrate(_) | StoreError::Corrupt(_) => Self::internal(error),

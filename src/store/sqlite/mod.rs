@@ -2,7 +2,6 @@
 //! fed by a group-commit queue, and a pool of read-only connections.
 
 mod admit;
-mod complete;
 mod ops;
 mod rows;
 mod writer;
@@ -16,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, QueryBuilder, Sqlite};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use self::ops::Done;
@@ -42,7 +41,7 @@ pub struct SqliteStore {
     reads: SqlitePool,
     /// Held for the life of the store: a second process on the same file
     /// would break the single-writer assumptions (and fencing by startup rescue).
-    _lock: Option<File>,
+    _lock: File,
 }
 
 impl SqliteStore {
@@ -57,10 +56,26 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-65536");
-        let lock = lock_database(options.get_filename().to_path_buf())?;
+        let path = options.get_filename().to_path_buf();
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::Unavailable(
+                "embedded mode needs a database file, e.g. sqlite://spool.db".into(),
+            ));
+        }
+        let lock = lock_database(path.clone())?;
 
-        let mut writer = options.connect().await?;
-        MIGRATOR.run(&mut writer).await?;
+        // Migrations through sqlx (one migrations folder per database), then
+        // the writer's own connection.
+        let mut migrating = options.connect().await?;
+        MIGRATOR.run(&mut migrating).await?;
+        migrating.close().await?;
+        let writer = rusqlite::Connection::open(&path)?;
+        writer.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
+             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;",
+        )?;
+        writer.set_prepared_statement_cache_capacity(64);
+
         let reads = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
@@ -85,30 +100,21 @@ impl SqliteStore {
     }
 }
 
-/// Runs the writer on a thread of its own, with its own single-threaded
-/// runtime. Each statement is a round trip to SQLite's worker thread; on the
-/// shared runtime every one of those would wait behind the HTTP tasks, and
-/// under load that queueing, not SQLite, bounds throughput.
+/// Runs the writer on a thread of its own: it blocks on SQLite, never on
+/// the async runtime.
 fn spawn_writer(
-    conn: sqlx::SqliteConnection,
+    conn: rusqlite::Connection,
     commands: mpsc::Receiver<Command>,
 ) -> Result<(), StoreError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
     std::thread::Builder::new()
         .name("spool-sqlite-writer".into())
-        .spawn(move || runtime.block_on(writer::run(conn, commands)))
+        .spawn(move || writer::run(conn, commands))
         .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
     Ok(())
 }
 
-/// Takes an exclusive lock on `<file>.lock`; `None` for in-memory databases.
-fn lock_database(path: PathBuf) -> Result<Option<File>, StoreError> {
-    if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
-        return Ok(None);
-    }
+/// Takes an exclusive lock on `<file>.lock`.
+fn lock_database(path: PathBuf) -> Result<File, StoreError> {
     let mut lock_path = path.into_os_string();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -122,7 +128,7 @@ fn lock_database(path: PathBuf) -> Result<Option<File>, StoreError> {
             lock_path.display()
         ))
     })?;
-    Ok(Some(file))
+    Ok(file)
 }
 
 fn unexpected() -> StoreError {

@@ -61,6 +61,38 @@ fn parse_opt_json<T: serde::de::DeserializeOwned>(
     text.map(|t| parse_json(t, what, id)).transpose()
 }
 
+impl JobRow {
+    /// Reads a row of `SELECT {JOB_COLUMNS}` (or `RETURNING {JOB_COLUMNS}`)
+    /// on the writer's connection.
+    pub fn from_writer_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            queue: row.get(2)?,
+            kind: row.get(3)?,
+            payload: row.get(4)?,
+            state: row.get(5)?,
+            priority: row.get(6)?,
+            attempt: row.get(7)?,
+            max_attempts: row.get(8)?,
+            timeout_ms: row.get(9)?,
+            backoff_base_ms: row.get(10)?,
+            backoff_max_ms: row.get(11)?,
+            key: row.get(12)?,
+            metadata: row.get(13)?,
+            progress: row.get(14)?,
+            result: row.get(15)?,
+            error: row.get(16)?,
+            errors: row.get(17)?,
+            cancel_requested: row.get(18)?,
+            created_at: row.get(19)?,
+            run_at: row.get(20)?,
+            started_at: row.get(21)?,
+            finished_at: row.get(22)?,
+        })
+    }
+}
+
 impl TryFrom<JobRow> for Job {
     type Error = StoreError;
 
