@@ -211,8 +211,11 @@ impl JobStore for SqliteStore {
             query.push(" AND id < ").push_bind(before.to_string());
         }
         query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
+            .push(" ORDER BY id DESC LIMIT CAST(")
+            .push_bind(i64::from(filter.limit))
+            // A bare `LIMIT ?` makes SQLite re-plan the statement at every
+            // execution; behind a CAST the plan is kept.
+            .push(" AS INTEGER)");
         let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.reads).await?;
         jobs_from_rows(rows)
     }

@@ -131,13 +131,15 @@ fn claim(
     lease_until: Timestamp,
     now: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
+    // `LIMIT CAST(? AS INTEGER)`: with a bare `LIMIT ?` SQLite re-prepares
+    // the statement at every execution (measured with its RePrepare counter).
     let mut jobs = query_jobs(
         conn,
         &format!(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
              lease_expires_at = ?, started_at = ?, progress = NULL \
              WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' \
-                          ORDER BY priority DESC, run_at, id LIMIT ?) \
+                          ORDER BY priority DESC, run_at, id LIMIT CAST(? AS INTEGER)) \
              RETURNING {JOB_COLUMNS}"
         ),
         params![
@@ -365,7 +367,7 @@ fn prune(
     let jobs = conn
         .prepare_cached(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-             WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? LIMIT ?)",
+             WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? LIMIT CAST(? AS INTEGER))",
         )?
         .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?")?
