@@ -42,23 +42,34 @@ impl Timestamp {
         Some(Self(ms as i64))
     }
 
+    /// `2026-11-23T10:00:00.123Z`. Hand-rolled (days to civil date, after
+    /// Howard Hinnant) because it runs for every timestamp of every response.
     pub fn to_rfc3339(self) -> String {
-        let nanos = i128::from(self.0) * 1_000_000;
-        match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(at) => format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                at.year(),
-                u8::from(at.month()),
-                at.day(),
-                at.hour(),
-                at.minute(),
-                at.second(),
-                at.millisecond()
-            ),
-            // Unreachable for values this crate creates; keep the raw number visible.
-            Err(_) => self.0.to_string(),
-        }
+        let ms = self.0.rem_euclid(1_000);
+        let secs = self.0.div_euclid(1_000);
+        let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            day_secs / 3_600,
+            day_secs % 3_600 / 60,
+            day_secs % 60
+        )
     }
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for Timestamp {
@@ -91,6 +102,22 @@ mod tests {
         assert_eq!(at.to_rfc3339(), "2026-11-23T10:00:00.123Z");
         let offset = Timestamp::parse_rfc3339("2026-11-23T11:00:00.123+01:00").unwrap();
         assert_eq!(offset, at);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn formatting_agrees_with_the_time_crate(ms in 0i64..253_402_300_799_999) {
+            let at = Timestamp::from_millis(ms);
+            let expected = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .unwrap()
+                .format(&Rfc3339)
+                .unwrap();
+            let ours = at.to_rfc3339();
+            // time prints no trailing zeros in the fraction; compare instants.
+            proptest::prop_assert_eq!(Timestamp::parse_rfc3339(&ours), Some(at));
+            proptest::prop_assert_eq!(Timestamp::parse_rfc3339(&expected), Some(at));
+            proptest::prop_assert_eq!(&ours[..19], &expected[..19]);
+        }
     }
 
     #[test]

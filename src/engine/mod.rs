@@ -448,6 +448,9 @@ impl Engine {
     }
 
     fn publish(&self, job: &Job) {
+        if !self.inner.events.has_listeners() {
+            return;
+        }
         self.inner.events.publish(crate::notify::JobEvent {
             kind: crate::notify::EventKind::for_state(job.status),
             job_id: job.id,

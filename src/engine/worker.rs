@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use async_trait::async_trait;
+use futures::FutureExt;
 use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -121,24 +124,24 @@ impl Engine {
             token.clone(),
             progress,
         );
-        // Its own task, so that a handler ignoring its token can be aborted.
-        let mut task = tokio::spawn(async move { handler.run(ctx).await });
+        // Polled in this task; dropping it is the abort. A panic inside is
+        // caught and fails the attempt instead of the worker.
+        let mut run = std::pin::pin!(AssertUnwindSafe(handler.run(ctx)).catch_unwind());
         let timeout = Duration::from_millis(job.timeout_ms);
 
         let interrupted_by_timeout = tokio::select! {
-            joined = &mut task => return self.outcome_of(job, joined, stop),
+            finished = &mut run => return self.outcome_of(job, finished, stop),
             _ = tokio::time::sleep(timeout) => true,
             _ = token.cancelled() => false,
         };
         token.cancel();
-        let joined = tokio::time::timeout(self.inner.settings.cancel_grace, &mut task).await;
-        if joined.is_err() {
-            task.abort();
+        let finished = tokio::time::timeout(self.inner.settings.cancel_grace, &mut run).await;
+        if finished.is_err() {
             tracing::warn!(job_id = %job.id, "handler ignored its cancellation; aborted");
         }
         match stop.load(Ordering::Acquire) {
             STOP_SHUTDOWN => AttemptOutcome::Released,
-            STOP_CANCEL => match joined {
+            STOP_CANCEL => match finished {
                 // It finished its work after all: report what really happened.
                 Ok(Ok(Ok(result))) => self.success(job, result),
                 _ => AttemptOutcome::Cancelled(cancel_error(job)),
@@ -157,26 +160,19 @@ impl Engine {
     fn outcome_of(
         &self,
         job: &Job,
-        joined: Result<Result<Value, JobFailure>, tokio::task::JoinError>,
+        finished: Result<Result<Value, JobFailure>, Box<dyn std::any::Any + Send>>,
         stop: &AtomicU8,
     ) -> AttemptOutcome {
-        match joined {
+        match finished {
             Ok(Ok(result)) => self.success(job, result),
             Ok(Err(_)) if stop.load(Ordering::Acquire) == STOP_CANCEL => {
                 AttemptOutcome::Cancelled(cancel_error(job))
             }
             Ok(Err(_)) if stop.load(Ordering::Acquire) == STOP_SHUTDOWN => AttemptOutcome::Released,
             Ok(Err(failure)) => self.failure(job, failure),
-            Err(join_error) => self.failure(
+            Err(_panic) => self.failure(
                 job,
-                JobFailure::retryable(
-                    "panicked",
-                    if join_error.is_panic() {
-                        "the handler panicked"
-                    } else {
-                        "the handler's task was aborted"
-                    },
-                ),
+                JobFailure::retryable("panicked", "the handler panicked"),
             ),
         }
     }

@@ -71,6 +71,11 @@ impl EventHub {
         let _ = self.sender.send(event);
     }
 
+    /// Whether anyone listens: spares building events nobody reads.
+    pub fn has_listeners(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.sender.subscribe()
     }
