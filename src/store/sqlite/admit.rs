@@ -10,18 +10,26 @@ use super::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::domain::{ErrorInfo, Job, NewJob, OnConflict};
 use crate::store::{StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection};
 
-/// Admits every job of `submission` or none. A savepoint, so that a refused
-/// submission leaves nothing behind while the rest of the batch commits.
+/// Admits every job of `submission` or none. When that takes more than one
+/// write (several jobs, a key to replace, an idempotency key), a savepoint
+/// makes it all-or-nothing while the rest of the batch commits; a plain
+/// single job is one INSERT, atomic by itself, after read-only checks.
 pub fn submit(
     conn: &Connection,
     submission: Submission,
 ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
-    conn.execute_batch("SAVEPOINT submit")?;
-    let outcome = submit_in(conn, submission);
-    match &outcome {
-        Ok(Ok(_)) => conn.execute_batch("RELEASE submit")?,
-        _ => conn.execute_batch("ROLLBACK TO submit; RELEASE submit")?,
+    let several_writes = submission.jobs.len() > 1
+        || submission.idempotency.is_some()
+        || submission.jobs.iter().any(|job| job.key.is_some());
+    if !several_writes {
+        return submit_in(conn, submission);
     }
+    conn.prepare_cached("SAVEPOINT submit")?.execute([])?;
+    let outcome = submit_in(conn, submission);
+    if !matches!(outcome, Ok(Ok(_))) {
+        conn.prepare_cached("ROLLBACK TO submit")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE submit")?.execute([])?;
     outcome
 }
 

@@ -23,6 +23,8 @@ use crate::store::{Completion, StoreError, Submission};
 /// Most commands applied in one transaction: bounds the latency one batch
 /// adds to the commands queued behind it.
 const MAX_BATCH: usize = 256;
+/// Yields of the writer thread before it parks waiting for commands.
+const SPINS_BEFORE_PARKING: u32 = 16;
 
 pub enum Op {
     Submit(Submission),
@@ -76,7 +78,7 @@ pub struct Command {
 /// thread's whole life.
 pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = commands.blocking_recv() {
+    while let Some(first) = next_command(&mut commands) {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
@@ -86,6 +88,20 @@ pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
         }
         apply_batch(&mut conn, &mut batch);
     }
+}
+
+/// Under load the next command is usually microseconds away: yield a few
+/// times before parking the thread, as each park and wake-up costs more
+/// (two context switches) than the SQLite work of a small batch.
+fn next_command(commands: &mut mpsc::Receiver<Command>) -> Option<Command> {
+    for _ in 0..SPINS_BEFORE_PARKING {
+        match commands.try_recv() {
+            Ok(command) => return Some(command),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+    commands.blocking_recv()
 }
 
 fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
