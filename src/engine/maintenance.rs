@@ -9,6 +9,8 @@ use crate::domain::Timestamp;
 
 /// How often expired leases and retention are checked.
 const RESCUE_EVERY: Duration = Duration::from_secs(5);
+/// Pruning runs every minute, or every half retention when that is shorter,
+/// so a job outlives its retention by at most that much.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Engine {
@@ -129,7 +131,7 @@ impl Engine {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = tokio::time::sleep(PRUNE_EVERY.min(self.inner.settings.retention / 2)) => {}
                 _ = stopping.cancelled() => break,
             }
         }

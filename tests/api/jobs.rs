@@ -339,3 +339,44 @@ async fn kinds_are_listed_with_their_payload_schemas() {
     let sleep = &kinds["items"][2];
     assert_eq!(sleep["schema"]["required"], json!(["ms"]));
 }
+
+#[tokio::test]
+async fn finished_jobs_are_deleted_after_the_retention_period() {
+    let app =
+        crate::helpers::spawn_app_with(|config| config.retention = Duration::from_millis(600))
+            .await;
+    let job = app.submit(noop()).await;
+    let id = job["id"].as_str().unwrap();
+    app.wait_for_status(id, "succeeded", SOON).await;
+    let waiting = app.submit(json!({"kind": "noop", "delay_ms": 60000})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.get(&format!("/v1/jobs/{id}")).await.status() != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the finished job was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Jobs that have not finished are never pruned.
+    assert_eq!(
+        app.job(waiting["id"].as_str().unwrap()).await["status"],
+        "scheduled"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let response = app.get("/v1/queues").await;
+    let generated = response.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let echoed = app
+        .client
+        .get(app.url("/v1/nothing"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 404);
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+}
