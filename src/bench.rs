@@ -126,18 +126,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let jobs_url = reqwest::Url::parse(&format!("http://{spool_addr}/v1/jobs"))?;
     let mut latencies = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
         let sent = Instant::now();
-        let response = client
-            .post(format!("http://{spool_addr}/v1/jobs"))
-            .header("content-type", "application/json")
-            .body(NOOP_JOB)
-            .send()
-            .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            bail!("latency probe got {}", response.status());
-        }
+        let response = post_noop(&client, &jobs_url).await?;
         let body: serde_json::Value = response.json().await?;
         let id = body["id"].as_str().unwrap_or_default().to_owned();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -190,7 +183,7 @@ async fn post_load(
     path: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<f64> {
-    let url = format!("http://{addr}{path}");
+    let url = reqwest::Url::parse(&format!("http://{addr}{path}"))?;
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
@@ -200,7 +193,7 @@ async fn post_load(
             let mut accepted = 0u64;
             while Instant::now() < deadline {
                 let response = client
-                    .post(&url)
+                    .post(url.clone())
                     .header("content-type", "application/json")
                     .body(NOOP_JOB)
                     .send()
@@ -220,6 +213,23 @@ async fn post_load(
     Ok(accepted as f64 / started.elapsed().as_secs_f64())
 }
 
+/// POSTs one noop job; an error unless it was accepted.
+async fn post_noop(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+) -> anyhow::Result<reqwest::Response> {
+    let response = client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body(NOOP_JOB)
+        .send()
+        .await?;
+    if response.status() != StatusCode::ACCEPTED {
+        bail!("submission got {}", response.status());
+    }
+    Ok(response)
+}
+
 /// Submits exactly `count` noop jobs over `connections` tasks.
 async fn submit_count(
     client: &reqwest::Client,
@@ -227,7 +237,7 @@ async fn submit_count(
     count: usize,
     connections: usize,
 ) -> anyhow::Result<()> {
-    let url = format!("http://{addr}/v1/jobs");
+    let url = reqwest::Url::parse(&format!("http://{addr}/v1/jobs"))?;
     let per_task = count.div_ceil(connections);
     let mut tasks = Vec::new();
     for task in 0..connections {
@@ -235,16 +245,7 @@ async fn submit_count(
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..n {
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(NOOP_JOB)
-                    .send()
-                    .await?;
-                if response.status() != StatusCode::ACCEPTED {
-                    bail!("submission got {}", response.status());
-                }
-                response.bytes().await?;
+                post_noop(&client, &url).await?.bytes().await?;
             }
             anyhow::Ok(())
         }));
