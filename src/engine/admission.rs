@@ -79,7 +79,7 @@ impl Engine {
                         "a submission stored no job".into(),
                     ))
                 })?;
-                self.admitted(&job);
+                self.admitted(&job, queue.paused);
                 Ok(Submitted::Created(job))
             }
             SubmitOutcome::Existing(job) => Ok(Submitted::Existing(*job)),
@@ -87,12 +87,13 @@ impl Engine {
         }
     }
 
-    /// Wakes the dispatcher for a ready job, or the promoter for one that
-    /// must wait, if it is due before anything it knows of.
-    pub(super) fn admitted(&self, job: &Job) {
+    /// Wakes the dispatcher for a ready job (unless its queue is paused: the
+    /// unpause wakes it), or the promoter for one that must wait, if it is
+    /// due before anything it knows of.
+    pub(super) fn admitted(&self, job: &Job, paused: bool) {
         self.publish(job);
         match job.status {
-            JobState::Queued => self.inner.wake_dispatcher.notify_one(),
+            JobState::Queued if !paused => self.inner.wake_dispatcher.notify_one(),
             JobState::Scheduled => self.schedule_wake(job.run_at),
             _ => {}
         }
