@@ -20,7 +20,8 @@ CREATE TABLE jobs (
     queue               TEXT NOT NULL REFERENCES queues(name),
     kind                TEXT NOT NULL,
     payload             TEXT NOT NULL,
-    state               TEXT NOT NULL CHECK (state IN ('scheduled','queued','running','succeeded','failed','cancelled')),
+    state               TEXT NOT NULL CHECK (state = 'scheduled' OR state = 'queued' OR state = 'running'
+                        OR state = 'succeeded' OR state = 'failed' OR state = 'cancelled'),
     priority            INTEGER NOT NULL,
     attempt             INTEGER NOT NULL DEFAULT 0,
     max_attempts        INTEGER NOT NULL,
@@ -46,12 +47,16 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, id) WHERE state = 'queued';
 CREATE INDEX jobs_due ON jobs (run_at) WHERE state = 'scheduled';
 CREATE INDEX jobs_leases ON jobs (lease_owner, lease_expires_at) WHERE state = 'running';
-CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('succeeded','failed','cancelled');
+-- finished_at is set exactly when a job is terminal. Partial-index conditions
+-- avoid IN lists: SQLite evaluates those with a temporary b-tree on every
+-- insert and update.
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX jobs_tenant ON jobs (tenant, id);
--- A key is held by at most one active job of a tenant. A running holder that
--- was asked to cancel (on_conflict: replace) releases its key at once.
+-- A key is held by at most one active (not finished) job of a tenant. A
+-- running holder that was asked to cancel (on_conflict: replace) releases its
+-- key at once.
 CREATE UNIQUE INDEX jobs_active_key ON jobs (tenant, key)
-    WHERE key IS NOT NULL AND state IN ('scheduled','queued','running') AND cancel_requested = 0;
+    WHERE key IS NOT NULL AND finished_at IS NULL AND cancel_requested = 0;
 
 -- Jobs per queue and state, kept by triggers so that admission control and
 -- GET /v1/queues never count rows.

@@ -204,6 +204,10 @@ impl KindRegistry {
         let Some(kind) = self.kinds.get(kind) else {
             return Vec::new();
         };
+        // The common case, a valid payload, without collecting anything.
+        if kind.validator.is_valid(payload) {
+            return Vec::new();
+        }
         kind.validator
             .iter_errors(payload)
             .map(|error| {

@@ -125,8 +125,10 @@ pub(super) fn check_capacity(
 ) -> Result<Option<SubmitRejection>, StoreError> {
     let room: Option<(i64, i64)> = conn
         .prepare_cached(
-            "SELECT capacity, (SELECT coalesce(sum(n), 0) FROM queue_counts \
-             WHERE queue = ?1 AND state IN ('scheduled', 'queued')) FROM queues WHERE name = ?1",
+            "SELECT capacity, \
+             (SELECT n FROM queue_counts WHERE queue = ?1 AND state = 'scheduled') + \
+             (SELECT n FROM queue_counts WHERE queue = ?1 AND state = 'queued') \
+             FROM queues WHERE name = ?1",
         )?
         .query_row(params![queue], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
@@ -153,7 +155,7 @@ pub(super) fn active_holder(
     let row = conn
         .prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ? AND key = ? \
-             AND state IN ('scheduled', 'queued', 'running') AND cancel_requested = 0"
+             AND key IS NOT NULL AND finished_at IS NULL AND cancel_requested = 0"
         ))?
         .query_row(params![tenant, key], JobRow::from_writer_row)
         .optional()?;

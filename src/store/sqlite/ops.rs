@@ -110,7 +110,7 @@ pub(super) fn cancel_now(
         conn,
         &format!(
             "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ? \
-             WHERE id = ? AND state IN ('scheduled', 'queued') RETURNING {JOB_COLUMNS}"
+             WHERE id = ? AND (state = 'scheduled' OR state = 'queued') RETURNING {JOB_COLUMNS}"
         ),
         params![at.as_millis(), to_json(error), id.to_string()],
     )?;
@@ -367,7 +367,7 @@ fn prune(
     let jobs = conn
         .prepare_cached(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-             WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? LIMIT CAST(? AS INTEGER))",
+             WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT CAST(? AS INTEGER))",
         )?
         .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?")?
