@@ -41,6 +41,8 @@ pub struct SqliteStore {
     reads: SqlitePool,
     /// Held for the life of the store: a second process on the same file
     /// would break the single-writer assumptions (and fencing by startup rescue).
+    /// Dropping it stops the checkpointer thread.
+    _checkpoints: std::sync::mpsc::Sender<()>,
     _lock: File,
 }
 
@@ -72,9 +74,11 @@ impl SqliteStore {
         let writer = rusqlite::Connection::open(&path)?;
         writer.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
-             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;",
+             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
+             PRAGMA wal_autocheckpoint = 0;",
         )?;
         writer.set_prepared_statement_cache_capacity(64);
+        let checkpoints = spawn_checkpointer(&path)?;
 
         let reads = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
@@ -85,6 +89,7 @@ impl SqliteStore {
         Ok(Self {
             writes,
             reads,
+            _checkpoints: checkpoints,
             _lock: lock,
         })
     }
@@ -111,6 +116,33 @@ fn spawn_writer(
         .spawn(move || writer::run(conn, commands))
         .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
     Ok(())
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL from a thread and connection of its own. SQLite's
+/// automatic checkpoint would run inside the writer's commits, copying pages
+/// and waiting for `fsync` while every submission waits behind it; a passive
+/// checkpoint here never blocks the writer.
+fn spawn_checkpointer(path: &std::path::Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch("PRAGMA busy_timeout = 10000;")?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("spool-sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
+    Ok(stop)
 }
 
 /// Takes an exclusive lock on `<file>.lock`.
