@@ -1,6 +1,7 @@
 //! Per-queue drain rate, for the `Retry-After` of a full queue.
 
-use std::time::Instant;
+// tokio's clock, so that tests can move time with a paused clock.
+use tokio::time::Instant;
 
 /// Seconds of history the rate is computed over.
 const WINDOW_S: usize = 10;
@@ -65,8 +66,22 @@ impl DrainMeter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn retry_after_follows_the_drain_rate_and_is_bounded() {
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_forgets_jobs_older_than_the_window() {
+        let mut meter = DrainMeter::default();
+        meter.record(50);
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        meter.record(50);
+        assert_eq!(meter.rate(), 10.0);
+        tokio::time::advance(std::time::Duration::from_secs(6)).await;
+        assert_eq!(meter.rate(), 5.0, "the first 50 left the window");
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert_eq!(meter.rate(), 0.0);
+        assert_eq!(meter.retry_after_s(1, false), FALLBACK_RETRY_AFTER_S);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_follows_the_drain_rate_and_is_bounded() {
         let mut meter = DrainMeter::default();
         assert_eq!(meter.retry_after_s(10, false), FALLBACK_RETRY_AFTER_S);
         meter.record(100); // 100 jobs over a 10 s window: 10 jobs/s
