@@ -1,0 +1,83 @@
+//! Queues as the engine sees them: settings cached from the store, changed
+//! at runtime, and the slots each has running here.
+
+use std::collections::BTreeMap;
+
+use super::drain::DrainMeter;
+use super::{Engine, EngineError, QueueState};
+use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings};
+
+impl Engine {
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        Ok(self.inner.store.list_queues().await?)
+    }
+
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, EngineError> {
+        self.inner
+            .store
+            .get_queue(name)
+            .await?
+            .ok_or(EngineError::NotFound)
+    }
+
+    /// Creates or changes a queue; effective at once. `true` when created.
+    pub async fn put_queue(
+        &self,
+        name: &str,
+        settings: &QueueSettings,
+    ) -> Result<(QueueInfo, bool), EngineError> {
+        if !QueueConfig::valid_name(name) {
+            return Err(EngineError::Validation(vec![FieldError::new(
+                "",
+                "queue names are 1 to 64 of A-Z a-z 0-9 _ - .",
+            )]));
+        }
+        let mut config = self
+            .queue_config(name)
+            .unwrap_or_else(|| QueueConfig::new(name));
+        config.apply(settings).map_err(EngineError::Validation)?;
+        let created = self.inner.store.upsert_queue(&config).await?;
+        {
+            let mut queues = self.write_queues();
+            queues
+                .entry(name.to_owned())
+                .and_modify(|state| state.config = config.clone())
+                .or_insert_with(|| QueueState {
+                    config,
+                    running: 0,
+                    drain: DrainMeter::default(),
+                });
+        }
+        // More concurrency or an unpaused queue may start jobs now.
+        self.inner.wake_dispatcher.notify_one();
+        Ok((self.get_queue(name).await?, created))
+    }
+
+    pub(super) fn queue_config(&self, name: &str) -> Option<QueueConfig> {
+        self.read_queues().get(name).map(|q| q.config.clone())
+    }
+
+    pub(super) fn queue_names(&self) -> Vec<String> {
+        self.read_queues().keys().cloned().collect()
+    }
+
+    pub(super) fn read_queues(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, QueueState>> {
+        // A panic while holding this lock cannot leave the map half-changed
+        // (every write is a single insert or field store): keep going.
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn write_queues(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, QueueState>> {
+        self.inner
+            .queues
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
