@@ -161,6 +161,19 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
     }
 }
 
+/// The `Idempotency-Key` header, without copying the others.
+pub struct IdempotencyHeader(pub Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(IdempotencyHeader(
+            parts.headers.get("idempotency-key").cloned(),
+        ))
+    }
+}
+
 /// A name from the path (queues).
 pub struct NamePath(pub String);
 

@@ -2,19 +2,18 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::extract::{JobIdPath, JsonBody, QueryPairs};
+use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs};
 use crate::domain::{FieldError, Job, JobSpec, JobState, TENANT_DEFAULT, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
 use crate::store::{IdempotencyKey, JobFilter};
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1_000;
 
@@ -32,10 +31,10 @@ fn location(id: impl std::fmt::Display) -> (header::HeaderName, String) {
 
 /// The `Idempotency-Key` header, if any, checked for shape.
 pub(super) fn idempotency_key(
-    headers: &HeaderMap,
+    header: Option<&HeaderValue>,
     fingerprint: impl FnOnce() -> String,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+    let Some(value) = header else {
         return Ok(None);
     };
     let key = value
@@ -81,10 +80,10 @@ pub(super) fn idempotency_key(
 )]
 pub async fn create_job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    IdempotencyHeader(header): IdempotencyHeader,
     body: JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
-    let idempotency = idempotency_key(&headers, || body.fingerprint("POST /v1/jobs"))?;
+    let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/jobs"))?;
     let submitted = state
         .engine
         .submit_job(TENANT_DEFAULT, body.value, idempotency)

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -104,22 +103,25 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(
-                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                        let request_id = request
-                            .headers()
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default();
-                        tracing::info_span!(
-                            "request",
-                            method = %request.method(),
-                            path = %request.uri().path(),
-                            request_id = %request_id,
-                        )
-                    }),
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request| {
+                            let request_id = request
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default();
+                            tracing::info_span!(
+                                "request",
+                                method = %request.method(),
+                                path = %request.uri().path(),
+                                request_id = %request_id,
+                            )
+                        })
+                        .on_response(log_response)
+                        // 5xx are logged once, with their cause, by `log_response`.
+                        .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(middleware::from_fn(log_server_errors))
                 .layer(CatchPanicLayer::custom(|_panic| {
                     ApiError::internal("a handler panicked").into_response()
                 }))
@@ -132,17 +134,20 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
 }
 
 /// Logs the cause of every 5xx once, inside the request's span (so with its
-/// request id); the body the client gets stays opaque.
-async fn log_server_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// request id); the body the client gets stays opaque. Other responses are
+/// logged at debug level.
+fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
     if response.status().is_server_error() {
         let cause = response
             .extensions()
             .get::<ServerErrorCause>()
             .map_or("no cause recorded", |cause| cause.0.as_str());
-        tracing::error!(status = response.status().as_u16(), cause, "request failed");
+        tracing::error!(status, latency_ms, cause, "request failed");
+    } else {
+        tracing::debug!(status, latency_ms, "request finished");
     }
-    response
 }
 
 async fn not_found() -> ApiError {
