@@ -62,6 +62,17 @@ async fn submit_one(store: &Arc<dyn JobStore>, new: NewJob) -> JobId {
     id
 }
 
+async fn all_jobs(store: &Arc<dyn JobStore>) -> Vec<spool::domain::Job> {
+    let filter = JobFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    store
+        .list_jobs(TENANT_DEFAULT, &filter)
+        .await
+        .expect("listed")
+}
+
 async fn state_of(store: &Arc<dyn JobStore>, id: JobId) -> JobState {
     store
         .get_job(TENANT_DEFAULT, id)
@@ -116,16 +127,7 @@ pub async fn submitted_jobs_can_be_read_back_and_listed(store: Arc<dyn JobStore>
             .is_none()
     );
 
-    let all = store
-        .list_jobs(
-            TENANT_DEFAULT,
-            &JobFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let all = all_jobs(&store).await;
     assert_eq!(
         all.iter().map(|j| j.id).collect::<Vec<_>>(),
         [second, first],
@@ -382,16 +384,7 @@ pub async fn a_submission_is_all_or_nothing(store: Arc<dyn JobStore>) {
         submit(&store, jobs).await,
         Err(SubmitRejection::QueueFull { .. })
     ));
-    let all = store
-        .list_jobs(
-            TENANT_DEFAULT,
-            &JobFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let all = all_jobs(&store).await;
     assert!(all.is_empty(), "nothing of a refused submission is stored");
     let a = store.get_queue("a").await.unwrap().unwrap();
     assert_eq!(a.counts.queued, 0);
@@ -528,16 +521,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(mismatch.unwrap_err(), SubmitRejection::IdempotencyMismatch);
-    let all = store
-        .list_jobs(
-            TENANT_DEFAULT,
-            &JobFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let all = all_jobs(&store).await;
     assert_eq!(all.len(), 1);
 }
 
