@@ -772,3 +772,42 @@ pub async fn queues_are_created_updated_and_counted(store: Arc<dyn JobStore>) {
     assert!(store.get_queue("nope").await.unwrap().is_none());
     assert_eq!(store.list_queues().await.unwrap().len(), 1);
 }
+
+pub async fn queue_counts_match_the_jobs_after_concurrent_writes(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 1_000)]).await;
+    // Submissions, claims and completions in flight together land in the
+    // same group commits; the counts must still match the rows.
+    let submissions = (0..60).map(|n| {
+        let spec = if n % 3 == 0 {
+            json!({"delay_ms": 60_000})
+        } else {
+            json!({})
+        };
+        submit(&store, vec![job("default", spec, at(n))])
+    });
+    let claims = (0..5).map(|_| store.claim("default", 4, OWNER, at(30_000), at(100)));
+    let (submitted, claimed) = futures::join!(
+        futures::future::join_all(submissions),
+        futures::future::join_all(claims)
+    );
+    assert!(submitted.iter().all(|outcome| outcome.is_ok()));
+    let claimed: Vec<_> = claimed.into_iter().flat_map(|jobs| jobs.unwrap()).collect();
+    let finishing = claimed.iter().take(3).map(|job| {
+        store.complete(completion(
+            job.id,
+            1,
+            OWNER,
+            AttemptOutcome::Succeeded(json!(null)),
+        ))
+    });
+    futures::future::join_all(finishing).await;
+
+    let jobs = all_jobs(&store).await;
+    let count = |state| jobs.iter().filter(|job| job.status == state).count() as u64;
+    let queue = store.get_queue("default").await.unwrap().unwrap();
+    assert_eq!(jobs.len(), 60);
+    assert_eq!(queue.counts.scheduled, count(JobState::Scheduled));
+    assert_eq!(queue.counts.queued, count(JobState::Queued));
+    assert_eq!(queue.counts.running, count(JobState::Running));
+    assert_eq!(count(JobState::Scheduled), 20);
+}

@@ -55,5 +55,6 @@ conformance_suite!(
         progress_is_stored_for_the_current_attempt_only,
         prune_deletes_only_old_terminal_jobs,
         queues_are_created_updated_and_counted,
+        queue_counts_match_the_jobs_after_concurrent_writes,
     ]
 );

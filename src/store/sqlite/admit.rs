@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::counts::NewCounts;
 use super::ops::cancel_now;
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::domain::{ErrorInfo, Job, NewJob, OnConflict};
+use crate::domain::{ErrorInfo, Job, JobState, NewJob, OnConflict};
 use crate::store::{StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection};
 
 /// Admits every job of `submission` or none. When that takes more than one
@@ -16,16 +17,17 @@ use crate::store::{StoreError, StoredResponse, Submission, SubmitOutcome, Submit
 /// single job is one INSERT, atomic by itself, after read-only checks.
 pub fn submit(
     conn: &Connection,
+    counts: &mut NewCounts,
     submission: Submission,
 ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
     let several_writes = submission.jobs.len() > 1
         || submission.idempotency.is_some()
         || submission.jobs.iter().any(|job| job.key.is_some());
     if !several_writes {
-        return submit_in(conn, submission);
+        return submit_in(conn, counts, submission);
     }
     conn.prepare_cached("SAVEPOINT submit")?.execute([])?;
-    let outcome = submit_in(conn, submission);
+    let outcome = submit_in(conn, counts, submission);
     if !matches!(outcome, Ok(Ok(_))) {
         conn.prepare_cached("ROLLBACK TO submit")?.execute([])?;
     }
@@ -35,6 +37,7 @@ pub fn submit(
 
 fn submit_in(
     conn: &Connection,
+    counts: &mut NewCounts,
     submission: Submission,
 ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
     let tenant = submission.tenant;
@@ -65,7 +68,7 @@ fn submit_in(
         *requested.entry(job.queue.as_str()).or_default() += 1;
     }
     for (queue, count) in &requested {
-        if let Some(rejection) = check_capacity(conn, queue, *count)? {
+        if let Some(rejection) = check_capacity(conn, counts, queue, *count)? {
             return Ok(Err(rejection));
         }
     }
@@ -99,9 +102,8 @@ fn submit_in(
     }
 
     insert_jobs(conn, &submission.jobs)?;
-    let jobs: Vec<Job> = submission.jobs.into_iter().map(job_from_new).collect();
 
-    if let (Some(idempotency), [job]) = (&submission.idempotency, jobs.as_slice()) {
+    if let (Some(idempotency), [job]) = (&submission.idempotency, submission.jobs.as_slice()) {
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
              VALUES (?, ?, ?, 202, ?, ?)",
@@ -110,16 +112,20 @@ fn submit_in(
             tenant,
             idempotency.key,
             idempotency.request_hash,
-            to_json(job),
+            to_json(&job_from_new(job.clone())),
             job.created_at.as_millis()
         ])?;
     }
+    // Counted only now that nothing of this submission can fail any more.
+    counts.add(&submission.jobs);
+    let jobs: Vec<Job> = submission.jobs.into_iter().map(job_from_new).collect();
     Ok(Ok(SubmitOutcome::Created { jobs, replaced }))
 }
 
 /// `None` when `count` more jobs fit in the queue.
 pub(super) fn check_capacity(
     conn: &Connection,
+    counts: &NewCounts,
     queue: &str,
     count: u64,
 ) -> Result<Option<SubmitRejection>, StoreError> {
@@ -135,6 +141,9 @@ pub(super) fn check_capacity(
     let Some((capacity, pending)) = room else {
         return Ok(Some(SubmitRejection::UnknownQueue(queue.to_owned())));
     };
+    let pending = pending
+        + counts.pending(queue, JobState::Scheduled)
+        + counts.pending(queue, JobState::Queued);
     let (capacity, pending) = (capacity.max(0) as u64, pending.max(0) as u64);
     if pending + count > capacity {
         return Ok(Some(SubmitRejection::QueueFull {

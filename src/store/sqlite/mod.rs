@@ -2,6 +2,7 @@
 //! fed by a group-commit queue, and a pool of read-only connections.
 
 mod admit;
+mod counts;
 mod ops;
 mod rows;
 mod writer;

@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::admit::{active_holder, check_capacity};
+use super::counts::NewCounts;
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
 use super::writer::Op;
 use crate::domain::{ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
@@ -27,9 +28,9 @@ pub enum Done {
     Created(bool),
 }
 
-pub fn apply(conn: &Connection, op: Op) -> Result<Done, StoreError> {
+pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, StoreError> {
     Ok(match op {
-        Op::Submit(submission) => Done::Submit(super::admit::submit(conn, submission)?),
+        Op::Submit(submission) => Done::Submit(super::admit::submit(conn, counts, submission)?),
         Op::Claim {
             queue,
             limit,
@@ -54,7 +55,7 @@ pub fn apply(conn: &Connection, op: Op) -> Result<Done, StoreError> {
             Done::Unit
         }
         Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at)?),
-        Op::Retry { tenant, id, at } => Done::Retry(retry(conn, &tenant, id, at)?),
+        Op::Retry { tenant, id, at } => Done::Retry(retry(conn, counts, &tenant, id, at)?),
         Op::Renew { owner, until } => Done::Ids(renew(conn, &owner, until)?),
         Op::Rescue { now, not_owner } => Done::Rescued(rescue(conn, now, not_owner)?),
         Op::Promote { now } => Done::Promoted(promote(conn, now)?),
@@ -243,6 +244,7 @@ fn cancel(
 
 fn retry(
     conn: &Connection,
+    counts: &NewCounts,
     tenant: &str,
     id: JobId,
     at: Timestamp,
@@ -253,7 +255,7 @@ fn retry(
     if !matches!(job.status, JobState::Failed | JobState::Cancelled) {
         return Ok(RetryOutcome::NotRetryable(job));
     }
-    if let Some(rejection) = check_capacity(conn, &job.queue, 1)? {
+    if let Some(rejection) = check_capacity(conn, counts, &job.queue, 1)? {
         return Ok(RetryOutcome::Rejected(rejection));
     }
     if let Some(key) = &job.key

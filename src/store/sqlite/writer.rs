@@ -16,6 +16,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::counts::NewCounts;
 use super::ops::{self, Done};
 use crate::domain::{JobId, Progress, QueueConfig, Timestamp};
 use crate::store::{Completion, StoreError, Submission};
@@ -118,11 +119,13 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
             return;
         }
     };
+    let mut counts = NewCounts::default();
     let replies: Vec<_> = batch
         .drain(..)
-        .map(|command| (command.reply, ops::apply(&tx, command.op)))
+        .map(|command| (command.reply, ops::apply(&tx, &mut counts, command.op)))
         .collect();
-    match tx.commit() {
+    let committed = counts.flush(&tx).and_then(|()| Ok(tx.commit()?));
+    match committed {
         Ok(()) => {
             for (reply, result) in replies {
                 // The caller may have given up waiting (request cancelled):
