@@ -193,12 +193,7 @@ async fn post_load(
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0u64;
             while Instant::now() < deadline {
-                let response = client
-                    .post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(NOOP_JOB)
-                    .send()
-                    .await?;
+                let response = send_noop(&client, &url).await?;
                 if response.status() == StatusCode::ACCEPTED {
                     accepted += 1;
                 }
@@ -214,17 +209,25 @@ async fn post_load(
     Ok(accepted as f64 / started.elapsed().as_secs_f64())
 }
 
+/// POSTs one noop job.
+async fn send_noop(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body(NOOP_JOB)
+        .send()
+        .await
+}
+
 /// POSTs one noop job; an error unless it was accepted.
 async fn post_noop(
     client: &reqwest::Client,
     url: &reqwest::Url,
 ) -> anyhow::Result<reqwest::Response> {
-    let response = client
-        .post(url.clone())
-        .header("content-type", "application/json")
-        .body(NOOP_JOB)
-        .send()
-        .await?;
+    let response = send_noop(client, url).await?;
     if response.status() != StatusCode::ACCEPTED {
         bail!("submission got {}", response.status());
     }

@@ -73,6 +73,17 @@ async fn all_jobs(store: &Arc<dyn JobStore>) -> Vec<spool::domain::Job> {
         .expect("listed")
 }
 
+/// A job of `default`, submitted at 0 and claimed by OWNER at 1 (attempt 1).
+async fn running_job(store: &Arc<dyn JobStore>) -> JobId {
+    let id = submit_one(store, job("default", json!({}), at(0))).await;
+    let claimed = store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .expect("claimed");
+    assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), [id]);
+    id
+}
+
 async fn state_of(store: &Arc<dyn JobStore>, id: JobId) -> JobState {
     store
         .get_job(TENANT_DEFAULT, id)
@@ -223,11 +234,7 @@ pub async fn claims_never_take_more_than_asked_or_jobs_of_other_queues(store: Ar
 
 pub async fn an_attempts_outcome_is_fenced_by_attempt_and_owner(store: Arc<dyn JobStore>) {
     with_queues(&store, &[("default", 100)]).await;
-    let id = submit_one(&store, job("default", json!({}), at(0))).await;
-    store
-        .claim("default", 1, OWNER, at(30_000), at(1))
-        .await
-        .unwrap();
+    let id = running_job(&store).await;
 
     let wrong_owner = completion(id, 1, OTHER, AttemptOutcome::Succeeded(json!(1)));
     assert!(matches!(
@@ -262,11 +269,7 @@ pub async fn a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error
     store: Arc<dyn JobStore>,
 ) {
     with_queues(&store, &[("default", 100)]).await;
-    let id = submit_one(&store, job("default", json!({}), at(0))).await;
-    store
-        .claim("default", 1, OWNER, at(30_000), at(1))
-        .await
-        .unwrap();
+    let id = running_job(&store).await;
     let failed = AttemptOutcome::Failed {
         error: error("boom", 1, at(2)),
         retry_at: Some(at(500)),
@@ -311,11 +314,7 @@ pub async fn released_jobs_go_back_to_the_queue_without_counting_the_attempt(
     store: Arc<dyn JobStore>,
 ) {
     with_queues(&store, &[("default", 100)]).await;
-    let id = submit_one(&store, job("default", json!({}), at(0))).await;
-    store
-        .claim("default", 1, OWNER, at(30_000), at(1))
-        .await
-        .unwrap();
+    let id = running_job(&store).await;
     let CompletionResult::Applied(job) = store
         .complete(completion(id, 1, OWNER, AttemptOutcome::Released))
         .await
@@ -700,11 +699,7 @@ pub async fn renewing_leases_reports_jobs_asked_to_cancel(store: Arc<dyn JobStor
 
 pub async fn progress_is_stored_for_the_current_attempt_only(store: Arc<dyn JobStore>) {
     with_queues(&store, &[("default", 10)]).await;
-    let id = submit_one(&store, job("default", json!({}), at(0))).await;
-    store
-        .claim("default", 1, OWNER, at(30_000), at(1))
-        .await
-        .unwrap();
+    let id = running_job(&store).await;
     let progress = Progress {
         current: 3,
         total: Some(10),
