@@ -83,6 +83,18 @@ pub struct Config {
     /// Largest request body in bytes.
     #[arg(long, env = "SPOOL_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
+    /// Most jobs in one batch; a larger batch is refused with 413.
+    #[arg(
+        long,
+        env = "SPOOL_MAX_BATCH_SIZE",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_batch_size: usize,
+    /// Largest `POST /v1/batches` body in bytes (a batch of 10 000 jobs with
+    /// small payloads needs a few MiB).
+    #[arg(long, env = "SPOOL_MAX_BATCH_BODY_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub max_batch_body_bytes: usize,
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -127,6 +139,8 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_body_bytes: 1024 * 1024,
+            max_batch_size: 10_000,
+            max_batch_body_bytes: 16 * 1024 * 1024,
             log_format: LogFormat::Text,
         }
     }
@@ -180,7 +194,14 @@ impl Config {
                 message: "must be at least 1s".into(),
             });
         }
+        if !(1..=100_000).contains(&self.max_batch_size) {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_MAX_BATCH_SIZE",
+                message: "must be between 1 and 100000".into(),
+            });
+        }
         Ok(EngineSettings {
+            max_batch_size: self.max_batch_size,
             shutdown_grace: self.shutdown_grace,
             cancel_grace: self.cancel_grace,
             lease_ttl: self.lease_ttl,
@@ -196,8 +217,15 @@ impl Config {
                 message: "must be at least 1024".into(),
             });
         }
+        if self.max_batch_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_MAX_BATCH_BODY_BYTES",
+                message: "must be at least 1024".into(),
+            });
+        }
         Ok(HttpSettings {
             max_body_bytes: self.max_body_bytes,
+            max_batch_body_bytes: self.max_batch_body_bytes,
             ..HttpSettings::default()
         })
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::Timestamp;
+use super::{BatchId, Timestamp};
 
 /// The tenant every job belongs to until API keys name others.
 pub const TENANT_DEFAULT: &str = "default";
@@ -22,6 +22,10 @@ pub struct JobId(Uuid);
 impl JobId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
     }
 }
 
@@ -46,7 +50,8 @@ impl FromStr for JobId {
 
 /// Where a job is in its life. See `docs/state-machine.md` for who moves it.
 ///
-/// - `scheduled`: waiting for `run_at` (a delay or a retry's backoff).
+/// - `scheduled`: waiting for `run_at` (a delay or a retry's backoff) or for
+///   its dependencies to succeed.
 /// - `queued`: ready; the dispatcher claims it when its queue has a free slot.
 /// - `running`: claimed by one instance under a lease.
 /// - `succeeded`, `failed`, `cancelled`: terminal, never change again
@@ -142,6 +147,12 @@ pub struct Job {
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub key: Option<String>,
+    /// The batch this job was submitted in.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub batch_id: Option<BatchId>,
+    /// Jobs that must succeed before this one starts.
+    #[schema(value_type = Vec<String>)]
+    pub depends_on: Vec<JobId>,
     pub metadata: BTreeMap<String, String>,
     pub progress: Option<Progress>,
     pub result: Option<Value>,

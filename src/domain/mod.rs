@@ -1,13 +1,21 @@
-//! Plain types of the job service: jobs, specs, states, queues. No HTTP, no SQL.
+//! Plain types of the job service: jobs, batches, specs, states, queues. No HTTP, no SQL.
 
+mod batch;
 mod job;
 mod queue;
 mod spec;
 mod time;
 
+pub use batch::{
+    Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
+    job_pointer, success_required,
+};
 pub use job::{ErrorInfo, Job, JobId, JobState, Progress, TENANT_DEFAULT};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
-pub use spec::{FieldError, JobSpec, NewJob, OnConflict, escape_pointer, valid_metadata_key};
+pub use spec::{
+    DependencyRef, FieldError, JobSpec, MAX_DEPENDENCIES, NewJob, OnConflict, SpecContext,
+    escape_pointer, valid_metadata_key,
+};
 pub use time::Timestamp;

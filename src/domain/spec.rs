@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Backoff, JobId, JobState, QueueConfig, Timestamp};
+use super::{Backoff, BatchId, JobId, JobState, QueueConfig, Timestamp};
 
 pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// How far ahead `run_at`/`delay_ms` may point: one year.
@@ -14,6 +14,8 @@ const MAX_DELAY_MS: u64 = 366 * 24 * 3_600_000;
 const MAX_KEY_LEN: usize = 255;
 const MAX_METADATA_ENTRIES: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 1_024;
+/// Most dependencies one job may have.
+pub const MAX_DEPENDENCIES: usize = 100;
 
 /// One offending field: a JSON Pointer into the request body (or, for a
 /// query parameter, its name in `parameter`) and what is wrong.
@@ -67,6 +69,25 @@ impl OnConflict {
     }
 }
 
+/// A dependency: a job id, or — inside a batch — the index of an earlier
+/// job of the same batch, so that a whole pipeline is one request.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum DependencyRef {
+    /// Index of an earlier job in the same batch's `jobs` array.
+    Index(u64),
+    /// The id of an existing job.
+    Id(String),
+}
+
+/// Where a job is being validated: alone, or at `index` of a batch whose
+/// jobs will get `ids`.
+#[derive(Clone, Copy, Debug)]
+pub struct SpecContext<'a> {
+    pub id: JobId,
+    pub batch: Option<(BatchId, usize, &'a [JobId])>,
+}
+
 /// A job submission. Unknown fields are rejected.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +133,12 @@ pub struct JobSpec {
     /// Labels, returned as given and filterable with `metadata.K=V`.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Jobs that must succeed before this one starts; their results are
+    /// handed to it. If one fails or is cancelled, this job is cancelled.
+    /// Inside a batch an integer names an earlier job of the batch.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub depends_on: Option<Vec<DependencyRef>>,
 }
 
 /// A validated job, ready to be stored.
@@ -132,6 +159,10 @@ pub struct NewJob {
     pub metadata: BTreeMap<String, String>,
     pub created_at: Timestamp,
     pub run_at: Timestamp,
+    pub batch_id: Option<BatchId>,
+    pub batch_index: Option<u32>,
+    /// Resolved dependency ids, in the order given, without repeats.
+    pub depends_on: Vec<JobId>,
 }
 
 /// Metadata keys become filter parameters (`metadata.K=V`) and JSON paths:
@@ -172,15 +203,19 @@ pub(crate) fn check_backoff(backoff: Backoff, pointer: &str) -> Result<Backoff, 
 
 impl JobSpec {
     /// Checks every field against its rules and fills defaults from `queue`.
-    /// Pointers are prefixed with `at` (empty for a single job, `/jobs/3`
-    /// inside a batch). The kind and payload schema are checked elsewhere.
+    /// Pointers are relative to the request body (`/jobs/3/...` inside a
+    /// batch). The kind and payload schema are checked elsewhere.
     pub fn validate(
         self,
         tenant: &str,
         queue: &QueueConfig,
         now: Timestamp,
-        at: &str,
+        ctx: SpecContext<'_>,
     ) -> Result<NewJob, Vec<FieldError>> {
+        let at = match ctx.batch {
+            Some((_, index, _)) => super::batch::job_pointer(index),
+            None => String::new(),
+        };
         let mut errors = Vec::new();
         let pointer = |field: &str| format!("{at}/{field}");
 
@@ -283,26 +318,13 @@ impl JobSpec {
         }
 
         let metadata = self.metadata.unwrap_or_default();
-        if metadata.len() > MAX_METADATA_ENTRIES {
-            errors.push(FieldError::new(
-                pointer("metadata"),
-                format!("at most {MAX_METADATA_ENTRIES} entries"),
-            ));
-        }
-        for (key, value) in &metadata {
-            let field = pointer(&format!("metadata/{}", escape_pointer(key)));
-            if !valid_metadata_key(key) {
-                errors.push(FieldError::new(
-                    field,
-                    "keys are 1 to 64 of A-Z a-z 0-9 _ - . : /",
-                ));
-            } else if value.len() > MAX_METADATA_VALUE_LEN {
-                errors.push(FieldError::new(
-                    field,
-                    format!("values are at most {MAX_METADATA_VALUE_LEN} bytes"),
-                ));
-            }
-        }
+        errors.extend(check_metadata(&metadata, &pointer("metadata")));
+        let depends_on = resolve_dependencies(
+            self.depends_on.as_deref().unwrap_or_default(),
+            ctx,
+            &pointer("depends_on"),
+            &mut errors,
+        );
 
         if !errors.is_empty() {
             return Err(errors);
@@ -313,7 +335,7 @@ impl JobSpec {
             JobState::Queued
         };
         Ok(NewJob {
-            id: JobId::new(),
+            id: ctx.id,
             tenant: tenant.to_owned(),
             queue: queue.name.clone(),
             kind: self.kind,
@@ -330,8 +352,96 @@ impl JobSpec {
             metadata,
             created_at: now,
             run_at,
+            batch_id: ctx.batch.map(|(batch, _, _)| batch),
+            batch_index: ctx.batch.map(|(_, index, _)| index as u32),
+            depends_on,
         })
     }
+}
+
+/// Checks labels: few, short, keys of a plain alphabet.
+pub(crate) fn check_metadata(metadata: &BTreeMap<String, String>, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        errors.push(FieldError::new(
+            at,
+            format!("at most {MAX_METADATA_ENTRIES} entries"),
+        ));
+    }
+    for (key, value) in metadata {
+        let field = format!("{at}/{}", escape_pointer(key));
+        if !valid_metadata_key(key) {
+            errors.push(FieldError::new(
+                field,
+                "keys are 1 to 64 of A-Z a-z 0-9 _ - . : /",
+            ));
+        } else if value.len() > MAX_METADATA_VALUE_LEN {
+            errors.push(FieldError::new(
+                field,
+                format!("values are at most {MAX_METADATA_VALUE_LEN} bytes"),
+            ));
+        }
+    }
+    errors
+}
+
+/// Turns references into ids: indexes must name an earlier job of the same
+/// batch (which also rules out cycles), ids must parse. Whether an id names
+/// an existing job is checked by the store, atomically with the insert.
+fn resolve_dependencies(
+    refs: &[DependencyRef],
+    ctx: SpecContext<'_>,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Vec<JobId> {
+    if refs.len() > MAX_DEPENDENCIES {
+        errors.push(FieldError::new(
+            at,
+            format!("at most {MAX_DEPENDENCIES} dependencies"),
+        ));
+        return Vec::new();
+    }
+    let mut ids: Vec<JobId> = Vec::with_capacity(refs.len());
+    for (position, reference) in refs.iter().enumerate() {
+        let pointer = format!("{at}/{position}");
+        let id = match (reference, ctx.batch) {
+            (DependencyRef::Id(text), _) => match text.parse::<JobId>() {
+                Ok(id) => id,
+                Err(_) => {
+                    errors.push(FieldError::new(pointer, "not a job id"));
+                    continue;
+                }
+            },
+            (DependencyRef::Index(n), Some((_, index, batch_ids))) => {
+                match usize::try_from(*n).ok().filter(|n| *n < index) {
+                    Some(n) => batch_ids[n],
+                    None => {
+                        errors.push(FieldError::new(
+                            pointer,
+                            format!(
+                                "an index must name an earlier job of this batch (0 to {})",
+                                index as i64 - 1
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+            }
+            (DependencyRef::Index(_), None) => {
+                errors.push(FieldError::new(
+                    pointer,
+                    "indexes name jobs of the same batch; outside a batch give job ids",
+                ));
+                continue;
+            }
+        };
+        if id == ctx.id {
+            errors.push(FieldError::new(pointer, "a job cannot depend on itself"));
+        } else if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// Escapes a key for use inside a JSON Pointer (RFC 6901).
@@ -342,6 +452,13 @@ pub fn escape_pointer(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alone() -> SpecContext<'static> {
+        SpecContext {
+            id: JobId::new(),
+            batch: None,
+        }
+    }
 
     fn spec(json: Value) -> JobSpec {
         serde_json::from_value(json).unwrap()
@@ -354,7 +471,7 @@ mod tests {
             "kind": "noop", "priority": 101, "max_attempts": 0, "timeout_ms": -1,
             "run_at": "soon", "metadata": {"bad key": "v"}
         }))
-        .validate("default", &queue, Timestamp::now(), "")
+        .validate("default", &queue, Timestamp::now(), alone())
         .unwrap_err();
         let pointers: Vec<_> = errors.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(
@@ -375,7 +492,7 @@ mod tests {
         queue.defaults.max_attempts = 7;
         let now = Timestamp::from_millis(1_000);
         let job = spec(serde_json::json!({"kind": "noop", "delay_ms": 500}))
-            .validate("default", &queue, now, "")
+            .validate("default", &queue, now, alone())
             .unwrap();
         assert_eq!(job.max_attempts, 7);
         assert_eq!(job.state, JobState::Scheduled);

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{Engine, EngineError};
-use crate::domain::{FieldError, Job, JobSpec, JobState, Timestamp};
+use crate::domain::{FieldError, Job, JobId, JobSpec, JobState, SpecContext, Timestamp};
 use crate::store::{IdempotencyKey, StoredResponse, Submission, SubmitOutcome};
 
 /// What a successful submission returns.
@@ -47,7 +47,15 @@ impl Engine {
             });
         };
         let job = spec
-            .validate(tenant, &queue, now, "")
+            .validate(
+                tenant,
+                &queue,
+                now,
+                SpecContext {
+                    id: JobId::new(),
+                    batch: None,
+                },
+            )
             .map_err(EngineError::Validation)?;
         let payload_errors: Vec<FieldError> =
             self.inner
@@ -60,6 +68,7 @@ impl Engine {
         let submission = Submission {
             tenant: tenant.to_owned(),
             jobs: vec![job],
+            batch: None,
             idempotency,
         };
         let outcome = self
@@ -67,9 +76,15 @@ impl Engine {
             .store
             .submit(submission)
             .await?
-            .map_err(|rejection| self.rejection_error(rejection))?;
+            .map_err(|rejection| self.rejection_error(rejection, ""))?;
         match outcome {
-            SubmitOutcome::Created { jobs, replaced } => {
+            SubmitOutcome::Created {
+                jobs,
+                replaced,
+                effects,
+                ..
+            } => {
+                self.apply(effects);
                 for id in replaced {
                     self.stop_running(id, super::STOP_CANCEL);
                 }

@@ -95,13 +95,15 @@ impl Engine {
                 _ = stopping.cancelled() => break,
             }
             match self.inner.store.rescue(Timestamp::now(), None).await {
-                Ok(rescued) if !rescued.is_empty() => {
-                    for job in &rescued {
-                        tracing::warn!(job_id = %job.id, queue = %job.queue, status = %job.state, "rescued a job whose lease expired");
+                Ok((rescued, effects)) => {
+                    if !rescued.is_empty() {
+                        for job in &rescued {
+                            tracing::warn!(job_id = %job.id, queue = %job.queue, status = %job.state, "rescued a job whose lease expired");
+                        }
+                        self.inner.wake_dispatcher.notify_one();
                     }
-                    self.inner.wake_dispatcher.notify_one();
+                    self.rescued(&rescued, effects);
                 }
-                Ok(_) => {}
                 Err(error) => tracing::error!(%error, "rescuing expired leases failed"),
             }
         }

@@ -2,9 +2,11 @@
 //! cancellation and shutdown. It owns no state the store cannot rebuild.
 
 mod admission;
+mod batches;
 mod drain;
 mod maintenance;
 mod queues;
+mod waiters;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,10 +21,14 @@ use tokio_util::task::TaskTracker;
 use crate::domain::{FieldError, Job, JobId, QueueConfig, Timestamp};
 use crate::kinds::KindRegistry;
 use crate::notify::EventHub;
-use crate::store::{CancelOutcome, JobFilter, JobStore, RetryOutcome, StoreError, SubmitRejection};
+use crate::store::{
+    CancelOutcome, Effects, JobFilter, JobStore, Rescued, RetryOutcome, StoreError, SubmitRejection,
+};
 
 pub use admission::Submitted;
+pub use batches::BatchSubmitted;
 use drain::DrainMeter;
+use waiters::Waiters;
 
 /// Timing of the engine. Every default is documented in `docs/operations.md`.
 #[derive(Clone, Debug)]
@@ -42,6 +48,8 @@ pub struct EngineSettings {
     pub poll_interval: Duration,
     /// Largest serialized result a job may return. Default 256 KiB.
     pub max_result_bytes: usize,
+    /// Most jobs in one batch. Default 10 000.
+    pub max_batch_size: usize,
 }
 
 impl Default for EngineSettings {
@@ -54,6 +62,7 @@ impl Default for EngineSettings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             poll_interval: Duration::from_secs(1),
             max_result_bytes: 256 * 1024,
+            max_batch_size: 10_000,
         }
     }
 }
@@ -82,6 +91,14 @@ pub enum EngineError {
     AlreadyFinished(Box<Job>),
     #[error("only failed or cancelled jobs can be retried; this one is {}", .0.status)]
     NotRetryable(Box<Job>),
+    #[error("a batch holds at most {max} jobs; this one has {size}")]
+    BatchTooLarge { size: usize, max: usize },
+    #[error("the job's batch has finished; batches don't reopen")]
+    BatchFinished(Box<Job>),
+    #[error("dependency {dependency} did not succeed; retry it first")]
+    DependencyFailed { job: Box<Job>, dependency: JobId },
+    #[error("the batch already finished")]
+    BatchAlreadyFinished(Box<crate::domain::Batch>),
     #[error("not found")]
     NotFound,
     #[error("the service is shutting down")]
@@ -137,6 +154,7 @@ pub(crate) struct Inner {
     jobs: TaskTracker,
     loops: TaskTracker,
     events: EventHub,
+    waiters: Waiters,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -197,7 +215,9 @@ impl Engine {
         let instance_id = format!("spool-{}", uuid::Uuid::now_v7());
         let now = Timestamp::now();
         let exclusive_owner = store.exclusive().then_some(instance_id.as_str());
-        let rescued = store.rescue(now, exclusive_owner).await?;
+        // The effects need no action yet: the dispatcher and the promoter
+        // look at every queue and schedule when they start.
+        let (rescued, _effects) = store.rescue(now, exclusive_owner).await?;
         if !rescued.is_empty() {
             tracing::warn!(
                 jobs = rescued.len(),
@@ -222,6 +242,7 @@ impl Engine {
                 jobs: TaskTracker::new(),
                 loops: TaskTracker::new(),
                 events: EventHub::default(),
+                waiters: Waiters::default(),
             }),
         };
         engine.spawn_loops();
@@ -286,8 +307,9 @@ impl Engine {
         {
             CancelOutcome::NotFound => Err(EngineError::NotFound),
             CancelOutcome::AlreadyFinished(job) => Err(EngineError::AlreadyFinished(Box::new(job))),
-            CancelOutcome::Cancelled(job) => {
+            CancelOutcome::Cancelled(job, effects) => {
                 self.publish(&job);
+                self.apply(effects);
                 Ok(Cancelled::Now(job))
             }
             CancelOutcome::Requested(job) => {
@@ -309,7 +331,14 @@ impl Engine {
         {
             RetryOutcome::NotFound => Err(EngineError::NotFound),
             RetryOutcome::NotRetryable(job) => Err(EngineError::NotRetryable(Box::new(job))),
-            RetryOutcome::Rejected(rejection) => Err(self.rejection_error(rejection)),
+            RetryOutcome::BatchFinished(job) => Err(EngineError::BatchFinished(Box::new(job))),
+            RetryOutcome::DependencyFailed { job, dependency } => {
+                Err(EngineError::DependencyFailed {
+                    job: Box::new(job),
+                    dependency,
+                })
+            }
+            RetryOutcome::Rejected(rejection) => Err(self.rejection_error(rejection, "")),
             RetryOutcome::Retried(job) => {
                 self.publish(&job);
                 self.inner.wake_dispatcher.notify_one();
@@ -379,7 +408,11 @@ impl Engine {
         }
     }
 
+    /// Tells listeners of a job's new state; an end also wakes its long-polls.
     fn publish(&self, job: &Job) {
+        if job.status.is_terminal() {
+            self.inner.waiters.wake(job.id.as_uuid());
+        }
         if !self.inner.events.has_listeners() {
             return;
         }
@@ -392,7 +425,42 @@ impl Engine {
         });
     }
 
-    fn rejection_error(&self, rejection: SubmitRejection) -> EngineError {
+    /// Acts on what a write set in motion: publishes cancelled dependents,
+    /// wakes the dispatcher, the promoter and batch long-polls, and stops
+    /// running jobs whose cancellation was requested.
+    fn apply(&self, effects: Effects) {
+        if effects.is_empty() {
+            return;
+        }
+        for job in &effects.cancelled {
+            self.publish(job);
+        }
+        if !effects.ready_queues.is_empty() {
+            self.inner.wake_dispatcher.notify_one();
+        }
+        if let Some(due) = effects.next_due {
+            self.schedule_wake(due);
+        }
+        for batch in &effects.finished_batches {
+            tracing::debug!(batch_id = %batch, "batch finished");
+            self.inner.waiters.wake(batch.as_uuid());
+        }
+        for id in effects.stop {
+            self.stop_running(id, STOP_CANCEL);
+        }
+    }
+
+    /// Wakes the long-polls of jobs a rescue ended, and acts on its effects.
+    fn rescued(&self, rescued: &[Rescued], effects: Effects) {
+        for job in rescued.iter().filter(|job| job.state.is_terminal()) {
+            self.inner.waiters.wake(job.id.as_uuid());
+        }
+        self.apply(effects);
+    }
+
+    /// `at` is the pointer of the submitted job (empty for a single job), for
+    /// errors that name a field.
+    fn rejection_error(&self, rejection: SubmitRejection, at: &str) -> EngineError {
         match rejection {
             SubmitRejection::QueueFull {
                 queue,
@@ -422,6 +490,17 @@ impl Engine {
                 EngineError::KeyConflict { key, holder }
             }
             SubmitRejection::IdempotencyMismatch => EngineError::IdempotencyMismatch,
+            SubmitRejection::UnknownDependency { job, dependency } => {
+                let pointer = if at.is_empty() {
+                    "/depends_on".to_owned()
+                } else {
+                    format!("{}/depends_on", crate::domain::job_pointer(job))
+                };
+                EngineError::Validation(vec![FieldError::new(
+                    pointer,
+                    format!("no job {dependency}"),
+                )])
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, RunningJob, STOP_CANCEL, STOP_SHUTDOWN};
 use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
-use crate::kinds::{JobContext, JobFailure, ProgressSink};
+use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
 
 /// Attempts at storing an attempt's outcome before leaving the job to lease
@@ -117,13 +117,33 @@ impl Engine {
             id: job.id,
             attempt: job.attempt,
         });
+        let dependencies = if job.depends_on.is_empty() {
+            Vec::new()
+        } else {
+            match self.inner.store.dependency_results(&job.depends_on).await {
+                Ok(results) => results
+                    .into_iter()
+                    .map(|(job_id, result)| DependencyResult { job_id, result })
+                    .collect(),
+                Err(error) => {
+                    return self.failure(
+                        job,
+                        JobFailure::retryable(
+                            "dependencies_unavailable",
+                            format!("the dependencies' results could not be read: {error}"),
+                        ),
+                    );
+                }
+            }
+        };
         let ctx = JobContext::new(
             job.id,
             job.attempt,
             job.payload.clone(),
             token.clone(),
             progress,
-        );
+        )
+        .with_dependencies(dependencies);
         // Polled in this task; dropping it is the abort. A panic inside is
         // caught and fails the attempt instead of the worker.
         let mut run = std::pin::pin!(AssertUnwindSafe(handler.run(ctx)).catch_unwind());
@@ -245,12 +265,13 @@ impl Engine {
         }
         self.inner.wake_dispatcher.notify_one();
         match stored {
-            Some(CompletionResult::Applied(done)) => {
+            Some(CompletionResult::Applied { job: done, effects }) => {
                 tracing::debug!(job_id = %done.id, attempt = done.attempt, status = %done.status, "attempt finished");
                 if done.status == JobState::Scheduled {
                     self.schedule_wake(done.run_at);
                 }
                 self.publish(&done);
+                self.apply(effects);
             }
             Some(CompletionResult::Fenced) => {
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, "outcome discarded: the job's lease was taken over");

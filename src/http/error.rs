@@ -173,6 +173,18 @@ impl From<EngineError> for ApiError {
             EngineError::NotRetryable(job) => {
                 Self::new(StatusCode::CONFLICT, "not_retryable", detail).with_job(job.id)
             }
+            EngineError::BatchTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+            }
+            EngineError::BatchFinished(job) => {
+                Self::new(StatusCode::CONFLICT, "batch_finished", detail).with_job(job.id)
+            }
+            EngineError::DependencyFailed { job, .. } => {
+                Self::new(StatusCode::CONFLICT, "dependency_failed", detail).with_job(job.id)
+            }
+            EngineError::BatchAlreadyFinished(_) => {
+                Self::new(StatusCode::CONFLICT, "already_finished", detail)
+            }
             EngineError::NotFound => Self::not_found("resource"),
             EngineError::ShuttingDown => {
                 let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail);

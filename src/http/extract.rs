@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use crate::domain::{FieldError, JobId};
+use crate::domain::{BatchId, FieldError, JobId};
 
 /// A JSON request body: `Content-Type: application/json` (or `+json`), at
 /// most the configured size, well-formed, and of the expected shape.
@@ -158,6 +158,52 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
         raw.parse()
             .map(JobIdPath)
             .map_err(|_| ApiError::not_found("job"))
+    }
+}
+
+/// A batch id from the path; anything that is not one is simply not found.
+pub struct BatchIdPath(pub BatchId);
+
+impl<S: Send + Sync> FromRequestParts<S> for BatchIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::not_found("batch"))?;
+        raw.parse()
+            .map(BatchIdPath)
+            .map_err(|_| ApiError::not_found("batch"))
+    }
+}
+
+/// Longest long-poll, in seconds.
+pub const MAX_WAIT_S: u64 = 60;
+
+/// `?wait=N` (seconds, 0..=60), the only parameter of a single-resource
+/// read; anything else is refused so a typo doesn't go unnoticed.
+pub fn parse_wait(pairs: Vec<(String, String)>) -> Result<std::time::Duration, ApiError> {
+    let mut wait = std::time::Duration::ZERO;
+    let mut errors = Vec::new();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "wait" => match value.parse::<u64>() {
+                Ok(seconds) if seconds <= MAX_WAIT_S => {
+                    wait = std::time::Duration::from_secs(seconds)
+                }
+                _ => errors.push(FieldError::parameter(
+                    name,
+                    format!("must be a whole number of seconds from 0 to {MAX_WAIT_S}"),
+                )),
+            },
+            _ => errors.push(FieldError::parameter(name, "unknown parameter")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(wait)
+    } else {
+        Err(ApiError::validation(errors))
     }
 }
 

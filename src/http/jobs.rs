@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs};
+use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
 use crate::domain::{FieldError, Job, JobSpec, JobState, TENANT_DEFAULT, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
-use crate::store::{IdempotencyKey, JobFilter};
+use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1_000;
@@ -93,39 +93,54 @@ pub async fn create_job(
             (StatusCode::ACCEPTED, [location(job.id)], Json(job)).into_response()
         }
         Submitted::Existing(job) => (StatusCode::OK, [location(job.id)], Json(job)).into_response(),
-        Submitted::Replayed(stored) => {
-            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
-            let mut response = (status, Json(&stored.body)).into_response();
-            if let Some(id) = stored.body.get("id").and_then(|id| id.as_str())
-                && let Ok(value) = HeaderValue::from_str(&format!("/v1/jobs/{id}"))
-            {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            response
-        }
+        Submitted::Replayed(stored) => replayed(&stored, "/v1/jobs"),
     })
+}
+
+/// The original response to a repeated request, marked as a replay.
+pub(super) fn replayed(stored: &StoredResponse, collection: &str) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, Json(&stored.body)).into_response();
+    if let Some(id) = stored.body.get("id").and_then(|id| id.as_str())
+        && let Ok(value) = HeaderValue::from_str(&format!("{collection}/{id}"))
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }
 
 /// Get a job.
 ///
 /// `position` is the job's place among its queue's queued jobs (0 = next).
+/// With `wait=N` the answer is held until the job is terminal (it comes
+/// within milliseconds of the end) or N seconds passed; either way it is
+/// the job as it is then.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("wait" = Option<u64>, Query, description = "Long-poll: seconds (0..=60) to wait for the job to be terminal", minimum = 0, maximum = 60),
+    ),
     responses(
         (status = 200, description = "The job.", body = Job),
+        (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid or unknown.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_job(
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
+    QueryPairs(pairs): QueryPairs,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.engine.get_job(TENANT_DEFAULT, id).await?))
+    let wait = parse_wait(pairs)?;
+    Ok(Json(
+        state.engine.wait_for_job(TENANT_DEFAULT, id, wait).await?,
+    ))
 }
 
 /// List jobs, newest first.
@@ -138,6 +153,7 @@ pub async fn get_job(
         ("status" = Option<JobState>, Query, description = "Only this status"),
         ("kind" = Option<String>, Query, description = "Only this kind"),
         ("key" = Option<String>, Query, description = "Only jobs with this key"),
+        ("batch_id" = Option<String>, Query, description = "Only the jobs of this batch"),
         ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
@@ -177,6 +193,10 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
             "queue" => filter.queue = Some(value),
             "kind" => filter.kind = Some(value),
             "key" => filter.key = Some(value),
+            "batch_id" => match value.parse() {
+                Ok(id) => filter.batch_id = Some(id),
+                Err(_) => errors.push(FieldError::parameter(name, "not a batch id")),
+            },
             "status" => match value.parse::<JobState>() {
                 Ok(status) => filter.status = Some(status),
                 Err(message) => errors.push(FieldError::parameter(name, message)),
@@ -243,7 +263,7 @@ pub async fn cancel_job(
     responses(
         (status = 202, description = "Queued again.", body = Job),
         (status = 404, description = "No such job.", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`not_retryable` (not failed or cancelled) or `key_conflict`.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_retryable` (not failed or cancelled), `key_conflict`, `batch_finished` (its batch is over) or `dependency_failed` (retry the dependency first).", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`queue_full`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
     )

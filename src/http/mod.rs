@@ -1,5 +1,6 @@
 //! The HTTP API: routes, middleware, and the OpenAPI document generated from them.
 
+mod batches;
 mod error;
 mod extract;
 mod health;
@@ -39,6 +40,8 @@ pub struct AppState {
 pub struct HttpSettings {
     /// Largest request body. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Largest `POST /v1/batches` body. Default 16 MiB.
+    pub max_batch_body_bytes: usize,
     /// Longest a request may take. Default 75 s (long-polls wait up to 60 s).
     pub request_timeout: Duration,
 }
@@ -47,6 +50,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_batch_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(75),
         }
     }
@@ -62,6 +66,7 @@ impl Default for HttpSettings {
     ),
     tags(
         (name = "jobs", description = "Submit, read, cancel and retry jobs"),
+        (name = "batches", description = "Many jobs submitted, followed and cancelled together"),
         (name = "queues", description = "Named, bounded queues with their own concurrency"),
         (name = "kinds", description = "The job kinds this service runs"),
         (name = "operations", description = "Health and the API description"),
@@ -69,8 +74,16 @@ impl Default for HttpSettings {
 )]
 struct ApiDoc;
 
-fn api_router() -> OpenApiRouter<AppState> {
+fn api_router(settings: &HttpSettings) -> OpenApiRouter<AppState> {
+    // Batches get a body limit of their own; the innermost limit wins.
+    let batch_submission = OpenApiRouter::new()
+        .routes(routes!(batches::create_batch))
+        .layer(DefaultBodyLimit::max(settings.max_batch_body_bytes));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(batch_submission)
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::batch_results))
+        .routes(routes!(batches::cancel_batch))
         .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
@@ -85,14 +98,14 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document as the code describes it (what `openapi.yaml` must be).
 pub fn openapi_document() -> String {
-    let (_, mut api) = api_router().split_for_parts();
+    let (_, mut api) = api_router(&HttpSettings::default()).split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").to_owned();
     api.to_yaml().unwrap_or_default()
 }
 
 /// The whole application: routes, fallbacks and middleware.
 pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
-    let (router, _) = api_router().split_for_parts();
+    let (router, _) = api_router(settings).split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     router
         .fallback(not_found)

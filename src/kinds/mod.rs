@@ -64,12 +64,22 @@ pub trait ProgressSink: Send + Sync {
     async fn report(&self, progress: Progress);
 }
 
+/// The outcome of a job this one depends on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DependencyResult {
+    pub job_id: JobId,
+    /// Its result (`None` if it returned none or was pruned meanwhile).
+    pub result: Option<Value>,
+}
+
 /// Everything a handler gets for one attempt.
 pub struct JobContext {
     pub job_id: JobId,
     /// 1 for the first attempt.
     pub attempt: u32,
     pub payload: Value,
+    /// The results of the jobs in `depends_on`, in that order (all succeeded).
+    pub dependencies: Vec<DependencyResult>,
     /// Fires when the job is cancelled, times out, or the service shuts down.
     /// Handlers should stop promptly; after a grace period the task is aborted.
     pub cancel: CancellationToken,
@@ -88,9 +98,16 @@ impl JobContext {
             job_id,
             attempt,
             payload,
+            dependencies: Vec::new(),
             cancel,
             progress,
         }
+    }
+
+    /// Hands the job its dependencies' results.
+    pub fn with_dependencies(mut self, dependencies: Vec<DependencyResult>) -> Self {
+        self.dependencies = dependencies;
+        self
     }
 
     /// Records progress on the job (`GET /v1/jobs/{id}` shows the latest).

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::{
-    ErrorInfo, Job, JobId, JobState, NewJob, Progress, QueueConfig, QueueInfo, Timestamp,
+    Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Progress,
+    QueueConfig, QueueInfo, Timestamp,
 };
 
 pub use sqlite::SqliteStore;
@@ -43,7 +44,37 @@ pub struct IdempotencyKey {
 pub struct Submission {
     pub tenant: String,
     pub jobs: Vec<NewJob>,
+    /// Set for `POST /v1/batches`: the jobs belong to this batch.
+    pub batch: Option<NewBatch>,
     pub idempotency: Option<IdempotencyKey>,
+}
+
+/// What a write set in motion beyond the jobs it names: dependents released
+/// or cancelled, batches finished, running jobs to stop. The engine wakes
+/// whoever must act on each.
+#[derive(Clone, Debug, Default)]
+pub struct Effects {
+    /// Jobs cancelled because a dependency failed or was cancelled
+    /// (transitively), or because their batch was cancelled.
+    pub cancelled: Vec<Job>,
+    /// Queues that received ready jobs.
+    pub ready_queues: Vec<String>,
+    /// Earliest `run_at` of released jobs that must still wait for it.
+    pub next_due: Option<Timestamp>,
+    /// Batches whose last job finished.
+    pub finished_batches: Vec<BatchId>,
+    /// Running jobs whose cancellation was requested.
+    pub stop: Vec<JobId>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.cancelled.is_empty()
+            && self.ready_queues.is_empty()
+            && self.next_due.is_none()
+            && self.finished_batches.is_empty()
+            && self.stop.is_empty()
+    }
 }
 
 /// The response a submission produced, as remembered for idempotent replay.
@@ -59,7 +90,10 @@ pub enum SubmitOutcome {
     /// cancel (`on_conflict: replace`); queued ones were cancelled outright.
     Created {
         jobs: Vec<Job>,
+        /// The stored batch, for a batch submission.
+        batch: Option<Box<Batch>>,
         replaced: Vec<JobId>,
+        effects: Effects,
     },
     /// `on_conflict: existing`: the holder, nothing stored.
     Existing(Box<Job>),
@@ -82,6 +116,11 @@ pub enum SubmitRejection {
         holder: JobId,
     },
     IdempotencyMismatch,
+    /// `jobs[job]` depends on a job that does not exist (for this tenant).
+    UnknownDependency {
+        job: usize,
+        dependency: JobId,
+    },
 }
 
 /// How an attempt ended, as the worker reports it.
@@ -112,7 +151,10 @@ pub struct Completion {
 
 #[derive(Clone, Debug)]
 pub enum CompletionResult {
-    Applied(Box<Job>),
+    Applied {
+        job: Box<Job>,
+        effects: Effects,
+    },
     /// The job is no longer this attempt's: the write was discarded.
     Fenced,
 }
@@ -121,8 +163,8 @@ pub enum CompletionResult {
 pub enum CancelOutcome {
     NotFound,
     AlreadyFinished(Job),
-    /// It was scheduled or queued: cancelled now.
-    Cancelled(Job),
+    /// It was scheduled or queued: cancelled now (with its dependents).
+    Cancelled(Job, Effects),
     /// It is running: `cancel_requested` is set; the runner stops it.
     Requested(Job),
 }
@@ -131,8 +173,23 @@ pub enum CancelOutcome {
 pub enum RetryOutcome {
     NotFound,
     NotRetryable(Job),
+    /// Its batch finished: batches don't reopen.
+    BatchFinished(Job),
+    /// A dependency failed or was cancelled (or is gone): retry it first.
+    DependencyFailed {
+        job: Job,
+        dependency: JobId,
+    },
     Retried(Job),
     Rejected(SubmitRejection),
+}
+
+#[derive(Clone, Debug)]
+pub enum BatchCancelOutcome {
+    NotFound,
+    AlreadyFinished(Batch),
+    /// Waiting jobs are cancelled; running ones are in `effects.stop`.
+    Cancelled(Batch, Effects),
 }
 
 /// Filters of `GET /v1/jobs`; `cursor` is the last id of the previous page.
@@ -143,6 +200,7 @@ pub struct JobFilter {
     pub kind: Option<String>,
     pub key: Option<String>,
     pub metadata: Vec<(String, String)>,
+    pub batch_id: Option<BatchId>,
     pub before: Option<JobId>,
     pub limit: u32,
 }
@@ -186,6 +244,29 @@ pub trait JobStore: Send + Sync + 'static {
     /// Place of a queued job among its queue's queued jobs (0 = next).
     async fn queue_position(&self, job: &Job) -> Result<u64, StoreError>;
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
+    /// The results of the jobs a job depends on, in `ids` order; `None` for
+    /// one that is gone (pruned) or has none.
+    async fn dependency_results(
+        &self,
+        ids: &[JobId],
+    ) -> Result<Vec<(JobId, Option<Value>)>, StoreError>;
+
+    async fn get_batch(&self, tenant: &str, id: BatchId) -> Result<Option<Batch>, StoreError>;
+    /// Finished jobs of a batch in the order they finished, after the
+    /// `after`-th one (0 = from the start), at most `limit`.
+    async fn batch_results(
+        &self,
+        id: BatchId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<BatchResult>, StoreError>;
+    /// Cancels every waiting job of the batch and asks running ones to stop.
+    async fn cancel_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        at: Timestamp,
+    ) -> Result<BatchCancelOutcome, StoreError>;
 
     /// Moves up to `limit` queued jobs of `queue` to `running` under a lease
     /// owned by `owner`, best priority first then FIFO, counting an attempt.
@@ -229,11 +310,11 @@ pub trait JobStore: Send + Sync + 'static {
         &self,
         now: Timestamp,
         not_owner: Option<&str>,
-    ) -> Result<Vec<Rescued>, StoreError>;
+    ) -> Result<(Vec<Rescued>, Effects), StoreError>;
     /// Queues scheduled jobs whose `run_at` has come.
     async fn promote_due(&self, now: Timestamp) -> Result<Promoted, StoreError>;
-    /// Deletes terminal jobs finished before `finished_before` and idempotency
-    /// keys created before `keys_before`.
+    /// Deletes terminal jobs and finished batches older than
+    /// `finished_before`, and idempotency keys created before `keys_before`.
     async fn prune(
         &self,
         finished_before: Timestamp,

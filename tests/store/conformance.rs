@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use spool::domain::{
-    ErrorInfo, JobId, JobSpec, JobState, NewJob, OnConflict, Progress, QueueConfig, TENANT_DEFAULT,
-    Timestamp,
+    ErrorInfo, JobId, JobSpec, JobState, NewJob, OnConflict, Progress, QueueConfig, SpecContext,
+    TENANT_DEFAULT, Timestamp,
 };
 use spool::store::{
     AttemptOutcome, CancelOutcome, Completion, CompletionResult, IdempotencyKey, JobFilter,
@@ -27,7 +27,11 @@ fn job(queue: &str, spec: serde_json::Value, now: Timestamp) -> NewJob {
     let spec: JobSpec = serde_json::from_value(spec).expect("a valid spec");
     let mut config = QueueConfig::new(queue);
     config.defaults.max_attempts = 2;
-    spec.validate(TENANT_DEFAULT, &config, now, "")
+    let ctx = SpecContext {
+        id: JobId::new(),
+        batch: None,
+    };
+    spec.validate(TENANT_DEFAULT, &config, now, ctx)
         .expect("valid")
 }
 
@@ -45,6 +49,7 @@ async fn submit(
 ) -> Result<SubmitOutcome, SubmitRejection> {
     store
         .submit(Submission {
+            batch: None,
             tenant: TENANT_DEFAULT.into(),
             jobs,
             idempotency: None,
@@ -249,7 +254,7 @@ pub async fn an_attempts_outcome_is_fenced_by_attempt_and_owner(store: Arc<dyn J
 
     let right = completion(id, 1, OWNER, AttemptOutcome::Succeeded(json!({"ok": true})));
     match store.complete(right.clone()).await.unwrap() {
-        CompletionResult::Applied(job) => {
+        CompletionResult::Applied { job, .. } => {
             assert_eq!(job.status, JobState::Succeeded);
             assert_eq!(job.result, Some(json!({"ok": true})));
             assert_eq!(job.finished_at, Some(at(100)));
@@ -274,7 +279,7 @@ pub async fn a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error
         error: error("boom", 1, at(2)),
         retry_at: Some(at(500)),
     };
-    let CompletionResult::Applied(job) = store
+    let CompletionResult::Applied { job, .. } = store
         .complete(completion(id, 1, OWNER, failed))
         .await
         .unwrap()
@@ -296,7 +301,7 @@ pub async fn a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error
         error: error("boom", 2, at(502)),
         retry_at: None,
     };
-    let CompletionResult::Applied(job) = store
+    let CompletionResult::Applied { job, .. } = store
         .complete(completion(id, 2, OWNER, last))
         .await
         .unwrap()
@@ -315,7 +320,7 @@ pub async fn released_jobs_go_back_to_the_queue_without_counting_the_attempt(
 ) {
     with_queues(&store, &[("default", 100)]).await;
     let id = running_job(&store).await;
-    let CompletionResult::Applied(job) = store
+    let CompletionResult::Applied { job, .. } = store
         .complete(completion(id, 1, OWNER, AttemptOutcome::Released))
         .await
         .unwrap()
@@ -466,6 +471,7 @@ pub async fn keys_are_unique_among_active_jobs(store: Arc<dyn JobStore>) {
     other_tenant.tenant = "someone-else".into();
     store
         .submit(Submission {
+            batch: None,
             tenant: "someone-else".into(),
             jobs: vec![other_tenant],
             idempotency: None,
@@ -487,6 +493,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
     let id = first.id;
     let outcome = store
         .submit(Submission {
+            batch: None,
             tenant: TENANT_DEFAULT.into(),
             jobs: vec![first],
             idempotency: key("h1"),
@@ -497,6 +504,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
     assert!(matches!(outcome, SubmitOutcome::Created { .. }));
     let again = store
         .submit(Submission {
+            batch: None,
             tenant: TENANT_DEFAULT.into(),
             jobs: vec![job("default", json!({}), at(1))],
             idempotency: key("h1"),
@@ -513,6 +521,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
     }
     let mismatch = store
         .submit(Submission {
+            batch: None,
             tenant: TENANT_DEFAULT.into(),
             jobs: vec![job("default", json!({}), at(1))],
             idempotency: key("h2"),
@@ -534,7 +543,7 @@ pub async fn cancelling_waiting_running_and_finished_jobs(store: Arc<dyn JobStor
         .unwrap();
 
     assert!(
-        matches!(store.cancel_job(TENANT_DEFAULT, waiting, at(2)).await.unwrap(), CancelOutcome::Cancelled(j) if j.status == JobState::Cancelled)
+        matches!(store.cancel_job(TENANT_DEFAULT, waiting, at(2)).await.unwrap(), CancelOutcome::Cancelled(j, _) if j.status == JobState::Cancelled)
     );
     assert!(
         matches!(store.cancel_job(TENANT_DEFAULT, running, at(2)).await.unwrap(), CancelOutcome::Requested(j) if j.cancel_requested && j.status == JobState::Running)
@@ -562,7 +571,7 @@ pub async fn cancelling_waiting_running_and_finished_jobs(store: Arc<dyn JobStor
     ));
 
     let cancelled = AttemptOutcome::Cancelled(error("cancelled", 1, at(4)));
-    let CompletionResult::Applied(job) = store
+    let CompletionResult::Applied { job, .. } = store
         .complete(completion(running, 1, OWNER, cancelled))
         .await
         .unwrap()
@@ -628,11 +637,11 @@ pub async fn expired_leases_are_rescued_and_the_old_owner_is_fenced(store: Arc<d
         .await
         .unwrap();
     assert!(
-        store.rescue(at(999), None).await.unwrap().is_empty(),
+        store.rescue(at(999), None).await.unwrap().0.is_empty(),
         "leases not yet expired"
     );
 
-    let rescued = store.rescue(at(1_001), None).await.unwrap();
+    let (rescued, _) = store.rescue(at(1_001), None).await.unwrap();
     assert_eq!(rescued.len(), 2);
     let again_job = store.get_job(TENANT_DEFAULT, again).await.unwrap().unwrap();
     assert_eq!(again_job.status, JobState::Queued);
@@ -652,7 +661,7 @@ pub async fn expired_leases_are_rescued_and_the_old_owner_is_fenced(store: Arc<d
     let current = completion(again, 2, OTHER, AttemptOutcome::Succeeded(json!("current")));
     assert!(matches!(
         store.complete(current).await.unwrap(),
-        CompletionResult::Applied(_)
+        CompletionResult::Applied { job: _, .. }
     ));
 }
 
@@ -663,7 +672,7 @@ pub async fn an_exclusive_start_rescues_every_job_of_other_owners(store: Arc<dyn
         .claim("default", 1, OTHER, at(1_000_000), at(1))
         .await
         .unwrap();
-    let rescued = store.rescue(at(2), Some(OWNER)).await.unwrap();
+    let (rescued, _) = store.rescue(at(2), Some(OWNER)).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(rescued[0].id, id);
     assert_eq!(state_of(&store, id).await, JobState::Queued);
@@ -684,7 +693,7 @@ pub async fn renewing_leases_reports_jobs_asked_to_cancel(store: Arc<dyn JobStor
     let asked = store.renew_leases(OWNER, at(50_000)).await.unwrap();
     assert_eq!(asked, [doomed]);
     assert!(
-        store.rescue(at(1_500), None).await.unwrap().is_empty(),
+        store.rescue(at(1_500), None).await.unwrap().0.is_empty(),
         "renewed leases hold"
     );
     assert_eq!(state_of(&store, calm).await, JobState::Running);

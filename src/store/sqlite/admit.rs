@@ -1,15 +1,21 @@
 //! Admission in the SQLite store: capacity, unique keys and the idempotency
 //! key checked in the writer's transaction, in the same savepoint as the insert.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::counts::NewCounts;
+use super::deps::{Ended, settle};
 use super::ops::cancel_now;
-use super::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::domain::{ErrorInfo, Job, JobState, NewJob, OnConflict};
-use crate::store::{StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection};
+use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
+use crate::domain::{
+    Batch, BatchCounts, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, OnConflict,
+    Timestamp,
+};
+use crate::store::{
+    Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
+};
 
 /// Admits every job of `submission` or none. When that takes more than one
 /// write (several jobs, a key to replace, an idempotency key), a savepoint
@@ -21,8 +27,12 @@ pub fn submit(
     submission: Submission,
 ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
     let several_writes = submission.jobs.len() > 1
+        || submission.batch.is_some()
         || submission.idempotency.is_some()
-        || submission.jobs.iter().any(|job| job.key.is_some());
+        || submission
+            .jobs
+            .iter()
+            .any(|job| job.key.is_some() || !job.depends_on.is_empty());
     if !several_writes {
         return submit_in(conn, counts, submission);
     }
@@ -74,6 +84,7 @@ fn submit_in(
     }
 
     let mut replaced = Vec::new();
+    let mut replaced_now: Vec<Job> = Vec::new();
     for job in &submission.jobs {
         let Some(key) = &job.key else { continue };
         let Some(holder) = active_holder(conn, &tenant, key)? else {
@@ -94,16 +105,76 @@ fn submit_in(
                     attempt: None,
                     at: job.created_at,
                 };
-                if cancel_now(conn, holder.id, &error, job.created_at)?.is_none() {
-                    replaced.push(holder.id);
+                match cancel_now(conn, holder.id, &error, job.created_at)? {
+                    Some(cancelled) => replaced_now.push(cancelled),
+                    None => replaced.push(holder.id),
                 }
             }
         }
     }
 
-    insert_jobs(conn, &submission.jobs)?;
+    let mut jobs = submission.jobs;
+    let dependencies = match link_dependencies(conn, &tenant, &mut jobs)? {
+        Ok(dependencies) => dependencies,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    if let Some(batch) = &submission.batch {
+        insert_batch(conn, batch, &jobs)?;
+    }
+    insert_jobs(conn, &jobs, &dependencies.pending)?;
+    let mut link = conn
+        .prepare_cached("INSERT OR IGNORE INTO job_deps (depends_on_id, job_id) VALUES (?, ?)")?;
+    for (dependency, dependent) in &dependencies.edges {
+        link.execute(params![dependency.to_string(), dependent.to_string()])?;
+    }
+    // Counted before the cascade below moves any of them on: the triggers
+    // count that move, these count the inserts.
+    counts.add(&jobs);
 
-    if let (Some(idempotency), [job]) = (&submission.idempotency, submission.jobs.as_slice()) {
+    // Jobs whose dependency already failed are cancelled at once, through the
+    // same cascade as when a dependency fails later.
+    let mut effects = Effects::default();
+    let now = jobs
+        .first()
+        .map_or_else(Timestamp::now, |job| job.created_at);
+    let mut ended = dependencies.already_failed;
+    ended.extend(replaced_now.iter().map(Ended::of));
+    settle(conn, &ended, now, &mut effects)?;
+    let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
+    let born_cancelled: HashSet<JobId> = effects
+        .cancelled
+        .iter()
+        .map(|job| job.id)
+        .filter(|id| own.contains(id))
+        .collect();
+    let jobs: Vec<Job> = jobs
+        .into_iter()
+        .map(|job| {
+            if born_cancelled.contains(&job.id)
+                && let Some(cancelled) = effects.cancelled.iter().find(|c| c.id == job.id)
+            {
+                return cancelled.clone();
+            }
+            job_from_new(job)
+        })
+        .collect();
+    // Jobs of this very submission are not "effects" of it: the caller gets them.
+    effects
+        .cancelled
+        .retain(|cancelled| !born_cancelled.contains(&cancelled.id));
+    effects.cancelled.extend(replaced_now);
+
+    let batch = match &submission.batch {
+        Some(batch) => Some(Box::new(stored_batch(conn, batch.id, &jobs)?)),
+        None => None,
+    };
+    if let Some(idempotency) = &submission.idempotency {
+        let body = match (&batch, jobs.as_slice()) {
+            (Some(batch), _) => to_json(batch),
+            (None, [job]) => to_json(job),
+            (None, _) => to_json(&jobs),
+        };
+        let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
              VALUES (?, ?, ?, 202, ?, ?)",
@@ -112,14 +183,121 @@ fn submit_in(
             tenant,
             idempotency.key,
             idempotency.request_hash,
-            to_json(&job_from_new(job.clone())),
-            job.created_at.as_millis()
+            body,
+            created_at
         ])?;
     }
-    // Counted only now that nothing of this submission can fail any more.
-    counts.add(&submission.jobs);
-    let jobs: Vec<Job> = submission.jobs.into_iter().map(job_from_new).collect();
-    Ok(Ok(SubmitOutcome::Created { jobs, replaced }))
+    Ok(Ok(SubmitOutcome::Created {
+        jobs,
+        batch,
+        replaced,
+        effects,
+    }))
+}
+
+/// The dependency graph of a submission, checked against the store.
+struct Dependencies {
+    /// Unsucceeded dependencies per job, in submission order.
+    pending: Vec<i64>,
+    /// (dependency, dependent) edges to store.
+    edges: Vec<(JobId, JobId)>,
+    /// Dependencies that already failed or were cancelled.
+    already_failed: Vec<Ended>,
+}
+
+/// Counts each job's unsucceeded dependencies (a job with any waits as
+/// `scheduled`) and refuses dependencies that don't exist for this tenant.
+fn link_dependencies(
+    conn: &Connection,
+    tenant: &str,
+    jobs: &mut [NewJob],
+) -> Result<Result<Dependencies, SubmitRejection>, StoreError> {
+    let mut dependencies = Dependencies {
+        pending: vec![0; jobs.len()],
+        edges: Vec::new(),
+        already_failed: Vec::new(),
+    };
+    if jobs.iter().all(|job| job.depends_on.is_empty()) {
+        return Ok(Ok(dependencies));
+    }
+    let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
+    let mut state_of = conn.prepare_cached("SELECT state, tenant FROM jobs WHERE id = ?")?;
+    for (index, job) in jobs.iter_mut().enumerate() {
+        for dependency in &job.depends_on {
+            if !own.contains(dependency) {
+                let found: Option<(String, String)> = state_of
+                    .query_row(params![dependency.to_string()], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()?;
+                let state = match found {
+                    Some((state, owner)) if owner == tenant => {
+                        state.parse::<JobState>().map_err(StoreError::Corrupt)?
+                    }
+                    _ => {
+                        return Ok(Err(SubmitRejection::UnknownDependency {
+                            job: index,
+                            dependency: *dependency,
+                        }));
+                    }
+                };
+                if state == JobState::Succeeded {
+                    continue;
+                }
+                if state.is_terminal()
+                    && !dependencies
+                        .already_failed
+                        .iter()
+                        .any(|ended| ended.id == *dependency)
+                {
+                    dependencies.already_failed.push(Ended {
+                        id: *dependency,
+                        state,
+                        batch_id: None,
+                    });
+                }
+            }
+            dependencies.pending[index] += 1;
+            dependencies.edges.push((*dependency, job.id));
+        }
+        if dependencies.pending[index] > 0 {
+            job.state = JobState::Scheduled;
+        }
+    }
+    Ok(Ok(dependencies))
+}
+
+fn insert_batch(conn: &Connection, batch: &NewBatch, jobs: &[NewJob]) -> Result<(), StoreError> {
+    let mut counts = BatchCounts::default();
+    for job in jobs {
+        counts.add(job.state);
+    }
+    conn.prepare_cached(
+        "INSERT INTO batches (id, tenant, total, success_threshold, success_required, metadata, \
+         callback_url, scheduled, queued, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        batch.id.to_string(),
+        batch.tenant,
+        jobs.len() as i64,
+        batch.success_threshold,
+        batch.success_required as i64,
+        to_json(&batch.metadata),
+        batch.callback_url,
+        counts.scheduled as i64,
+        counts.queued as i64,
+        batch.created_at.as_millis(),
+    ])?;
+    Ok(())
+}
+
+/// The batch row as stored now (counts may already have moved), with the
+/// ids of `jobs`.
+fn stored_batch(conn: &Connection, id: BatchId, jobs: &[Job]) -> Result<Batch, StoreError> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))?
+        .query_row(params![id.to_string()], BatchRow::from_writer_row)?;
+    row.into_batch(jobs.iter().map(|job| job.id).collect())
 }
 
 /// `None` when `count` more jobs fit in the queue.
@@ -171,13 +349,19 @@ pub(super) fn active_holder(
     row.map(Job::try_from).transpose()
 }
 
-fn insert_jobs(conn: &Connection, jobs: &[NewJob]) -> Result<(), StoreError> {
+fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
-         timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
+         batch_id, batch_index, depends_on, deps_pending) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
-    for job in jobs {
+    for (job, pending) in jobs.iter().zip(pending) {
+        let depends_on = if job.depends_on.is_empty() {
+            None
+        } else {
+            Some(to_json(&job.depends_on))
+        };
         insert.execute(params![
             job.id.to_string(),
             job.tenant,
@@ -194,6 +378,10 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob]) -> Result<(), StoreError> {
             to_json(&job.metadata),
             job.created_at.as_millis(),
             job.run_at.as_millis(),
+            job.batch_id.map(|id| id.to_string()),
+            job.batch_index.map(i64::from),
+            depends_on.as_deref().unwrap_or("[]"),
+            pending,
         ])?;
     }
     Ok(())
@@ -213,6 +401,8 @@ fn job_from_new(job: NewJob) -> Job {
         timeout_ms: job.timeout_ms,
         backoff: job.backoff,
         key: job.key,
+        batch_id: job.batch_id,
+        depends_on: job.depends_on,
         metadata: job.metadata,
         progress: None,
         result: None,

@@ -3,6 +3,7 @@
 
 mod admit;
 mod counts;
+mod deps;
 mod ops;
 mod rows;
 mod writer;
@@ -20,14 +21,18 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use self::ops::Done;
-use self::rows::{JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, jobs_from_rows};
+use self::rows::{
+    BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
+    ResultRow, jobs_from_rows,
+};
 use self::writer::{Command, Op};
 use super::{
-    CancelOutcome, Completion, CompletionResult, JobFilter, JobStore, Promoted, Rescued,
-    RetryOutcome, StoreError, Submission, SubmitOutcome, SubmitRejection,
+    BatchCancelOutcome, CancelOutcome, Completion, CompletionResult, Effects, JobFilter, JobStore,
+    Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome, SubmitRejection,
 };
 use crate::domain::{
-    Job, JobId, JobState, Progress, QueueConfig, QueueCounts, QueueInfo, Timestamp,
+    Batch, BatchId, BatchResult, Job, JobId, JobState, Progress, QueueConfig, QueueCounts,
+    QueueInfo, Timestamp,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -232,6 +237,9 @@ impl JobStore for SqliteStore {
         if let Some(key) = &filter.key {
             query.push(" AND key = ").push_bind(key.clone());
         }
+        if let Some(batch) = filter.batch_id {
+            query.push(" AND batch_id = ").push_bind(batch.to_string());
+        }
         for (name, value) in &filter.metadata {
             // Keys are restricted to a plain alphabet; quoting makes dots literal.
             query
@@ -251,6 +259,89 @@ impl JobStore for SqliteStore {
             .push(" AS INTEGER)");
         let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.reads).await?;
         jobs_from_rows(rows)
+    }
+
+    async fn dependency_results(
+        &self,
+        ids: &[JobId],
+    ) -> Result<Vec<(JobId, Option<serde_json::Value>)>, StoreError> {
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
+            let result: Option<Option<String>> =
+                sqlx::query_scalar("SELECT result FROM jobs WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.reads)
+                    .await?;
+            let value = result
+                .flatten()
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("job {id}: result: {e}")))?;
+            results.push((*id, value));
+        }
+        Ok(results)
+    }
+
+    async fn get_batch(&self, tenant: &str, id: BatchId) -> Result<Option<Batch>, StoreError> {
+        // One snapshot for the counts and the ids.
+        let mut tx = self.reads.begin().await?;
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ? AND tenant = ?");
+        let row: Option<BatchRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = ? ORDER BY batch_index")
+                .bind(id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let ids = ids
+            .iter()
+            .map(|text| {
+                text.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("job id {text}: {e}")))
+            })
+            .collect::<Result<Vec<JobId>, _>>()?;
+        row.into_batch(ids).map(Some)
+    }
+
+    async fn batch_results(
+        &self,
+        id: BatchId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<BatchResult>, StoreError> {
+        let sql = format!(
+            "SELECT {RESULT_COLUMNS} FROM jobs WHERE batch_id = ? AND batch_seq > ? \
+             AND finished_at IS NOT NULL ORDER BY batch_seq LIMIT CAST(? AS INTEGER)"
+        );
+        let rows: Vec<ResultRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reads)
+            .await?;
+        rows.into_iter().map(BatchResult::try_from).collect()
+    }
+
+    async fn cancel_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        at: Timestamp,
+    ) -> Result<BatchCancelOutcome, StoreError> {
+        let op = Op::CancelBatch {
+            tenant: tenant.to_owned(),
+            id,
+            at,
+        };
+        match self.write(op).await? {
+            Done::BatchCancel(outcome) => Ok(outcome),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn claim(
@@ -347,13 +438,13 @@ impl JobStore for SqliteStore {
         &self,
         now: Timestamp,
         not_owner: Option<&str>,
-    ) -> Result<Vec<Rescued>, StoreError> {
+    ) -> Result<(Vec<Rescued>, Effects), StoreError> {
         let op = Op::Rescue {
             now,
             not_owner: not_owner.map(str::to_owned),
         };
         match self.write(op).await? {
-            Done::Rescued(rescued) => Ok(rescued),
+            Done::Rescued(rescued, effects) => Ok((rescued, effects)),
             _ => Err(unexpected()),
         }
     }

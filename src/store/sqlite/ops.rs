@@ -5,12 +5,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::admit::{active_holder, check_capacity};
 use super::counts::NewCounts;
-use super::rows::{JOB_COLUMNS, JobRow, to_json};
+use super::deps::{Ended, settle};
+use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
 use super::writer::Op;
-use crate::domain::{ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
+use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
 use crate::store::{
-    AttemptOutcome, CancelOutcome, Completion, CompletionResult, Promoted, Rescued, RetryOutcome,
-    StoreError, SubmitOutcome, SubmitRejection,
+    AttemptOutcome, BatchCancelOutcome, CancelOutcome, Completion, CompletionResult, Effects,
+    Promoted, Rescued, RetryOutcome, StoreError, SubmitOutcome, SubmitRejection,
 };
 
 /// What a write produced; the store's methods unpack the variant they expect.
@@ -23,7 +24,8 @@ pub enum Done {
     Retry(RetryOutcome),
     Count(u64),
     Ids(Vec<JobId>),
-    Rescued(Vec<Rescued>),
+    Rescued(Vec<Rescued>, Effects),
+    BatchCancel(BatchCancelOutcome),
     Promoted(Promoted),
     Created(bool),
 }
@@ -57,7 +59,13 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
         Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at)?),
         Op::Retry { tenant, id, at } => Done::Retry(retry(conn, counts, &tenant, id, at)?),
         Op::Renew { owner, until } => Done::Ids(renew(conn, &owner, until)?),
-        Op::Rescue { now, not_owner } => Done::Rescued(rescue(conn, now, not_owner)?),
+        Op::Rescue { now, not_owner } => {
+            let (rescued, effects) = rescue(conn, now, not_owner)?;
+            Done::Rescued(rescued, effects)
+        }
+        Op::CancelBatch { tenant, id, at } => {
+            Done::BatchCancel(cancel_batch(conn, &tenant, id, at)?)
+        }
         Op::Promote { now } => Done::Promoted(promote(conn, now)?),
         Op::Prune {
             finished_before,
@@ -213,9 +221,17 @@ fn complete(conn: &Connection, completion: &Completion) -> Result<CompletionResu
             params![id, attempt, owner],
         )?,
     };
-    Ok(job.map_or(CompletionResult::Fenced, |job| {
-        CompletionResult::Applied(Box::new(job))
-    }))
+    let Some(job) = job else {
+        return Ok(CompletionResult::Fenced);
+    };
+    let mut effects = Effects::default();
+    if job.status.is_terminal() {
+        settle(conn, &[Ended::of(&job)], completion.at, &mut effects)?;
+    }
+    Ok(CompletionResult::Applied {
+        job: Box::new(job),
+        effects,
+    })
 }
 
 fn cancel(
@@ -237,7 +253,9 @@ fn cancel(
         at,
     };
     if let Some(job) = cancel_now(conn, id, &error, at)? {
-        return Ok(CancelOutcome::Cancelled(job));
+        let mut effects = Effects::default();
+        settle(conn, &[Ended::of(&job)], at, &mut effects)?;
+        return Ok(CancelOutcome::Cancelled(job, effects));
     }
     Ok(fetch_job(conn, id)?.map_or(CancelOutcome::NotFound, CancelOutcome::Requested))
 }
@@ -255,6 +273,35 @@ fn retry(
     if !matches!(job.status, JobState::Failed | JobState::Cancelled) {
         return Ok(RetryOutcome::NotRetryable(job));
     }
+    if let Some(batch) = job.batch_id {
+        let finished: bool = conn
+            .prepare_cached("SELECT finished_at IS NOT NULL FROM batches WHERE id = ?")?
+            .query_row(params![batch.to_string()], |row| row.get(0))
+            .optional()?
+            .unwrap_or(true);
+        if finished {
+            return Ok(RetryOutcome::BatchFinished(job));
+        }
+    }
+    // A dependent waits again for dependencies that are themselves retried
+    // (active); one that failed for good must be retried first.
+    let mut pending = Vec::new();
+    for dependency in &job.depends_on {
+        let state: Option<String> = conn
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?")?
+            .query_row(params![dependency.to_string()], |row| row.get(0))
+            .optional()?;
+        match state.as_deref().map(str::parse::<JobState>) {
+            Some(Ok(JobState::Succeeded)) => {}
+            Some(Ok(state)) if !state.is_terminal() => pending.push(*dependency),
+            _ => {
+                return Ok(RetryOutcome::DependencyFailed {
+                    dependency: *dependency,
+                    job,
+                });
+            }
+        }
+    }
     if let Some(rejection) = check_capacity(conn, counts, &job.queue, 1)? {
         return Ok(RetryOutcome::Rejected(rejection));
     }
@@ -266,15 +313,31 @@ fn retry(
             holder: holder.id,
         }));
     }
+    let state = if pending.is_empty() {
+        JobState::Queued
+    } else {
+        JobState::Scheduled
+    };
     let retried = query_job(
         conn,
         &format!(
-            "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?, result = NULL, error = NULL, \
+            "UPDATE jobs SET state = ?, attempt = 0, run_at = ?, result = NULL, error = NULL, \
              errors = '[]', progress = NULL, cancel_requested = 0, started_at = NULL, \
-             finished_at = NULL WHERE id = ? RETURNING {JOB_COLUMNS}"
+             finished_at = NULL, batch_seq = NULL, deps_pending = ? WHERE id = ? \
+             RETURNING {JOB_COLUMNS}"
         ),
-        params![at.as_millis(), id.to_string()],
+        params![
+            state.as_str(),
+            at.as_millis(),
+            pending.len() as i64,
+            id.to_string()
+        ],
     )?;
+    let mut link = conn
+        .prepare_cached("INSERT OR IGNORE INTO job_deps (depends_on_id, job_id) VALUES (?, ?)")?;
+    for dependency in &pending {
+        link.execute(params![dependency.to_string(), id.to_string()])?;
+    }
     Ok(retried.map_or(RetryOutcome::NotFound, RetryOutcome::Retried))
 }
 
@@ -299,7 +362,7 @@ fn rescue(
     conn: &Connection,
     now: Timestamp,
     not_owner: Option<String>,
-) -> Result<Vec<Rescued>, StoreError> {
+) -> Result<(Vec<Rescued>, Effects), StoreError> {
     let mut statement = conn.prepare_cached(
         "UPDATE jobs SET \
             state = CASE WHEN cancel_requested = 1 THEN 'cancelled' \
@@ -313,7 +376,7 @@ fn rescue(
                 'attempt', attempt, 'at', ?2)), \
             lease_owner = NULL, lease_expires_at = NULL \
          WHERE state = 'running' AND (lease_expires_at < ?1 OR (?3 IS NOT NULL AND lease_owner <> ?3)) \
-         RETURNING id, queue, state",
+         RETURNING id, queue, state, batch_id",
     )?;
     let rows = statement
         .query_map(
@@ -323,32 +386,120 @@ fn rescue(
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
                 ))
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(id, queue, state)| {
-            Ok(Rescued {
-                id: id
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("job id {id}: {e}")))?,
-                queue,
-                state: state.parse().map_err(StoreError::Corrupt)?,
-            })
+    let mut rescued = Vec::with_capacity(rows.len());
+    let mut ended = Vec::new();
+    for (id, queue, state, batch_id) in rows {
+        let corrupt = |e: String| StoreError::Corrupt(format!("job {id}: {e}"));
+        let job = Rescued {
+            id: id
+                .parse()
+                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+            queue,
+            state: state.parse().map_err(corrupt)?,
+        };
+        if job.state.is_terminal() {
+            ended.push(Ended {
+                id: job.id,
+                state: job.state,
+                batch_id: batch_id
+                    .map(|b| b.parse::<BatchId>())
+                    .transpose()
+                    .map_err(|e| corrupt(e.to_string()))?,
+            });
+        }
+        rescued.push(job);
+    }
+    let mut effects = Effects::default();
+    settle(conn, &ended, now, &mut effects)?;
+    Ok((rescued, effects))
+}
+
+/// Cancels a batch: waiting jobs at once (with their dependents elsewhere),
+/// running ones through their runners (`effects.stop`).
+fn cancel_batch(
+    conn: &Connection,
+    tenant: &str,
+    id: BatchId,
+    at: Timestamp,
+) -> Result<BatchCancelOutcome, StoreError> {
+    let Some(batch) = fetch_batch(conn, id)?.filter(|batch| batch.tenant == tenant) else {
+        return Ok(BatchCancelOutcome::NotFound);
+    };
+    if batch.finished_at.is_some() {
+        return Ok(BatchCancelOutcome::AlreadyFinished(batch));
+    }
+    // Flagged first: the trigger that sees the last job end reads it.
+    conn.prepare_cached("UPDATE batches SET cancel_requested = 1 WHERE id = ?")?
+        .execute(params![id.to_string()])?;
+    let error = ErrorInfo {
+        code: "cancelled".into(),
+        message: "the batch was cancelled".into(),
+        attempt: None,
+        at,
+    };
+    let cancelled = query_jobs(
+        conn,
+        &format!(
+            "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ? \
+             WHERE batch_id = ? AND (state = 'scheduled' OR state = 'queued') \
+             RETURNING {JOB_COLUMNS}"
+        ),
+        params![at.as_millis(), to_json(&error), id.to_string()],
+    )?;
+    let mut effects = Effects::default();
+    let mut stop = conn.prepare_cached(
+        "UPDATE jobs SET cancel_requested = 1 WHERE batch_id = ? AND state = 'running' RETURNING id",
+    )?;
+    effects.stop = stop
+        .query_map(params![id.to_string()], |row| row.get::<_, String>(0))?
+        .filter_map(|id| id.ok().and_then(|id| id.parse().ok()))
+        .collect();
+    let ended: Vec<Ended> = cancelled.iter().map(Ended::of).collect();
+    settle(conn, &ended, at, &mut effects)?;
+    effects.cancelled.extend(cancelled);
+    let batch = fetch_batch(conn, id)?.ok_or(StoreError::Corrupt(format!(
+        "batch {id} vanished while being cancelled"
+    )))?;
+    Ok(BatchCancelOutcome::Cancelled(batch, effects))
+}
+
+pub(super) fn fetch_batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, StoreError> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))?
+        .query_row(params![id.to_string()], BatchRow::from_writer_row)
+        .optional()?;
+    let Some(row) = row else { return Ok(None) };
+    let ids = conn
+        .prepare_cached("SELECT id FROM jobs WHERE batch_id = ? ORDER BY batch_index")?
+        .query_map(params![id.to_string()], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = ids
+        .iter()
+        .map(|text| {
+            text.parse()
+                .map_err(|e| StoreError::Corrupt(format!("job id {text}: {e}")))
         })
-        .collect()
+        .collect::<Result<Vec<JobId>, _>>()?;
+    row.into_batch(ids).map(Some)
 }
 
 fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, StoreError> {
     let mut statement = conn.prepare_cached(
-        "UPDATE jobs SET state = 'queued' WHERE state = 'scheduled' AND run_at <= ? RETURNING queue",
+        "UPDATE jobs SET state = 'queued' \
+         WHERE state = 'scheduled' AND deps_pending = 0 AND run_at <= ? RETURNING queue",
     )?;
     let mut queues = statement
         .query_map(params![now.as_millis()], |row| row.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     let next_due: Option<i64> = conn
-        .prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'")?
+        .prepare_cached(
+            "SELECT min(run_at) FROM jobs WHERE state = 'scheduled' AND deps_pending = 0",
+        )?
         .query_row([], |row| row.get(0))?;
     queues.sort();
     queues.dedup();
@@ -374,6 +525,12 @@ fn prune(
         .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?")?
         .execute(params![keys_before.as_millis()])?;
+    // A batch finishes after its last job: its jobs go first (or together).
+    conn.prepare_cached(
+        "DELETE FROM batches WHERE id IN (SELECT id FROM batches \
+         WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT CAST(? AS INTEGER))",
+    )?
+    .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     Ok(jobs as u64)
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::counts::NewCounts;
 use super::ops::{self, Done};
-use crate::domain::{JobId, Progress, QueueConfig, Timestamp};
+use crate::domain::{BatchId, JobId, Progress, QueueConfig, Timestamp};
 use crate::store::{Completion, StoreError, Submission};
 
 /// Most commands applied in one transaction: bounds the latency one batch
@@ -62,6 +62,11 @@ pub enum Op {
     },
     Promote {
         now: Timestamp,
+    },
+    CancelBatch {
+        tenant: String,
+        id: BatchId,
+        at: Timestamp,
     },
     Prune {
         finished_before: Timestamp,

@@ -1,0 +1,289 @@
+//! Batches and long-polls: submitting many jobs at once, reading a batch's
+//! progress and results, cancelling it, and waiting for jobs or batches to
+//! finish.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{Engine, EngineError};
+use crate::domain::{
+    Batch, BatchId, BatchResult, BatchSpec, FieldError, Job, JobId, JobState, OnConflict,
+    QueueConfig, SpecContext, Timestamp, job_pointer,
+};
+use crate::store::{BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome};
+
+/// Field errors reported for one batch at most: enough to fix a generator,
+/// not a megabyte of repeats.
+const MAX_REPORTED_ERRORS: usize = 100;
+
+/// What a successful batch submission returns.
+#[derive(Debug)]
+pub enum BatchSubmitted {
+    /// Stored now (202).
+    Created(Box<Batch>),
+    /// A repeat of an earlier request with the same `Idempotency-Key`.
+    Replayed(StoredResponse),
+}
+
+impl Engine {
+    /// Validates every job of the batch and stores them all, or none.
+    pub async fn submit_batch(
+        &self,
+        tenant: &str,
+        spec: BatchSpec,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<BatchSubmitted, EngineError> {
+        if !self.is_admitting() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let max = self.inner.settings.max_batch_size;
+        if spec.jobs.len() > max {
+            return Err(EngineError::BatchTooLarge {
+                size: spec.jobs.len(),
+                max,
+            });
+        }
+        let now = Timestamp::now();
+        let mut errors = Vec::new();
+        let batch = match spec.validate_envelope(tenant, now) {
+            Ok(batch) => Some(batch),
+            Err(mut envelope) => {
+                errors.append(&mut envelope);
+                None
+            }
+        };
+        let batch_id = batch.as_ref().map_or_else(BatchId::new, |batch| batch.id);
+        let ids: Vec<JobId> = spec.jobs.iter().map(|_| JobId::new()).collect();
+        let mut queues: HashMap<String, Option<QueueConfig>> = HashMap::new();
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        let mut jobs = Vec::with_capacity(spec.jobs.len());
+        for (index, job) in spec.jobs.into_iter().enumerate() {
+            let at = job_pointer(index);
+            let mut problems = Vec::new();
+            if !self.inner.kinds.contains(&job.kind) {
+                problems.push(FieldError::new(
+                    format!("{at}/kind"),
+                    format!(
+                        "unknown kind `{}`; known: {}",
+                        job.kind,
+                        self.inner.kinds.names().join(", ")
+                    ),
+                ));
+            }
+            let queue_name = job
+                .queue
+                .clone()
+                .unwrap_or_else(|| QueueConfig::DEFAULT_NAME.to_owned());
+            let queue = queues
+                .entry(queue_name.clone())
+                .or_insert_with(|| self.queue_config(&queue_name))
+                .clone();
+            if queue.is_none() {
+                problems.push(FieldError::new(
+                    format!("{at}/queue"),
+                    format!(
+                        "unknown queue `{queue_name}`; known: {}",
+                        self.queue_names().join(", ")
+                    ),
+                ));
+            }
+            if job.on_conflict == Some(OnConflict::Existing) {
+                problems.push(FieldError::new(
+                    format!("{at}/on_conflict"),
+                    "`existing` is not available inside a batch (a batch is stored whole)",
+                ));
+            }
+            if let Some(key) = &job.key
+                && let Some(first) = keys.insert(key.clone(), index)
+            {
+                problems.push(FieldError::new(
+                    format!("{at}/key"),
+                    format!("the same key as {}", job_pointer(first)),
+                ));
+            }
+            if let Some(queue) = queue {
+                let ctx = SpecContext {
+                    id: ids[index],
+                    batch: Some((batch_id, index, &ids)),
+                };
+                match job.validate(tenant, &queue, now, ctx) {
+                    Ok(job) if problems.is_empty() => {
+                        problems = self.inner.kinds.validate_payload(
+                            &job.kind,
+                            &job.payload,
+                            &format!("{at}/payload"),
+                        );
+                        jobs.push(job);
+                    }
+                    Ok(_) => {}
+                    Err(mut more) => problems.append(&mut more),
+                }
+            }
+            errors.extend(problems);
+        }
+        let Some(batch) = batch.filter(|_| errors.is_empty()) else {
+            errors.truncate(MAX_REPORTED_ERRORS);
+            return Err(EngineError::Validation(errors));
+        };
+
+        let submission = Submission {
+            tenant: tenant.to_owned(),
+            jobs,
+            batch: Some(batch),
+            idempotency,
+        };
+        let outcome = self
+            .inner
+            .store
+            .submit(submission)
+            .await?
+            .map_err(|rejection| self.rejection_error(rejection, "/jobs"))?;
+        match outcome {
+            SubmitOutcome::Created {
+                jobs,
+                batch,
+                replaced,
+                effects,
+            } => {
+                for id in replaced {
+                    self.stop_running(id, super::STOP_CANCEL);
+                }
+                self.apply(effects);
+                self.batch_admitted(&jobs);
+                let batch = batch.ok_or_else(|| {
+                    EngineError::Storage(crate::store::StoreError::Corrupt(
+                        "a batch submission stored no batch".into(),
+                    ))
+                })?;
+                Ok(BatchSubmitted::Created(batch))
+            }
+            SubmitOutcome::Existing(job) => {
+                Err(EngineError::Storage(crate::store::StoreError::Corrupt(
+                    format!("a batch was answered with the holder {} of a key", job.id),
+                )))
+            }
+            SubmitOutcome::Replayed(response) => Ok(BatchSubmitted::Replayed(response)),
+        }
+    }
+
+    /// One wake-up of the dispatcher and the promoter for a whole batch.
+    fn batch_admitted(&self, jobs: &[Job]) {
+        let mut ready = false;
+        let mut due: Option<Timestamp> = None;
+        for job in jobs {
+            self.publish(job);
+            match job.status {
+                JobState::Queued => ready = true,
+                JobState::Scheduled if job.depends_on.is_empty() => {
+                    due = Some(due.map_or(job.run_at, |due| due.min(job.run_at)));
+                }
+                _ => {}
+            }
+        }
+        if ready {
+            self.inner.wake_dispatcher.notify_one();
+        }
+        if let Some(due) = due {
+            self.schedule_wake(due);
+        }
+    }
+
+    /// A job; with `wait`, not before it is terminal or `wait` passed (or
+    /// the service is stopping).
+    pub async fn wait_for_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        wait: Duration,
+    ) -> Result<Job, EngineError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiter = self.inner.waiters.register(id.as_uuid());
+        loop {
+            let ended = waiter.notified();
+            let job = self.get_job(tenant, id).await?;
+            if job.status.is_terminal() || !self.hold(ended, deadline).await {
+                return Ok(job);
+            }
+        }
+    }
+
+    /// A batch; with `wait`, not before it finished or `wait` passed.
+    pub async fn get_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        wait: Duration,
+    ) -> Result<Batch, EngineError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiter = self.inner.waiters.register(id.as_uuid());
+        loop {
+            let finished = waiter.notified();
+            let batch = self
+                .inner
+                .store
+                .get_batch(tenant, id)
+                .await?
+                .ok_or(EngineError::NotFound)?;
+            if batch.finished_at.is_some() || !self.hold(finished, deadline).await {
+                return Ok(batch);
+            }
+        }
+    }
+
+    /// Waits for `woken` until `deadline`; false when the wait is over
+    /// (deadline, or shutdown: long-polls never hold it up).
+    async fn hold(
+        &self,
+        woken: std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        if tokio::time::Instant::now() >= deadline || self.inner.stopping.is_cancelled() {
+            return false;
+        }
+        tokio::select! {
+            _ = woken => true,
+            _ = tokio::time::sleep_until(deadline) => false,
+            _ = self.inner.stopping.cancelled() => false,
+        }
+    }
+
+    /// Finished jobs of a batch after the `after`-th, in finishing order,
+    /// with the batch as it was just before they were read (so a batch seen
+    /// finished has every result readable).
+    pub async fn batch_results(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Batch, Vec<BatchResult>), EngineError> {
+        let batch = self
+            .inner
+            .store
+            .get_batch(tenant, id)
+            .await?
+            .ok_or(EngineError::NotFound)?;
+        let results = self.inner.store.batch_results(id, after, limit).await?;
+        Ok((batch, results))
+    }
+
+    /// Cancels every unfinished job of a batch.
+    pub async fn cancel_batch(&self, tenant: &str, id: BatchId) -> Result<Batch, EngineError> {
+        match self
+            .inner
+            .store
+            .cancel_batch(tenant, id, Timestamp::now())
+            .await?
+        {
+            BatchCancelOutcome::NotFound => Err(EngineError::NotFound),
+            BatchCancelOutcome::AlreadyFinished(batch) => {
+                Err(EngineError::BatchAlreadyFinished(Box::new(batch)))
+            }
+            BatchCancelOutcome::Cancelled(batch, effects) => {
+                tracing::info!(batch_id = %id, cancelled_jobs = effects.cancelled.len(), stopping_jobs = effects.stop.len(), "batch cancelled");
+                self.apply(effects);
+                Ok(batch)
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! `/v1/batches`: submit many jobs at once, follow them, read their results
+//! as they finish, cancel them.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
+use super::jobs::{idempotency_key, replayed};
+use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError, TENANT_DEFAULT};
+use crate::engine::BatchSubmitted;
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1_000;
+
+/// A page of a batch's finished jobs, in the order they finished.
+#[derive(Serialize, ToSchema)]
+pub struct ResultPage {
+    pub items: Vec<BatchResult>,
+    /// Pass as `cursor` to read the results that finish after these. Present
+    /// while the batch runs, even when this page is empty (poll with it);
+    /// `null` once the batch is finished and every result was returned.
+    pub next_cursor: Option<String>,
+    /// The batch's status when the page was read.
+    pub batch_status: BatchStatus,
+}
+
+/// Submit a batch.
+///
+/// Every job is validated (errors point into the body, e.g.
+/// `/jobs/17/payload/ms`) and then all are stored in one transaction, or none
+/// are: a full queue (`429`) or an invalid job (`422`) leaves no trace.
+/// Inside a batch `depends_on` may name earlier jobs by index, so a whole
+/// pipeline is one request.
+#[utoipa::path(
+    post, path = "/v1/batches", tag = "batches",
+    request_body = BatchSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
+    responses(
+        (status = 202, description = "Accepted and stored.", body = Batch,
+            headers(("Location" = String, description = "The batch's URL"))),
+        (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`key_conflict`: a job's key is held.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large, or the batch has more jobs than `SPOOL_MAX_BATCH_SIZE`.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (with pointers into the body) or `idempotency_mismatch`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`queue_full`: a queue the batch uses has no room for its share; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    IdempotencyHeader(header): IdempotencyHeader,
+    body: JsonBody<BatchSpec>,
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/batches"))?;
+    let submitted = state
+        .engine
+        .submit_batch(TENANT_DEFAULT, body.value, idempotency)
+        .await?;
+    Ok(match submitted {
+        BatchSubmitted::Created(batch) => {
+            let location = format!("/v1/batches/{}", batch.id);
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(batch),
+            )
+                .into_response()
+        }
+        BatchSubmitted::Replayed(stored) => replayed(&stored, "/v1/batches"),
+    })
+}
+
+/// Get a batch.
+///
+/// Counts per state, and `status`: `running` until every job is terminal.
+/// With `wait=N` the answer is held until the batch finished or N seconds
+/// passed.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}", tag = "batches",
+    params(
+        ("id" = String, Path, description = "Batch id"),
+        ("wait" = Option<u64>, Query, description = "Long-poll: seconds (0..=60) to wait for the batch to finish", minimum = 0, maximum = 60),
+    ),
+    responses(
+        (status = 200, description = "The batch.", body = Batch),
+        (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid or unknown.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_batch(
+    State(state): State<AppState>,
+    BatchIdPath(id): BatchIdPath,
+    QueryPairs(pairs): QueryPairs,
+) -> Result<Json<Batch>, ApiError> {
+    let wait = parse_wait(pairs)?;
+    Ok(Json(
+        state.engine.get_batch(TENANT_DEFAULT, id, wait).await?,
+    ))
+}
+
+/// Read a batch's results as its jobs finish.
+///
+/// Pages the finished jobs in the order they finished. Keep passing
+/// `next_cursor` back to read every result exactly once while the rest
+/// still run; it is `null` once the batch is finished and read to the end.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/results", tag = "batches",
+    params(
+        ("id" = String, Path, description = "Batch id"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 100", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of results.", body = ResultPage),
+        (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid or unknown.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn batch_results(
+    State(state): State<AppState>,
+    BatchIdPath(id): BatchIdPath,
+    QueryPairs(pairs): QueryPairs,
+) -> Result<Json<ResultPage>, ApiError> {
+    let mut limit = DEFAULT_PAGE;
+    let mut after = 0u64;
+    let mut errors = Vec::new();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+                _ => errors.push(FieldError::parameter(
+                    name,
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                )),
+            },
+            "cursor" => match value.parse::<u64>() {
+                Ok(n) if n <= i64::MAX as u64 => after = n,
+                _ => errors.push(FieldError::parameter(name, "not a cursor from this API")),
+            },
+            _ => errors.push(FieldError::parameter(name, "unknown parameter")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let (batch, items) = state
+        .engine
+        .batch_results(TENANT_DEFAULT, id, after, limit)
+        .await?;
+    // The batch was read first: seen finished, all its results were there.
+    let exhausted = batch.finished_at.is_some() && items.len() < limit as usize;
+    let next_cursor = if exhausted {
+        None
+    } else {
+        Some(items.last().map_or(after, |item| item.seq).to_string())
+    };
+    Ok(Json(ResultPage {
+        items,
+        next_cursor,
+        batch_status: batch.status,
+    }))
+}
+
+/// Cancel a batch.
+///
+/// Every scheduled or queued job of the batch is cancelled at once; running
+/// ones are asked to stop (their handlers' tokens fire, then they are
+/// aborted after a grace period). The batch ends `cancelled` once the last
+/// one stopped. A finished batch answers `409 already_finished`.
+#[utoipa::path(
+    post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    params(("id" = String, Path, description = "Batch id")),
+    responses(
+        (status = 200, description = "Cancelled (running jobs may still be stopping).", body = Batch),
+        (status = 404, description = "No such batch.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`already_finished`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_batch(
+    State(state): State<AppState>,
+    BatchIdPath(id): BatchIdPath,
+) -> Result<Json<Batch>, ApiError> {
+    Ok(Json(state.engine.cancel_batch(TENANT_DEFAULT, id).await?))
+}
