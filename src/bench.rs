@@ -39,6 +39,15 @@ pub struct BenchArgs {
     /// Jobs submitted one by one to measure enqueue-to-start latency.
     #[arg(long, default_value_t = 1_000)]
     pub latency_samples: usize,
+    /// Jobs per batch in the batch-submission figure.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch_size: usize,
+    /// Concurrent connections submitting batches.
+    #[arg(long, default_value_t = 8)]
+    pub batch_connections: usize,
+    /// Measure batch submission only (skips the other figures).
+    #[arg(long)]
+    pub batches_only: bool,
 }
 
 const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
@@ -67,6 +76,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         defaults: Some(QueueDefaultsPatch::default()),
     };
     engine.put_queue("bench", &queue(true)).await?;
+    // Batches go to a queue of their own, paused: the figure is admission
+    // (what BullMQ's `addBulk` measures), and nothing else runs meanwhile.
+    engine.put_queue("bench-batch", &queue(true)).await?;
 
     println!(
         "spool bench: {} connections, {} rounds of {:?}, {} worker slots, {} cores",
@@ -77,11 +89,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if !args.batches_only {
+        single_jobs(&args, &client, &engine, spool_addr, bare_addr).await?;
+    }
+
+    // 4. Accepted jobs/s through batches.
+    let mut batched = Vec::new();
+    for _ in 0..args.rounds {
+        batched.push(batch_load(&client, spool_addr, &args).await?);
+    }
+    println!(
+        "spool POST /v1/batches ({} noop jobs each, {} connections): {:>10.0} jobs/s accepted (median)",
+        args.batch_size,
+        args.batch_connections,
+        median(&mut batched)
+    );
+
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// The single-job figures: submissions against a bare handler, end to end,
+/// and enqueue-to-start latency.
+async fn single_jobs(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    engine: &crate::engine::Engine,
+    spool_addr: SocketAddr,
+    bare_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let queue = |paused: bool| QueueSettings {
+        concurrency: Some(args.concurrency),
+        capacity: Some(100_000_000),
+        paused: Some(paused),
+        defaults: Some(QueueDefaultsPatch::default()),
+    };
     // 1. Accepted submissions/s, against the bare handler, alternating rounds.
     let (mut bare, mut durable) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
-        bare.push(post_load(&client, bare_addr, "/bare", &args).await?);
-        durable.push(post_load(&client, spool_addr, "/v1/jobs", &args).await?);
+        bare.push(post_load(client, bare_addr, "/bare", args).await?);
+        durable.push(post_load(client, spool_addr, "/v1/jobs", args).await?);
     }
     let (bare, durable) = (median(&mut bare), median(&mut durable));
     println!("bare axum POST (parse the same JSON, 202):  {bare:>10.0} req/s (median)");
@@ -93,14 +141,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Drain what the submission rounds left, so later figures start idle.
     engine.put_queue("bench", &queue(false)).await?;
-    wait_until_idle(&engine).await?;
+    wait_until_idle(engine).await?;
 
     // 2. End-to-end: submit `jobs` noop jobs as fast as possible, until all succeeded.
     let mut e2e = Vec::new();
     for _ in 0..args.rounds {
         let started = Instant::now();
-        submit_count(&client, spool_addr, args.jobs, args.connections).await?;
-        wait_until_idle(&engine).await?;
+        submit_count(client, spool_addr, args.jobs, args.connections).await?;
+        wait_until_idle(engine).await?;
         e2e.push(args.jobs as f64 / started.elapsed().as_secs_f64());
     }
     println!(
@@ -131,7 +179,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
         let sent = Instant::now();
-        let response = post_noop(&client, &jobs_url).await?;
+        let response = post_noop(client, &jobs_url).await?;
         let body: serde_json::Value = response.json().await?;
         let id = body["id"].as_str().unwrap_or_default().to_owned();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -156,10 +204,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         percentile(&latencies, 0.99),
         latencies.len()
     );
-
-    stop.cancel();
-    server.await??;
     Ok(())
+}
+
+/// POSTs batches of `batch_size` noop jobs from `batch_connections` tasks
+/// for `duration`; returns accepted jobs/s.
+async fn batch_load(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    args: &BenchArgs,
+) -> anyhow::Result<f64> {
+    let url = reqwest::Url::parse(&format!("http://{addr}/v1/batches"))?;
+    let job = r#"{"kind":"noop","queue":"bench-batch","payload":{"n":1}}"#;
+    let body = Bytes::from(format!(
+        r#"{{"jobs":[{}]}}"#,
+        vec![job; args.batch_size].join(",")
+    ));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::new();
+    for _ in 0..args.batch_connections {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let size = args.batch_size as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = 0u64;
+            while Instant::now() < deadline {
+                let response = client
+                    .post(url.clone())
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = response.status();
+                response.bytes().await?;
+                if status != StatusCode::ACCEPTED {
+                    bail!("a batch got {status}");
+                }
+                accepted += size;
+            }
+            anyhow::Ok(accepted)
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await??;
+    }
+    Ok(accepted as f64 / started.elapsed().as_secs_f64())
 }
 
 /// A bare axum server that parses the job spec exactly as the API does.
