@@ -12,14 +12,14 @@ use spool::store::{
     JobStore, RetryOutcome, Submission, SubmitOutcome, SubmitRejection,
 };
 
-const OWNER: &str = "owner-a";
+pub(crate) const OWNER: &str = "owner-a";
 const OTHER: &str = "owner-b";
 
-fn at(ms: i64) -> Timestamp {
+pub(crate) fn at(ms: i64) -> Timestamp {
     Timestamp::from_millis(1_700_000_000_000 + ms)
 }
 
-fn job(queue: &str, spec: serde_json::Value, now: Timestamp) -> NewJob {
+pub(crate) fn job(queue: &str, spec: serde_json::Value, now: Timestamp) -> NewJob {
     let mut spec = spec;
     if spec.get("kind").is_none() {
         spec["kind"] = json!("noop");
@@ -35,7 +35,7 @@ fn job(queue: &str, spec: serde_json::Value, now: Timestamp) -> NewJob {
         .expect("valid")
 }
 
-async fn with_queues(store: &Arc<dyn JobStore>, queues: &[(&str, u64)]) {
+pub(crate) async fn with_queues(store: &Arc<dyn JobStore>, queues: &[(&str, u64)]) {
     for (name, capacity) in queues {
         let mut queue = QueueConfig::new(*name);
         queue.capacity = *capacity;
@@ -43,7 +43,7 @@ async fn with_queues(store: &Arc<dyn JobStore>, queues: &[(&str, u64)]) {
     }
 }
 
-async fn submit(
+pub(crate) async fn submit(
     store: &Arc<dyn JobStore>,
     jobs: Vec<NewJob>,
 ) -> Result<SubmitOutcome, SubmitRejection> {
@@ -58,7 +58,7 @@ async fn submit(
         .expect("storage works")
 }
 
-async fn submit_one(store: &Arc<dyn JobStore>, new: NewJob) -> JobId {
+pub(crate) async fn submit_one(store: &Arc<dyn JobStore>, new: NewJob) -> JobId {
     let id = new.id;
     match submit(store, vec![new]).await {
         Ok(SubmitOutcome::Created { jobs, .. }) => assert_eq!(jobs[0].id, id),
@@ -67,7 +67,7 @@ async fn submit_one(store: &Arc<dyn JobStore>, new: NewJob) -> JobId {
     id
 }
 
-async fn all_jobs(store: &Arc<dyn JobStore>) -> Vec<spool::domain::Job> {
+pub(crate) async fn all_jobs(store: &Arc<dyn JobStore>) -> Vec<spool::domain::Job> {
     let filter = JobFilter {
         limit: 100,
         ..Default::default()
@@ -89,7 +89,7 @@ async fn running_job(store: &Arc<dyn JobStore>) -> JobId {
     id
 }
 
-async fn state_of(store: &Arc<dyn JobStore>, id: JobId) -> JobState {
+pub(crate) async fn state_of(store: &Arc<dyn JobStore>, id: JobId) -> JobState {
     store
         .get_job(TENANT_DEFAULT, id)
         .await
@@ -98,7 +98,7 @@ async fn state_of(store: &Arc<dyn JobStore>, id: JobId) -> JobState {
         .status
 }
 
-fn error(code: &str, attempt: u32, now: Timestamp) -> ErrorInfo {
+pub(crate) fn error(code: &str, attempt: u32, now: Timestamp) -> ErrorInfo {
     ErrorInfo {
         code: code.into(),
         message: format!("{code} happened"),
@@ -107,7 +107,12 @@ fn error(code: &str, attempt: u32, now: Timestamp) -> ErrorInfo {
     }
 }
 
-fn completion(id: JobId, attempt: u32, owner: &str, outcome: AttemptOutcome) -> Completion {
+pub(crate) fn completion(
+    id: JobId,
+    attempt: u32,
+    owner: &str,
+    outcome: AttemptOutcome,
+) -> Completion {
     Completion {
         id,
         attempt,
