@@ -439,12 +439,16 @@ pub async fn retries_respect_finished_batches_and_failed_dependencies(store: Arc
     assert_eq!(state_of(&store, b_id).await, JobState::Queued);
 }
 
-pub async fn prune_deletes_old_finished_batches(store: Arc<dyn JobStore>) {
+pub async fn prune_keeps_the_jobs_of_a_batch_as_long_as_the_batch(store: Arc<dyn JobStore>) {
     with_queues(&store, &[("default", 100)]).await;
     let (finished, jobs) = submit_batch(&store, &[json!({})], 1.0).await;
-    let (running, _) = submit_batch(&store, &[json!({"delay_ms": 60_000})], 1.0).await;
-    claim_all(&store).await;
+    let specs = [json!({}), json!({"delay_ms": 60_000})];
+    let (running, running_jobs) = submit_batch(&store, &specs, 1.0).await;
+    let claimed = claim_all(&store).await;
+    assert_eq!(claimed.len(), 2);
     finish(&store, jobs[0], succeed(0)).await;
+    finish(&store, running_jobs[0], succeed(1)).await;
+
     store.prune(at(1_000), at(0)).await.unwrap();
     assert!(
         store
@@ -453,11 +457,19 @@ pub async fn prune_deletes_old_finished_batches(store: Arc<dyn JobStore>) {
             .unwrap()
             .is_none()
     );
-    assert!(
-        store
-            .get_batch(TENANT_DEFAULT, running)
-            .await
-            .unwrap()
-            .is_some()
+    assert!(state_of_opt(&store, jobs[0]).await.is_none());
+    let kept = batch(&store, running).await;
+    assert_eq!(
+        kept.job_ids, running_jobs,
+        "a running batch keeps its finished jobs"
     );
+    assert_eq!(store.batch_results(running, 0, 10).await.unwrap().len(), 1);
+}
+
+async fn state_of_opt(store: &Arc<dyn JobStore>, id: JobId) -> Option<JobState> {
+    store
+        .get_job(TENANT_DEFAULT, id)
+        .await
+        .unwrap()
+        .map(|job| job.status)
 }

@@ -69,6 +69,6 @@ conformance_suite!(
         unknown_dependencies_are_refused_and_nothing_is_stored,
         cancelling_a_batch_cancels_waiting_jobs_and_stops_running_ones,
         retries_respect_finished_batches_and_failed_dependencies,
-        prune_deletes_old_finished_batches,
+        prune_keeps_the_jobs_of_a_batch_as_long_as_the_batch,
     ]
 );

@@ -517,18 +517,26 @@ fn prune(
     finished_before: Timestamp,
     keys_before: Timestamp,
 ) -> Result<u64, StoreError> {
+    // A batch's jobs are kept as long as the batch: a batch still running
+    // (or finished recently) must keep every result it counts, even of jobs
+    // that finished long ago.
     let jobs = conn
         .prepare_cached(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-             WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT CAST(? AS INTEGER))",
+             WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+             AND (batch_id IS NULL OR EXISTS (SELECT 1 FROM batches b WHERE b.id = jobs.batch_id \
+                  AND b.finished_at IS NOT NULL AND b.finished_at < ?1)) \
+             LIMIT CAST(?2 AS INTEGER))",
         )?
         .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?")?
         .execute(params![keys_before.as_millis()])?;
-    // A batch finishes after its last job: its jobs go first (or together).
+    // Then the batches whose jobs are all gone.
     conn.prepare_cached(
-        "DELETE FROM batches WHERE id IN (SELECT id FROM batches \
-         WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT CAST(? AS INTEGER))",
+        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b \
+         WHERE finished_at IS NOT NULL AND finished_at < ? \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = b.id) \
+         LIMIT CAST(? AS INTEGER))",
     )?
     .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     Ok(jobs as u64)
