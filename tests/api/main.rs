@@ -1,6 +1,7 @@
 //! API tests: the real router on port 0, or the real binary where a test
 //! kills it. One binary, so the crate links once.
 
+mod batches;
 mod config;
 mod custom_kinds;
 mod durability;
@@ -9,5 +10,6 @@ mod hostile;
 mod jobs;
 mod keys;
 mod openapi;
+mod pipelines;
 mod queues;
 mod shutdown;

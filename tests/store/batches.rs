@@ -220,6 +220,19 @@ pub async fn a_dependent_waits_until_its_dependencies_succeed_and_gets_their_res
     let (_, effects) = finish(&store, jobs[1], succeed(1)).await;
     assert_eq!(effects.ready_queues, ["default"]);
     assert_eq!(state_of(&store, jobs[2]).await, JobState::Queued);
+    // Claimed with a clock read before the release was stored: it still
+    // doesn't look started before its dependency finished (at 100).
+    let claimed = store
+        .claim("default", 10, OWNER, at(60_000), at(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].started_at, Some(at(100)));
+    assert_eq!(
+        claimed[0].run_at,
+        at(100),
+        "ready when the dependency finished"
+    );
 
     let results = store.dependency_results(&[jobs[1], jobs[0]]).await.unwrap();
     assert_eq!(

@@ -100,14 +100,18 @@ fn release_dependents(
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut queue_now = conn
-        .prepare_cached("UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'scheduled'")?;
+    // `run_at` becomes the moment the job got ready: claims take jobs in that
+    // order, and a job never looks started before its dependency finished.
+    let mut queue_now = conn.prepare_cached(
+        "UPDATE jobs SET state = 'queued', run_at = max(run_at, ?) \
+         WHERE id = ? AND state = 'scheduled'",
+    )?;
     for (dependent, pending, run_at, queue) in released {
         if pending > 0 {
             continue;
         }
         if run_at <= at.as_millis() {
-            queue_now.execute(params![dependent])?;
+            queue_now.execute(params![at.as_millis(), dependent])?;
             if !effects.ready_queues.contains(&queue) {
                 effects.ready_queues.push(queue);
             }

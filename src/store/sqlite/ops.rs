@@ -140,13 +140,16 @@ fn claim(
     lease_until: Timestamp,
     now: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
+    // `started_at` is never before `run_at`: `now` was read before the claim
+    // reached the writer, and a job may have become ready (its dependency's
+    // success stamped in `run_at`) in between.
     // `LIMIT CAST(? AS INTEGER)`: with a bare `LIMIT ?` SQLite re-prepares
     // the statement at every execution (measured with its RePrepare counter).
     let mut jobs = query_jobs(
         conn,
         &format!(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
-             lease_expires_at = ?, started_at = ?, progress = NULL \
+             lease_expires_at = ?, started_at = max(?, run_at), progress = NULL \
              WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' \
                           ORDER BY priority DESC, run_at, id LIMIT CAST(? AS INTEGER)) \
              RETURNING {JOB_COLUMNS}"
