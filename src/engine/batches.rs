@@ -196,15 +196,13 @@ impl Engine {
         id: JobId,
         wait: Duration,
     ) -> Result<Job, EngineError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let waiter = self.inner.waiters.register(id.as_uuid());
-        loop {
-            let ended = waiter.notified();
-            let job = self.get_job(tenant, id).await?;
-            if job.status.is_terminal() || !self.hold(ended, deadline).await {
-                return Ok(job);
-            }
-        }
+        self.long_poll(
+            id.as_uuid(),
+            wait,
+            || self.get_job(tenant, id),
+            |job| job.status.is_terminal(),
+        )
+        .await
     }
 
     /// A batch; with `wait`, not before it finished or `wait` passed.
@@ -214,18 +212,40 @@ impl Engine {
         id: BatchId,
         wait: Duration,
     ) -> Result<Batch, EngineError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let waiter = self.inner.waiters.register(id.as_uuid());
-        loop {
-            let finished = waiter.notified();
-            let batch = self
-                .inner
+        let read = || async {
+            self.inner
                 .store
                 .get_batch(tenant, id)
                 .await?
-                .ok_or(EngineError::NotFound)?;
-            if batch.finished_at.is_some() || !self.hold(finished, deadline).await {
-                return Ok(batch);
+                .ok_or(EngineError::NotFound)
+        };
+        self.long_poll(id.as_uuid(), wait, read, |batch| {
+            batch.finished_at.is_some()
+        })
+        .await
+    }
+
+    /// Reads with `read` until `done` holds, `wait` passed or shutdown
+    /// began, re-reading only when the engine wakes `id`. The waiter is
+    /// registered before each read, so an end stored meanwhile is not missed.
+    async fn long_poll<T, Read, Reading>(
+        &self,
+        id: uuid::Uuid,
+        wait: Duration,
+        read: Read,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T, EngineError>
+    where
+        Read: Fn() -> Reading,
+        Reading: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiter = self.inner.waiters.register(id);
+        loop {
+            let woken = waiter.notified();
+            let value = read().await?;
+            if done(&value) || !self.hold(woken, deadline).await {
+                return Ok(value);
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spool::domain::Timestamp;
 
-use crate::helpers::{TestApp, noop, sleep_ms, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, job_ids, millis, noop, sleep_ms, spawn_app, spawn_app_with};
 
 const SOON: Duration = Duration::from_secs(20);
 
@@ -129,23 +129,50 @@ async fn queue_counts(app: &TestApp) -> Vec<(String, Value)> {
         .collect()
 }
 
-fn ids_of(batch: &Value) -> Vec<String> {
-    batch["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect()
+/// Follows a batch's results from the start with pages of `limit` until
+/// `next_cursor` is null, calling `on_page` with each page; returns every
+/// item read, in order.
+async fn follow_results(
+    app: &TestApp,
+    id: &str,
+    limit: u32,
+    mut on_page: impl FnMut(&Value),
+) -> Vec<Value> {
+    let mut read = Vec::new();
+    let mut cursor = String::from("0");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let path = format!("/v1/batches/{id}/results?limit={limit}&cursor={cursor}");
+        let response = app.get(&path).await;
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.expect("a JSON page");
+        let items = page["items"].as_array().expect("items").clone();
+        assert!(items.len() <= limit as usize, "{page}");
+        on_page(&page);
+        read.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => return read,
+        }
+        assert!(Instant::now() < deadline, "results never ended: {read:?}");
+        if items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
-fn millis(timestamp: &Value) -> i64 {
-    Timestamp::parse_rfc3339(
-        timestamp
-            .as_str()
-            .unwrap_or_else(|| panic!("no timestamp: {timestamp}")),
-    )
-    .expect("an RFC 3339 timestamp")
-    .as_millis()
+/// Indexes of `0..total` not read exactly once, with how often they were.
+fn not_read_once(items: &[Value], total: usize) -> Vec<(usize, u32)> {
+    let mut seen = vec![0u32; total];
+    for item in items {
+        let index = item["index"].as_u64().expect("an index") as usize;
+        assert!(index < total, "{item}");
+        seen[index] += 1;
+    }
+    seen.into_iter()
+        .enumerate()
+        .filter(|(_, n)| *n != 1)
+        .collect()
 }
 
 fn failing_sleep(ms: u64) -> Value {
@@ -180,16 +207,16 @@ async fn a_batch_is_accepted_whole_and_its_jobs_are_listed_under_it() {
     assert_eq!(submitted["callback_url"], Value::Null);
     assert_eq!(submitted["finished_at"], Value::Null);
     assert!(submitted["created_at"].is_string());
-    let job_ids = ids_of(&submitted);
-    assert_eq!(job_ids.len(), 5);
+    let submitted_ids = job_ids(&submitted);
+    assert_eq!(submitted_ids.len(), 5);
     assert_eq!(
-        job_ids.iter().collect::<BTreeSet<_>>().len(),
+        submitted_ids.iter().collect::<BTreeSet<_>>().len(),
         5,
         "distinct job ids"
     );
 
     // The job ids are in submission order: each one carries its own payload.
-    for (n, job_id) in job_ids.iter().enumerate() {
+    for (n, job_id) in submitted_ids.iter().enumerate() {
         let job = app.job(job_id).await;
         assert_eq!(job["payload"], json!({"n": n}));
         assert_eq!(job["batch_id"], id);
@@ -210,7 +237,7 @@ async fn a_batch_is_accepted_whole_and_its_jobs_are_listed_under_it() {
         assert_eq!(job["batch_id"], id);
     }
     let listed_ids: BTreeSet<&str> = items.iter().map(|j| j["id"].as_str().unwrap()).collect();
-    let expected: BTreeSet<&str> = job_ids.iter().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = submitted_ids.iter().map(String::as_str).collect();
     assert_eq!(listed_ids, expected, "exactly the batch's jobs");
     assert_eq!(items.len(), 5);
     assert_eq!(listed["next_cursor"], Value::Null);
@@ -231,7 +258,7 @@ async fn a_batch_is_accepted_whole_and_its_jobs_are_listed_under_it() {
         done["counts"],
         json!({"scheduled": 0, "queued": 0, "running": 0, "succeeded": 5, "failed": 0, "cancelled": 0})
     );
-    assert_eq!(ids_of(&done), job_ids, "job_ids keep their order");
+    assert_eq!(job_ids(&done), submitted_ids, "job_ids keep their order");
 }
 
 #[tokio::test]
@@ -302,7 +329,7 @@ async fn a_batch_is_stored_whole_or_not_at_all_when_a_queue_is_full() {
         .iter()
         .map(|j| j["id"].as_str().unwrap())
         .collect();
-    let accepted_ids = ids_of(&accepted);
+    let accepted_ids = job_ids(&accepted);
     let accepted_alpha: BTreeSet<&str> = accepted_ids[..4].iter().map(String::as_str).collect();
     assert_eq!(alpha_jobs, accepted_alpha, "only the accepted batch's jobs");
 }
@@ -337,7 +364,7 @@ async fn concurrent_batches_never_overfill_a_queue_and_refused_ones_leave_nothin
     while let Some(outcome) = requests.join_next().await {
         let (status, body) = outcome.unwrap();
         match status {
-            202 => accepted.extend(ids_of(&body)),
+            202 => accepted.extend(job_ids(&body)),
             429 => {
                 assert_eq!(body["code"], "queue_full");
                 refused += 1;
@@ -505,65 +532,35 @@ async fn results_are_read_exactly_once_while_the_batch_runs() {
         .collect();
     let submitted = submit_batch(&app, &json!({"jobs": jobs})).await;
     let id = submitted["id"].as_str().unwrap();
-    let job_ids = ids_of(&submitted);
+    let submitted_ids = job_ids(&submitted);
 
-    let mut seen = vec![0u32; 60];
     let mut read_while_running = 0;
     let mut finished_seen = false;
-    let mut cursor: Option<String> = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/v1/batches/{id}/results?limit=7&cursor={cursor}"),
-            None => format!("/v1/batches/{id}/results?limit=7"),
-        };
-        let response = app.get(&path).await;
-        assert_eq!(response.status(), 200);
-        let page: Value = response.json().await.unwrap();
-        let items = page["items"].as_array().unwrap();
-        assert!(items.len() <= 7);
+    let items = follow_results(&app, id, 7, |page| {
         let status = page["batch_status"].as_str().unwrap();
         if status == "running" {
             assert!(!finished_seen, "a finished batch ran again: {page}");
-            if !items.is_empty() {
+            if !page["items"].as_array().unwrap().is_empty() {
                 read_while_running += 1;
             }
         } else {
             assert_eq!(status, "succeeded", "{page}");
             finished_seen = true;
         }
-        for item in items {
-            let index = item["index"].as_u64().unwrap() as usize;
-            assert!(index < 60, "{item}");
-            seen[index] += 1;
-            assert_eq!(item["job_id"], job_ids[index].as_str());
-            assert_eq!(item["status"], "succeeded");
-            assert_eq!(item["result"], json!({"slept_ms": ms[index], "attempt": 1}));
-            assert_eq!(item["error"], Value::Null);
-            assert!(item["finished_at"].is_string());
+        if page["next_cursor"].is_null() {
+            assert!(finished_seen, "the end came while running: {page}");
         }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => {
-                assert!(finished_seen, "the end came while running: {page}");
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "results never ended; seen {seen:?}"
-        );
-        if items.is_empty() {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+    })
+    .await;
+    for item in &items {
+        let index = item["index"].as_u64().unwrap() as usize;
+        assert_eq!(item["job_id"], submitted_ids[index].as_str());
+        assert_eq!(item["status"], "succeeded");
+        assert_eq!(item["result"], json!({"slept_ms": ms[index], "attempt": 1}));
+        assert_eq!(item["error"], Value::Null);
+        assert!(item["finished_at"].is_string());
     }
-    let missing_or_repeated: Vec<(usize, u32)> = seen
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, n)| *n != 1)
-        .collect();
-    assert_eq!(missing_or_repeated, [], "(index, times read)");
+    assert_eq!(not_read_once(&items, 60), [], "(index, times read)");
     assert!(
         read_while_running > 0,
         "no result was read while the batch ran"
@@ -731,7 +728,7 @@ async fn cancelling_a_batch_stops_its_running_jobs_and_cancels_the_rest() {
     );
 
     let mut started = 0;
-    for job_id in ids_of(&done) {
+    for job_id in job_ids(&done) {
         let job = app.job(&job_id).await;
         assert_eq!(job["status"], "cancelled", "{job}");
         assert_eq!(job["error"]["code"], "cancelled", "{job}");
@@ -1004,7 +1001,7 @@ async fn an_idempotent_batch_repeat_returns_the_same_batch() {
     let problem: Value = other_body.json().await.unwrap();
     assert_eq!(problem["code"], "idempotency_mismatch");
 
-    let stored: BTreeSet<String> = ids_of(&original).into_iter().collect();
+    let stored: BTreeSet<String> = job_ids(&original).into_iter().collect();
     assert_eq!(all_job_ids(&app).await, stored, "one batch's jobs, once");
 
     let other_key = submit_batch_with_key(&app, "batch-2", &body).await;
@@ -1039,7 +1036,7 @@ async fn the_jobs_of_a_batch_are_paged_by_cursor_without_repeats() {
             None => break,
         }
     }
-    let mut expected = ids_of(&submitted);
+    let mut expected = job_ids(&submitted);
     expected.reverse();
     assert_eq!(listed, expected, "newest first, each once");
 }
@@ -1057,40 +1054,11 @@ async fn results_of_a_batch_of_quick_jobs_are_read_exactly_once() {
         .collect();
     let submitted = submit_batch(&app, &json!({"jobs": jobs})).await;
     let id = submitted["id"].as_str().unwrap();
-    let mut seen = vec![0u32; 500];
-    let mut cursor = String::from("0");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let page: Value = app
-            .get(&format!(
-                "/v1/batches/{id}/results?limit=13&cursor={cursor}"
-            ))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let items = page["items"].as_array().unwrap();
-        for item in items {
-            let index = item["index"].as_u64().unwrap() as usize;
-            assert_eq!(item["result"], index, "{item}");
-            seen[index] += 1;
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_owned(),
-            None => break,
-        }
-        assert!(Instant::now() < deadline, "results never ended");
-        if items.is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let items = follow_results(&app, id, 13, |_| {}).await;
+    for item in &items {
+        assert_eq!(item["result"], item["index"], "{item}");
     }
-    let wrong: Vec<(usize, u32)> = seen
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, n)| *n != 1)
-        .collect();
-    assert_eq!(wrong, [], "(index, times read)");
+    assert_eq!(not_read_once(&items, 500), [], "(index, times read)");
 }
 
 #[tokio::test]
@@ -1248,8 +1216,8 @@ async fn a_running_batch_keeps_its_finished_jobs_past_the_retention_period() {
     let running = batch(&app, id).await;
     assert_eq!(running["status"], "running");
     assert_eq!(
-        ids_of(&running),
-        ids_of(&submitted),
+        job_ids(&running),
+        job_ids(&submitted),
         "job_ids of a running batch lost a job: {running}"
     );
     let results: Value = app

@@ -242,3 +242,24 @@ fn free_port() -> u16 {
 pub fn db_path(dir: &TempDir) -> PathBuf {
     dir.path().join("spool.db")
 }
+
+/// The `job_ids` of a batch, in submission order.
+pub fn job_ids(batch: &Value) -> Vec<String> {
+    batch["job_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no job_ids in {batch}"))
+        .iter()
+        .map(|id| id.as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// A timestamp field of the API in milliseconds since the epoch.
+pub fn millis(timestamp: &Value) -> i64 {
+    spool::domain::Timestamp::parse_rfc3339(
+        timestamp
+            .as_str()
+            .unwrap_or_else(|| panic!("no timestamp: {timestamp}")),
+    )
+    .expect("an RFC 3339 timestamp")
+    .as_millis()
+}

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use spool::app::AppBuilder;
-use spool::domain::Timestamp;
 use spool::kinds::{JobContext, JobFailure, JobKind};
 use tokio::sync::watch;
 
-use crate::helpers::{SpoolProcess, TestApp, db_path, noop, spawn_app, spawn_app_with_kinds};
+use crate::helpers::{
+    SpoolProcess, TestApp, db_path, job_ids, millis, noop, spawn_app, spawn_app_with_kinds,
+};
 
 const SOON: Duration = Duration::from_secs(20);
 
@@ -243,27 +244,8 @@ async fn results_from(
     }
 }
 
-fn ids(batch: &Value) -> Vec<String> {
-    batch["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn id_of(job: &Value) -> String {
     job["id"].as_str().unwrap().to_owned()
-}
-
-/// A timestamp field in milliseconds since the epoch.
-fn ms(job: &Value, field: &str) -> i64 {
-    let text = job[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field} is not set on {job}"));
-    Timestamp::parse_rfc3339(text)
-        .unwrap_or_else(|| panic!("{field} is not RFC 3339 on {job}"))
-        .as_millis()
 }
 
 fn counts(
@@ -345,7 +327,10 @@ async fn a_dependent_job_stays_scheduled_until_its_dependency_succeeded_and_then
         json!({"payload": {"name": "b"}, "deps": [a["result"]], "dep_ids": [a_id]})
     );
     assert_eq!(a["result"]["payload"]["name"], "a");
-    assert!(ms(&b, "started_at") >= ms(&a, "finished_at"), "{a} {b}");
+    assert!(
+        millis(&b["started_at"]) >= millis(&a["finished_at"]),
+        "{a} {b}"
+    );
     assert_eq!(controls.runs_of("b"), 1);
 }
 
@@ -361,7 +346,7 @@ async fn inside_one_batch_an_index_names_the_dependency_and_its_result_is_handed
         ]}),
     )
     .await;
-    let job_ids = ids(&batch);
+    let job_ids = job_ids(&batch);
     let b = app.job(&job_ids[1]).await;
     assert_eq!(b["depends_on"], json!([job_ids[0]]), "{b}");
     assert_eq!(b["batch_id"], batch["id"]);
@@ -388,7 +373,10 @@ async fn inside_one_batch_an_index_names_the_dependency_and_its_result_is_handed
         b["result"],
         json!({"payload": {"name": "b"}, "deps": [a["result"]], "dep_ids": [job_ids[0]]})
     );
-    assert!(ms(&b, "started_at") >= ms(&a, "finished_at"), "{a} {b}");
+    assert!(
+        millis(&b["started_at"]) >= millis(&a["finished_at"]),
+        "{a} {b}"
+    );
 }
 
 #[tokio::test]
@@ -424,7 +412,7 @@ async fn a_failed_job_cancels_its_whole_chain_of_dependents_and_nothing_else() {
         ]}),
     )
     .await;
-    let job_ids = ids(&batch);
+    let job_ids = job_ids(&batch);
     let done = finished_batch(&app, batch["id"].as_str().unwrap(), SOON).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["total"], 5);
@@ -567,7 +555,7 @@ async fn a_job_depending_on_an_already_failed_or_cancelled_job_is_created_cancel
     let done = finished_batch(&app, batch["id"].as_str().unwrap(), SOON).await;
     assert_eq!(done["counts"], counts(0, 0, 0, 1, 0, 1), "{done}");
     assert_eq!(done["status"], "failed");
-    assert_cancelled_by_dependency(&app.job(&ids(&batch)[0]).await);
+    assert_cancelled_by_dependency(&app.job(&job_ids(&batch)[0]).await);
 }
 
 #[tokio::test]
@@ -641,7 +629,7 @@ async fn a_diamond_joins_after_both_branches_with_their_results_in_depends_on_or
         ]}),
     )
     .await;
-    let job_ids = ids(&batch);
+    let job_ids = job_ids(&batch);
     app.wait_for_status(&job_ids[2], "succeeded", SOON).await;
     app.wait_for_status(&job_ids[1], "running", SOON).await;
     // One branch done, the other still running: the join waits.
@@ -662,9 +650,9 @@ async fn a_diamond_joins_after_both_branches_with_their_results_in_depends_on_or
     );
     assert_eq!(b["result"]["deps"], json!([a["result"]]));
     assert_eq!(c["result"]["deps"], json!([a["result"]]));
-    assert!(ms(d, "started_at") >= ms(b, "finished_at"));
-    assert!(ms(d, "started_at") >= ms(c, "finished_at"));
-    assert!(ms(b, "started_at") >= ms(a, "finished_at"));
+    assert!(millis(&d["started_at"]) >= millis(&b["finished_at"]));
+    assert!(millis(&d["started_at"]) >= millis(&c["finished_at"]));
+    assert!(millis(&b["started_at"]) >= millis(&a["finished_at"]));
     assert_eq!(controls.runs_of("d"), 1);
 }
 
@@ -834,7 +822,7 @@ async fn a_thousand_asset_pipeline_in_one_batch_runs_stage_after_stage_within_qu
     let started = Instant::now();
     let batch = submit_batch(&app, &json!({"jobs": jobs})).await;
     let batch_id = batch["id"].as_str().unwrap().to_owned();
-    let job_ids = ids(&batch);
+    let job_ids = job_ids(&batch);
     assert_eq!(batch["total"], 3 * ASSETS);
     assert_eq!(job_ids.len() as u64, 3 * ASSETS);
 
@@ -870,7 +858,7 @@ async fn a_thousand_asset_pipeline_in_one_batch_runs_stage_after_stage_within_qu
                 assert_eq!(stage["status"], "succeeded", "{stage}");
             }
             for (before, after) in [(copy, rename), (rename, delete)] {
-                let gap = ms(after, "started_at") - ms(before, "finished_at");
+                let gap = millis(&after["started_at"]) - millis(&before["finished_at"]);
                 if gap < 0 {
                     timeline_violations.push((gap, before.clone(), after.clone()));
                 }
@@ -948,7 +936,7 @@ async fn a_batch_interrupted_by_a_sigkill_finishes_consistently_after_restart() 
     let failing_chains = TOTAL.div_ceil(60) as u64;
     let batch = submit_batch_at(&client, &base, &json!({"jobs": jobs})).await;
     let batch_id = batch["id"].as_str().unwrap().to_owned();
-    let job_ids = ids(&batch);
+    let job_ids = job_ids(&batch);
 
     // Kill it once part of the batch is done; read the results so far first.
     let deadline = Instant::now() + SOON;
@@ -1040,7 +1028,7 @@ async fn a_batch_interrupted_by_a_sigkill_finishes_consistently_after_restart() 
         if i % 3 != 0 && job["status"] == "succeeded" {
             let dependency = &listed[&job_ids[i - 1]];
             assert_eq!(dependency["status"], "succeeded");
-            let gap = ms(job, "started_at") - ms(dependency, "finished_at");
+            let gap = millis(&job["started_at"]) - millis(&dependency["finished_at"]);
             if gap < 0 {
                 timeline_violations.push((gap, dependency.clone(), job.clone()));
             }
@@ -1094,7 +1082,7 @@ async fn retrying_a_failed_job_of_a_finished_batch_is_refused_with_batch_finishe
     let batch_id = batch["id"].as_str().unwrap();
     let done = finished_batch(&app, batch_id, SOON).await;
     assert_eq!(done["status"], "failed");
-    let job_ids = ids(&batch);
+    let job_ids = job_ids(&batch);
     let response = app
         .post(&format!("/v1/jobs/{}/retry", job_ids[0]), &json!({}))
         .await;
@@ -1175,7 +1163,7 @@ async fn a_standalone_chain_is_retried_dependency_first_and_the_dependent_waits_
     let b = finished_job(&app, &b_id).await;
     assert_eq!(b["status"], "succeeded", "{b}");
     assert_eq!(b["result"]["deps"], json!([a["result"]]));
-    assert!(ms(&b, "started_at") >= ms(&a, "finished_at"));
+    assert!(millis(&b["started_at"]) >= millis(&a["finished_at"]));
 
     // A dependent retried after its dependency succeeded runs at once.
     assert_eq!(app.job(&c_id).await["status"], "cancelled");

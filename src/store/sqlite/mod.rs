@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::ops::Done;
 use self::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
-    ResultRow, jobs_from_rows,
+    ResultRow, jobs_from_rows, parse_ids,
 };
 use self::writer::{Command, Op};
 use super::{
@@ -298,14 +298,7 @@ impl JobStore for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
-        let ids = ids
-            .iter()
-            .map(|text| {
-                text.parse()
-                    .map_err(|e| StoreError::Corrupt(format!("job id {text}: {e}")))
-            })
-            .collect::<Result<Vec<JobId>, _>>()?;
-        row.into_batch(ids).map(Some)
+        row.into_batch(parse_ids(&ids)?).map(Some)
     }
 
     async fn batch_results(

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::admit::{active_holder, check_capacity};
 use super::counts::NewCounts;
 use super::deps::{Ended, settle};
-use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
+use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
 use super::writer::Op;
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
 use crate::store::{
@@ -481,14 +481,7 @@ pub(super) fn fetch_batch(conn: &Connection, id: BatchId) -> Result<Option<Batch
         .prepare_cached("SELECT id FROM jobs WHERE batch_id = ? ORDER BY batch_index")?
         .query_map(params![id.to_string()], |row| row.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = ids
-        .iter()
-        .map(|text| {
-            text.parse()
-                .map_err(|e| StoreError::Corrupt(format!("job id {text}: {e}")))
-        })
-        .collect::<Result<Vec<JobId>, _>>()?;
-    row.into_batch(ids).map(Some)
+    row.into_batch(parse_ids(&ids)?).map(Some)
 }
 
 fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, StoreError> {

@@ -311,3 +311,14 @@ impl TryFrom<ResultRow> for BatchResult {
         })
     }
 }
+
+/// Job ids as stored (text), parsed.
+pub fn parse_ids(texts: &[String]) -> Result<Vec<JobId>, StoreError> {
+    texts
+        .iter()
+        .map(|text| {
+            text.parse()
+                .map_err(|e| StoreError::Corrupt(format!("job id {text}: {e}")))
+        })
+        .collect()
+}
