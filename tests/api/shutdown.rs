@@ -142,3 +142,37 @@ async fn the_service_is_ready_until_shutdown() {
     .await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_waiting_long_polls_at_once_with_the_current_state() {
+    let app = spawn_app().await;
+    let job = app.submit(sleep_ms(3_000)).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&id, "running", Duration::from_secs(10))
+        .await;
+    let poll = {
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/v1/jobs/{id}?wait=60")),
+        );
+        tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body, Instant::now())
+        })
+    };
+    // Let the long-poll reach its wait before shutdown begins.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shutdown_began = Instant::now();
+    let shutdown = tokio::spawn(app.shutdown());
+    let (status, body, answered) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "running", "answered with the state of then");
+    assert!(
+        answered.duration_since(shutdown_began) < Duration::from_secs(2),
+        "the long-poll held shutdown up for {:?}",
+        answered.duration_since(shutdown_began)
+    );
+    shutdown.await.unwrap();
+}
