@@ -45,7 +45,10 @@ pub struct BenchArgs {
     /// Concurrent connections submitting batches.
     #[arg(long, default_value_t = 8)]
     pub batch_connections: usize,
-    /// Measure batch submission only (skips the other figures).
+    /// Long-polls timed from a job's end to the answer.
+    #[arg(long, default_value_t = 200)]
+    pub long_poll_samples: usize,
+    /// Measure batch submission and long-polls only (skips the single-job figures).
     #[arg(long)]
     pub batches_only: bool,
 }
@@ -105,9 +108,49 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         median(&mut batched)
     );
 
+    // 5. Long-poll wake-up: from a job's stored end to its waiting
+    // `GET ?wait=` answer arriving.
+    engine.put_queue("bench-wait", &queue(false)).await?;
+    let mut wakes = Vec::with_capacity(args.long_poll_samples);
+    for _ in 0..args.long_poll_samples {
+        wakes.push(long_poll_wake_ms(&client, spool_addr).await?);
+    }
+    wakes.sort_by(f64::total_cmp);
+    println!(
+        "long-poll answer after the job's end:       p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+        percentile(&wakes, 0.50),
+        percentile(&wakes, 0.99),
+        wakes.len()
+    );
+
     stop.cancel();
     server.await??;
     Ok(())
+}
+
+/// Submits a 20 ms sleep job, long-polls it, and returns how long after its
+/// `finished_at` the answer arrived (ms; clock resolution 1 ms).
+async fn long_poll_wake_ms(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<f64> {
+    let job: serde_json::Value = client
+        .post(format!("http://{addr}/v1/jobs"))
+        .json(&serde_json::json!({"kind": "sleep", "queue": "bench-wait", "payload": {"ms": 20}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = job["id"].as_str().context("a job id")?;
+    let done: serde_json::Value = client
+        .get(format!("http://{addr}/v1/jobs/{id}?wait=10"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let arrived = crate::domain::Timestamp::now();
+    let finished = done["finished_at"]
+        .as_str()
+        .and_then(crate::domain::Timestamp::parse_rfc3339)
+        .context("the long-poll answered before the job finished")?;
+    Ok((arrived.as_millis() - finished.as_millis()) as f64)
 }
 
 /// The single-job figures: submissions against a bare handler, end to end,
