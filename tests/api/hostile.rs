@@ -411,3 +411,94 @@ fn arbitrary_json_bodies_never_get_a_server_error() {
     });
     drop(app);
 }
+
+/// A job of a generated batch: plausible fields with hostile values, and
+/// dependencies that may point anywhere (forward, itself, out of range,
+/// at garbage).
+fn batch_job() -> impl Strategy<Value = Value> {
+    let dependency = prop_oneof![
+        6 => (0i64..3).prop_map(Value::from),
+        1 => prop_oneof![Just(-1i64), Just(12)].prop_map(Value::from),
+        1 => Just(Value::from("01a21126-b81d-72f8-b1e2-31ceef3e87b7")),
+        1 => "[a-z0-9-]{0,8}".prop_map(Value::from),
+        1 => Just(Value::Null),
+    ];
+    (
+        prop_oneof![6 => Just("noop"), 2 => Just("echo"), 1 => Just("sleep"), 1 => Just("nope")],
+        prop_oneof![4 => Just(None), 4 => Just(Some("default")), 1 => Just(Some("elsewhere"))],
+        prop::option::weighted(0.35, prop::collection::vec(dependency, 0..3)),
+        prop::option::of(prop_oneof![Just("k1"), Just("k2")]),
+        prop::option::of(prop_oneof![
+            Just("reject"),
+            Just("existing"),
+            Just("replace")
+        ]),
+        prop::option::of(arbitrary_json()),
+    )
+        .prop_map(|(kind, queue, depends_on, key, on_conflict, payload)| {
+            let mut job = json!({"kind": kind});
+            if let Some(queue) = queue {
+                job["queue"] = json!(queue);
+            }
+            if let Some(depends_on) = depends_on {
+                job["depends_on"] = Value::from(depends_on);
+            }
+            if let Some(key) = &key {
+                job["key"] = json!(key);
+            }
+            // Mostly where it applies (with a key); sometimes where it is an error.
+            if let Some(on_conflict) = on_conflict.filter(|_| key.is_some() || kind == "echo") {
+                job["on_conflict"] = json!(on_conflict);
+            }
+            if let Some(payload) = payload {
+                job["payload"] = payload;
+            }
+            job
+        })
+}
+
+#[test]
+fn generated_batches_never_get_a_server_error_and_accepted_ones_are_whole() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = runtime.block_on(spawn_app());
+    let config = ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let batch = (
+        prop::collection::vec(batch_job(), 1..6),
+        prop::option::weighted(0.3, -1.0f64..2.0),
+    );
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    proptest!(config, |((jobs, threshold) in batch)| {
+        let mut body = json!({"jobs": jobs});
+        if let Some(threshold) = threshold {
+            body["success_threshold"] = json!(threshold);
+        }
+        let (status, answer) = runtime.block_on(async {
+            let response = app.post("/v1/batches", &body).await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        });
+        prop_assert!(status < 500, "{body} → {status} {answer}");
+        if status == 202 {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = answer["id"].as_str().unwrap_or_default().to_owned();
+            let stored: Value = runtime.block_on(async {
+                app.get(&format!("/v1/batches/{id}")).await.json().await.unwrap()
+            });
+            prop_assert_eq!(stored["total"].as_u64(), Some(jobs.len() as u64));
+            prop_assert_eq!(stored["job_ids"].as_array().map(Vec::len), Some(jobs.len()));
+        } else {
+            prop_assert!(answer["code"].is_string(), "{status} without a problem: {answer}");
+        }
+    });
+    // The accepted path must have been exercised, not only refusals.
+    let accepted = accepted.into_inner();
+    assert!(
+        accepted >= 10,
+        "only {accepted} generated batches were accepted"
+    );
+    drop(app);
+}
