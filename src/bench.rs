@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Concurrent connections submitting batches.
     #[arg(long, default_value_t = 8)]
     pub batch_connections: usize,
+    /// Long-polls held open at once to measure what waiting costs (each
+    /// takes two file descriptors, client and server: mind `ulimit -n`).
+    #[arg(long, default_value_t = 400)]
+    pub long_polls: usize,
     /// Long-polls timed from a job's end to the answer.
     #[arg(long, default_value_t = 200)]
     pub long_poll_samples: usize,
@@ -123,9 +127,60 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         wakes.len()
     );
 
+    // 6. What waiting costs: many long-polls held open on a job that does
+    // not finish, and the process's CPU time meanwhile.
+    engine.put_queue("bench-held", &queue(true)).await?;
+    let held: serde_json::Value = client
+        .post(format!("http://{spool_addr}/v1/jobs"))
+        .json(&serde_json::json!({"kind": "noop", "queue": "bench-held"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let held_url = format!(
+        "http://{spool_addr}/v1/jobs/{}?wait=6",
+        held["id"].as_str().context("a job id")?
+    );
+    let waiting: Vec<_> = (0..args.long_polls)
+        .map(|_| {
+            let (client, url) = (client.clone(), held_url.clone());
+            tokio::spawn(async move { client.get(url).send().await?.bytes().await })
+        })
+        .collect();
+    // Let every request reach its wait, then measure a quiet window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_before, wall_before) = (process_cpu_ms(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_ms = process_cpu_ms()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let wall_ms = wall_before.elapsed().as_secs_f64() * 1000.0;
+    for request in waiting {
+        request.await??;
+    }
+    match cpu_ms {
+        Some(cpu_ms) => println!(
+            "CPU while {} long-polls wait:             {:>10.1} % of one core",
+            args.long_polls,
+            cpu_ms / wall_ms * 100.0
+        ),
+        None => println!("CPU while long-polls wait: not measured (no /proc/self/stat)"),
+    }
+
     stop.cancel();
     server.await??;
     Ok(())
+}
+
+/// CPU time (user + system) of this process so far, in ms, from
+/// `/proc/self/stat` (Linux).
+fn process_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at ")".
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux Spool targets.
+    Some(ticks * 10.0)
 }
 
 /// Submits a 20 ms sleep job, long-polls it, and returns how long after its
