@@ -9,8 +9,10 @@
 //!   cancellation, shutdown.
 //! - [`kinds`]: the [`kinds::JobKind`] trait and the built-in kinds.
 //! - [`notify`]: job lifecycle events.
+//! - [`outbound`]: which destinations outbound requests may reach (the
+//!   private-address rule and `SPOOL_OUTBOUND_ALLOW`).
 //! - [`store`]: the [`store::JobStore`] trait and its SQLite backend.
-//! - [`domain`]: plain types (jobs, specs, states, queues): no HTTP, no SQL.
+//! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
 //! - [`telemetry`]: logging set-up.
 //!
@@ -25,5 +27,6 @@ pub mod engine;
 pub mod http;
 pub mod kinds;
 pub mod notify;
+pub mod outbound;
 pub mod store;
 pub mod telemetry;
