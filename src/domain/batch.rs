@@ -113,10 +113,6 @@ impl BatchCounts {
             JobState::Cancelled => self.cancelled += 1,
         }
     }
-
-    pub fn finished(&self) -> u64 {
-        self.succeeded + self.failed + self.cancelled
-    }
 }
 
 /// A batch as the service returns it.

@@ -78,16 +78,8 @@ impl Engine {
             .await?
             .map_err(|rejection| self.rejection_error(rejection, ""))?;
         match outcome {
-            SubmitOutcome::Created {
-                jobs,
-                replaced,
-                effects,
-                ..
-            } => {
+            SubmitOutcome::Created { jobs, effects, .. } => {
                 self.apply(effects);
-                for id in replaced {
-                    self.stop_running(id, super::STOP_CANCEL);
-                }
                 let mut jobs = jobs.into_iter();
                 let job = jobs.next().ok_or_else(|| {
                     EngineError::Storage(crate::store::StoreError::Corrupt(

@@ -142,12 +142,8 @@ impl Engine {
             SubmitOutcome::Created {
                 jobs,
                 batch,
-                replaced,
                 effects,
             } => {
-                for id in replaced {
-                    self.stop_running(id, super::STOP_CANCEL);
-                }
                 self.apply(effects);
                 self.batch_admitted(&jobs);
                 let batch = batch.ok_or_else(|| {

@@ -86,13 +86,13 @@ pub struct StoredResponse {
 
 #[derive(Clone, Debug)]
 pub enum SubmitOutcome {
-    /// Stored. `replaced` lists running holders of a key that were asked to
-    /// cancel (`on_conflict: replace`); queued ones were cancelled outright.
+    /// Stored. Running holders of a key that were asked to cancel
+    /// (`on_conflict: replace`) are in `effects.stop`; waiting ones were
+    /// cancelled outright (`effects.cancelled`).
     Created {
         jobs: Vec<Job>,
         /// The stored batch, for a batch submission.
         batch: Option<Box<Batch>>,
-        replaced: Vec<JobId>,
         effects: Effects,
     },
     /// `on_conflict: existing`: the holder, nothing stored.

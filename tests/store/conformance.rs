@@ -442,7 +442,7 @@ pub async fn keys_are_unique_among_active_jobs(store: Arc<dyn JobStore>) {
         at(3),
     );
     match submit(&store, vec![replacement]).await {
-        Ok(SubmitOutcome::Created { replaced, .. }) => assert_eq!(replaced, [holder]),
+        Ok(SubmitOutcome::Created { effects, .. }) => assert_eq!(effects.stop, [holder]),
         other => panic!("{other:?}"),
     }
     let old = store

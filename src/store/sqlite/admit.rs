@@ -83,7 +83,7 @@ fn submit_in(
         }
     }
 
-    let mut replaced = Vec::new();
+    let mut replaced_running = Vec::new();
     let mut replaced_now: Vec<Job> = Vec::new();
     for job in &submission.jobs {
         let Some(key) = &job.key else { continue };
@@ -107,7 +107,7 @@ fn submit_in(
                 };
                 match cancel_now(conn, holder.id, &error, job.created_at)? {
                     Some(cancelled) => replaced_now.push(cancelled),
-                    None => replaced.push(holder.id),
+                    None => replaced_running.push(holder.id),
                 }
             }
         }
@@ -163,6 +163,7 @@ fn submit_in(
         .cancelled
         .retain(|cancelled| !born_cancelled.contains(&cancelled.id));
     effects.cancelled.extend(replaced_now);
+    effects.stop = replaced_running;
 
     let batch = match &submission.batch {
         Some(batch) => Some(Box::new(stored_batch(conn, batch.id, &jobs)?)),
@@ -190,7 +191,6 @@ fn submit_in(
     Ok(Ok(SubmitOutcome::Created {
         jobs,
         batch,
-        replaced,
         effects,
     }))
 }
