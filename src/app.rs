@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::http::{AppState, router};
-use crate::kinds::{JobKind, KindRegistry, RegistryError};
+use crate::kinds::{HttpKind, JobKind, KindRegistry, RegistryError};
+use crate::outbound::{Lookup, Outbound, OutboundError, SystemLookup};
 use crate::store::{JobStore, SqliteStore, StoreError};
 
 /// Time in-flight requests get to finish after the engine stopped.
@@ -27,6 +28,8 @@ pub enum StartError {
     Kinds(#[from] RegistryError),
     #[error("SPOOL_DATABASE_URL: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
     #[error("SPOOL_BIND: cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -38,6 +41,7 @@ pub enum StartError {
 pub struct AppBuilder {
     config: Config,
     kinds: Vec<Arc<dyn JobKind>>,
+    lookup: Arc<dyn Lookup>,
 }
 
 impl AppBuilder {
@@ -47,12 +51,26 @@ impl AppBuilder {
         self
     }
 
+    /// Resolves outbound host names with `lookup` instead of the system
+    /// resolver (resolved addresses are still checked).
+    pub fn outbound_lookup(mut self, lookup: impl Lookup) -> Self {
+        self.lookup = Arc::new(lookup);
+        self
+    }
+
     pub async fn build(self) -> Result<App, StartError> {
         let config = self.config;
-        let declared = config.declared_queues()?;
+        let file = config.file()?;
+        let declared = config.declared_queues(&file)?;
         let engine_settings = config.engine_settings()?;
         let http_settings = config.http_settings()?;
-        let kinds = KindRegistry::new(self.kinds)?;
+        let outbound = Outbound::new(config.outbound_allow.clone(), self.lookup)?;
+        let mut kinds = self.kinds;
+        kinds.push(Arc::new(HttpKind::new(
+            outbound.clone(),
+            config.http_max_response_bytes,
+        )));
+        let kinds = KindRegistry::new(kinds)?;
         let store = open_store(&config.database_url).await?;
         let engine = Engine::start(store, kinds, engine_settings, declared).await?;
         let listener = TcpListener::bind(config.bind)
@@ -98,6 +116,7 @@ impl App {
         AppBuilder {
             config,
             kinds: KindRegistry::builtin(),
+            lookup: Arc::new(SystemLookup),
         }
     }
 

@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::domain::{QueueConfig, QueueSettings};
 use crate::engine::EngineSettings;
 use crate::http::HttpSettings;
+use crate::kinds::ExecCommand;
+use crate::notify::WebhookSecret;
+use crate::outbound::OutboundAllow;
 
 #[derive(Parser, Debug)]
 #[command(name = "spool", version, about = "An HTTP job-submission service.")]
@@ -37,6 +40,10 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
+    text.parse()
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -95,6 +102,35 @@ pub struct Config {
     /// small payloads needs a few MiB).
     #[arg(long, env = "SPOOL_MAX_BATCH_BODY_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
     pub max_batch_body_bytes: usize,
+    /// Key that signs webhooks (Standard Webhooks `whsec_<base64>` form).
+    /// Without one, submissions with a `callback_url` are refused.
+    #[arg(long, env = "SPOOL_WEBHOOK_SECRET", value_parser = webhook_secret, global = true)]
+    pub webhook_secret: Option<WebhookSecret>,
+    /// Delay before the second delivery attempt of a webhook; each further
+    /// delay is four times longer, capped at one hour.
+    #[arg(long, env = "SPOOL_WEBHOOK_RETRY_BASE", default_value = "2s", value_parser = duration, global = true)]
+    pub webhook_retry_base: Duration,
+    /// Delivery attempts before a webhook is marked `failed` (with the
+    /// defaults, the last attempt comes about 4 hours after the first).
+    #[arg(long, env = "SPOOL_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10, global = true)]
+    pub webhook_max_attempts: u32,
+    /// Time one webhook delivery attempt may take.
+    #[arg(long, env = "SPOOL_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub webhook_timeout: Duration,
+    /// Hosts or CIDRs that outbound requests (`http` jobs, webhooks) may reach
+    /// despite the rule against loopback, private and metadata addresses.
+    #[arg(long, env = "SPOOL_OUTBOUND_ALLOW", default_value = "", global = true)]
+    pub outbound_allow: OutboundAllow,
+    /// Largest response body an `http` job keeps in its result, in bytes
+    /// (results are capped at 256 KiB in all).
+    #[arg(long, env = "SPOOL_HTTP_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub http_max_response_bytes: usize,
+    /// Events kept for `GET /v1/events` clients resuming with `Last-Event-ID`.
+    #[arg(long, env = "SPOOL_EVENT_REPLAY", default_value_t = 10_000, global = true)]
+    pub event_replay: usize,
+    /// Interval of keep-alive comments on idle event streams.
+    #[arg(long, env = "SPOOL_SSE_KEEP_ALIVE", default_value = "15s", value_parser = duration, global = true)]
+    pub sse_keep_alive: Duration,
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -126,6 +162,9 @@ pub struct FileConfig {
     /// `[queues.NAME]` tables with the fields of `PUT /v1/queues/{name}`.
     #[serde(default)]
     pub queues: BTreeMap<String, QueueSettings>,
+    /// `[exec.NAME]` tables: the commands the `exec` kind may run.
+    #[serde(default)]
+    pub exec: BTreeMap<String, ExecCommand>,
 }
 
 impl Default for Config {
@@ -141,26 +180,39 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_batch_size: 10_000,
             max_batch_body_bytes: 16 * 1024 * 1024,
+            webhook_secret: None,
+            webhook_retry_base: Duration::from_secs(2),
+            webhook_max_attempts: 10,
+            webhook_timeout: Duration::from_secs(10),
+            outbound_allow: OutboundAllow::default(),
+            http_max_response_bytes: 64 * 1024,
+            event_replay: 10_000,
+            sse_keep_alive: Duration::from_secs(15),
             log_format: LogFormat::Text,
         }
     }
 }
 
 impl Config {
-    /// The queues the config file declares, checked.
-    pub fn declared_queues(&self) -> Result<Vec<QueueConfig>, ConfigError> {
+    /// The config file, read and parsed (empty when there is none).
+    pub fn file(&self) -> Result<FileConfig, ConfigError> {
         let Some(path) = &self.config_file else {
-            return Ok(Vec::new());
+            return Ok(FileConfig::default());
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
         })?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             message: e.to_string(),
-        })?;
+        })
+    }
+
+    /// The queues the config file declares, checked.
+    pub fn declared_queues(&self, file: &FileConfig) -> Result<Vec<QueueConfig>, ConfigError> {
         file.queues
+            .clone()
             .into_iter()
             .map(|(name, settings)| {
                 if !QueueConfig::valid_name(&name) {

@@ -1,6 +1,8 @@
 //! Job kinds: the handler trait library users implement, the registry, and the built-ins.
 
 mod builtin;
+mod exec;
+mod http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use utoipa::ToSchema;
 use crate::domain::{FieldError, JobId, Progress};
 
 pub use builtin::{EchoKind, NoopKind, SleepKind};
+pub use exec::ExecCommand;
+pub use http::HttpKind;
 
 /// How an attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -6,10 +6,14 @@
 //! lookup is how DNS rebinding gets through. Callers resolve once, check
 //! every address here, and connect only to the checked ones.
 
+mod client;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
+
+pub use client::{Lookup, MAX_REDIRECTS, Outbound, OutboundError, StaticLookup, SystemLookup};
 
 /// Destinations let through despite the private-address rule
 /// (`SPOOL_OUTBOUND_ALLOW`: host names or CIDRs, comma-separated).
