@@ -82,6 +82,7 @@ impl AppBuilder {
         let router = router(
             AppState {
                 engine: engine.clone(),
+                sse_keep_alive: config.sse_keep_alive,
             },
             &http_settings,
         );

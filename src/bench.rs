@@ -268,7 +268,7 @@ async fn single_jobs(
                     started_at
                         .lock()
                         .await
-                        .insert(event.job_id.to_string(), Instant::now());
+                        .insert(event.job_id().map(|id| id.to_string()).unwrap_or_default(), Instant::now());
                 }
             }
         })

@@ -258,6 +258,7 @@ impl Config {
             cancel_grace: self.cancel_grace,
             lease_ttl: self.lease_ttl,
             retention: self.retention,
+            event_replay: self.event_replay,
             ..EngineSettings::default()
         })
     }

@@ -20,9 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::{FieldError, Job, JobId, QueueConfig, Timestamp};
 use crate::kinds::KindRegistry;
-use crate::notify::EventHub;
+use crate::notify::{BatchSummary, EventHub, EventKind, Subject, job_summary};
 use crate::store::{
-    CancelOutcome, Effects, JobFilter, JobStore, Rescued, RetryOutcome, StoreError, SubmitRejection,
+    CancelOutcome, Effects, FinishedBatch, JobFilter, JobStore, Rescued, RetryOutcome, StoreError, SubmitRejection,
 };
 
 pub use admission::Submitted;
@@ -50,6 +50,8 @@ pub struct EngineSettings {
     pub max_result_bytes: usize,
     /// Most jobs in one batch. Default 10 000.
     pub max_batch_size: usize,
+    /// Events kept for resuming event streams. Default 10 000.
+    pub event_replay: usize,
 }
 
 impl Default for EngineSettings {
@@ -63,6 +65,7 @@ impl Default for EngineSettings {
             poll_interval: Duration::from_secs(1),
             max_result_bytes: 256 * 1024,
             max_batch_size: 10_000,
+            event_replay: 10_000,
         }
     }
 }
@@ -225,6 +228,7 @@ impl Engine {
             );
         }
 
+        let events = EventHub::new(settings.event_replay);
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -241,7 +245,7 @@ impl Engine {
                 stopped: CancellationToken::new(),
                 jobs: TaskTracker::new(),
                 loops: TaskTracker::new(),
-                events: EventHub::default(),
+                events,
                 waiters: Waiters::default(),
             }),
         };
@@ -256,6 +260,11 @@ impl Engine {
 
     pub fn events(&self) -> &EventHub {
         &self.inner.events
+    }
+
+    /// Fires when shutdown begins: streams and long-polls end then.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.stopping.clone()
     }
 
     pub fn instance_id(&self) -> &str {
@@ -413,15 +422,34 @@ impl Engine {
         if job.status.is_terminal() {
             self.inner.waiters.wake(job.id.as_uuid());
         }
-        if !self.inner.events.has_listeners() {
-            return;
-        }
-        self.inner.events.publish(crate::notify::JobEvent {
-            kind: crate::notify::EventKind::for_state(job.status),
-            job_id: job.id,
-            queue: job.queue.clone(),
-            status: job.status,
-            at: Timestamp::now(),
+        self.inner.events.publish(
+            EventKind::for_state(job.status),
+            Subject::Job(job_summary(job)),
+        );
+    }
+
+    /// Publishes `batch.finished` for each batch, read after the write that
+    /// finished it (off the caller's path: a read must not hold up a worker).
+    fn publish_finished_batches(&self, batches: Vec<FinishedBatch>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            for FinishedBatch { id, tenant } in batches {
+                match engine.inner.store.get_batch(&tenant, id).await {
+                    Ok(Some(batch)) => engine.inner.events.publish(
+                        EventKind::BatchFinished,
+                        Subject::Batch(BatchSummary {
+                            id: batch.id,
+                            status: batch.status,
+                            counts: batch.counts,
+                            finished_at: batch.finished_at,
+                        }),
+                    ),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(batch_id = %id, %error, "reading a finished batch for its event failed");
+                    }
+                }
+            }
         });
     }
 
@@ -442,8 +470,11 @@ impl Engine {
             self.schedule_wake(due);
         }
         for batch in &effects.finished_batches {
-            tracing::debug!(batch_id = %batch, "batch finished");
-            self.inner.waiters.wake(batch.as_uuid());
+            tracing::debug!(batch_id = %batch.id, "batch finished");
+            self.inner.waiters.wake(batch.id.as_uuid());
+        }
+        if !effects.finished_batches.is_empty() {
+            self.publish_finished_batches(effects.finished_batches);
         }
         for id in effects.stop {
             self.stop_running(id, STOP_CANCEL);
@@ -454,6 +485,25 @@ impl Engine {
     fn rescued(&self, rescued: &[Rescued], effects: Effects) {
         for job in rescued.iter().filter(|job| job.state.is_terminal()) {
             self.inner.waiters.wake(job.id.as_uuid());
+        }
+        if !rescued.is_empty() {
+            // Rescues are rare: read the jobs back for their events rather
+            // than widen what every rescue returns.
+            let ids: Vec<(String, JobId)> = rescued
+                .iter()
+                .map(|job| (job.tenant.clone(), job.id))
+                .collect();
+            let engine = self.clone();
+            tokio::spawn(async move {
+                for (tenant, id) in ids {
+                    if let Ok(Some(job)) = engine.inner.store.get_job(&tenant, id).await {
+                        engine.inner.events.publish(
+                            EventKind::for_state(job.status),
+                            Subject::Job(job_summary(&job)),
+                        );
+                    }
+                }
+            });
         }
         self.apply(effects);
     }

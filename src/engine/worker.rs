@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Engine, RunningJob, STOP_CANCEL, STOP_SHUTDOWN};
 use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
 use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink};
+use crate::notify::{EventHub, EventKind, JobSummary, Subject, job_summary};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
 
 /// Attempts at storing an attempt's outcome before leaving the job to lease
@@ -116,6 +117,8 @@ impl Engine {
             store: self.inner.store.clone(),
             id: job.id,
             attempt: job.attempt,
+            events: self.inner.events.clone(),
+            summary: job_summary(&job),
         });
         let dependencies = if job.depends_on.is_empty() {
             Vec::new()
@@ -297,6 +300,9 @@ struct StoreProgress {
     store: Arc<dyn JobStore>,
     id: JobId,
     attempt: u32,
+    events: EventHub,
+    /// The running job, for `job.progress` events.
+    summary: JobSummary,
 }
 
 #[async_trait]
@@ -304,10 +310,14 @@ impl ProgressSink for StoreProgress {
     async fn report(&self, progress: Progress) {
         if let Err(error) = self
             .store
-            .report_progress(self.id, self.attempt, progress)
+            .report_progress(self.id, self.attempt, progress.clone())
             .await
         {
             tracing::warn!(job_id = %self.id, %error, "storing progress failed");
+            return;
         }
+        let mut summary = self.summary.clone();
+        summary.progress = Some(progress);
+        self.events.publish(EventKind::Progress, Subject::Job(summary));
     }
 }

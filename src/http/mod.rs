@@ -2,6 +2,7 @@
 
 mod batches;
 mod error;
+mod events;
 mod extract;
 mod health;
 mod jobs;
@@ -33,6 +34,8 @@ use crate::engine::Engine;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// Interval of keep-alive comments on idle event streams.
+    pub sse_keep_alive: Duration,
 }
 
 /// Limits of the HTTP layer.
@@ -69,6 +72,7 @@ impl Default for HttpSettings {
         (name = "batches", description = "Many jobs submitted, followed and cancelled together"),
         (name = "queues", description = "Named, bounded queues with their own concurrency"),
         (name = "kinds", description = "The job kinds this service runs"),
+        (name = "events", description = "Job and batch events as Server-Sent Events"),
         (name = "operations", description = "Health and the API description"),
     )
 )]
@@ -91,6 +95,7 @@ fn api_router(settings: &HttpSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::list_queues))
         .routes(routes!(queues::get_queue, queues::put_queue))
         .routes(routes!(kinds::list_kinds))
+        .routes(routes!(events::stream_events))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi_yaml))

@@ -1,22 +1,35 @@
-//! The in-process stream of job and batch events.
-//! benchmarks, and later SSE and webhooks).
+//! The in-process stream of job and batch events, with a bounded replay
+//! buffer for clients that reconnect with `Last-Event-ID`.
+//!
+//! Publishing never waits for a listener: events go into a ring buffer and a
+//! broadcast channel under one short lock. A listener that falls behind the
+//! channel is told how many events it missed (see `GET /v1/events`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::broadcast;
+use utoipa::ToSchema;
 
-use crate::domain::{JobId, JobState, Timestamp};
+use crate::domain::{
+    BatchCounts, BatchId, BatchStatus, ErrorInfo, Job, JobId, JobState, Progress, Timestamp,
+};
 
-/// Events a listener may fall behind by before it is told it lagged: the
-/// engine never waits for listeners.
-const EVENT_BUFFER: usize = 16_384;
+/// Live events a listener may fall behind by before it is told it lagged.
+const LIVE_BUFFER: usize = 4_096;
 
-/// What happened to a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub enum EventKind {
     #[serde(rename = "job.queued")]
     Queued,
     #[serde(rename = "job.started")]
     Started,
+    #[serde(rename = "job.progress")]
+    Progress,
+    /// A failed attempt that will be tried again (`scheduled`).
     #[serde(rename = "job.retrying")]
     Retrying,
     #[serde(rename = "job.succeeded")]
@@ -25,6 +38,8 @@ pub enum EventKind {
     Failed,
     #[serde(rename = "job.cancelled")]
     Cancelled,
+    #[serde(rename = "batch.finished")]
+    BatchFinished,
 }
 
 impl EventKind {
@@ -40,43 +55,300 @@ impl EventKind {
             JobState::Cancelled => EventKind::Cancelled,
         }
     }
-}
 
-#[derive(Clone, Debug, Serialize)]
-pub struct JobEvent {
-    pub kind: EventKind,
-    pub job_id: JobId,
-    pub queue: String,
-    pub status: JobState,
-    pub at: Timestamp,
-}
-
-/// A broadcast of job events. Sending never blocks: slow listeners lag.
-#[derive(Clone)]
-pub struct EventHub {
-    sender: broadcast::Sender<JobEvent>,
-}
-
-impl Default for EventHub {
-    fn default() -> Self {
-        Self {
-            sender: broadcast::channel(EVENT_BUFFER).0,
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Queued => "job.queued",
+            EventKind::Started => "job.started",
+            EventKind::Progress => "job.progress",
+            EventKind::Retrying => "job.retrying",
+            EventKind::Succeeded => "job.succeeded",
+            EventKind::Failed => "job.failed",
+            EventKind::Cancelled => "job.cancelled",
+            EventKind::BatchFinished => "batch.finished",
         }
     }
 }
 
+/// A job as events show it: enough to act on without a second request
+/// (the result on success, the error on failure), never the payload.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct JobSummary {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub status: JobState,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub batch_id: Option<BatchId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// The summary of `job` as its events show it.
+pub fn job_summary(job: &Job) -> JobSummary {
+    JobSummary {
+        id: job.id,
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        status: job.status,
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        batch_id: job.batch_id,
+        progress: job.progress.clone(),
+        result: match job.status {
+            JobState::Succeeded => job.result.clone(),
+            _ => None,
+        },
+        error: match job.status {
+            JobState::Failed | JobState::Cancelled | JobState::Scheduled => job.error.clone(),
+            _ => None,
+        },
+    }
+}
+
+/// A finished batch as `batch.finished` shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct BatchSummary {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: BatchId,
+    pub status: BatchStatus,
+    pub counts: BatchCounts,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One event: the `data:` of an SSE message (its `id:` and `event:` lines
+/// carry the id and the type again).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Event {
+    /// Opaque; send it back as `Last-Event-ID` to resume after it.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSummary>,
+    #[serde(skip)]
+    pub seq: u64,
+}
+
+impl Event {
+    pub fn job_id(&self) -> Option<JobId> {
+        self.job.as_ref().map(|job| job.id)
+    }
+
+    pub fn batch_id(&self) -> Option<BatchId> {
+        match (&self.job, &self.batch) {
+            (Some(job), _) => job.batch_id,
+            (None, Some(batch)) => Some(batch.id),
+            (None, None) => None,
+        }
+    }
+
+    pub fn queue(&self) -> Option<&str> {
+        self.job.as_ref().map(|job| job.queue.as_str())
+    }
+}
+
+/// What an event is about, before the hub numbers it.
+pub enum Subject {
+    Job(JobSummary),
+    Batch(BatchSummary),
+}
+
+/// Where a resuming listener stands against what the hub still holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Everything after the given id is replayed.
+    Complete,
+    /// Some events after the given id are no longer kept (or were never
+    /// seen by this process, e.g. it restarted): the client must re-read
+    /// the state it cares about.
+    Gap {
+        reason: &'static str,
+        /// The oldest event still kept, replayed next (if any).
+        oldest_kept: Option<String>,
+    },
+}
+
+struct Ring {
+    next_seq: u64,
+    kept: VecDeque<Arc<Event>>,
+}
+
+/// Numbers events, keeps the last `replay` of them and fans them out.
+#[derive(Clone)]
+pub struct EventHub {
+    /// Tells ids of this process from those of an earlier one.
+    epoch: Arc<str>,
+    replay: usize,
+    ring: Arc<Mutex<Ring>>,
+    sender: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
+}
+
 impl EventHub {
-    pub fn publish(&self, event: JobEvent) {
-        // No listener is not an error.
+    /// A hub keeping the last `replay` events for resuming clients.
+    pub fn new(replay: usize) -> Self {
+        Self {
+            epoch: Timestamp::now().as_millis().to_string().into(),
+            replay,
+            ring: Arc::new(Mutex::new(Ring {
+                next_seq: 1,
+                kept: VecDeque::with_capacity(replay.min(1024)),
+            })),
+            sender: broadcast::channel(LIVE_BUFFER).0,
+        }
+    }
+
+    /// How many events are kept for resuming.
+    pub fn replay_capacity(&self) -> usize {
+        self.replay
+    }
+
+    pub fn publish(&self, kind: EventKind, subject: Subject) {
+        let (job, batch) = match subject {
+            Subject::Job(job) => (Some(job), None),
+            Subject::Batch(batch) => (None, Some(batch)),
+        };
+        let Ok(mut ring) = self.ring.lock() else {
+            return;
+        };
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        let event = Arc::new(Event {
+            id: format!("{}-{seq}", self.epoch),
+            kind,
+            at: Timestamp::now(),
+            job,
+            batch,
+            seq,
+        });
+        if self.replay > 0 {
+            if ring.kept.len() >= self.replay {
+                ring.kept.pop_front();
+            }
+            ring.kept.push_back(event.clone());
+        }
+        // Sent under the lock so the channel's order is the numbering's,
+        // which `subscribe_after` relies on. No listener is not an error.
         let _ = self.sender.send(event);
     }
 
-    /// Whether anyone listens: spares building events nobody reads.
-    pub fn has_listeners(&self) -> bool {
-        self.sender.receiver_count() > 0
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
-        self.sender.subscribe()
+    /// Live events, preceded by the kept events after `last_event_id` (as
+    /// sent back by a reconnecting client), with no gap or repeat between
+    /// the two. `Err` for an id this hub could never have given out.
+    pub fn subscribe_after(
+        &self,
+        last_event_id: &str,
+    ) -> Result<(Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>), String> {
+        let (epoch, seq) = last_event_id
+            .rsplit_once('-')
+            .and_then(|(epoch, seq)| Some((epoch, seq.parse::<u64>().ok()?)))
+            .ok_or_else(|| format!("`{last_event_id}` is not an event id of this service"))?;
+        let ring = self
+            .ring
+            .lock()
+            .map_err(|_| "the event buffer is unavailable".to_owned())?;
+        // Subscribing under the lock: every event numbered after this
+        // snapshot reaches the receiver, none before it does.
+        let receiver = self.sender.subscribe();
+        let oldest_kept = ring.kept.front().map(|event| event.id.clone());
+        if epoch != &*self.epoch || seq >= ring.next_seq {
+            let replay = ring.kept.iter().cloned().collect();
+            let resume = Resume::Gap {
+                reason: "restarted",
+                oldest_kept,
+            };
+            return Ok((replay, resume, receiver));
+        }
+        let first_kept = ring.kept.front().map_or(ring.next_seq, |event| event.seq);
+        let replay = ring
+            .kept
+            .iter()
+            .filter(|event| event.seq > seq)
+            .cloned()
+            .collect();
+        let resume = if seq + 1 < first_kept {
+            Resume::Gap {
+                reason: "too_old",
+                oldest_kept,
+            }
+        } else {
+            Resume::Complete
+        };
+        Ok((replay, resume, receiver))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_event(hub: &EventHub) {
+        hub.publish(
+            EventKind::BatchFinished,
+            Subject::Batch(BatchSummary {
+                id: BatchId::new(),
+                status: BatchStatus::Succeeded,
+                counts: BatchCounts::default(),
+                finished_at: None,
+            }),
+        );
+    }
+
+    #[test]
+    fn a_resume_replays_what_followed_and_says_when_some_is_gone() {
+        let hub = EventHub::new(3);
+        let mut live = hub.subscribe();
+        for _ in 0..5 {
+            batch_event(&hub);
+        }
+        let ids: Vec<String> = (0..5).map(|_| live.try_recv().unwrap().id.clone()).collect();
+
+        let (replay, resume, _) = hub.subscribe_after(&ids[2]).unwrap();
+        assert_eq!(resume, Resume::Complete);
+        assert_eq!(replay.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[3..]);
+
+        // Only the last three are kept: after the first, the second is gone.
+        let (replay, resume, _) = hub.subscribe_after(&ids[0]).unwrap();
+        assert_eq!(
+            resume,
+            Resume::Gap {
+                reason: "too_old",
+                oldest_kept: Some(ids[2].clone())
+            }
+        );
+        assert_eq!(replay.len(), 3);
+        // After the second, nothing is missing.
+        let (_, resume, _) = hub.subscribe_after(&ids[1]).unwrap();
+        assert_eq!(resume, Resume::Complete);
+
+        let (replay, resume, mut after) = hub.subscribe_after("1-3").unwrap();
+        assert!(matches!(resume, Resume::Gap { reason: "restarted", .. }));
+        assert_eq!(replay.len(), 3);
+        batch_event(&hub);
+        assert!(after.try_recv().is_ok(), "live events follow the replay");
+        assert!(hub.subscribe_after("nonsense").is_err());
     }
 }

@@ -4,5 +4,7 @@
 mod events;
 mod signing;
 
-pub use events::{EventHub, EventKind, JobEvent};
+pub use events::{
+    BatchSummary, Event, EventHub, EventKind, JobSummary, Resume, Subject, job_summary,
+};
 pub use signing::WebhookSecret;

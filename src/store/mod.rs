@@ -62,7 +62,7 @@ pub struct Effects {
     /// Earliest `run_at` of released jobs that must still wait for it.
     pub next_due: Option<Timestamp>,
     /// Batches whose last job finished.
-    pub finished_batches: Vec<BatchId>,
+    pub finished_batches: Vec<FinishedBatch>,
     /// Running jobs whose cancellation was requested.
     pub stop: Vec<JobId>,
 }
@@ -209,8 +209,22 @@ pub struct JobFilter {
 #[derive(Clone, Debug)]
 pub struct Rescued {
     pub id: JobId,
+    pub tenant: String,
     pub queue: String,
     pub state: JobState,
+}
+
+/// A batch a write finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedBatch {
+    pub id: BatchId,
+    pub tenant: String,
+}
+
+impl PartialEq<BatchId> for FinishedBatch {
+    fn eq(&self, other: &BatchId) -> bool {
+        self.id == *other
+    }
 }
 
 /// What promoting due jobs did.

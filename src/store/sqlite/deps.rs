@@ -5,11 +5,11 @@
 //! `jobs_batch_counts` trigger; this module only reports which batches its
 //! caller's write finished, so the engine can wake their long-polls.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::domain::{BatchId, ErrorInfo, Job, JobId, JobState, Timestamp};
-use crate::store::{Effects, StoreError};
+use crate::store::{Effects, FinishedBatch, StoreError};
 
 /// A job that has just become terminal.
 #[derive(Clone, Copy, Debug)]
@@ -60,11 +60,14 @@ pub fn settle(
     }
     batches.sort();
     batches.dedup();
-    let mut finished =
-        conn.prepare_cached("SELECT 1 FROM batches WHERE id = ? AND finished_at IS NOT NULL")?;
+    let mut finished = conn
+        .prepare_cached("SELECT tenant FROM batches WHERE id = ? AND finished_at IS NOT NULL")?;
     for batch in batches {
-        if finished.exists(params![batch.to_string()])? {
-            effects.finished_batches.push(batch);
+        let tenant: Option<String> = finished
+            .query_row(params![batch.to_string()], |row| row.get(0))
+            .optional()?;
+        if let Some(tenant) = tenant {
+            effects.finished_batches.push(FinishedBatch { id: batch, tenant });
         }
     }
     Ok(())

@@ -379,7 +379,7 @@ fn rescue(
                 'attempt', attempt, 'at', ?2)), \
             lease_owner = NULL, lease_expires_at = NULL \
          WHERE state = 'running' AND (lease_expires_at < ?1 OR (?3 IS NOT NULL AND lease_owner <> ?3)) \
-         RETURNING id, queue, state, batch_id",
+         RETURNING id, queue, state, batch_id, tenant",
     )?;
     let rows = statement
         .query_map(
@@ -390,18 +390,20 @@ fn rescue(
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
                 ))
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
     let mut rescued = Vec::with_capacity(rows.len());
     let mut ended = Vec::new();
-    for (id, queue, state, batch_id) in rows {
+    for (id, queue, state, batch_id, tenant) in rows {
         let corrupt = |e: String| StoreError::Corrupt(format!("job {id}: {e}"));
         let job = Rescued {
             id: id
                 .parse()
                 .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+            tenant,
             queue,
             state: state.parse().map_err(corrupt)?,
         };

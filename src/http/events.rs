@@ -1,0 +1,276 @@
+//! `GET /v1/events`: job and batch events as Server-Sent Events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::QueryPairs;
+use crate::domain::{BatchId, FieldError, JobId};
+use crate::engine::EngineError;
+use crate::notify::{Event, EventHub, EventKind, Resume};
+
+/// Which events a stream carries; every given filter must match.
+#[derive(Default)]
+struct Filter {
+    job_id: Option<JobId>,
+    batch_id: Option<BatchId>,
+    queue: Option<String>,
+    types: Option<Vec<EventKind>>,
+}
+
+impl Filter {
+    fn matches(&self, event: &Event) -> bool {
+        self.job_id.is_none_or(|id| event.job_id() == Some(id))
+            && self.batch_id.is_none_or(|id| event.batch_id() == Some(id))
+            && self
+                .queue
+                .as_deref()
+                .is_none_or(|queue| event.queue() == Some(queue))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|types| types.contains(&event.kind))
+    }
+}
+
+const EVENT_TYPES: [EventKind; 8] = [
+    EventKind::Queued,
+    EventKind::Started,
+    EventKind::Progress,
+    EventKind::Retrying,
+    EventKind::Succeeded,
+    EventKind::Failed,
+    EventKind::Cancelled,
+    EventKind::BatchFinished,
+];
+
+fn parse_filter(pairs: Vec<(String, String)>) -> Result<(Filter, Option<String>), ApiError> {
+    let mut filter = Filter::default();
+    let mut last_event_id = None;
+    let mut errors = Vec::new();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "job_id" => match value.parse() {
+                Ok(id) => filter.job_id = Some(id),
+                Err(_) => errors.push(FieldError::parameter(name, "not a job id")),
+            },
+            "batch_id" => match value.parse() {
+                Ok(id) => filter.batch_id = Some(id),
+                Err(_) => errors.push(FieldError::parameter(name, "not a batch id")),
+            },
+            "queue" => filter.queue = Some(value),
+            "types" => {
+                let mut types = Vec::new();
+                for text in value.split(',').map(str::trim) {
+                    match EVENT_TYPES.iter().find(|kind| kind.as_str() == text) {
+                        Some(kind) => types.push(*kind),
+                        None => errors.push(FieldError::parameter(
+                            name.clone(),
+                            format!("`{text}` is not an event type"),
+                        )),
+                    }
+                }
+                filter.types = Some(types);
+            }
+            // For clients that cannot set headers (the header wins).
+            "last_event_id" => last_event_id = Some(value),
+            _ => errors.push(FieldError::parameter(name, "unknown parameter")),
+        }
+    }
+    if errors.is_empty() {
+        Ok((filter, last_event_id))
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Follow job and batch events.
+///
+/// A Server-Sent Events stream of `job.queued`, `job.started`,
+/// `job.progress`, `job.retrying`, `job.succeeded`, `job.failed`,
+/// `job.cancelled` and `batch.finished`, each with an `id:`, narrowed by
+/// `job_id`, `batch_id`, `queue` and `types` (comma-separated). Idle streams
+/// get a keep-alive comment every 15 s (`SPOOL_SSE_KEEP_ALIVE`).
+///
+/// Reconnecting with `Last-Event-ID` replays what followed that event from
+/// the last `SPOOL_EVENT_REPLAY` (10 000) events this instance kept. When
+/// some of what followed is no longer kept (or the instance restarted), the
+/// stream first sends a `stream.gap` event (no id) with `reason` `too_old` or
+/// `restarted`: re-read the state you care about. A client too slow for the
+/// live stream is caught up from the same buffer, or gets `stream.gap` with
+/// `reason: lagged`. At shutdown the stream ends with `stream.end`.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(
+        ("job_id" = Option<String>, Query, description = "Only this job's events.", format = Uuid),
+        ("batch_id" = Option<String>, Query, description = "Only events of this batch and its jobs.", format = Uuid),
+        ("queue" = Option<String>, Query, description = "Only job events of this queue."),
+        ("types" = Option<String>, Query, description = "Comma-separated event types, e.g. `job.succeeded,job.failed`."),
+        ("last_event_id" = Option<String>, Query, description = "Like the `Last-Event-ID` header, for clients that cannot set it."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event."),
+    ),
+    responses(
+        (status = 200, description = "The event stream; each `data:` is one event.", body = Event, content_type = "text/event-stream"),
+        (status = 422, description = "`validation_failed`: a bad filter or event id.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`shutting_down`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn stream_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryPairs(pairs): QueryPairs,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let (filter, query_last_id) = parse_filter(pairs)?;
+    let stopping = state.engine.stopping();
+    if stopping.is_cancelled() {
+        return Err(EngineError::ShuttingDown.into());
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(value.to_str().map(str::to_owned).map_err(|_| {
+            ApiError::validation(vec![FieldError::new("", "Last-Event-ID is not text")])
+        })?),
+        None => query_last_id,
+    };
+    let hub = state.engine.events().clone();
+    let mut pending = VecDeque::new();
+    let (replay, receiver) = match last_event_id.filter(|id| !id.is_empty()) {
+        None => (Vec::new(), hub.subscribe()),
+        Some(id) => {
+            let (replay, resume, receiver) = hub.subscribe_after(&id).map_err(|message| {
+                ApiError::validation(vec![FieldError::new("", format!("Last-Event-ID: {message}"))])
+            })?;
+            if let Resume::Gap {
+                reason,
+                oldest_kept,
+            } = resume
+            {
+                pending.push_back(gap(reason, json!({ "oldest_kept_id": oldest_kept })));
+            }
+            (replay, receiver)
+        }
+    };
+    let stream = EventStream {
+        hub,
+        filter,
+        pending,
+        replay: replay.into(),
+        receiver,
+        last_sent: None,
+        stopping,
+        ended: false,
+    };
+    Ok(Sse::new(stream.into_stream())
+        .keep_alive(KeepAlive::new().interval(state.sse_keep_alive)))
+}
+
+fn gap(reason: &str, details: serde_json::Value) -> SseEvent {
+    let mut data = json!({ "reason": reason });
+    if let (Some(data), Some(details)) = (data.as_object_mut(), details.as_object()) {
+        data.extend(details.clone());
+    }
+    SseEvent::default()
+        .event("stream.gap")
+        .data(data.to_string())
+}
+
+struct EventStream {
+    hub: EventHub,
+    filter: Filter,
+    /// Notices to send before anything else.
+    pending: VecDeque<SseEvent>,
+    replay: VecDeque<Arc<Event>>,
+    receiver: broadcast::Receiver<Arc<Event>>,
+    last_sent: Option<String>,
+    stopping: CancellationToken,
+    ended: bool,
+}
+
+impl EventStream {
+    fn into_stream(self) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+        futures::stream::unfold(self, |mut stream| async move {
+            let event = stream.next().await?;
+            Some((Ok(event), stream))
+        })
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(notice) = self.pending.pop_front() {
+                return Some(notice);
+            }
+            if self.ended {
+                return None;
+            }
+            let event = match self.replay.pop_front() {
+                Some(event) => event,
+                None => {
+                    let received = tokio::select! {
+                        biased;
+                        () = self.stopping.cancelled() => {
+                            self.ended = true;
+                            return Some(SseEvent::default()
+                                .event("stream.end")
+                                .data(json!({"reason": "shutting_down"}).to_string()));
+                        }
+                        received = self.receiver.recv() => received,
+                    };
+                    match received {
+                        Ok(event) => event,
+                        Err(RecvError::Closed) => return None,
+                        Err(RecvError::Lagged(missed)) => {
+                            self.catch_up(missed);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !self.filter.matches(&event) {
+                continue;
+            }
+            self.last_sent = Some(event.id.clone());
+            return Some(to_sse(&event));
+        }
+    }
+
+    /// The client read slower than events came: take what it missed from
+    /// the replay buffer if it is still there, else tell it.
+    fn catch_up(&mut self, missed: u64) {
+        let resumed = self
+            .last_sent
+            .as_deref()
+            .and_then(|id| self.hub.subscribe_after(id).ok());
+        match resumed {
+            Some((replay, resume, receiver)) => {
+                if let Resume::Gap { oldest_kept, .. } = resume {
+                    self.pending
+                        .push_back(gap("lagged", json!({ "oldest_kept_id": oldest_kept })));
+                }
+                self.replay = replay.into();
+                self.receiver = receiver;
+            }
+            None => {
+                self.pending
+                    .push_back(gap("lagged", json!({ "missed": missed })));
+                self.receiver = self.receiver.resubscribe();
+            }
+        }
+    }
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    let data = serde_json::to_string(event).unwrap_or_default();
+    SseEvent::default()
+        .id(event.id.clone())
+        .event(event.kind.as_str())
+        .data(data)
+}
