@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::http::{AppState, router};
 use crate::kinds::{HttpKind, JobKind, KindRegistry, RegistryError};
+use crate::notify::{DeliverySettings, Webhooks};
 use crate::outbound::{Lookup, Outbound, OutboundError, SystemLookup};
 use crate::store::{JobStore, SqliteStore, StoreError};
 
@@ -72,7 +73,16 @@ impl AppBuilder {
         )));
         let kinds = KindRegistry::new(kinds)?;
         let store = open_store(&config.database_url).await?;
-        let engine = Engine::start(store, kinds, engine_settings, declared).await?;
+        let webhooks = config.webhook_secret.clone().map(|secret| Webhooks {
+            outbound: outbound.clone(),
+            secret,
+            settings: DeliverySettings {
+                retry_base: config.webhook_retry_base,
+                max_attempts: config.webhook_max_attempts,
+                timeout: config.webhook_timeout,
+            },
+        });
+        let engine = Engine::start(store, kinds, engine_settings, declared, webhooks).await?;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| StartError::Bind {

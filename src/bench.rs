@@ -265,10 +265,10 @@ async fn single_jobs(
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
                 if event.kind == EventKind::Started {
-                    started_at
-                        .lock()
-                        .await
-                        .insert(event.job_id().map(|id| id.to_string()).unwrap_or_default(), Instant::now());
+                    started_at.lock().await.insert(
+                        event.job_id().map(|id| id.to_string()).unwrap_or_default(),
+                        Instant::now(),
+                    );
                 }
             }
         })

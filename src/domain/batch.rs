@@ -126,6 +126,9 @@ pub struct Batch {
     pub success_threshold: f64,
     pub metadata: BTreeMap<String, String>,
     pub callback_url: Option<String>,
+    /// The delivery of the `batch.finished` webhook (`null` while the batch
+    /// runs, or without `callback_url`).
+    pub webhook: Option<super::WebhookDelivery>,
     /// The batch was cancelled; it becomes `cancelled` once its running jobs stop.
     pub cancel_requested: bool,
     #[schema(value_type = String, format = DateTime)]

@@ -171,6 +171,11 @@ pub struct Job {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
     pub cancel_requested: bool,
+    /// Receives the job's terminal event as a signed webhook.
+    pub callback_url: Option<String>,
+    /// The delivery of that webhook (`null` until the job ends, or without
+    /// `callback_url`).
+    pub webhook: Option<super::WebhookDelivery>,
     #[serde(skip)]
     pub tenant: String,
     #[serde(skip)]

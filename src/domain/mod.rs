@@ -5,6 +5,7 @@ mod job;
 mod queue;
 mod spec;
 mod time;
+mod webhook;
 
 pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
@@ -19,3 +20,4 @@ pub use spec::{
     escape_pointer, valid_metadata_key,
 };
 pub use time::Timestamp;
+pub use webhook::{DeliveryStatus, WebhookDelivery};

@@ -139,6 +139,11 @@ pub struct JobSpec {
     #[serde(default)]
     #[schema(max_items = 100)]
     pub depends_on: Option<Vec<DependencyRef>>,
+    /// Receives a signed POST (Standard Webhooks) when the job ends:
+    /// `job.succeeded`, `job.failed` or `job.cancelled`.
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    pub callback_url: Option<String>,
 }
 
 /// A validated job, ready to be stored.
@@ -163,6 +168,7 @@ pub struct NewJob {
     pub batch_index: Option<u32>,
     /// Resolved dependency ids, in the order given, without repeats.
     pub depends_on: Vec<JobId>,
+    pub callback_url: Option<String>,
 }
 
 /// Metadata keys become filter parameters (`metadata.K=V`) and JSON paths:
@@ -326,6 +332,12 @@ impl JobSpec {
             &mut errors,
         );
 
+        if let Some(url) = &self.callback_url
+            && let Some(error) = super::check_callback_url(url, &pointer("callback_url"))
+        {
+            errors.push(error);
+        }
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -355,6 +367,7 @@ impl JobSpec {
             batch_id: ctx.batch.map(|(batch, _, _)| batch),
             batch_index: ctx.batch.map(|(_, index, _)| index as u32),
             depends_on,
+            callback_url: self.callback_url,
         })
     }
 }

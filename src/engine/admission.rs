@@ -57,10 +57,12 @@ impl Engine {
                 },
             )
             .map_err(EngineError::Validation)?;
-        let payload_errors: Vec<FieldError> =
+        let mut payload_errors: Vec<FieldError> =
             self.inner
                 .kinds
                 .validate_payload(&job.kind, &job.payload, "/payload");
+        payload_errors
+            .extend(self.check_callback(job.callback_url.as_deref(), "/callback_url".into()));
         if !payload_errors.is_empty() {
             return Err(EngineError::Validation(payload_errors));
         }

@@ -10,7 +10,9 @@ use crate::domain::{
     Batch, BatchId, BatchResult, BatchSpec, FieldError, Job, JobId, JobState, OnConflict,
     QueueConfig, SpecContext, Timestamp, job_pointer,
 };
-use crate::store::{BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome};
+use crate::store::{
+    BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome, WebhookOwner,
+};
 
 /// Field errors reported for one batch at most: enough to fix a generator,
 /// not a megabyte of repeats.
@@ -46,7 +48,12 @@ impl Engine {
         let now = Timestamp::now();
         let mut errors = Vec::new();
         let batch = match spec.validate_envelope(tenant, now) {
-            Ok(batch) => Some(batch),
+            Ok(batch) => {
+                errors.extend(
+                    self.check_callback(batch.callback_url.as_deref(), "/callback_url".into()),
+                );
+                Some(batch)
+            }
             Err(mut envelope) => {
                 errors.append(&mut envelope);
                 None
@@ -113,6 +120,10 @@ impl Engine {
                             &job.payload,
                             &format!("{at}/payload"),
                         );
+                        problems.extend(self.check_callback(
+                            job.callback_url.as_deref(),
+                            format!("{at}/callback_url"),
+                        ));
                         jobs.push(job);
                     }
                     Ok(_) => {}
@@ -209,11 +220,20 @@ impl Engine {
         wait: Duration,
     ) -> Result<Batch, EngineError> {
         let read = || async {
-            self.inner
+            let mut batch = self
+                .inner
                 .store
                 .get_batch(tenant, id)
                 .await?
-                .ok_or(EngineError::NotFound)
+                .ok_or(EngineError::NotFound)?;
+            if batch.callback_url.is_some() {
+                batch.webhook = self
+                    .inner
+                    .store
+                    .latest_webhook(tenant, WebhookOwner::Batch(id))
+                    .await?;
+            }
+            Ok(batch)
         };
         self.long_poll(id.as_uuid(), wait, read, |batch| {
             batch.finished_at.is_some()

@@ -21,6 +21,14 @@ impl Engine {
         loops.spawn(self.clone().heartbeat_loop());
         loops.spawn(self.clone().rescue_loop());
         loops.spawn(self.clone().prune_loop());
+        if let Some(webhooks) = self.inner.webhooks.clone() {
+            let deliverer = crate::notify::Deliverer {
+                store: self.inner.store.clone(),
+                webhooks,
+                wake: self.inner.wake_webhooks.clone(),
+            };
+            loops.spawn(deliverer.run(self.inner.stopping.clone()));
+        }
     }
 
     /// Moves scheduled jobs to `queued` when their `run_at` comes, sleeping

@@ -20,9 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::{FieldError, Job, JobId, QueueConfig, Timestamp};
 use crate::kinds::KindRegistry;
-use crate::notify::{BatchSummary, EventHub, EventKind, Subject, job_summary};
+use crate::notify::{BatchSummary, EventHub, EventKind, Subject, Webhooks, job_summary};
 use crate::store::{
-    CancelOutcome, Effects, FinishedBatch, JobFilter, JobStore, Rescued, RetryOutcome, StoreError, SubmitRejection,
+    CancelOutcome, Effects, FinishedBatch, JobFilter, JobStore, Rescued, RetryOutcome, StoreError,
+    SubmitRejection, WebhookOwner,
 };
 
 pub use admission::Submitted;
@@ -158,6 +159,10 @@ pub(crate) struct Inner {
     loops: TaskTracker,
     events: EventHub,
     waiters: Waiters,
+    /// `None`: webhooks are off and `callback_url` is refused.
+    webhooks: Option<Webhooks>,
+    /// Wakes the webhook deliverer when something with a callback ended.
+    wake_webhooks: Arc<Notify>,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -175,6 +180,7 @@ impl Engine {
         kinds: KindRegistry,
         settings: EngineSettings,
         declared: Vec<QueueConfig>,
+        webhooks: Option<Webhooks>,
     ) -> Result<Self, StoreError> {
         let existing: Vec<String> = store
             .list_queues()
@@ -247,6 +253,8 @@ impl Engine {
                 loops: TaskTracker::new(),
                 events,
                 waiters: Waiters::default(),
+                webhooks,
+                wake_webhooks: Arc::new(Notify::new()),
             }),
         };
         engine.spawn_loops();
@@ -260,6 +268,18 @@ impl Engine {
 
     pub fn events(&self) -> &EventHub {
         &self.inner.events
+    }
+
+    /// Checks a submitted `callback_url` against the outbound rules (where
+    /// that can be done before a lookup), and that webhooks are on at all.
+    fn check_callback(&self, url: Option<&str>, pointer: String) -> Option<FieldError> {
+        let url = url?;
+        let problem = match &self.inner.webhooks {
+            None => "webhooks are off on this service: it needs SPOOL_WEBHOOK_SECRET to sign them"
+                .to_owned(),
+            Some(webhooks) => webhooks.check_url(url).err()?,
+        };
+        Some(FieldError::new(pointer, problem))
     }
 
     /// Fires when shutdown begins: streams and long-polls end then.
@@ -296,6 +316,7 @@ impl Engine {
         if job.status == crate::domain::JobState::Queued {
             job.position = Some(self.inner.store.queue_position(&job).await?);
         }
+        self.with_webhook(&mut job).await?;
         Ok(job)
     }
 
@@ -304,7 +325,24 @@ impl Engine {
         tenant: &str,
         filter: &JobFilter,
     ) -> Result<Vec<Job>, EngineError> {
-        Ok(self.inner.store.list_jobs(tenant, filter).await?)
+        let mut jobs = self.inner.store.list_jobs(tenant, filter).await?;
+        for job in &mut jobs {
+            self.with_webhook(job).await?;
+        }
+        Ok(jobs)
+    }
+
+    /// Fills in the delivery of the job's latest webhook (jobs with a
+    /// `callback_url` only, so others cost nothing).
+    async fn with_webhook(&self, job: &mut Job) -> Result<(), EngineError> {
+        if job.callback_url.is_some() {
+            job.webhook = self
+                .inner
+                .store
+                .latest_webhook(&job.tenant, WebhookOwner::Job(job.id))
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn cancel_job(&self, tenant: &str, id: JobId) -> Result<Cancelled, EngineError> {
@@ -421,6 +459,9 @@ impl Engine {
     fn publish(&self, job: &Job) {
         if job.status.is_terminal() {
             self.inner.waiters.wake(job.id.as_uuid());
+            if job.callback_url.is_some() {
+                self.inner.wake_webhooks.notify_one();
+            }
         }
         self.inner.events.publish(
             EventKind::for_state(job.status),
@@ -474,6 +515,7 @@ impl Engine {
             self.inner.waiters.wake(batch.id.as_uuid());
         }
         if !effects.finished_batches.is_empty() {
+            self.inner.wake_webhooks.notify_one();
             self.publish_finished_batches(effects.finished_batches);
         }
         for id in effects.stop {

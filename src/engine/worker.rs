@@ -318,6 +318,7 @@ impl ProgressSink for StoreProgress {
         }
         let mut summary = self.summary.clone();
         summary.progress = Some(progress);
-        self.events.publish(EventKind::Progress, Subject::Job(summary));
+        self.events
+            .publish(EventKind::Progress, Subject::Job(summary));
     }
 }

@@ -147,7 +147,10 @@ pub async fn stream_events(
         None => (Vec::new(), hub.subscribe()),
         Some(id) => {
             let (replay, resume, receiver) = hub.subscribe_after(&id).map_err(|message| {
-                ApiError::validation(vec![FieldError::new("", format!("Last-Event-ID: {message}"))])
+                ApiError::validation(vec![FieldError::new(
+                    "",
+                    format!("Last-Event-ID: {message}"),
+                )])
             })?;
             if let Resume::Gap {
                 reason,
@@ -169,8 +172,7 @@ pub async fn stream_events(
         stopping,
         ended: false,
     };
-    Ok(Sse::new(stream.into_stream())
-        .keep_alive(KeepAlive::new().interval(state.sse_keep_alive)))
+    Ok(Sse::new(stream.into_stream()).keep_alive(KeepAlive::new().interval(state.sse_keep_alive)))
 }
 
 fn gap(reason: &str, details: serde_json::Value) -> SseEvent {

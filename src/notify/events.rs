@@ -324,11 +324,16 @@ mod tests {
         for _ in 0..5 {
             batch_event(&hub);
         }
-        let ids: Vec<String> = (0..5).map(|_| live.try_recv().unwrap().id.clone()).collect();
+        let ids: Vec<String> = (0..5)
+            .map(|_| live.try_recv().unwrap().id.clone())
+            .collect();
 
         let (replay, resume, _) = hub.subscribe_after(&ids[2]).unwrap();
         assert_eq!(resume, Resume::Complete);
-        assert_eq!(replay.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[3..]);
+        assert_eq!(
+            replay.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            ids[3..]
+        );
 
         // Only the last three are kept: after the first, the second is gone.
         let (replay, resume, _) = hub.subscribe_after(&ids[0]).unwrap();
@@ -345,7 +350,13 @@ mod tests {
         assert_eq!(resume, Resume::Complete);
 
         let (replay, resume, mut after) = hub.subscribe_after("1-3").unwrap();
-        assert!(matches!(resume, Resume::Gap { reason: "restarted", .. }));
+        assert!(matches!(
+            resume,
+            Resume::Gap {
+                reason: "restarted",
+                ..
+            }
+        ));
         assert_eq!(replay.len(), 3);
         batch_event(&hub);
         assert!(after.try_recv().is_ok(), "live events follow the replay");

@@ -3,8 +3,10 @@
 
 mod events;
 mod signing;
+mod webhooks;
 
 pub use events::{
     BatchSummary, Event, EventHub, EventKind, JobSummary, Resume, Subject, job_summary,
 };
 pub use signing::WebhookSecret;
+pub use webhooks::{Deliverer, DeliverySettings, Webhooks};

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::domain::{
     Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Progress,
-    QueueConfig, QueueInfo, Timestamp,
+    QueueConfig, QueueInfo, Timestamp, WebhookDelivery,
 };
 
 pub use sqlite::SqliteStore;
@@ -236,6 +236,55 @@ pub struct Promoted {
     pub next_due: Option<Timestamp>,
 }
 
+/// What a webhook reports on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOwner {
+    Job(JobId),
+    Batch(BatchId),
+}
+
+/// A webhook claimed by a deliverer.
+#[derive(Clone, Debug)]
+pub struct ClaimedWebhook {
+    /// The `webhook-id`.
+    pub id: String,
+    pub tenant: String,
+    pub owner: WebhookOwner,
+    /// `job.succeeded`, `job.failed`, `job.cancelled` or `batch.finished`.
+    pub event: String,
+    pub url: String,
+    /// Set once the first attempt rendered it; every attempt sends the same.
+    pub body: Option<String>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub created_at: Timestamp,
+}
+
+/// How one delivery attempt went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Delivered,
+    /// Try again at `next_attempt_at`.
+    Retry {
+        error: String,
+        next_attempt_at: Timestamp,
+    },
+    /// No more attempts.
+    Failed {
+        error: String,
+    },
+}
+
+/// One delivery attempt to record (which also releases the claim).
+#[derive(Clone, Debug)]
+pub struct WebhookAttempt {
+    pub id: String,
+    /// The body sent, stored on the first attempt and kept from then on.
+    pub body: String,
+    pub at: Timestamp,
+    pub outcome: WebhookOutcome,
+}
+
 /// The storage interface of the engine and the API.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -319,7 +368,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// whose cancellation was requested (possibly through another instance).
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError>;
     /// Takes back running jobs whose lease expired before `now`, or — with
-    /// `not_owner` — every running job not owned by that (live) instance.
+    /// `not_owner` — every running job not owned by that (live) instance,
+    /// and then also every webhook claim (only the store's exclusive user
+    /// passes `not_owner`, at start-up).
     async fn rescue(
         &self,
         now: Timestamp,
@@ -334,6 +385,26 @@ pub trait JobStore: Send + Sync + 'static {
         finished_before: Timestamp,
         keys_before: Timestamp,
     ) -> Result<u64, StoreError>;
+
+    /// When the earliest pending webhook that nobody holds is due (`None`:
+    /// nothing pending).
+    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Claims up to `limit` pending webhooks due by `now` that no deliverer
+    /// holds, until `lease_until` (a deliverer that dies lets them go then).
+    async fn claim_webhooks(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError>;
+    /// Records an attempt and releases the claim.
+    async fn record_webhook(&self, attempt: WebhookAttempt) -> Result<(), StoreError>;
+    /// The latest webhook of a job or batch, as its delivery stands.
+    async fn latest_webhook(
+        &self,
+        tenant: &str,
+        owner: WebhookOwner,
+    ) -> Result<Option<WebhookDelivery>, StoreError>;
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
     async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError>;

@@ -65,7 +65,10 @@ async fn a_custom_kind_is_listed_and_its_schema_enforced() {
         .iter()
         .map(|k| k["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "noop", "panicky", "sleep", "stubborn"]);
+    assert_eq!(
+        names,
+        ["echo", "http", "noop", "panicky", "sleep", "stubborn"]
+    );
     let response = app
         .post("/v1/jobs", &json!({"kind": "panicky", "payload": {}}))
         .await;

@@ -12,6 +12,9 @@ use spool::config::Config;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+/// The webhook secret of test apps (`whsec_` + base64 of 24 bytes).
+pub const TEST_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
@@ -27,6 +30,7 @@ pub fn test_config(dir: &Path) -> Config {
         database_url: format!("sqlite://{}", dir.join("spool.db").display()),
         shutdown_grace: Duration::from_secs(5),
         cancel_grace: Duration::from_millis(500),
+        webhook_secret: Some(TEST_WEBHOOK_SECRET.parse().expect("a valid secret")),
         ..Config::default()
     }
 }
@@ -185,6 +189,7 @@ impl SpoolProcess {
         command
             .env("SPOOL_BIND", addr.to_string())
             .env("SPOOL_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("SPOOL_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -335,8 +335,8 @@ async fn kinds_are_listed_with_their_payload_schemas() {
         .iter()
         .map(|k| k["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "noop", "sleep"]);
-    let sleep = &kinds["items"][2];
+    assert_eq!(names, ["echo", "http", "noop", "sleep"]);
+    let sleep = &kinds["items"][3];
     assert_eq!(sleep["schema"]["required"], json!(["ms"]));
 }
 

@@ -353,8 +353,8 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
-         batch_id, batch_index, depends_on, deps_pending) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         batch_id, batch_index, depends_on, deps_pending, callback_url) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     for (job, pending) in jobs.iter().zip(pending) {
         let depends_on = if job.depends_on.is_empty() {
@@ -382,6 +382,7 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
             job.batch_index.map(i64::from),
             depends_on.as_deref().unwrap_or("[]"),
             pending,
+            job.callback_url,
         ])?;
     }
     Ok(())
@@ -414,5 +415,7 @@ fn job_from_new(job: NewJob) -> Job {
         run_at: job.run_at,
         started_at: None,
         finished_at: None,
+        callback_url: job.callback_url,
+        webhook: None,
     }
 }

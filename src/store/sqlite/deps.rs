@@ -60,14 +60,16 @@ pub fn settle(
     }
     batches.sort();
     batches.dedup();
-    let mut finished = conn
-        .prepare_cached("SELECT tenant FROM batches WHERE id = ? AND finished_at IS NOT NULL")?;
+    let mut finished =
+        conn.prepare_cached("SELECT tenant FROM batches WHERE id = ? AND finished_at IS NOT NULL")?;
     for batch in batches {
         let tenant: Option<String> = finished
             .query_row(params![batch.to_string()], |row| row.get(0))
             .optional()?;
         if let Some(tenant) = tenant {
-            effects.finished_batches.push(FinishedBatch { id: batch, tenant });
+            effects
+                .finished_batches
+                .push(FinishedBatch { id: batch, tenant });
         }
     }
     Ok(())

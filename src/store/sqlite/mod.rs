@@ -6,6 +6,7 @@ mod counts;
 mod deps;
 mod ops;
 mod rows;
+mod webhooks;
 mod writer;
 
 use std::fs::File;
@@ -27,12 +28,13 @@ use self::rows::{
 };
 use self::writer::{Command, Op};
 use super::{
-    BatchCancelOutcome, CancelOutcome, Completion, CompletionResult, Effects, JobFilter, JobStore,
-    Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome, SubmitRejection,
+    BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
+    SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, Progress, QueueConfig, QueueCounts,
-    QueueInfo, Timestamp,
+    QueueInfo, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -462,6 +464,40 @@ impl JobStore for SqliteStore {
             Done::Count(n) => Ok(n),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        webhooks::next_due(&self.reads).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        let op = Op::ClaimWebhooks {
+            now,
+            limit,
+            lease_until,
+        };
+        match self.write(op).await? {
+            Done::Webhooks(claimed) => Ok(claimed),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn record_webhook(&self, attempt: WebhookAttempt) -> Result<(), StoreError> {
+        self.write(Op::RecordWebhook(attempt)).await?;
+        Ok(())
+    }
+
+    async fn latest_webhook(
+        &self,
+        tenant: &str,
+        owner: WebhookOwner,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        webhooks::latest(&self.reads, tenant, owner).await
     }
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {

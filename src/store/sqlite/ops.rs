@@ -10,8 +10,9 @@ use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_js
 use super::writer::Op;
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
 use crate::store::{
-    AttemptOutcome, BatchCancelOutcome, CancelOutcome, Completion, CompletionResult, Effects,
-    Promoted, Rescued, RetryOutcome, StoreError, SubmitOutcome, SubmitRejection,
+    AttemptOutcome, BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion,
+    CompletionResult, Effects, Promoted, Rescued, RetryOutcome, StoreError, SubmitOutcome,
+    SubmitRejection,
 };
 
 /// What a write produced; the store's methods unpack the variant they expect.
@@ -28,6 +29,7 @@ pub enum Done {
     BatchCancel(BatchCancelOutcome),
     Promoted(Promoted),
     Created(bool),
+    Webhooks(Vec<ClaimedWebhook>),
 }
 
 pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, StoreError> {
@@ -41,6 +43,15 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
             now,
         } => Done::Jobs(claim(conn, &queue, limit, &owner, lease_until, now)?),
         Op::Complete(completion) => Done::Completion(complete(conn, &completion)?),
+        Op::ClaimWebhooks {
+            now,
+            limit,
+            lease_until,
+        } => Done::Webhooks(super::webhooks::claim(conn, now, limit, lease_until)?),
+        Op::RecordWebhook(attempt) => {
+            super::webhooks::record(conn, &attempt)?;
+            Done::Unit
+        }
         Op::Progress {
             id,
             attempt,
@@ -366,6 +377,14 @@ fn rescue(
     now: Timestamp,
     not_owner: Option<String>,
 ) -> Result<(Vec<Rescued>, Effects), StoreError> {
+    if not_owner.is_some() {
+        // Start-up of the only user: webhook claims were all held by the
+        // dead process; let them go now rather than after their lease.
+        conn.prepare_cached(
+            "UPDATE webhooks SET locked_until = NULL WHERE locked_until IS NOT NULL",
+        )?
+        .execute([])?;
+    }
     let mut statement = conn.prepare_cached(
         "UPDATE jobs SET \
             state = CASE WHEN cancel_requested = 1 THEN 'cancelled' \
@@ -529,6 +548,9 @@ fn prune(
         .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?")?
         .execute(params![keys_before.as_millis()])?;
+    // Deliveries end within hours; their records go with the retention.
+    conn.prepare_cached("DELETE FROM webhooks WHERE created_at < ?")?
+        .execute(params![finished_before.as_millis()])?;
     // Then the batches whose jobs are all gone.
     conn.prepare_cached(
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b \

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 pub const JOB_COLUMNS: &str = "id, tenant, queue, kind, payload, state, priority, attempt, \
     max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, progress, result, \
     error, errors, cancel_requested, created_at, run_at, started_at, finished_at, batch_id, \
-    depends_on";
+    depends_on, callback_url";
 
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -43,6 +43,7 @@ pub struct JobRow {
     finished_at: Option<i64>,
     batch_id: Option<String>,
     depends_on: String,
+    callback_url: Option<String>,
 }
 
 fn corrupt(what: &str, id: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -95,6 +96,7 @@ impl JobRow {
             finished_at: row.get(22)?,
             batch_id: row.get(23)?,
             depends_on: row.get(24)?,
+            callback_url: row.get(25)?,
         })
     }
 }
@@ -150,6 +152,8 @@ impl TryFrom<JobRow> for Job {
             run_at: Timestamp::from_millis(row.run_at),
             started_at: row.started_at.map(Timestamp::from_millis),
             finished_at: row.finished_at.map(Timestamp::from_millis),
+            callback_url: row.callback_url,
+            webhook: None,
         })
     }
 }
@@ -270,6 +274,7 @@ impl BatchRow {
             metadata: serde_json::from_str(&self.metadata)
                 .map_err(|e| corrupt("metadata", e.to_string()))?,
             callback_url: self.callback_url.clone(),
+            webhook: None,
             cancel_requested: self.cancel_requested != 0,
             created_at: Timestamp::from_millis(self.created_at),
             finished_at: self.finished_at.map(Timestamp::from_millis),

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counts::NewCounts;
 use super::ops::{self, Done};
 use crate::domain::{BatchId, JobId, Progress, QueueConfig, Timestamp};
-use crate::store::{Completion, StoreError, Submission};
+use crate::store::{Completion, StoreError, Submission, WebhookAttempt};
 
 /// Most commands applied in one transaction: bounds the latency one batch
 /// adds to the commands queued behind it.
@@ -73,6 +73,12 @@ pub enum Op {
         keys_before: Timestamp,
     },
     UpsertQueue(QueueConfig),
+    ClaimWebhooks {
+        now: Timestamp,
+        limit: u32,
+        lease_until: Timestamp,
+    },
+    RecordWebhook(WebhookAttempt),
 }
 
 pub struct Command {

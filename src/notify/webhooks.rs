@@ -1,0 +1,305 @@
+//! Delivers the webhook outbox: signed POSTs (Standard Webhooks), retried
+//! with backoff, through the guarded outbound client.
+//!
+//! Rows are added by the store in the transaction that ends a job or batch;
+//! this loop claims due rows, sends them and records each attempt. A
+//! deliverer that dies holding a claim lets it go when the claim expires, and
+//! the next attempt carries the same `webhook-id`, so receivers de-duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::WebhookSecret;
+use crate::domain::Timestamp;
+use crate::outbound::Outbound;
+use crate::store::{
+    ClaimedWebhook, JobStore, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
+};
+
+/// Webhooks sent at once; more wait for the next round.
+const CONCURRENCY: u32 = 16;
+/// Longest sleep without a wake-up: the fallback re-check.
+const POLL: Duration = Duration::from_secs(5);
+/// Longest delay between two attempts.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// Bytes of a receiver's answer kept in `last_error`.
+const ERROR_BODY_BYTES: usize = 200;
+
+/// How deliveries are retried. Defaults: see `SPOOL_WEBHOOK_*` in `config.rs`.
+#[derive(Clone, Debug)]
+pub struct DeliverySettings {
+    /// Delay after the first failed attempt; each next one is 4× longer,
+    /// capped at an hour, with ±10 % jitter.
+    pub retry_base: Duration,
+    /// Attempts before the delivery is `failed`.
+    pub max_attempts: u32,
+    /// Time one attempt may take.
+    pub timeout: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(2),
+            max_attempts: 10,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The delay before attempt `attempts + 1`, after `attempts` failed ones.
+    pub fn delay_after(&self, attempts: u32) -> Duration {
+        let factor = 4u32.saturating_pow(attempts.saturating_sub(1));
+        let delay = self.retry_base.saturating_mul(factor).min(MAX_DELAY);
+        let jitter = rand::rng().random_range(0.9..=1.1);
+        delay.mul_f64(jitter)
+    }
+}
+
+/// Everything webhook delivery needs; `None` in the engine means webhooks
+/// are off (no `SPOOL_WEBHOOK_SECRET`) and `callback_url` is refused.
+#[derive(Clone)]
+pub struct Webhooks {
+    pub outbound: Outbound,
+    pub secret: WebhookSecret,
+    pub settings: DeliverySettings,
+}
+
+impl Webhooks {
+    /// Checks a submitted `callback_url` where that can be done before any
+    /// lookup (scheme, address literals, loopback names).
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        let parsed = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        self.outbound.check_url(&parsed).map_err(|e| e.to_string())
+    }
+}
+
+/// The delivery loop.
+pub struct Deliverer {
+    pub store: Arc<dyn JobStore>,
+    pub webhooks: Webhooks,
+    /// Poked when a job with a `callback_url` or a batch ends.
+    pub wake: Arc<Notify>,
+}
+
+impl Deliverer {
+    pub async fn run(self, stopping: CancellationToken) {
+        loop {
+            if stopping.is_cancelled() {
+                break;
+            }
+            let now = Timestamp::now();
+            // The claim outlives the attempt, so it never lapses while one runs.
+            let lease_ms = (self.webhooks.settings.timeout + Duration::from_secs(5)).as_millis();
+            let lease_until = now.plus_ms(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+            match self
+                .store
+                .claim_webhooks(now, CONCURRENCY, lease_until)
+                .await
+            {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let round = futures::future::join_all(
+                        claimed.into_iter().map(|hook| self.deliver(hook)),
+                    );
+                    tokio::select! {
+                        () = stopping.cancelled() => break,
+                        _ = round => continue,
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "claiming webhooks failed");
+                }
+            }
+            let wait = match self.store.next_webhook_due().await {
+                Ok(Some(due)) => {
+                    let ms = due.as_millis().saturating_sub(Timestamp::now().as_millis());
+                    Duration::from_millis(ms.clamp(0, POLL.as_millis() as i64) as u64)
+                }
+                Ok(None) | Err(_) => POLL,
+            };
+            if wait.is_zero() {
+                // Due but held by another deliverer: don't spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            tokio::select! {
+                () = stopping.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn deliver(&self, hook: ClaimedWebhook) {
+        let body = match &hook.body {
+            Some(body) => body.clone(),
+            None => match self.render(&hook).await {
+                Ok(body) => body,
+                Err(error) => {
+                    // Left claimed: tried again when the claim lapses.
+                    tracing::warn!(webhook_id = %hook.id, %error, "rendering a webhook failed");
+                    return;
+                }
+            },
+        };
+        let at = Timestamp::now();
+        let attempt = hook.attempts + 1;
+        let outcome = match self.send(&hook, &body, at).await {
+            Ok(()) => WebhookOutcome::Delivered,
+            Err(Failure::Final(error)) => WebhookOutcome::Failed { error },
+            Err(Failure::Passing(error)) if attempt >= self.webhooks.settings.max_attempts => {
+                WebhookOutcome::Failed {
+                    error: format!("{error} (after {attempt} attempts)"),
+                }
+            }
+            Err(Failure::Passing(error)) => {
+                let delay = self.webhooks.settings.delay_after(attempt);
+                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                WebhookOutcome::Retry {
+                    error,
+                    next_attempt_at: at.plus_ms(delay_ms),
+                }
+            }
+        };
+        match &outcome {
+            WebhookOutcome::Delivered => {
+                tracing::info!(webhook_id = %hook.id, event = %hook.event, attempt, "webhook delivered");
+            }
+            WebhookOutcome::Retry {
+                error,
+                next_attempt_at,
+            } => {
+                tracing::info!(webhook_id = %hook.id, event = %hook.event, attempt, %error,
+                    retry_in_ms = next_attempt_at.as_millis() - at.as_millis(), "webhook attempt failed");
+            }
+            WebhookOutcome::Failed { error } => {
+                tracing::warn!(webhook_id = %hook.id, event = %hook.event, attempt, %error, "webhook delivery failed for good");
+            }
+        }
+        let record = WebhookAttempt {
+            id: hook.id.clone(),
+            body,
+            at,
+            outcome,
+        };
+        if let Err(error) = self.store.record_webhook(record).await {
+            // The claim lapses and the webhook is sent again, same id.
+            tracing::warn!(webhook_id = %hook.id, %error, "recording a webhook attempt failed");
+        }
+    }
+
+    /// The body: `{type, timestamp, data}` as Standard Webhooks suggests,
+    /// `data` being the job or batch as the API shows it at the first
+    /// attempt (every later attempt sends these same bytes).
+    async fn render(&self, hook: &ClaimedWebhook) -> Result<String, StoreError> {
+        let data = match hook.owner {
+            WebhookOwner::Job(id) => match self.store.get_job(&hook.tenant, id).await? {
+                Some(job) => serde_json::to_value(&job).unwrap_or(Value::Null),
+                None => json!({ "id": id }),
+            },
+            WebhookOwner::Batch(id) => match self.store.get_batch(&hook.tenant, id).await? {
+                Some(batch) => serde_json::to_value(&batch).unwrap_or(Value::Null),
+                None => json!({ "id": id }),
+            },
+        };
+        let body = json!({
+            "type": hook.event,
+            "timestamp": hook.created_at,
+            "data": data,
+        });
+        Ok(body.to_string())
+    }
+
+    async fn send(&self, hook: &ClaimedWebhook, body: &str, at: Timestamp) -> Result<(), Failure> {
+        let url = Url::parse(&hook.url).map_err(|e| Failure::Final(format!("bad URL: {e}")))?;
+        self.webhooks
+            .outbound
+            .check_url(&url)
+            .map_err(|e| Failure::Final(e.to_string()))?;
+        let timestamp_s = at.as_millis() / 1000;
+        let signature = self
+            .webhooks
+            .secret
+            .sign(&hook.id, timestamp_s, body.as_bytes());
+        let response = self
+            .webhooks
+            .outbound
+            .webhook_client()
+            .post(url)
+            .timeout(self.webhooks.settings.timeout)
+            .header("content-type", "application/json")
+            .header("webhook-id", &hook.id)
+            .header("webhook-timestamp", timestamp_s.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|error| match Outbound::refused(&error) {
+                Some(refused) => Failure::Final(refused),
+                None if error.is_timeout() => Failure::Passing("timed out".into()),
+                None => Failure::Passing(format!("request failed: {}", error_chain(&error))),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let excerpt: String = text.chars().take(ERROR_BODY_BYTES).collect();
+        let error = if excerpt.is_empty() {
+            format!("HTTP {}", status.as_u16())
+        } else {
+            format!("HTTP {}: {excerpt}", status.as_u16())
+        };
+        if status == reqwest::StatusCode::GONE {
+            // Standard Webhooks: 410 means the receiver wants no more.
+            return Err(Failure::Final(error));
+        }
+        Err(Failure::Passing(error))
+    }
+}
+
+enum Failure {
+    /// Trying again may help.
+    Passing(String),
+    /// It cannot: the delivery fails now.
+    Final(String),
+}
+
+/// The error and its causes on one line (reqwest's own message is terse).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_fourfold_from_the_base_and_stop_at_an_hour() {
+        let settings = DeliverySettings {
+            retry_base: Duration::from_secs(2),
+            ..DeliverySettings::default()
+        };
+        let within = |d: Duration, s: f64| (d.as_secs_f64() - s).abs() <= s * 0.1 + 1e-9;
+        assert!(within(settings.delay_after(1), 2.0));
+        assert!(within(settings.delay_after(2), 8.0));
+        assert!(within(settings.delay_after(3), 32.0));
+        assert!(within(settings.delay_after(9), 3600.0));
+        assert!(within(settings.delay_after(40), 3600.0));
+    }
+}

@@ -1,0 +1,181 @@
+//! The webhook outbox on SQLite: claims and attempt records (on the writer)
+//! and delivery state (on the read pool). Rows are written by triggers, see
+//! `migrations/sqlite/0003_webhooks.sql`.
+
+use rusqlite::{Connection, params};
+use sqlx::SqlitePool;
+
+use crate::domain::{DeliveryStatus, Timestamp, WebhookDelivery};
+use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner};
+
+pub fn claim(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+    lease_until: Timestamp,
+) -> Result<Vec<ClaimedWebhook>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "UPDATE webhooks SET locked_until = ?1 WHERE id IN (\
+             SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?2 \
+             AND (locked_until IS NULL OR locked_until < ?2) \
+             ORDER BY next_attempt_at LIMIT CAST(?3 AS INTEGER)) \
+         RETURNING id, tenant, job_id, batch_id, event, url, body, attempts, created_at",
+    )?;
+    let rows = statement
+        .query_map(
+            params![lease_until.as_millis(), now.as_millis(), i64::from(limit)],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, i64>(8)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(
+            |(id, tenant, job_id, batch_id, event, url, body, attempts, created_at)| {
+                let corrupt =
+                    |reason: String| StoreError::Corrupt(format!("webhook {id}: {reason}"));
+                let owner = match (job_id, batch_id) {
+                    (Some(job), _) => WebhookOwner::Job(
+                        job.parse()
+                            .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+                    ),
+                    (None, Some(batch)) => WebhookOwner::Batch(
+                        batch
+                            .parse()
+                            .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+                    ),
+                    (None, None) => return Err(corrupt("neither job nor batch".into())),
+                };
+                Ok(ClaimedWebhook {
+                    id,
+                    tenant,
+                    owner,
+                    event,
+                    url,
+                    body,
+                    attempts: attempts.max(0) as u32,
+                    created_at: Timestamp::from_millis(created_at),
+                })
+            },
+        )
+        .collect()
+}
+
+pub fn record(conn: &Connection, attempt: &WebhookAttempt) -> Result<(), StoreError> {
+    let (status, error, next_attempt_at, delivered_at) = match &attempt.outcome {
+        WebhookOutcome::Delivered => (
+            DeliveryStatus::Delivered,
+            None,
+            None,
+            Some(attempt.at.as_millis()),
+        ),
+        WebhookOutcome::Retry {
+            error,
+            next_attempt_at,
+        } => (
+            DeliveryStatus::Pending,
+            Some(error.as_str()),
+            Some(next_attempt_at.as_millis()),
+            None,
+        ),
+        WebhookOutcome::Failed { error } => {
+            (DeliveryStatus::Failed, Some(error.as_str()), None, None)
+        }
+    };
+    conn.prepare_cached(
+        "UPDATE webhooks SET status = ?1, attempts = attempts + 1, \
+         last_error = coalesce(?2, last_error), last_attempt_at = ?3, \
+         next_attempt_at = coalesce(?4, next_attempt_at), delivered_at = ?5, \
+         body = coalesce(body, ?6), locked_until = NULL \
+         WHERE id = ?7 AND status = 'pending'",
+    )?
+    .execute(params![
+        status.as_str(),
+        error,
+        attempt.at.as_millis(),
+        next_attempt_at,
+        delivered_at,
+        attempt.body,
+        attempt.id,
+    ])?;
+    Ok(())
+}
+
+pub async fn next_due(reads: &SqlitePool) -> Result<Option<Timestamp>, StoreError> {
+    let due: Option<i64> = sqlx::query_scalar(
+        "SELECT min(max(next_attempt_at, coalesce(locked_until, 0))) FROM webhooks \
+         WHERE status = 'pending'",
+    )
+    .fetch_one(reads)
+    .await?;
+    Ok(due.map(Timestamp::from_millis))
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: String,
+    event: String,
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+    last_attempt_at: Option<i64>,
+    next_attempt_at: i64,
+    delivered_at: Option<i64>,
+}
+
+pub async fn latest(
+    reads: &SqlitePool,
+    tenant: &str,
+    owner: WebhookOwner,
+) -> Result<Option<WebhookDelivery>, StoreError> {
+    const COLUMNS: &str =
+        "id, event, status, attempts, last_error, last_attempt_at, next_attempt_at, delivered_at";
+    let (sql, owner_id) = match owner {
+        WebhookOwner::Job(id) => (
+            format!(
+                "SELECT {COLUMNS} FROM webhooks WHERE job_id = ? AND tenant = ? \
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+            ),
+            id.to_string(),
+        ),
+        WebhookOwner::Batch(id) => (
+            format!(
+                "SELECT {COLUMNS} FROM webhooks WHERE batch_id = ? AND tenant = ? \
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+            ),
+            id.to_string(),
+        ),
+    };
+    let row: Option<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(owner_id)
+        .bind(tenant)
+        .fetch_optional(reads)
+        .await?;
+    row.map(|row| {
+        let status = DeliveryStatus::parse(&row.status).ok_or_else(|| {
+            StoreError::Corrupt(format!("webhook {}: status `{}`", row.id, row.status))
+        })?;
+        Ok(WebhookDelivery {
+            id: row.id,
+            event: row.event,
+            status,
+            attempts: row.attempts.max(0) as u32,
+            last_error: row.last_error,
+            last_attempt_at: row.last_attempt_at.map(Timestamp::from_millis),
+            next_attempt_at: (status == DeliveryStatus::Pending)
+                .then(|| Timestamp::from_millis(row.next_attempt_at)),
+            delivered_at: row.delivered_at.map(Timestamp::from_millis),
+        })
+    })
+    .transpose()
+}
