@@ -483,3 +483,21 @@ async fn the_http_kind_is_listed_with_its_schema_and_the_schema_is_enforced() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_a_retried_network_error_that_does_not_repeat_the_url() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let app = loopback_app().await;
+    let url = format!("http://{closed}/secret-token");
+    let mut job = http_job(json!({"method": "GET", "url": url}));
+    job["max_attempts"] = json!(2);
+    let done = run(&app, job, "failed").await;
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(done["error"]["code"], "network_error");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(message.contains("connect"), "{message}");
+    assert!(!message.contains("secret-token"), "{message}");
+}
