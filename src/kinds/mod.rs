@@ -135,6 +135,12 @@ pub trait JobKind: Send + Sync + 'static {
     fn description(&self) -> &str;
     /// JSON Schema (2020-12) of the payload; submissions are checked against it.
     fn payload_schema(&self) -> Value;
+    /// Checks a schema-valid payload further, for what a schema cannot say
+    /// (e.g. a URL that may not be reached). Pointers are relative to the
+    /// payload (`/url`); an error refuses the submission with 422.
+    fn check_payload(&self, _payload: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
     /// Runs one attempt. The returned value becomes the job's `result`.
     async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure>;
 }
@@ -227,7 +233,15 @@ impl KindRegistry {
         };
         // The common case, a valid payload, without collecting anything.
         if kind.validator.is_valid(payload) {
-            return Vec::new();
+            return kind
+                .handler
+                .check_payload(payload)
+                .into_iter()
+                .map(|error| FieldError {
+                    pointer: format!("{at}{}", error.pointer),
+                    ..error
+                })
+                .collect();
         }
         kind.validator
             .iter_errors(payload)

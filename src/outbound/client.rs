@@ -142,7 +142,8 @@ impl Outbound {
         };
         let redirect_allow = allow.clone();
         let follow_checked = redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
+            // `previous` holds the first URL too: only what follows it counts.
+            if attempt.previous().len() > MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
             }
             match check_url(&redirect_allow, attempt.url()) {
@@ -187,7 +188,14 @@ impl Outbound {
             if let Some(refused) = error.downcast_ref::<OutboundError>() {
                 return Some(refused.to_string());
             }
-            source = error.source();
+            // `io::Error::source` skips the error it wraps (it returns that
+            // error's source), so a `Refused` inside one is reached by `get_ref`.
+            source = match error.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => error.source(),
+            };
         }
         None
     }
@@ -208,6 +216,94 @@ fn check_url(allow: &OutboundAllow, url: &Url) -> Result<(), OutboundError> {
                 return Err(OutboundError::LoopbackName(name));
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use axum::extract::{Path, Query};
+    use axum::response::{IntoResponse, Redirect};
+
+    use super::*;
+
+    /// `/hops/N` redirects to `/hops/N-1` and `/hops/0` answers 200;
+    /// `/away?to=URL` redirects to URL.
+    async fn redirecting_server() -> SocketAddr {
+        let hops = |Path(n): Path<u32>| async move {
+            match n {
+                0 => "arrived".into_response(),
+                n => Redirect::to(&format!("/hops/{}", n - 1)).into_response(),
+            }
+        };
+        let away = |Query(query): Query<HashMap<String, String>>| async move {
+            let to = query.get("to").cloned().unwrap_or_default();
+            Redirect::to(&to).into_response()
+        };
+        let app = axum::Router::new()
+            .route("/hops/{n}", axum::routing::get(hops))
+            .route("/away", axum::routing::get(away));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn outbound(allow: &str, lookup: StaticLookup) -> Outbound {
+        Outbound::new(allow.parse().unwrap(), Arc::new(lookup)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn exactly_max_redirects_are_followed() {
+        let addr = redirecting_server().await;
+        let outbound = outbound("127.0.0.1", StaticLookup::default());
+        let url = format!("http://{addr}/hops/{MAX_REDIRECTS}");
+        let response = outbound.http_client().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let url = format!("http://{addr}/hops/{}", MAX_REDIRECTS + 1);
+        let error = outbound.http_client().get(url).send().await.unwrap_err();
+        assert!(error.is_redirect(), "{error:?}");
+        assert_eq!(Outbound::refused(&error), None);
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_through_the_error_chain() {
+        let addr = redirecting_server().await;
+        let lookup = StaticLookup::new([("rebind.example".to_owned(), vec![addr.ip()])]);
+        let outbound = outbound("", lookup);
+        let url = format!("http://rebind.example:{}/hops/0", addr.port());
+        let error = outbound.http_client().get(url).send().await.unwrap_err();
+        let refused = Outbound::refused(&error).expect("refused");
+        assert!(refused.contains("127.0.0.1"), "{refused}");
+        assert!(refused.contains("SPOOL_OUTBOUND_ALLOW"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_loopback_is_refused_through_the_error_chain() {
+        let addr = redirecting_server().await;
+        let lookup = StaticLookup::new([("public.example".to_owned(), vec![addr.ip()])]);
+        let outbound = outbound("public.example", lookup);
+        let base = format!("http://public.example:{}", addr.port());
+        let response = outbound
+            .http_client()
+            .get(format!("{base}/hops/2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "the opened name itself is reachable"
+        );
+        for to in [
+            format!("http://{addr}/hops/0"),
+            "http://localhost/".to_owned(),
+        ] {
+            let url = Url::parse_with_params(&format!("{base}/away"), [("to", &to)]).unwrap();
+            let error = outbound.http_client().get(url).send().await.unwrap_err();
+            assert!(Outbound::refused(&error).is_some(), "{to}: {error:?}");
         }
     }
 }

@@ -10,6 +10,7 @@ mod hostile;
 mod jobs;
 mod keys;
 mod openapi;
+mod outbound;
 mod pipelines;
 mod queues;
 mod shutdown;
