@@ -112,7 +112,12 @@ pub struct Config {
     pub webhook_retry_base: Duration,
     /// Delivery attempts before a webhook is marked `failed` (with the
     /// defaults, the last attempt comes about 4 hours after the first).
-    #[arg(long, env = "SPOOL_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "SPOOL_WEBHOOK_MAX_ATTEMPTS",
+        default_value_t = 10,
+        global = true
+    )]
     pub webhook_max_attempts: u32,
     /// Time one webhook delivery attempt may take.
     #[arg(long, env = "SPOOL_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
@@ -126,7 +131,12 @@ pub struct Config {
     #[arg(long, env = "SPOOL_HTTP_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024, global = true)]
     pub http_max_response_bytes: usize,
     /// Events kept for `GET /v1/events` clients resuming with `Last-Event-ID`.
-    #[arg(long, env = "SPOOL_EVENT_REPLAY", default_value_t = 10_000, global = true)]
+    #[arg(
+        long,
+        env = "SPOOL_EVENT_REPLAY",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub event_replay: usize,
     /// Interval of keep-alive comments on idle event streams.
     #[arg(long, env = "SPOOL_SSE_KEEP_ALIVE", default_value = "15s", value_parser = duration, global = true)]
@@ -148,6 +158,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("SPOOL_CONFIG: queue `{queue}`: {message}")]
     Queue { queue: String, message: String },
+    #[error("SPOOL_CONFIG: exec.{command}: {message}")]
+    Exec { command: String, message: String },
     #[error("{setting}: {message}")]
     Invalid {
         setting: &'static str,

@@ -36,6 +36,9 @@ impl JobKind for HttpKind {
 
     async fn run(&self, _ctx: JobContext) -> Result<Value, JobFailure> {
         let _ = (&self.outbound, self.max_response_bytes);
-        Err(JobFailure::permanent("not_implemented", "the http kind is being built"))
+        Err(JobFailure::permanent(
+            "not_implemented",
+            "the http kind is being built",
+        ))
     }
 }

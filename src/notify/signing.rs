@@ -77,11 +77,20 @@ mod tests {
 
     #[test]
     fn secrets_without_the_prefix_or_too_short_are_refused() {
-        assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<WebhookSecret>().is_err());
+        assert!(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+                .parse::<WebhookSecret>()
+                .is_err()
+        );
         assert!("whsec_not base64!".parse::<WebhookSecret>().is_err());
         assert!("whsec_c2hvcnQ=".parse::<WebhookSecret>().is_err());
         assert_eq!(
-            format!("{:?}", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<WebhookSecret>().unwrap()),
+            format!(
+                "{:?}",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+                    .parse::<WebhookSecret>()
+                    .unwrap()
+            ),
             "WebhookSecret(whsec_…)"
         );
     }

@@ -56,7 +56,10 @@ impl Lookup for StaticLookup {
         let found = self.0.get(&host.to_ascii_lowercase()).cloned();
         Box::pin(async move {
             found.ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} does not resolve"))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host} does not resolve"),
+                )
             })
         })
     }
@@ -69,7 +72,9 @@ pub enum OutboundError {
     Refused(#[from] Refused),
     #[error("`{0}` may not be reached: only http and https URLs with a host are")]
     BadUrl(String),
-    #[error("{0} is a loopback name; outbound requests may not reach it (SPOOL_OUTBOUND_ALLOW opens it)")]
+    #[error(
+        "{0} is a loopback name; outbound requests may not reach it (SPOOL_OUTBOUND_ALLOW opens it)"
+    )]
     LoopbackName(String),
     #[error("cannot build the outbound HTTP client: {0}")]
     Client(#[from] reqwest::Error),
