@@ -296,12 +296,29 @@ impl ExecKind {
             prepared.insert(name.clone(), Prepared::check(command).map_err(invalid)?);
         }
         let branches: Vec<Value> = prepared.iter().map(|(name, p)| p.schema(name)).collect();
+        // `oneOf` alone only says "no branch matched" at `/payload`; these
+        // repeat each branch's `args` rule under an `if` so a validation error
+        // also points at the argument that is missing, extra or mistyped.
+        let pointed: Vec<Value> = branches
+            .iter()
+            .map(|branch| {
+                json!({
+                    "if": {"properties": {"command": branch["properties"]["command"]}},
+                    "then": {
+                        "properties": {"args": branch["properties"]["args"]},
+                        "required": branch["required"]
+                    }
+                })
+            })
+            .collect();
         let names: Vec<&String> = prepared.keys().collect();
         let schema = json!({
             "type": "object",
-            "properties": {"command": {"enum": names}},
+            "properties": {"command": {"enum": names}, "args": {"type": "object"}},
             "required": ["command"],
-            "oneOf": branches
+            "additionalProperties": false,
+            "oneOf": branches,
+            "allOf": pointed
         });
         Ok(Some(Self {
             commands: prepared,
