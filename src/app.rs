@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::http::{AppState, router};
-use crate::kinds::{HttpKind, JobKind, KindRegistry, RegistryError};
+use crate::kinds::{ExecKind, HttpKind, JobKind, KindRegistry, RegistryError};
 use crate::notify::{DeliverySettings, Webhooks};
 use crate::outbound::{Lookup, Outbound, OutboundError, SystemLookup};
 use crate::store::{JobStore, SqliteStore, StoreError};
@@ -71,6 +71,10 @@ impl AppBuilder {
             outbound.clone(),
             config.http_max_response_bytes,
         )));
+        // Off unless the config file names commands: absent from /v1/kinds.
+        if let Some(exec) = ExecKind::from_config(&file.exec)? {
+            kinds.push(Arc::new(exec));
+        }
         let kinds = KindRegistry::new(kinds)?;
         let store = open_store(&config.database_url).await?;
         let webhooks = config.webhook_secret.clone().map(|secret| Webhooks {

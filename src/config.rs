@@ -158,6 +158,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("SPOOL_CONFIG: queue `{queue}`: {message}")]
     Queue { queue: String, message: String },
+    #[error("SPOOL_CONFIG: exec.{command}: {message}")]
+    Exec { command: String, message: String },
     #[error("{setting}: {message}")]
     Invalid {
         setting: &'static str,

@@ -1,17 +1,420 @@
 //! The `exec` kind: runs commands named in the config file, never a shell.
 
-use std::collections::BTreeMap;
+mod process;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{JobContext, JobFailure, JobKind};
+use crate::config::ConfigError;
+
+const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Both streams at this size, JSON-escaped, still fit the 256 KiB result cap
+/// in the common case.
+const MAX_OUTPUT_BYTES: usize = 96 * 1024;
 
 /// One `[exec.NAME]` table of the config file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecCommand {
-    /// The program and its arguments; `{name}` is replaced by the payload's
-    /// argument `name`. No shell is involved.
+    /// The program and its arguments; `{name}` in `argv[1..]` is replaced by
+    /// the payload's argument `name` (`{{` and `}}` are literal braces). No
+    /// shell is involved.
     pub argv: Vec<String>,
+    /// Shown in the payload schema of `GET /v1/kinds`.
+    #[serde(default)]
+    pub description: Option<String>,
     /// Environment variables the command gets (besides `PATH`, `LANG`, `HOME`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Longest run, like `30s`; the job's own `timeout_ms` applies as well.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Bytes of stdout and of stderr kept in the result (each). Default 65536.
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+    /// Exit codes that make the attempt retryable instead of final.
+    #[serde(default)]
+    pub retryable_exit_codes: Vec<i32>,
+    /// Working directory; default Spool's own.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+/// Part of one argv element.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Text(String),
+    Arg(String),
+}
+
+/// A checked `[exec.NAME]` table.
+struct Prepared {
+    program: String,
+    args: Vec<Vec<Piece>>,
+    placeholders: BTreeSet<String>,
+    description: Option<String>,
+    env: BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    max_output_bytes: usize,
+    retryable_exit_codes: BTreeSet<i32>,
+    cwd: Option<PathBuf>,
+}
+
+/// Runs the commands of the config file; registered only when there are any.
+pub struct ExecKind {
+    commands: BTreeMap<String, Prepared>,
+    schema: Value,
+}
+
+fn valid_command_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn valid_placeholder(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Splits one argv element into literal text and `{placeholder}`s.
+fn parse_element(element: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut chars = element.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' | '}' if chars.peek() == Some(&c) => {
+                chars.next();
+                text.push(c);
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => {
+                            return Err(
+                                "has a `{` without its `}` (write `{{` for a literal brace)".into(),
+                            );
+                        }
+                    }
+                }
+                if !valid_placeholder(&name) {
+                    return Err(format!(
+                        "has `{{{name}}}`, but placeholder names are 1 to 64 of A-Z a-z 0-9 _ \
+                         (write `{{{{` for a literal brace)"
+                    ));
+                }
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Arg(name));
+            }
+            _ if c == '}' => {
+                return Err("has a `}` without its `{` (write `}}` for a literal brace)".into());
+            }
+            _ => text.push(c),
+        }
+    }
+    if !text.is_empty() || pieces.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+impl Prepared {
+    fn check(command: &ExecCommand) -> Result<Self, String> {
+        let Some((program, rest)) = command.argv.split_first() else {
+            return Err("argv must name a program".into());
+        };
+        if command.argv.iter().any(|a| a.contains('\0')) {
+            return Err("argv cannot contain NUL bytes".into());
+        }
+        let program = match parse_element(program).map_err(|e| format!("argv[0] {e}"))?[..] {
+            [Piece::Text(ref text)] if !text.is_empty() => text.clone(),
+            [Piece::Text(_)] => return Err("argv[0] (the program) is empty".into()),
+            _ => return Err("argv[0] (the program) cannot hold a placeholder".into()),
+        };
+        let mut args = Vec::with_capacity(rest.len());
+        for (i, element) in rest.iter().enumerate() {
+            args.push(parse_element(element).map_err(|e| format!("argv[{}] {e}", i + 1))?);
+        }
+        let placeholders = args
+            .iter()
+            .flatten()
+            .filter_map(|piece| match piece {
+                Piece::Arg(name) => Some(name.clone()),
+                Piece::Text(_) => None,
+            })
+            .collect();
+        for (name, value) in &command.env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(format!("env name `{name}` is not a variable name"));
+            }
+            // The value may be a secret: name the variable, never its value.
+            if value.contains('\0') {
+                return Err(format!("env `{name}` cannot contain NUL bytes"));
+            }
+        }
+        let timeout = match &command.timeout {
+            None => None,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(timeout) if !timeout.is_zero() => Some(timeout),
+                Ok(_) => return Err("timeout must be more than 0s".into()),
+                Err(e) => {
+                    return Err(format!(
+                        "timeout `{text}` is not a duration like 30s or 5m: {e}"
+                    ));
+                }
+            },
+        };
+        let max_output_bytes = command.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        if max_output_bytes > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "max_output_bytes must be at most {MAX_OUTPUT_BYTES} (results are capped at 256 KiB)"
+            ));
+        }
+        if let Some(cwd) = &command.cwd
+            && !cwd.is_dir()
+        {
+            return Err(format!("cwd {} is not a directory", cwd.display()));
+        }
+        Ok(Self {
+            program,
+            args,
+            placeholders,
+            description: command.description.clone(),
+            env: command.env.clone(),
+            timeout,
+            max_output_bytes,
+            retryable_exit_codes: command.retryable_exit_codes.iter().copied().collect(),
+            cwd: command.cwd.clone(),
+        })
+    }
+
+    /// The payload schema branch of this command.
+    fn schema(&self, name: &str) -> Value {
+        let properties: serde_json::Map<String, Value> = self
+            .placeholders
+            .iter()
+            .map(|p| (p.clone(), json!({"type": ["string", "number", "boolean"]})))
+            .collect();
+        let mut required = vec!["command"];
+        if !self.placeholders.is_empty() {
+            required.push("args");
+        }
+        let mut branch = json!({
+            "type": "object",
+            "properties": {
+                "command": {"const": name},
+                "args": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": self.placeholders,
+                    "additionalProperties": false
+                }
+            },
+            "required": required,
+            "additionalProperties": false
+        });
+        if let Some(description) = &self.description {
+            branch["description"] = json!(description);
+        }
+        branch
+    }
+
+    /// The argv after the program, placeholders replaced.
+    fn render(&self, args: &BTreeMap<String, Value>) -> Result<Vec<String>, JobFailure> {
+        self.args
+            .iter()
+            .map(|pieces| {
+                let mut element = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(text) => element.push_str(text),
+                        Piece::Arg(name) => match args.get(name) {
+                            Some(Value::String(text)) => element.push_str(text),
+                            Some(value @ (Value::Number(_) | Value::Bool(_))) => {
+                                element.push_str(&value.to_string());
+                            }
+                            // The config may have changed since submission.
+                            _ => {
+                                return Err(JobFailure::permanent(
+                                    "invalid_payload",
+                                    format!("argument `{name}` is missing or not a string, number or boolean"),
+                                ));
+                            }
+                        },
+                    }
+                }
+                Ok(element)
+            })
+            .collect()
+    }
+}
+
+impl ExecKind {
+    /// Checks the `[exec.NAME]` tables; `None` when there are none.
+    pub fn from_config(
+        commands: &BTreeMap<String, ExecCommand>,
+    ) -> Result<Option<Self>, ConfigError> {
+        if commands.is_empty() {
+            return Ok(None);
+        }
+        let mut prepared = BTreeMap::new();
+        for (name, command) in commands {
+            let invalid = |message: String| ConfigError::Exec {
+                command: name.clone(),
+                message,
+            };
+            if !valid_command_name(name) {
+                return Err(invalid("names are 1 to 64 of A-Z a-z 0-9 _ - .".into()));
+            }
+            prepared.insert(name.clone(), Prepared::check(command).map_err(invalid)?);
+        }
+        let branches: Vec<Value> = prepared.iter().map(|(name, p)| p.schema(name)).collect();
+        // `oneOf` alone only says "no branch matched" at `/payload`; these
+        // repeat each branch's `args` rule under an `if` so a validation error
+        // also points at the argument that is missing, extra or mistyped.
+        let pointed: Vec<Value> = branches
+            .iter()
+            .map(|branch| {
+                json!({
+                    "if": {"properties": {"command": branch["properties"]["command"]}},
+                    "then": {
+                        "properties": {"args": branch["properties"]["args"]},
+                        "required": branch["required"]
+                    }
+                })
+            })
+            .collect();
+        let names: Vec<&String> = prepared.keys().collect();
+        let schema = json!({
+            "type": "object",
+            "properties": {"command": {"enum": names}, "args": {"type": "object"}},
+            "required": ["command"],
+            "additionalProperties": false,
+            "oneOf": branches,
+            "allOf": pointed
+        });
+        Ok(Some(Self {
+            commands: prepared,
+            schema,
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct ExecPayload {
+    command: String,
+    #[serde(default)]
+    args: BTreeMap<String, Value>,
+}
+
+#[async_trait]
+impl JobKind for ExecKind {
+    fn name(&self) -> &str {
+        "exec"
+    }
+
+    fn description(&self) -> &str {
+        "Runs a command named in the config file with the payload's arguments \
+         (no shell); its whole process group is killed on cancel or timeout."
+    }
+
+    fn payload_schema(&self) -> Value {
+        self.schema.clone()
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure> {
+        let payload: ExecPayload = serde_json::from_value(ctx.payload.clone())
+            .map_err(|e| JobFailure::permanent("invalid_payload", e.to_string()))?;
+        let Some(command) = self.commands.get(&payload.command) else {
+            return Err(JobFailure::permanent(
+                "unknown_command",
+                format!("no command `{}` is configured", payload.command),
+            ));
+        };
+        let args = command.render(&payload.args)?;
+        process::execute(&payload.command, command, args, &ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(argv: &[&str]) -> ExecCommand {
+        ExecCommand {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            description: None,
+            env: BTreeMap::new(),
+            timeout: None,
+            max_output_bytes: None,
+            retryable_exit_codes: Vec::new(),
+            cwd: None,
+        }
+    }
+
+    #[test]
+    fn placeholders_may_be_whole_elements_or_parts_and_braces_escape() {
+        use Piece::{Arg, Text};
+        assert_eq!(parse_element("{file}").unwrap(), [Arg("file".into())]);
+        assert_eq!(
+            parse_element("--out={dir}/x").unwrap(),
+            [Text("--out=".into()), Arg("dir".into()), Text("/x".into())]
+        );
+        assert_eq!(parse_element("{{a}}").unwrap(), [Text("{a}".into())]);
+        assert_eq!(parse_element("").unwrap(), [Text(String::new())]);
+        for bad in ["{", "}", "{}", "{a b}", "x{y", "a}b", "{a-b}"] {
+            assert!(parse_element(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arguments_render_as_text_and_json_for_numbers_and_booleans() {
+        let prepared = Prepared::check(&command(&["p", "{a}", "n={n}", "{b}{{"])).unwrap();
+        let args = serde_json::from_value(json!({"a": "x y", "n": 1.5, "b": true})).unwrap();
+        assert_eq!(prepared.render(&args).unwrap(), ["x y", "n=1.5", "true{"]);
+        assert!(prepared.render(&BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn bad_tables_are_refused_naming_the_command() {
+        let check = |name: &str, c: ExecCommand| {
+            ExecKind::from_config(&BTreeMap::from([(name.to_owned(), c)]))
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(check("ok", command(&["true"])).is_none());
+        for bad in [
+            command(&[]),
+            command(&["{p}"]),
+            command(&[""]),
+            command(&["x", "{"]),
+        ] {
+            let message = check("job", bad).unwrap();
+            assert!(message.contains("exec.job"), "{message}");
+        }
+        assert!(check("bad name", command(&["true"])).is_some());
+        let mut slow = command(&["true"]);
+        slow.timeout = Some("soon".into());
+        assert!(check("slow", slow).unwrap().contains("timeout"));
+        let mut env = command(&["true"]);
+        env.env.insert("A=B".into(), "secret".into());
+        assert!(!check("env", env).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn no_commands_means_no_kind() {
+        assert!(ExecKind::from_config(&BTreeMap::new()).unwrap().is_none());
+    }
 }

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::domain::{FieldError, JobId, Progress};
 
 pub use builtin::{EchoKind, NoopKind, SleepKind};
-pub use exec::ExecCommand;
+pub use exec::{ExecCommand, ExecKind};
 pub use http::HttpKind;
 
 /// How an attempt failed, and whether trying again can help.

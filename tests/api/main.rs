@@ -5,6 +5,7 @@ mod batches;
 mod config;
 mod custom_kinds;
 mod durability;
+mod exec;
 mod helpers;
 mod hostile;
 mod jobs;
