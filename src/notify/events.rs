@@ -181,6 +181,10 @@ pub enum Resume {
     },
 }
 
+/// The kept events to replay, how complete they are, and the live events
+/// that follow them.
+pub type Resumption = (Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>);
+
 struct Ring {
     next_seq: u64,
     kept: VecDeque<Arc<Event>>,
@@ -261,7 +265,7 @@ impl EventHub {
     pub fn subscribe_after(
         &self,
         last_event_id: &str,
-    ) -> Result<(Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>), String> {
+    ) -> Result<Resumption, String> {
         let (epoch, seq) = last_event_id
             .rsplit_once('-')
             .and_then(|(epoch, seq)| Some((epoch, seq.parse::<u64>().ok()?)))
