@@ -262,10 +262,7 @@ impl EventHub {
     /// Live events, preceded by the kept events after `last_event_id` (as
     /// sent back by a reconnecting client), with no gap or repeat between
     /// the two. `Err` for an id this hub could never have given out.
-    pub fn subscribe_after(
-        &self,
-        last_event_id: &str,
-    ) -> Result<Resumption, String> {
+    pub fn subscribe_after(&self, last_event_id: &str) -> Result<Resumption, String> {
         let (epoch, seq) = last_event_id
             .rsplit_once('-')
             .and_then(|(epoch, seq)| Some((epoch, seq.parse::<u64>().ok()?)))

@@ -3,6 +3,7 @@
 
 mod batches;
 mod conformance;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub async fn sqlite_store() -> (Arc<dyn JobStore>, TempDir) {
 // Every case, wherever it is written, under one name the suite macro uses.
 use batches::*;
 use conformance::*;
+use webhooks::*;
 
 /// Runs each conformance case against a backend.
 macro_rules! conformance_suite {
@@ -70,5 +72,12 @@ conformance_suite!(
         cancelling_a_batch_cancels_waiting_jobs_and_stops_running_ones,
         retries_respect_finished_batches_and_failed_dependencies,
         prune_keeps_the_jobs_of_a_batch_as_long_as_the_batch,
+        a_job_with_a_callback_gets_one_webhook_when_it_ends_and_none_before,
+        attempts_are_recorded_and_the_first_body_is_kept,
+        a_failed_delivery_is_never_claimed_again,
+        a_lapsed_claim_is_claimed_again_and_an_exclusive_start_releases_claims,
+        cancelled_and_cascaded_jobs_get_their_webhooks,
+        a_batch_webhook_is_written_once_when_the_batch_finishes,
+        prune_deletes_webhooks_past_the_retention,
     ]
 );
