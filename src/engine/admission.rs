@@ -100,7 +100,7 @@ impl Engine {
     /// unpause wakes it), or the promoter for one that must wait, if it is
     /// due before anything it knows of.
     pub(super) fn admitted(&self, job: &Job, paused: bool) {
-        self.publish(job);
+        self.publish_stored(job);
         match job.status {
             JobState::Queued if !paused => self.inner.wake_dispatcher.notify_one(),
             JobState::Scheduled => self.schedule_wake(job.run_at),

@@ -178,7 +178,7 @@ impl Engine {
         let mut ready = false;
         let mut due: Option<Timestamp> = None;
         for job in jobs {
-            self.publish(job);
+            self.publish_stored(job);
             match job.status {
                 JobState::Queued => ready = true,
                 JobState::Scheduled if job.depends_on.is_empty() => {

@@ -387,7 +387,7 @@ impl Engine {
             }
             RetryOutcome::Rejected(rejection) => Err(self.rejection_error(rejection, "")),
             RetryOutcome::Retried(job) => {
-                self.publish(&job);
+                self.publish_stored(&job);
                 self.inner.wake_dispatcher.notify_one();
                 Ok(job)
             }
@@ -465,6 +465,18 @@ impl Engine {
         }
         self.inner.events.publish(
             EventKind::for_state(job.status),
+            Subject::Job(job_summary(job)),
+        );
+    }
+
+    /// Tells listeners of a job just stored by a submission or a retry request.
+    fn publish_stored(&self, job: &Job) {
+        if job.status.is_terminal() {
+            self.publish(job);
+            return;
+        }
+        self.inner.events.publish(
+            EventKind::for_stored(job.status),
             Subject::Job(job_summary(job)),
         );
     }

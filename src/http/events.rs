@@ -43,7 +43,8 @@ impl Filter {
     }
 }
 
-const EVENT_TYPES: [EventKind; 8] = [
+const EVENT_TYPES: [EventKind; 9] = [
+    EventKind::Scheduled,
     EventKind::Queued,
     EventKind::Started,
     EventKind::Progress,
@@ -96,7 +97,7 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<(Filter, Option<String>)
 
 /// Follow job and batch events.
 ///
-/// A Server-Sent Events stream of `job.queued`, `job.started`,
+/// A Server-Sent Events stream of `job.scheduled`, `job.queued`, `job.started`,
 /// `job.progress`, `job.retrying`, `job.succeeded`, `job.failed`,
 /// `job.cancelled` and `batch.finished`, each with an `id:`, narrowed by
 /// `job_id`, `batch_id`, `queue` and `types` (comma-separated). Idle streams

@@ -23,6 +23,10 @@ const LIVE_BUFFER: usize = 4_096;
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub enum EventKind {
+    /// Stored (or retried by request) to run later: at its `run_at`, or
+    /// when its dependencies succeed.
+    #[serde(rename = "job.scheduled")]
+    Scheduled,
     #[serde(rename = "job.queued")]
     Queued,
     #[serde(rename = "job.started")]
@@ -56,8 +60,18 @@ impl EventKind {
         }
     }
 
+    /// The event of a job just stored in `state` (by a submission or a
+    /// retry request): `scheduled` there means waiting, not retrying.
+    pub fn for_stored(state: JobState) -> Self {
+        match state {
+            JobState::Scheduled => EventKind::Scheduled,
+            other => EventKind::for_state(other),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::Scheduled => "job.scheduled",
             EventKind::Queued => "job.queued",
             EventKind::Started => "job.started",
             EventKind::Progress => "job.progress",
@@ -87,12 +101,58 @@ pub struct JobSummary {
     pub progress: Option<Progress>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    /// The result is larger than events carry (8 KiB of JSON): read the job.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub result_omitted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
 }
 
+/// Largest result an event carries. Events are kept in memory for resuming
+/// streams (`SPOOL_EVENT_REPLAY` of them), so their size must stay small
+/// whatever results jobs return (up to 256 KiB each).
+const MAX_EVENT_RESULT_BYTES: u64 = 8 * 1024;
+
+/// Counts serialized bytes without keeping them.
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        if self.0 > MAX_EVENT_RESULT_BYTES {
+            // Stop serializing as soon as it is too large.
+            return Err(std::io::Error::other("too large"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn small_enough(value: &Value) -> bool {
+    serde_json::to_writer(&mut ByteCount(0), value).is_ok()
+}
+
+/// The result an event about a job in `status` carries, and whether one was
+/// left out for its size (only `job.succeeded` carries one).
+fn event_result(status: JobState, result: Option<&Value>) -> (Option<Value>, bool) {
+    match result {
+        Some(result) if status == JobState::Succeeded => {
+            if small_enough(result) {
+                (Some(result.clone()), false)
+            } else {
+                (None, true)
+            }
+        }
+        _ => (None, false),
+    }
+}
+
 /// The summary of `job` as its events show it.
 pub fn job_summary(job: &Job) -> JobSummary {
+    let (result, result_omitted) = event_result(job.status, job.result.as_ref());
     JobSummary {
         id: job.id,
         queue: job.queue.clone(),
@@ -102,10 +162,8 @@ pub fn job_summary(job: &Job) -> JobSummary {
         max_attempts: job.max_attempts,
         batch_id: job.batch_id,
         progress: job.progress.clone(),
-        result: match job.status {
-            JobState::Succeeded => job.result.clone(),
-            _ => None,
-        },
+        result,
+        result_omitted,
         error: match job.status {
             JobState::Failed | JobState::Cancelled | JobState::Scheduled => job.error.clone(),
             _ => None,
@@ -315,6 +373,21 @@ mod tests {
                 counts: BatchCounts::default(),
                 finished_at: None,
             }),
+        );
+    }
+
+    #[test]
+    fn events_carry_small_results_and_say_when_one_was_left_out() {
+        let small = serde_json::json!({"n": 1});
+        assert_eq!(
+            event_result(JobState::Succeeded, Some(&small)),
+            (Some(small.clone()), false)
+        );
+        assert_eq!(event_result(JobState::Failed, Some(&small)), (None, false));
+        let large = Value::String("x".repeat(9 * 1024));
+        assert_eq!(
+            event_result(JobState::Succeeded, Some(&large)),
+            (None, true)
         );
     }
 
