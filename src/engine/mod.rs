@@ -463,10 +463,9 @@ impl Engine {
                 self.inner.wake_webhooks.notify_one();
             }
         }
-        self.inner.events.publish(
-            EventKind::for_state(job.status),
-            Subject::Job(job_summary(job)),
-        );
+        self.inner
+            .events
+            .publish(EventKind::for_job(job), Subject::Job(job_summary(job)));
     }
 
     /// Publishes `batch.finished` for each batch, read after the write that
@@ -539,10 +538,10 @@ impl Engine {
             tokio::spawn(async move {
                 for (tenant, id) in ids {
                     if let Ok(Some(job)) = engine.inner.store.get_job(&tenant, id).await {
-                        engine.inner.events.publish(
-                            EventKind::for_state(job.status),
-                            Subject::Job(job_summary(&job)),
-                        );
+                        engine
+                            .inner
+                            .events
+                            .publish(EventKind::for_job(&job), Subject::Job(job_summary(&job)));
                     }
                 }
             });

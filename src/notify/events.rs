@@ -56,6 +56,18 @@ impl EventKind {
         }
     }
 
+    /// The event `job`'s new state produces. A job entering `scheduled`
+    /// before any attempt (a delay, or waiting for its dependencies) was
+    /// accepted, not retried: `job.queued`. (`for_state` alone called every
+    /// `scheduled` a retry, so a dependent job announced `job.retrying` at
+    /// submission.)
+    pub fn for_job(job: &Job) -> Self {
+        match job.status {
+            JobState::Scheduled if job.attempt == 0 => EventKind::Queued,
+            state => Self::for_state(state),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Queued => "job.queued",
@@ -264,6 +276,9 @@ impl EventHub {
     ) -> Result<(Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>), String> {
         let (epoch, seq) = last_event_id
             .rsplit_once('-')
+            // Epochs are numbers too: `abc-1` was never given out by any
+            // process and is refused rather than taken for a restart.
+            .filter(|(epoch, _)| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|(epoch, seq)| Some((epoch, seq.parse::<u64>().ok()?)))
             .ok_or_else(|| format!("`{last_event_id}` is not an event id of this service"))?;
         let ring = self
@@ -361,5 +376,7 @@ mod tests {
         batch_event(&hub);
         assert!(after.try_recv().is_ok(), "live events follow the replay");
         assert!(hub.subscribe_after("nonsense").is_err());
+        assert!(hub.subscribe_after("abc-1").is_err());
+        assert!(hub.subscribe_after("-1").is_err());
     }
 }

@@ -38,7 +38,7 @@ impl Message {
 #[derive(Debug)]
 enum Item {
     Message(Message),
-    Comment(String),
+    Comment,
 }
 
 struct EventStream {
@@ -119,7 +119,7 @@ impl EventStream {
         loop {
             match self.next_item().await? {
                 Item::Message(message) => return Some(message),
-                Item::Comment(_) => {}
+                Item::Comment => {}
             }
         }
     }
@@ -175,8 +175,8 @@ impl EventStream {
             }
             return;
         }
-        if let Some(comment) = line.strip_prefix(':') {
-            self.ready.push_back(Item::Comment(comment.to_owned()));
+        if line.starts_with(':') {
+            self.ready.push_back(Item::Comment);
             return;
         }
         let (field, value) = match line.split_once(':') {
@@ -301,10 +301,20 @@ async fn a_jobs_events_arrive_in_order_with_its_progress_and_result() {
         ],
         "{mine:#?}"
     );
-    let statuses: Vec<Value> = mine.iter().map(|m| m.json()["job"]["status"].clone()).collect();
+    let statuses: Vec<Value> = mine
+        .iter()
+        .map(|m| m.json()["job"]["status"].clone())
+        .collect();
     assert_eq!(
         statuses,
-        ["queued", "running", "running", "running", "running", "succeeded"]
+        [
+            "queued",
+            "running",
+            "running",
+            "running",
+            "running",
+            "succeeded"
+        ]
     );
     let progress: Vec<Value> = mine[2..5]
         .iter()
@@ -318,10 +328,17 @@ async fn a_jobs_events_arrive_in_order_with_its_progress_and_result() {
     assert_eq!(done["job"]["kind"], "sleep");
     assert_eq!(done["job"]["queue"], "default");
     assert_eq!(done["job"]["attempt"], 1);
-    assert_eq!(done["job"]["result"], json!({"slept_ms": 300, "attempt": 1}));
+    assert_eq!(
+        done["job"]["result"],
+        json!({"slept_ms": 300, "attempt": 1})
+    );
     assert!(done["job"].get("error").is_none(), "{done}");
     // The result belongs to the end only.
-    assert!(mine[..5].iter().all(|m| m.json()["job"].get("result").is_none()));
+    assert!(
+        mine[..5]
+            .iter()
+            .all(|m| m.json()["job"].get("result").is_none())
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -343,7 +360,10 @@ async fn a_client_resuming_with_last_event_id_gets_exactly_what_it_missed_then_l
     // While it is away: the rest of the first job, and a second job.
     let second = id_str(&app.submit(noop()).await);
     let mut all = observer.until_job_event(&first, "job.succeeded").await;
-    if !all.iter().any(|m| m.job_id().as_deref() == Some(&second) && m.event == "job.succeeded") {
+    if !all
+        .iter()
+        .any(|m| m.job_id().as_deref() == Some(&second) && m.event == "job.succeeded")
+    {
         all.extend(observer.until_job_event(&second, "job.succeeded").await);
     }
     assert_well_formed(&all);
@@ -487,7 +507,11 @@ async fn a_stream_filtered_by_batch_id_shows_its_jobs_and_its_end() {
     let seen = stream.until(|m| m.event == "batch.finished").await;
     assert_well_formed(&seen);
     for message in &seen[..seen.len() - 1] {
-        assert_eq!(message.json()["job"]["batch_id"], batch_id.as_str(), "{message:?}");
+        assert_eq!(
+            message.json()["job"]["batch_id"],
+            batch_id.as_str(),
+            "{message:?}"
+        );
     }
     let mut ends: Vec<&str> = seen
         .iter()
@@ -534,13 +558,20 @@ async fn a_stream_filtered_by_types_shows_only_those_types() {
     let fine = id_str(&app.submit(noop()).await);
     app.wait_for_status(&fine, "succeeded", WAIT).await;
     let failing = id_str(
-        &app.submit(json!({"kind": "sleep", "payload": {"ms": 10, "fail": true}, "max_attempts": 1}))
-            .await,
+        &app.submit(
+            json!({"kind": "sleep", "payload": {"ms": 10, "fail": true}, "max_attempts": 1}),
+        )
+        .await,
     );
     app.wait_for_status(&failing, "failed", WAIT).await;
-    let long = id_str(&app.submit(json!({"kind": "sleep", "payload": {"ms": 60000}})).await);
+    let long = id_str(
+        &app.submit(json!({"kind": "sleep", "payload": {"ms": 60000}}))
+            .await,
+    );
     app.wait_for_status(&long, "running", WAIT).await;
-    let cancel = app.post(&format!("/v1/jobs/{long}/cancel"), &json!({})).await;
+    let cancel = app
+        .post(&format!("/v1/jobs/{long}/cancel"), &json!({}))
+        .await;
     assert!(cancel.status().is_success(), "{}", cancel.status());
 
     let first = stream.next().await;
@@ -604,11 +635,17 @@ async fn a_failing_job_shows_its_retry_then_its_failure_with_the_error() {
     assert_eq!(retrying["job"]["status"], "scheduled", "{retrying}");
     assert_eq!(retrying["job"]["attempt"], 1);
     assert_eq!(retrying["job"]["max_attempts"], 2);
-    assert_eq!(retrying["job"]["error"]["code"], "requested_failure", "{retrying}");
+    assert_eq!(
+        retrying["job"]["error"]["code"], "requested_failure",
+        "{retrying}"
+    );
     let failed = seen[4].json();
     assert_eq!(failed["job"]["status"], "failed");
     assert_eq!(failed["job"]["attempt"], 2);
-    assert_eq!(failed["job"]["error"]["code"], "requested_failure", "{failed}");
+    assert_eq!(
+        failed["job"]["error"]["code"], "requested_failure",
+        "{failed}"
+    );
     assert!(failed["job"]["error"]["message"].is_string(), "{failed}");
     assert!(failed["job"].get("result").is_none(), "{failed}");
 }
@@ -617,7 +654,10 @@ async fn a_failing_job_shows_its_retry_then_its_failure_with_the_error() {
 async fn a_cancelled_running_job_shows_job_cancelled() {
     let app = spawn_app().await;
     let mut stream = EventStream::open(&app, "", None).await;
-    let id = id_str(&app.submit(json!({"kind": "sleep", "payload": {"ms": 60000}})).await);
+    let id = id_str(
+        &app.submit(json!({"kind": "sleep", "payload": {"ms": 60000}}))
+            .await,
+    );
     let started = stream.until_job_event(&id, "job.started").await;
     assert_eq!(events(&started), ["job.queued", "job.started"]);
     let cancel = app.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
@@ -633,10 +673,15 @@ async fn a_dependent_of_a_failed_job_shows_job_cancelled_with_dependency_failed(
     let app = spawn_app().await;
     let mut stream = EventStream::open(&app, "", None).await;
     let parent = id_str(
-        &app.submit(json!({"kind": "sleep", "payload": {"ms": 200, "fail": true}, "max_attempts": 1}))
+        &app.submit(
+            json!({"kind": "sleep", "payload": {"ms": 200, "fail": true}, "max_attempts": 1}),
+        )
+        .await,
+    );
+    let child = id_str(
+        &app.submit(json!({"kind": "noop", "depends_on": [parent]}))
             .await,
     );
-    let child = id_str(&app.submit(json!({"kind": "noop", "depends_on": [parent]})).await);
 
     let seen = stream.until_job_event(&child, "job.cancelled").await;
     assert_well_formed(&seen);
@@ -648,11 +693,17 @@ async fn a_dependent_of_a_failed_job_shows_job_cancelled_with_dependency_failed(
     let kinds: Vec<&str> = of_child.iter().map(|m| m.event.as_str()).collect();
     assert_eq!(kinds, ["job.queued", "job.cancelled"], "{seen:#?}");
     let accepted = of_child[0].json();
-    assert_eq!(accepted["job"]["status"], "scheduled", "waiting: {accepted}");
+    assert_eq!(
+        accepted["job"]["status"], "scheduled",
+        "waiting: {accepted}"
+    );
     assert_eq!(accepted["job"]["attempt"], 0);
     let cancelled = of_child[1].json();
     assert_eq!(cancelled["job"]["status"], "cancelled");
-    assert_eq!(cancelled["job"]["error"]["code"], "dependency_failed", "{cancelled}");
+    assert_eq!(
+        cancelled["job"]["error"]["code"], "dependency_failed",
+        "{cancelled}"
+    );
     // The parent failed before its dependent was cancelled.
     let parent_failed = seen
         .iter()
@@ -671,7 +722,7 @@ async fn an_idle_stream_receives_keep_alive_comments() {
     let mut comments = 0;
     while comments < 3 {
         match stream.next_item().await {
-            Some(Item::Comment(_)) => comments += 1,
+            Some(Item::Comment) => comments += 1,
             Some(Item::Message(message)) => panic!("an idle stream sent {message:?}"),
             None => panic!("the stream ended"),
         }
@@ -742,7 +793,10 @@ async fn the_stream_is_event_stream_and_never_compressed() {
 async fn a_stream_cannot_be_opened_once_shutdown_began() {
     // A long job keeps the app draining (and answering) for a while.
     let app = spawn_app().await;
-    let id = id_str(&app.submit(json!({"kind": "sleep", "payload": {"ms": 2000}})).await);
+    let id = id_str(
+        &app.submit(json!({"kind": "sleep", "payload": {"ms": 2000}}))
+            .await,
+    );
     app.wait_for_status(&id, "running", WAIT).await;
     let (client, url) = (app.client.clone(), app.url("/v1/events"));
     let shutdown = tokio::spawn(app.shutdown());
