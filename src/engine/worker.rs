@@ -118,7 +118,7 @@ impl Engine {
             id: job.id,
             attempt: job.attempt,
             events: self.inner.events.clone(),
-            summary: job_summary(&job),
+            summary: job_summary(job),
         });
         let dependencies = if job.depends_on.is_empty() {
             Vec::new()

@@ -198,6 +198,10 @@ struct Ring {
     kept: VecDeque<Arc<Event>>,
 }
 
+/// The kept events to replay, where that leaves the listener, and the live
+/// events that follow them.
+pub type Resumed = (Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>);
+
 /// Numbers events, keeps the last `replay` of them and fans them out.
 #[derive(Clone)]
 pub struct EventHub {
@@ -270,10 +274,7 @@ impl EventHub {
     /// Live events, preceded by the kept events after `last_event_id` (as
     /// sent back by a reconnecting client), with no gap or repeat between
     /// the two. `Err` for an id this hub could never have given out.
-    pub fn subscribe_after(
-        &self,
-        last_event_id: &str,
-    ) -> Result<(Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>), String> {
+    pub fn subscribe_after(&self, last_event_id: &str) -> Result<Resumed, String> {
         let (epoch, seq) = last_event_id
             .rsplit_once('-')
             // Epochs are numbers too: `abc-1` was never given out by any
