@@ -282,7 +282,13 @@ impl Engine {
         Some(FieldError::new(pointer, problem))
     }
 
-    /// Fires when shutdown begins: streams and long-polls end then.
+    /// Fires once shutdown has drained the running jobs (their last events
+    /// are published by then): event streams end then.
+    pub fn drained(&self) -> CancellationToken {
+        self.inner.stopped.clone()
+    }
+
+    /// Fires when shutdown begins: long-polls end then.
     pub fn stopping(&self) -> CancellationToken {
         self.inner.stopping.clone()
     }

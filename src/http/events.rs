@@ -109,7 +109,8 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<(Filter, Option<String>)
 /// stream first sends a `stream.gap` event (no id) with `reason` `too_old` or
 /// `restarted`: re-read the state you care about. A client too slow for the
 /// live stream is caught up from the same buffer, or gets `stream.gap` with
-/// `reason: lagged`. At shutdown the stream ends with `stream.end`.
+/// `reason: lagged`. At shutdown the stream ends with `stream.end` once the
+/// running jobs have drained (so their last events are on it).
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     params(
@@ -132,10 +133,12 @@ pub async fn stream_events(
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let (filter, query_last_id) = parse_filter(pairs)?;
-    let stopping = state.engine.stopping();
-    if stopping.is_cancelled() {
+    if state.engine.stopping().is_cancelled() {
         return Err(EngineError::ShuttingDown.into());
     }
+    // Streams stay open while running jobs drain, so clients see how they
+    // ended, and close before the HTTP server waits for its connections.
+    let stopping = state.engine.drained();
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(value.to_str().map(str::to_owned).map_err(|_| {
             ApiError::validation(vec![FieldError::new("", "Last-Event-ID is not text")])
@@ -144,7 +147,8 @@ pub async fn stream_events(
     };
     let hub = state.engine.events().clone();
     let mut pending = VecDeque::new();
-    let (replay, receiver) = match last_event_id.filter(|id| !id.is_empty()) {
+    let last_event_id = last_event_id.filter(|id| !id.is_empty());
+    let (replay, receiver) = match last_event_id.clone() {
         None => (Vec::new(), hub.subscribe()),
         Some(id) => {
             let (replay, resume, receiver) = hub.subscribe_after(&id).map_err(|message| {
@@ -169,7 +173,7 @@ pub async fn stream_events(
         pending,
         replay: replay.into(),
         receiver,
-        last_sent: None,
+        last_seen: last_event_id,
         stopping,
         ended: false,
     };
@@ -193,7 +197,9 @@ struct EventStream {
     pending: VecDeque<SseEvent>,
     replay: VecDeque<Arc<Event>>,
     receiver: broadcast::Receiver<Arc<Event>>,
-    last_sent: Option<String>,
+    /// The last event taken from the replay or the channel, sent or
+    /// filtered out: where a catch-up resumes.
+    last_seen: Option<String>,
     stopping: CancellationToken,
     ended: bool,
 }
@@ -237,10 +243,10 @@ impl EventStream {
                     }
                 }
             };
+            self.last_seen = Some(event.id.clone());
             if !self.filter.matches(&event) {
                 continue;
             }
-            self.last_sent = Some(event.id.clone());
             return Some(to_sse(&event));
         }
     }
@@ -249,7 +255,7 @@ impl EventStream {
     /// the replay buffer if it is still there, else tell it.
     fn catch_up(&mut self, missed: u64) {
         let resumed = self
-            .last_sent
+            .last_seen
             .as_deref()
             .and_then(|id| self.hub.subscribe_after(id).ok());
         match resumed {

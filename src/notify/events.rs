@@ -323,6 +323,9 @@ impl EventHub {
     pub fn subscribe_after(&self, last_event_id: &str) -> Result<Resumption, String> {
         let (epoch, seq) = last_event_id
             .rsplit_once('-')
+            // Epochs are numbers too: `abc-1` was never given out by any
+            // process and is refused rather than taken for a restart.
+            .filter(|(epoch, _)| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|(epoch, seq)| Some((epoch, seq.parse::<u64>().ok()?)))
             .ok_or_else(|| format!("`{last_event_id}` is not an event id of this service"))?;
         let ring = self
@@ -435,5 +438,7 @@ mod tests {
         batch_event(&hub);
         assert!(after.try_recv().is_ok(), "live events follow the replay");
         assert!(hub.subscribe_after("nonsense").is_err());
+        assert!(hub.subscribe_after("abc-1").is_err());
+        assert!(hub.subscribe_after("-1").is_err());
     }
 }

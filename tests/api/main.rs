@@ -5,6 +5,7 @@ mod batches;
 mod config;
 mod custom_kinds;
 mod durability;
+mod events;
 mod exec;
 mod helpers;
 mod hostile;
