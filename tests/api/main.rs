@@ -15,3 +15,4 @@ mod outbound;
 mod pipelines;
 mod queues;
 mod shutdown;
+mod webhooks;
