@@ -40,6 +40,8 @@ enum Reply {
     Status(u16),
     /// 302 with this `location`.
     Redirect(String),
+    /// 200 after this long.
+    Slow(Duration),
 }
 
 /// One request as the receiver saw it.
@@ -171,6 +173,7 @@ async fn record(
         let answered = match &reply {
             Reply::Status(status) => *status,
             Reply::Redirect(_) => 302,
+            Reply::Slow(_) => 200,
         };
         script.received.push(Received {
             path: uri.path().to_owned(),
@@ -189,6 +192,10 @@ async fn record(
         }
         Reply::Redirect(location) => {
             (StatusCode::FOUND, [(header::LOCATION, location)], "").into_response()
+        }
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            StatusCode::OK.into_response()
         }
     }
 }
@@ -388,6 +395,11 @@ async fn a_succeeded_job_posts_a_signed_job_succeeded_webhook_that_verifies_inde
     assert_eq!(body["data"]["result"], json!({"hello": "world"}), "{body}");
 
     let job = wait_for_webhook(&app, &id, "delivered").await;
+    // `data` is the job as GET shows it, but for the delivery state of the
+    // webhook that carries it.
+    let mut shown = job.clone();
+    shown["webhook"] = Value::Null;
+    assert_eq!(body["data"], shown);
     assert_eq!(job["webhook"]["id"], webhook_id, "{job}");
     assert_eq!(job["webhook"]["event"], "job.succeeded", "{job}");
     assert_eq!(job["webhook"]["attempts"], 1, "{job}");
@@ -497,6 +509,114 @@ async fn a_pending_retry_shows_its_error_and_next_attempt_on_the_job() {
         (2500..=3500).contains(&wait),
         "next attempt {wait} ms later"
     );
+}
+
+#[tokio::test]
+async fn a_receiver_slower_than_the_timeout_is_retried_with_the_same_id() {
+    let receiver = Receiver::start([Reply::Slow(Duration::from_secs(5))]).await;
+    let app = hooks_app(Duration::from_millis(100), |config| {
+        config.webhook_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let job = app
+        .submit(json!({"kind": "noop", "callback_url": receiver.url("/")}))
+        .await;
+    let id = id_of(&job);
+    let job = wait_for_webhook(&app, &id, "delivered").await;
+    assert_eq!(job["webhook"]["attempts"], 2, "{job}");
+    let last_error = job["webhook"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("timed out"), "{job}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].id(), received[1].id());
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
+    let hanging = Receiver::start([Reply::Slow(Duration::from_secs(8))]).await;
+    let prompt = Receiver::start([]).await;
+    let app = hooks_app(Duration::from_millis(100), |config| {
+        config.webhook_timeout = Duration::from_secs(10);
+    })
+    .await;
+    app.submit(json!({"kind": "noop", "callback_url": hanging.url("/")}))
+        .await;
+    hanging.wait_for(1, SOON).await;
+    // The hanging attempt has 8 s to go; the other receiver's webhook goes
+    // out meanwhile, not after it.
+    let submitted = Instant::now();
+    let job = app
+        .submit(json!({"kind": "noop", "callback_url": prompt.url("/")}))
+        .await;
+    prompt.wait_for(1, Duration::from_secs(5)).await;
+    assert!(submitted.elapsed() < Duration::from_secs(5));
+    wait_for_webhook(&app, &id_of(&job), "delivered").await;
+    assert_eq!(hanging.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retried_job_that_ends_again_posts_a_new_webhook_with_a_new_id() {
+    let receiver = Receiver::start([]).await;
+    let app = hooks_app(Duration::from_millis(100), |_| {}).await;
+    let job = app
+        .submit(json!({"kind": "sleep", "payload": {"ms": 1, "fail": true},
+                       "max_attempts": 1, "callback_url": receiver.url("/")}))
+        .await;
+    let id = id_of(&job);
+    let first = wait_for_webhook(&app, &id, "delivered").await;
+    let response = app.post(&format!("/v1/jobs/{id}/retry"), &json!({})).await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let second = app
+        .wait_for(&id, SOON, |job| {
+            job["status"] == "failed"
+                && job["webhook"]["status"] == "delivered"
+                && job["webhook"]["id"] != first["webhook"]["id"]
+        })
+        .await;
+    let received = receiver.wait_for(2, SOON).await;
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].id(), first["webhook"]["id"]);
+    assert_eq!(received[1].id(), second["webhook"]["id"]);
+    for hook in &received {
+        assert_eq!(hook.json()["type"], "job.failed");
+        assert_eq!(hook.json()["data"]["id"], id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn many_jobs_ending_together_each_get_exactly_one_delivery() {
+    let receiver = Receiver::start([]).await;
+    let app = hooks_app(Duration::from_millis(100), |_| {}).await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let job = app
+            .submit(json!({"kind": "noop", "callback_url": receiver.url(&format!("/{n}"))}))
+            .await;
+        ids.push(id_of(&job));
+    }
+    for id in &ids {
+        wait_for_webhook(&app, id, "delivered").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = receiver.received();
+    assert_eq!(
+        received.len(),
+        40,
+        "{:#?}",
+        received.iter().map(summary).collect::<Vec<_>>()
+    );
+    let mut webhook_ids: Vec<&str> = received.iter().map(Received::id).collect();
+    webhook_ids.sort();
+    webhook_ids.dedup();
+    assert_eq!(webhook_ids.len(), 40);
+    for (n, id) in ids.iter().enumerate() {
+        let hooks: Vec<&Received> = received
+            .iter()
+            .filter(|r| r.path == format!("/{n}"))
+            .collect();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(hooks[0].json()["data"]["id"], id.as_str());
+    }
 }
 
 // ---------------------------------------------------------------------------
