@@ -756,6 +756,36 @@ async fn a_sigkill_before_any_attempt_reached_the_receiver_still_delivers_the_ro
     assert_eq!(receiver.received().len(), 1);
 }
 
+#[tokio::test]
+async fn a_job_running_at_a_sigkill_and_failed_by_the_rescue_posts_job_failed_after_restart() {
+    let receiver = Receiver::start([]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut spool = SpoolProcess::start(&db_path(&dir), &PROCESS_ENV);
+    let id = submit_to(
+        &client,
+        &spool,
+        json!({"kind": "sleep", "payload": {"ms": 60_000}, "max_attempts": 1,
+               "callback_url": receiver.url("/")}),
+    )
+    .await;
+    wait_on_process(&client, &spool, &id, SOON, |job| job["status"] == "running").await;
+    spool.kill_9();
+    assert!(receiver.received().is_empty());
+
+    let spool = SpoolProcess::start(&db_path(&dir), &PROCESS_ENV);
+    let received = receiver.wait_for(1, Duration::from_secs(30)).await;
+    let body = received[0].json();
+    assert_eq!(body["type"], "job.failed", "{body}");
+    assert_eq!(body["data"]["id"], id.as_str(), "{body}");
+    assert_eq!(body["data"]["error"]["code"], "lease_expired", "{body}");
+    let job = wait_on_process(&client, &spool, &id, SOON, |job| {
+        job["webhook"]["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(job["webhook"]["id"], received[0].id(), "{job}");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Giving up
 // ---------------------------------------------------------------------------
@@ -869,6 +899,44 @@ async fn a_batch_posts_one_batch_finished_and_its_jobs_with_their_own_url_post_t
     }
     // Jobs without a callback_url of their own have no webhook.
     assert_eq!(app.job(&ids[0]).await["webhook"], Value::Null);
+}
+
+/// A GET never shows the webhook of an end beside a state before it.
+#[tokio::test]
+async fn a_batch_or_job_never_shows_its_end_webhook_while_still_running() {
+    let receiver = Receiver::start([]).await;
+    let app = hooks_app(Duration::from_millis(100), |_| {}).await;
+    for _ in 0..10 {
+        let jobs: Vec<Value> = (0..10)
+            .map(|_| json!({"kind": "noop", "callback_url": receiver.url("/job")}))
+            .collect();
+        let response = app
+            .post(
+                "/v1/batches",
+                &json!({"jobs": jobs, "callback_url": receiver.url("/batch")}),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+        let submitted: Value = response.json().await.unwrap();
+        let batch_id = id_of(&submitted);
+        let last_job = job_ids(&submitted).pop().unwrap();
+        let deadline = Instant::now() + SOON;
+        loop {
+            let (batch, job) = tokio::join!(batch(&app, &batch_id), app.job(&last_job));
+            if !batch["webhook"].is_null() {
+                assert!(batch["finished_at"].is_string(), "{batch}");
+                assert_ne!(batch["status"], "running", "{batch}");
+            }
+            if !job["webhook"].is_null() {
+                assert_eq!(job["status"], "succeeded", "{job}");
+            }
+            if batch["webhook"]["status"] == "delivered" && job["webhook"]["status"] == "delivered"
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{batch}\n{job}");
+        }
+    }
 }
 
 #[tokio::test]
