@@ -232,6 +232,20 @@ impl Engine {
                     .store
                     .latest_webhook(tenant, WebhookOwner::Batch(id))
                     .await?;
+                if batch.webhook.is_some() && batch.finished_at.is_none() {
+                    // Two reads: a batch that finished in between showed
+                    // `running` beside its delivered `batch.finished`
+                    // webhook. The webhook's row was written with the end,
+                    // so the batch read again has finished.
+                    let webhook = batch.webhook.take();
+                    batch = self
+                        .inner
+                        .store
+                        .get_batch(tenant, id)
+                        .await?
+                        .ok_or(EngineError::NotFound)?;
+                    batch.webhook = webhook;
+                }
             }
             Ok(batch)
         };

@@ -319,10 +319,24 @@ impl Engine {
             .get_job(tenant, id)
             .await?
             .ok_or(EngineError::NotFound)?;
+        self.with_webhook(&mut job).await?;
+        if job.webhook.is_some() && !job.status.is_terminal() {
+            // The job and its webhook are two reads: a job that ended in
+            // between showed `running` beside the webhook of its end. Read
+            // the job again (a retried job, whose webhook is of its
+            // previous end, just costs one more read).
+            let webhook = job.webhook.take();
+            job = self
+                .inner
+                .store
+                .get_job(tenant, id)
+                .await?
+                .ok_or(EngineError::NotFound)?;
+            job.webhook = webhook;
+        }
         if job.status == crate::domain::JobState::Queued {
             job.position = Some(self.inner.store.queue_position(&job).await?);
         }
-        self.with_webhook(&mut job).await?;
         Ok(job)
     }
 

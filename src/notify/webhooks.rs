@@ -91,51 +91,66 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub async fn run(self, stopping: CancellationToken) {
+        // Each delivery runs as a task of its own, up to CONCURRENCY at
+        // once, and a free slot is filled as soon as one ends. (Deliveries
+        // used to go in rounds awaited as a whole, so one receiver that
+        // hung until the timeout held up every other webhook, even those
+        // that became due meanwhile: see the API test
+        // `a_hanging_receiver_does_not_hold_up_deliveries_to_others`.)
+        let this = Arc::new(self);
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
             if stopping.is_cancelled() {
                 break;
             }
-            let now = Timestamp::now();
-            // The claim outlives the attempt, so it never lapses while one runs.
-            let lease_ms = (self.webhooks.settings.timeout + Duration::from_secs(5)).as_millis();
-            let lease_until = now.plus_ms(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-            match self
-                .store
-                .claim_webhooks(now, CONCURRENCY, lease_until)
-                .await
-            {
-                Ok(claimed) if !claimed.is_empty() => {
-                    let round = futures::future::join_all(
-                        claimed.into_iter().map(|hook| self.deliver(hook)),
-                    );
-                    tokio::select! {
-                        () = stopping.cancelled() => break,
-                        _ = round => continue,
+            while in_flight.try_join_next().is_some() {}
+            let free =
+                CONCURRENCY.saturating_sub(u32::try_from(in_flight.len()).unwrap_or(u32::MAX));
+            let wait = if free == 0 {
+                // Full: the next slot frees when a delivery ends.
+                POLL
+            } else {
+                let now = Timestamp::now();
+                // The claim outlives the attempt, so it never lapses while one runs.
+                let lease_ms =
+                    (this.webhooks.settings.timeout + Duration::from_secs(5)).as_millis();
+                let lease_until = now.plus_ms(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+                match this.store.claim_webhooks(now, free, lease_until).await {
+                    Ok(claimed) if !claimed.is_empty() => {
+                        for hook in claimed {
+                            let deliverer = this.clone();
+                            in_flight.spawn(async move { deliverer.deliver(hook).await });
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "claiming webhooks failed");
                     }
                 }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "claiming webhooks failed");
+                match this.store.next_webhook_due().await {
+                    Ok(Some(due)) => {
+                        let ms = due.as_millis().saturating_sub(Timestamp::now().as_millis());
+                        if ms <= 0 {
+                            // Due but held by another deliverer: don't spin.
+                            Duration::from_millis(100)
+                        } else {
+                            Duration::from_millis(ms.min(POLL.as_millis() as i64) as u64)
+                        }
+                    }
+                    Ok(None) | Err(_) => POLL,
                 }
-            }
-            let wait = match self.store.next_webhook_due().await {
-                Ok(Some(due)) => {
-                    let ms = due.as_millis().saturating_sub(Timestamp::now().as_millis());
-                    Duration::from_millis(ms.clamp(0, POLL.as_millis() as i64) as u64)
-                }
-                Ok(None) | Err(_) => POLL,
             };
-            if wait.is_zero() {
-                // Due but held by another deliverer: don't spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
             tokio::select! {
                 () = stopping.cancelled() => break,
-                () = self.wake.notified() => {}
+                () = this.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         }
+        // Dropping `in_flight` aborts the deliveries still running; their
+        // claims lapse (or are let go at the next start) and they are sent
+        // again with the same id.
     }
 
     async fn deliver(&self, hook: ClaimedWebhook) {

@@ -16,3 +16,4 @@ mod outbound;
 mod pipelines;
 mod queues;
 mod shutdown;
+mod webhooks;
