@@ -30,17 +30,11 @@ CREATE INDEX webhooks_batch ON webhooks (batch_id, created_at) WHERE batch_id IS
 
 -- A job with a callback_url that ends (finished_at set) gets its webhook,
 -- whoever ended it: worker, cancel, cascade, rescue. A retried job that
--- ends again gets a new one.
+-- ends again gets a new one. Jobs are never inserted ended (one born
+-- cancelled is inserted, then cancelled by the cascade), so there is no
+-- insert trigger: one on the hot insert would cost every submission.
 CREATE TRIGGER jobs_webhook_on_end AFTER UPDATE OF finished_at ON jobs
 WHEN NEW.callback_url IS NOT NULL AND OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL BEGIN
-    INSERT INTO webhooks (id, tenant, job_id, event, url, created_at, next_attempt_at)
-    VALUES ('msg_' || lower(hex(randomblob(16))), NEW.tenant, NEW.id, 'job.' || NEW.state,
-            NEW.callback_url, NEW.finished_at, NEW.finished_at);
-END;
-
--- Jobs stored already ended (depending on a job that had failed).
-CREATE TRIGGER jobs_webhook_on_insert AFTER INSERT ON jobs
-WHEN NEW.callback_url IS NOT NULL AND NEW.finished_at IS NOT NULL BEGIN
     INSERT INTO webhooks (id, tenant, job_id, event, url, created_at, next_attempt_at)
     VALUES ('msg_' || lower(hex(randomblob(16))), NEW.tenant, NEW.id, 'job.' || NEW.state,
             NEW.callback_url, NEW.finished_at, NEW.finished_at);

@@ -173,8 +173,9 @@ pub struct Job {
     pub cancel_requested: bool,
     /// Receives the job's terminal event as a signed webhook.
     pub callback_url: Option<String>,
-    /// The delivery of that webhook (`null` until the job ends, or without
-    /// `callback_url`).
+    /// The delivery of the webhook of the job's latest end (`null` before
+    /// it first ended, or without `callback_url`; a retried job shows its
+    /// previous end's until it ends again).
     pub webhook: Option<super::WebhookDelivery>,
     #[serde(skip)]
     pub tenant: String,

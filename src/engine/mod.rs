@@ -560,6 +560,10 @@ impl Engine {
         for job in rescued.iter().filter(|job| job.state.is_terminal()) {
             self.inner.waiters.wake(job.id.as_uuid());
         }
+        if rescued.iter().any(|job| job.state.is_terminal()) {
+            // A rescue may end a job with a callback.
+            self.inner.wake_webhooks.notify_one();
+        }
         if !rescued.is_empty() {
             // Rescues are rare: read the jobs back for their events rather
             // than widen what every rescue returns.
