@@ -180,21 +180,45 @@ pub async fn stream_events(
     Ok(Sse::new(stream.into_stream()).keep_alive(KeepAlive::new().interval(state.sse_keep_alive)))
 }
 
-fn gap(reason: &str, details: serde_json::Value) -> SseEvent {
+/// What a stream sends: an event, or a notice about the stream itself
+/// (no id, so a client's `Last-Event-ID` stays on the last event).
+#[derive(Debug)]
+enum Item {
+    Event(Arc<Event>),
+    Notice {
+        name: &'static str,
+        data: serde_json::Value,
+    },
+}
+
+impl Item {
+    fn into_sse(self) -> SseEvent {
+        match self {
+            Item::Event(event) => SseEvent::default()
+                .id(event.id.clone())
+                .event(event.kind.as_str())
+                .data(serde_json::to_string(&*event).unwrap_or_default()),
+            Item::Notice { name, data } => SseEvent::default().event(name).data(data.to_string()),
+        }
+    }
+}
+
+fn gap(reason: &str, details: serde_json::Value) -> Item {
     let mut data = json!({ "reason": reason });
     if let (Some(data), Some(details)) = (data.as_object_mut(), details.as_object()) {
         data.extend(details.clone());
     }
-    SseEvent::default()
-        .event("stream.gap")
-        .data(data.to_string())
+    Item::Notice {
+        name: "stream.gap",
+        data,
+    }
 }
 
 struct EventStream {
     hub: EventHub,
     filter: Filter,
     /// Notices to send before anything else.
-    pending: VecDeque<SseEvent>,
+    pending: VecDeque<Item>,
     replay: VecDeque<Arc<Event>>,
     receiver: broadcast::Receiver<Arc<Event>>,
     /// The last event taken from the replay or the channel, sent or
@@ -207,12 +231,12 @@ struct EventStream {
 impl EventStream {
     fn into_stream(self) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         futures::stream::unfold(self, |mut stream| async move {
-            let event = stream.next().await?;
-            Some((Ok(event), stream))
+            let item = stream.next().await?;
+            Some((Ok(item.into_sse()), stream))
         })
     }
 
-    async fn next(&mut self) -> Option<SseEvent> {
+    async fn next(&mut self) -> Option<Item> {
         loop {
             if let Some(notice) = self.pending.pop_front() {
                 return Some(notice);
@@ -227,9 +251,10 @@ impl EventStream {
                         biased;
                         () = self.stopping.cancelled() => {
                             self.ended = true;
-                            return Some(SseEvent::default()
-                                .event("stream.end")
-                                .data(json!({"reason": "shutting_down"}).to_string()));
+                            return Some(Item::Notice {
+                                name: "stream.end",
+                                data: json!({"reason": "shutting_down"}),
+                            });
                         }
                         received = self.receiver.recv() => received,
                     };
@@ -247,7 +272,7 @@ impl EventStream {
             if !self.filter.matches(&event) {
                 continue;
             }
-            return Some(to_sse(&event));
+            return Some(Item::Event(event));
         }
     }
 
@@ -276,10 +301,81 @@ impl EventStream {
     }
 }
 
-fn to_sse(event: &Event) -> SseEvent {
-    let data = serde_json::to_string(event).unwrap_or_default();
-    SseEvent::default()
-        .id(event.id.clone())
-        .event(event.kind.as_str())
-        .data(data)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{BatchCounts, BatchId, BatchStatus};
+    use crate::notify::{BatchSummary, Subject};
+
+    fn publish(hub: &EventHub, n: usize) {
+        for _ in 0..n {
+            hub.publish(
+                EventKind::BatchFinished,
+                Subject::Batch(BatchSummary {
+                    id: BatchId::new(),
+                    status: BatchStatus::Succeeded,
+                    counts: BatchCounts::default(),
+                    finished_at: None,
+                }),
+            );
+        }
+    }
+
+    fn stream(hub: &EventHub) -> EventStream {
+        EventStream {
+            hub: hub.clone(),
+            filter: Filter::default(),
+            pending: VecDeque::new(),
+            replay: VecDeque::new(),
+            receiver: hub.subscribe(),
+            last_seen: None,
+            stopping: CancellationToken::new(),
+            ended: false,
+        }
+    }
+
+    fn seq(item: Option<Item>) -> u64 {
+        match item {
+            Some(Item::Event(event)) => event.seq,
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    /// 5 000 events published while the client reads nothing: more than the
+    /// live channel holds (4 096), fewer than the replay buffer keeps.
+    #[tokio::test]
+    async fn a_client_slower_than_the_live_stream_is_caught_up_from_the_buffer() {
+        let hub = EventHub::new(10_000);
+        let mut stream = stream(&hub);
+        publish(&hub, 1);
+        assert_eq!(seq(stream.next().await), 1);
+        publish(&hub, 5_000);
+        for expected in 2..=5_001 {
+            assert_eq!(seq(stream.next().await), expected, "in order, none lost");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_slower_than_the_buffer_is_told_what_it_missed() {
+        let hub = EventHub::new(100);
+        let mut stream = stream(&hub);
+        publish(&hub, 1);
+        assert_eq!(seq(stream.next().await), 1);
+        publish(&hub, 5_000);
+        match stream.next().await {
+            Some(Item::Notice { name, data }) => {
+                assert_eq!(name, "stream.gap");
+                assert_eq!(data["reason"], "lagged");
+                assert!(
+                    data["oldest_kept_id"]
+                        .as_str()
+                        .is_some_and(|id| id.ends_with("-4902"))
+                );
+            }
+            other => panic!("no notice: {other:?}"),
+        }
+        for expected in 4_902..=5_001 {
+            assert_eq!(seq(stream.next().await), expected, "then what is kept");
+        }
+    }
 }
