@@ -102,7 +102,10 @@ impl Engine {
     pub(super) fn admitted(&self, job: &Job, paused: bool) {
         self.publish_stored(job);
         match job.status {
-            JobState::Queued if !paused => self.inner.wake_dispatcher.notify_one(),
+            JobState::Queued if !paused => {
+                self.inner.wake_dispatcher.notify_one();
+                self.tell_ready(&job.queue);
+            }
             JobState::Scheduled => self.schedule_wake(job.run_at),
             _ => {}
         }

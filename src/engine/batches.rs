@@ -175,20 +175,26 @@ impl Engine {
 
     /// One wake-up of the dispatcher and the promoter for a whole batch.
     fn batch_admitted(&self, jobs: &[Job]) {
-        let mut ready = false;
+        let mut ready: Vec<&str> = Vec::new();
         let mut due: Option<Timestamp> = None;
         for job in jobs {
             self.publish_stored(job);
             match job.status {
-                JobState::Queued => ready = true,
+                JobState::Queued if !ready.contains(&job.queue.as_str()) => {
+                    ready.push(&job.queue);
+                }
+                JobState::Queued => {}
                 JobState::Scheduled if job.depends_on.is_empty() => {
                     due = Some(due.map_or(job.run_at, |due| due.min(job.run_at)));
                 }
                 _ => {}
             }
         }
-        if ready {
+        if !ready.is_empty() {
             self.inner.wake_dispatcher.notify_one();
+        }
+        for queue in ready {
+            self.tell_ready(queue);
         }
         if let Some(due) = due {
             self.schedule_wake(due);
@@ -271,6 +277,9 @@ impl Engine {
     {
         let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.inner.waiters.register(id);
+        if !wait.is_zero() {
+            self.announce_listening().await;
+        }
         loop {
             let woken = waiter.notified();
             let value = read().await?;
@@ -290,9 +299,17 @@ impl Engine {
         if tokio::time::Instant::now() >= deadline || self.inner.stopping.is_cancelled() {
             return false;
         }
+        // Shared mode: an end stored by another instance arrives on the bus,
+        // which may lose it; re-read every poll interval too.
+        let recheck = match self.inner.shared {
+            Some(_) => {
+                deadline.min(tokio::time::Instant::now() + self.inner.settings.poll_interval)
+            }
+            None => deadline,
+        };
         tokio::select! {
             _ = woken => true,
-            _ = tokio::time::sleep_until(deadline) => false,
+            _ = tokio::time::sleep_until(recheck) => recheck < deadline,
             _ = self.inner.stopping.cancelled() => false,
         }
     }

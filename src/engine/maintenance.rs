@@ -44,6 +44,9 @@ impl Engine {
                     if !promoted.queues.is_empty() {
                         self.inner.wake_dispatcher.notify_one();
                     }
+                    for queue in &promoted.queues {
+                        self.tell_ready(queue);
+                    }
                     if let Some(next) = promoted.next_due {
                         self.inner
                             .next_due_ms
@@ -107,6 +110,9 @@ impl Engine {
                     if !rescued.is_empty() {
                         for job in &rescued {
                             tracing::warn!(job_id = %job.id, queue = %job.queue, status = %job.state, "rescued a job whose lease expired");
+                            if job.state == crate::domain::JobState::Queued {
+                                self.tell_ready(&job.queue);
+                            }
                         }
                         self.inner.wake_dispatcher.notify_one();
                     }

@@ -6,6 +6,7 @@ mod batches;
 mod drain;
 mod maintenance;
 mod queues;
+mod shared;
 mod waiters;
 mod worker;
 
@@ -29,6 +30,7 @@ use crate::store::{
 pub use admission::Submitted;
 pub use batches::BatchSubmitted;
 use drain::DrainMeter;
+use shared::Shared;
 use waiters::Waiters;
 
 /// Timing of the engine. Every default is documented in `docs/operations.md`.
@@ -163,6 +165,8 @@ pub(crate) struct Inner {
     webhooks: Option<Webhooks>,
     /// Wakes the webhook deliverer when something with a callback ended.
     wake_webhooks: Arc<Notify>,
+    /// The bus to the other instances (shared mode only).
+    shared: Option<Shared>,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -235,6 +239,7 @@ impl Engine {
         }
 
         let events = EventHub::new(settings.event_replay);
+        let shared = store.bus().map(Shared::new);
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -255,9 +260,11 @@ impl Engine {
                 waiters: Waiters::default(),
                 webhooks,
                 wake_webhooks: Arc::new(Notify::new()),
+                shared,
             }),
         };
         engine.spawn_loops();
+        engine.spawn_shared_loops();
         tracing::info!(instance_id = %engine.inner.instance_id, "engine started");
         Ok(engine)
     }
@@ -381,6 +388,7 @@ impl Engine {
             }
             CancelOutcome::Requested(job) => {
                 self.stop_running(job.id, STOP_CANCEL);
+                self.tell_stop(vec![job.id]);
                 Ok(Cancelled::Requested(job))
             }
         }
@@ -409,6 +417,9 @@ impl Engine {
             RetryOutcome::Retried(job) => {
                 self.publish_stored(&job);
                 self.inner.wake_dispatcher.notify_one();
+                if job.status == crate::domain::JobState::Queued {
+                    self.tell_ready(&job.queue);
+                }
                 Ok(job)
             }
         }
@@ -539,6 +550,9 @@ impl Engine {
         if !effects.ready_queues.is_empty() {
             self.inner.wake_dispatcher.notify_one();
         }
+        for queue in &effects.ready_queues {
+            self.tell_ready(queue);
+        }
         if let Some(due) = effects.next_due {
             self.schedule_wake(due);
         }
@@ -550,9 +564,10 @@ impl Engine {
             self.inner.wake_webhooks.notify_one();
             self.publish_finished_batches(effects.finished_batches);
         }
-        for id in effects.stop {
-            self.stop_running(id, STOP_CANCEL);
+        for id in &effects.stop {
+            self.stop_running(*id, STOP_CANCEL);
         }
+        self.tell_stop(effects.stop);
     }
 
     /// Wakes the long-polls of jobs a rescue ended, and acts on its effects.

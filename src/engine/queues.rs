@@ -50,7 +50,54 @@ impl Engine {
         }
         // More concurrency or an unpaused queue may start jobs now.
         self.inner.wake_dispatcher.notify_one();
+        self.tell_queues_changed();
         Ok((self.get_queue(name).await?, created))
+    }
+
+    /// Takes the queues' settings as stored (changed or created through
+    /// another instance), keeping this instance's running counts.
+    pub(super) async fn refresh_queues(&self) {
+        let stored = match self.inner.store.list_queues().await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "re-reading the queues failed");
+                return;
+            }
+        };
+        let mut changed = false;
+        {
+            let mut queues = self.write_queues();
+            for info in stored {
+                let config = QueueConfig {
+                    name: info.name.clone(),
+                    concurrency: info.concurrency,
+                    capacity: info.capacity,
+                    paused: info.paused,
+                    defaults: info.defaults,
+                };
+                match queues.get_mut(&info.name) {
+                    Some(state) if state.config == config => {}
+                    Some(state) => {
+                        state.config = config;
+                        changed = true;
+                    }
+                    None => {
+                        queues.insert(
+                            info.name,
+                            QueueState {
+                                config,
+                                running: 0,
+                                drain: DrainMeter::default(),
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.inner.wake_dispatcher.notify_one();
+        }
     }
 
     pub(super) fn queue_config(&self, name: &str) -> Option<QueueConfig> {

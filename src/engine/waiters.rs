@@ -45,6 +45,15 @@ impl Waiters {
         }
     }
 
+    /// Ids waited on now.
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Wakes every request waiting on `id`.
     pub fn wake(&self, id: Uuid) {
         if self.entries.load(Ordering::Acquire) == 0 {

@@ -270,8 +270,11 @@ impl Engine {
         match stored {
             Some(CompletionResult::Applied { job: done, effects }) => {
                 tracing::debug!(job_id = %done.id, attempt = done.attempt, status = %done.status, "attempt finished");
-                if done.status == JobState::Scheduled {
-                    self.schedule_wake(done.run_at);
+                match done.status {
+                    JobState::Scheduled => self.schedule_wake(done.run_at),
+                    // Handed back at shutdown: another instance may run it now.
+                    JobState::Queued => self.tell_ready(&done.queue),
+                    _ => {}
                 }
                 self.publish(&done);
                 self.apply(effects);

@@ -145,6 +145,8 @@ pub async fn stream_events(
         })?),
         None => query_last_id,
     };
+    // Shared mode: the other instances relay their events here from now on.
+    state.engine.announce_listening().await;
     let hub = state.engine.events().clone();
     let mut pending = VecDeque::new();
     let last_event_id = last_event_id.filter(|id| !id.is_empty());

@@ -6,9 +6,9 @@
 //! channel is told how many events it missed (see `GET /v1/events`).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
@@ -21,7 +21,7 @@ use crate::domain::{
 const LIVE_BUFFER: usize = 4_096;
 
 /// What happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum EventKind {
     /// Stored (or retried by request) to run later: at its `run_at`, or
     /// when its dependencies succeed.
@@ -86,7 +86,7 @@ impl EventKind {
 
 /// A job as events show it: enough to act on without a second request
 /// (the result on success, the error on failure), never the payload.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobSummary {
     #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
@@ -102,7 +102,7 @@ pub struct JobSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     /// The result is larger than events carry (8 KiB of JSON): read the job.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub result_omitted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
@@ -172,7 +172,7 @@ pub fn job_summary(job: &Job) -> JobSummary {
 }
 
 /// A finished batch as `batch.finished` shows it.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchSummary {
     #[schema(value_type = String, format = Uuid)]
     pub id: BatchId,
@@ -184,7 +184,7 @@ pub struct BatchSummary {
 
 /// One event: the `data:` of an SSE message (its `id:` and `event:` lines
 /// carry the id and the type again).
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Opaque; send it back as `Last-Event-ID` to resume after it.
     pub id: String,
@@ -192,9 +192,9 @@ pub struct Event {
     pub kind: EventKind,
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobSummary>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSummary>,
     #[serde(skip)]
     pub seq: u64,
@@ -248,6 +248,9 @@ struct Ring {
     kept: VecDeque<Arc<Event>>,
 }
 
+/// Passes events published here on to other instances (shared mode).
+pub type Relay = Box<dyn Fn(&Event) + Send + Sync>;
+
 /// Numbers events, keeps the last `replay` of them and fans them out.
 #[derive(Clone)]
 pub struct EventHub {
@@ -256,6 +259,7 @@ pub struct EventHub {
     replay: usize,
     ring: Arc<Mutex<Ring>>,
     sender: broadcast::Sender<Arc<Event>>,
+    relay: Arc<OnceLock<Relay>>,
 }
 
 impl Default for EventHub {
@@ -275,7 +279,18 @@ impl EventHub {
                 kept: VecDeque::with_capacity(replay.min(1024)),
             })),
             sender: broadcast::channel(LIVE_BUFFER).0,
+            relay: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Sets where events published here are also passed on (once).
+    pub fn set_relay(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Streams listening here now.
+    pub fn listeners(&self) -> usize {
+        self.sender.receiver_count()
     }
 
     /// How many events are kept for resuming.
@@ -288,15 +303,34 @@ impl EventHub {
             Subject::Job(job) => (Some(job), None),
             Subject::Batch(batch) => (None, Some(batch)),
         };
+        let event = self.record(kind, Timestamp::now(), job, batch);
+        if let (Some(event), Some(relay)) = (event, self.relay.get()) {
+            relay(&event);
+        }
+    }
+
+    /// Publishes an event another instance relayed: numbered here (ids are
+    /// per instance), with its own time, and not relayed again.
+    pub fn publish_relayed(&self, event: Event) {
+        self.record(event.kind, event.at, event.job, event.batch);
+    }
+
+    fn record(
+        &self,
+        kind: EventKind,
+        at: Timestamp,
+        job: Option<JobSummary>,
+        batch: Option<BatchSummary>,
+    ) -> Option<Arc<Event>> {
         let Ok(mut ring) = self.ring.lock() else {
-            return;
+            return None;
         };
         let seq = ring.next_seq;
         ring.next_seq += 1;
         let event = Arc::new(Event {
             id: format!("{}-{seq}", self.epoch),
             kind,
-            at: Timestamp::now(),
+            at,
             job,
             batch,
             seq,
@@ -309,7 +343,8 @@ impl EventHub {
         }
         // Sent under the lock so the channel's order is the numbering's,
         // which `subscribe_after` relies on. No listener is not an error.
-        let _ = self.sender.send(event);
+        let _ = self.sender.send(event.clone());
+        Some(event)
     }
 
     /// Live events from now on.

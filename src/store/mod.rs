@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use crate::domain::{
     QueueConfig, QueueInfo, Timestamp, WebhookDelivery,
 };
 
+pub use postgres::PgBus;
 pub use sqlite::SqliteStore;
 
 /// Storage failures. Anything here is the service's problem, not the client's.
@@ -285,6 +287,36 @@ pub struct WebhookAttempt {
     pub outcome: WebhookOutcome,
 }
 
+/// What an instance hears on the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A message another instance sent.
+    Message(String),
+    /// Messages may have been lost (the connection dropped and came back,
+    /// or this listener fell behind): re-check everything they would tell.
+    Resync,
+}
+
+/// Longest message the bus carries (PostgreSQL's NOTIFY takes under 8 000
+/// bytes, and the bus packs several messages into one).
+pub const MAX_BUS_MESSAGE: usize = 7_000;
+
+/// Best-effort messages between the instances sharing one store (shared
+/// mode): wake-ups, cancellations, queue changes and relayed events.
+/// Nothing depends on a message arriving: receivers also re-check on a
+/// timer, and a lost connection is reported as [`Heard::Resync`].
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Queues `message` (one line of JSON, at most [`MAX_BUS_MESSAGE`]
+    /// bytes) for every other instance. Never waits.
+    fn send(&self, message: String);
+    /// Returns once every message sent before the call has reached the
+    /// database (and so will reach instances listening now).
+    async fn flush(&self);
+    /// Messages from the other instances, from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Heard>;
+}
+
 /// The storage interface of the engine and the API.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -292,6 +324,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// under a file lock): every job still `running` at start-up belongs to a
     /// process that died, and is rescued at once rather than after its lease.
     fn exclusive(&self) -> bool;
+
+    /// The bus to the other instances sharing this store; `None` for a
+    /// store with one user.
+    fn bus(&self) -> Option<std::sync::Arc<dyn Bus>> {
+        None
+    }
 
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

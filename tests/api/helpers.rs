@@ -183,12 +183,17 @@ pub struct SpoolProcess {
 
 impl SpoolProcess {
     pub fn start(db: &Path, extra_env: &[(&str, &str)]) -> SpoolProcess {
+        Self::start_with_url(&format!("sqlite://{}", db.display()), extra_env)
+    }
+
+    /// The binary on any database, e.g. a [`PgSchema`]'s.
+    pub fn start_with_url(database_url: &str, extra_env: &[(&str, &str)]) -> SpoolProcess {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
         command
             .env("SPOOL_BIND", addr.to_string())
-            .env("SPOOL_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("SPOOL_DATABASE_URL", database_url)
             .env("SPOOL_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -267,4 +272,70 @@ pub fn millis(timestamp: &Value) -> i64 {
     )
     .expect("an RFC 3339 timestamp")
     .as_millis()
+}
+
+/// A fresh schema on the test PostgreSQL (`SPOOL_TEST_DATABASE_URL`, by
+/// default the local server's `test` database), dropped afterwards.
+pub struct PgSchema {
+    /// Connects into the schema.
+    pub url: String,
+    name: String,
+    base: String,
+}
+
+impl PgSchema {
+    /// `None` when PostgreSQL cannot be reached and this is not CI (where
+    /// that fails the test instead): `cargo test` works without it.
+    pub async fn create() -> Option<PgSchema> {
+        let base = std::env::var("SPOOL_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let connecting = tokio::time::timeout(
+            Duration::from_secs(5),
+            <sqlx::PgConnection as sqlx::Connection>::connect(&base),
+        )
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        let mut admin = match connecting {
+            Ok(connection) => connection,
+            Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("SKIPPED (PostgreSQL unreachable at {base}: {error})");
+                return None;
+            }
+            Err(error) => panic!("PostgreSQL is unreachable at {base} under CI=true: {error}"),
+        };
+        let name = format!("spool_api_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("a fresh schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+        Some(PgSchema { url, name, base })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // A thread and runtime of its own: the test's runtime may be the
+        // current thread, blocked right here.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    use sqlx::Connection;
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&base).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP SCHEMA IF EXISTS {name} CASCADE"
+                        )))
+                        .execute(&mut admin)
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
 }

@@ -15,5 +15,6 @@ mod openapi;
 mod outbound;
 mod pipelines;
 mod queues;
+mod shared;
 mod shutdown;
 mod webhooks;

@@ -1,6 +1,8 @@
 //! `spool bench`: starts the service on a fresh database and measures it over
 //! loopback HTTP, next to a bare axum handler doing the same parsing.
 
+mod shared;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,11 +57,19 @@ pub struct BenchArgs {
     /// Measure batch submission and long-polls only (skips the single-job figures).
     #[arg(long)]
     pub batches_only: bool,
+    /// Measure shared mode instead: one, then two instances on this
+    /// PostgreSQL database (each run in a fresh schema, dropped afterwards),
+    /// e.g. `postgres://postgres@127.0.0.1:5432/test`.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.postgres {
+        return shared::run(&args, url).await;
+    }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config = Config {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -226,8 +236,8 @@ async fn single_jobs(
     // 1. Accepted submissions/s, against the bare handler, alternating rounds.
     let (mut bare, mut durable) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
-        bare.push(post_load(client, bare_addr, "/bare", args).await?);
-        durable.push(post_load(client, spool_addr, "/v1/jobs", args).await?);
+        bare.push(post_load(client, &[bare_addr], "/bare", args).await?);
+        durable.push(post_load(client, &[spool_addr], "/v1/jobs", args).await?);
     }
     let (bare, durable) = (median(&mut bare), median(&mut durable));
     println!("bare axum POST (parse the same JSON, 202):  {bare:>10.0} req/s (median)");
@@ -245,7 +255,7 @@ async fn single_jobs(
     let mut e2e = Vec::new();
     for _ in 0..args.rounds {
         let started = Instant::now();
-        submit_count(client, spool_addr, args.jobs, args.connections).await?;
+        submit_count(client, &[spool_addr], args.jobs, args.connections).await?;
         wait_until_idle(engine).await?;
         e2e.push(args.jobs as f64 / started.elapsed().as_secs_f64());
     }
@@ -365,19 +375,32 @@ async fn start_bare_server() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// POSTs noop jobs from `connections` tasks for `duration`; returns accepted/s.
+/// Each address's URL of `path`.
+fn urls(addrs: &[SocketAddr], path: &str) -> anyhow::Result<Vec<reqwest::Url>> {
+    let urls = addrs
+        .iter()
+        .map(|addr| reqwest::Url::parse(&format!("http://{addr}{path}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        bail!("no address to send to");
+    }
+    Ok(urls)
+}
+
+/// POSTs noop jobs from `connections` tasks (spread over `addrs`) for
+/// `duration`; returns accepted/s.
 async fn post_load(
     client: &reqwest::Client,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     path: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<f64> {
-    let url = reqwest::Url::parse(&format!("http://{addr}{path}"))?;
+    let urls = urls(addrs, path)?;
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
-    for _ in 0..args.connections {
-        let (client, url) = (client.clone(), url.clone());
+    for task in 0..args.connections {
+        let (client, url) = (client.clone(), urls[task % urls.len()].clone());
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0u64;
             while Instant::now() < deadline {
@@ -422,19 +445,20 @@ async fn post_noop(
     Ok(response)
 }
 
-/// Submits exactly `count` noop jobs over `connections` tasks.
+/// Submits exactly `count` noop jobs over `connections` tasks (spread over
+/// `addrs`).
 async fn submit_count(
     client: &reqwest::Client,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     count: usize,
     connections: usize,
 ) -> anyhow::Result<()> {
-    let url = reqwest::Url::parse(&format!("http://{addr}/v1/jobs"))?;
+    let urls = urls(addrs, "/v1/jobs")?;
     let per_task = count.div_ceil(connections);
     let mut tasks = Vec::new();
     for task in 0..connections {
         let n = per_task.min(count.saturating_sub(task * per_task));
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url) = (client.clone(), urls[task % urls.len()].clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..n {
                 post_noop(&client, &url).await?.bytes().await?;

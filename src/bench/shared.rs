@@ -1,0 +1,131 @@
+//! `spool bench --postgres URL`: shared mode, one and then two instances on
+//! one PostgreSQL database, each run in a schema of its own.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::{BenchArgs, median, post_load, submit_count, wait_until_idle};
+use crate::app::App;
+use crate::config::Config;
+use crate::domain::{QueueDefaultsPatch, QueueSettings};
+use crate::engine::Engine;
+
+pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
+    println!(
+        "spool bench, shared mode on PostgreSQL: {} connections, {} rounds of {:?}, {} worker slots per instance, {} cores",
+        args.connections,
+        args.rounds,
+        args.duration,
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for instances in [1, 2] {
+        let schema = Schema::create(url).await?;
+        let measured = measure(args, &schema.url, instances).await;
+        schema.drop().await;
+        let (posts, e2e) = measured?;
+        println!(
+            "{instances} instance(s): POST /v1/jobs (durable noop) {posts:>8.0} req/s (median), \
+             end-to-end noop {e2e:>8.0} jobs/s (median of {} rounds of {} jobs)",
+            args.rounds, args.jobs
+        );
+    }
+    Ok(())
+}
+
+/// Submissions/s and end-to-end jobs/s of `instances` instances on the
+/// database at `url`, the load spread evenly over them.
+async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Result<(f64, f64)> {
+    let stop = CancellationToken::new();
+    let mut engines: Vec<Engine> = Vec::new();
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..instances {
+        let config = Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: url.to_owned(),
+            ..Config::default()
+        };
+        let app = App::builder(config).build().await?;
+        addrs.push(app.local_addr()?);
+        engines.push(app.engine().clone());
+        servers.push(tokio::spawn(app.run_until(stop.clone().cancelled_owned())));
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let queue = |paused: bool| QueueSettings {
+        concurrency: Some(args.concurrency),
+        capacity: Some(100_000_000),
+        paused: Some(paused),
+        defaults: Some(QueueDefaultsPatch::default()),
+    };
+    let first = engines.first().context("no instance started")?;
+
+    // Submissions alone, with the queue paused (as in embedded mode).
+    first.put_queue("bench", &queue(true)).await?;
+    let mut posts = Vec::new();
+    for _ in 0..args.rounds {
+        posts.push(post_load(&client, &addrs, "/v1/jobs", args).await?);
+    }
+    first.put_queue("bench", &queue(false)).await?;
+    wait_until_idle(first).await?;
+
+    // End to end: every job submitted, claimed, run and stored as succeeded.
+    let mut e2e = Vec::new();
+    for _ in 0..args.rounds {
+        let started = Instant::now();
+        submit_count(&client, &addrs, args.jobs, args.connections).await?;
+        wait_until_idle(first).await?;
+        e2e.push(args.jobs as f64 / started.elapsed().as_secs_f64());
+    }
+
+    stop.cancel();
+    for server in servers {
+        server.await??;
+    }
+    Ok((median(&mut posts), median(&mut e2e)))
+}
+
+/// A schema of its own for one measurement.
+struct Schema {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl Schema {
+    async fn create(base: &str) -> anyhow::Result<Schema> {
+        let name = format!("spool_bench_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(base)
+            .await
+            .with_context(|| format!("connecting to {base}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut admin)
+            .await?;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        Ok(Schema {
+            url: format!("{base}{separator}options=-c%20search_path%3D{name}"),
+            base: base.to_owned(),
+            name,
+        })
+    }
+
+    async fn drop(self) {
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.base).await {
+            let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await;
+            if let Err(error) = dropped {
+                eprintln!("could not drop schema {}: {error}", self.name);
+            }
+        }
+    }
+}
