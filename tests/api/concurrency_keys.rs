@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::batches::submit_batch;
 use crate::helpers::{TestApp, job_ids, spawn_app};
 
 const SOON: Duration = Duration::from_secs(10);
@@ -116,17 +117,11 @@ async fn a_job_waiting_for_its_key_does_not_hold_up_the_jobs_behind_it() {
 #[tokio::test]
 async fn batches_take_a_key_per_job_and_jobs_without_one_show_null() {
     let app = spawn_app().await;
-    let response = app
-        .post(
-            "/v1/batches",
-            &json!({"jobs": [
-                {"kind": "noop", "concurrency_key": "acme", "concurrency_limit": 3},
-                {"kind": "noop"},
-            ]}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let batch: Value = response.json().await.unwrap();
+    let body = json!({"jobs": [
+        {"kind": "noop", "concurrency_key": "acme", "concurrency_limit": 3},
+        {"kind": "noop"},
+    ]});
+    let batch = submit_batch(&app, &body).await;
     let ids = job_ids(&batch);
     let keyed = app.wait_for_status(&ids[0], "succeeded", SOON).await;
     assert_eq!(keyed["concurrency_key"], "acme");
@@ -139,30 +134,28 @@ async fn batches_take_a_key_per_job_and_jobs_without_one_show_null() {
 #[tokio::test]
 async fn a_key_without_a_limit_or_a_limit_without_a_key_is_refused() {
     let app = spawn_app().await;
-    let alone = problem(
-        &app,
-        "/v1/jobs",
-        json!({"kind": "noop", "concurrency_key": "acme"}),
-    )
-    .await;
-    assert_eq!(alone["code"], "validation_failed");
-    assert_eq!(pointers(&alone), ["/concurrency_limit"]);
-    let alone = problem(
-        &app,
-        "/v1/jobs",
-        json!({"kind": "noop", "concurrency_limit": 2}),
-    )
-    .await;
-    assert_eq!(alone["code"], "validation_failed");
-    assert_eq!(pointers(&alone), ["/concurrency_key"]);
-    let in_batch = problem(
-        &app,
-        "/v1/batches",
-        json!({"jobs": [{"kind": "noop"}, {"kind": "noop", "concurrency_key": "acme"}]}),
-    )
-    .await;
-    assert_eq!(in_batch["code"], "validation_failed");
-    assert_eq!(pointers(&in_batch), ["/jobs/1/concurrency_limit"]);
+    let cases = [
+        (
+            "/v1/jobs",
+            json!({"kind": "noop", "concurrency_key": "acme"}),
+            "/concurrency_limit",
+        ),
+        (
+            "/v1/jobs",
+            json!({"kind": "noop", "concurrency_limit": 2}),
+            "/concurrency_key",
+        ),
+        (
+            "/v1/batches",
+            json!({"jobs": [{"kind": "noop"}, {"kind": "noop", "concurrency_key": "acme"}]}),
+            "/jobs/1/concurrency_limit",
+        ),
+    ];
+    for (path, body, pointer) in cases {
+        let refused = problem(&app, path, body).await;
+        assert_eq!(refused["code"], "validation_failed");
+        assert_eq!(pointers(&refused), [pointer]);
+    }
     // Nothing of the refused batch was stored.
     let page: Value = app.get("/v1/jobs").await.json().await.unwrap();
     assert_eq!(page["items"], json!([]));

@@ -13,6 +13,10 @@ fn keyed(key: &str, limit: u32) -> serde_json::Value {
     json!({"concurrency_key": key, "concurrency_limit": limit})
 }
 
+fn acme(limit: u32) -> serde_json::Value {
+    keyed("acme", limit)
+}
+
 /// Submits one job per spec to `queue` at 0, 1, 2… ms: FIFO in that order.
 async fn submit_all(
     store: &Arc<dyn JobStore>,
@@ -24,6 +28,12 @@ async fn submit_all(
         ids.push(submit_one(store, job(queue, spec.clone(), at(n as i64))).await);
     }
     ids
+}
+
+/// Creates the queue `default` and submits `specs` to it.
+async fn in_default(store: &Arc<dyn JobStore>, specs: &[serde_json::Value]) -> Vec<JobId> {
+    with_queues(store, &[("default", 100)]).await;
+    submit_all(store, "default", specs).await
 }
 
 async fn claim(store: &Arc<dyn JobStore>, queue: &str, limit: u32) -> Vec<JobId> {
@@ -49,18 +59,7 @@ async fn succeed(store: &Arc<dyn JobStore>, id: JobId) {
 }
 
 pub async fn a_keys_limit_holds_within_one_claim_and_across_claims(store: Arc<dyn JobStore>) {
-    with_queues(&store, &[("default", 100)]).await;
-    let ids = submit_all(
-        &store,
-        "default",
-        &[
-            keyed("acme", 2),
-            keyed("acme", 2),
-            keyed("acme", 2),
-            keyed("acme", 2),
-        ],
-    )
-    .await;
+    let ids = in_default(&store, &[acme(2), acme(2), acme(2), acme(2)]).await;
     assert_eq!(claim(&store, "default", 10).await, ids[..2]);
     assert_eq!(claim(&store, "default", 10).await, []);
     assert_eq!(state_of(&store, ids[2]).await.as_str(), "queued");
@@ -72,17 +71,9 @@ pub async fn a_keys_limit_holds_within_one_claim_and_across_claims(store: Arc<dy
 }
 
 pub async fn a_job_whose_key_is_full_does_not_hold_up_the_jobs_behind_it(store: Arc<dyn JobStore>) {
-    with_queues(&store, &[("default", 100)]).await;
-    let ids = submit_all(
+    let ids = in_default(
         &store,
-        "default",
-        &[
-            keyed("acme", 1),
-            keyed("acme", 1),
-            json!({}),
-            keyed("acme", 1),
-            keyed("globex", 1),
-        ],
+        &[acme(1), acme(1), json!({}), acme(1), keyed("globex", 1)],
     )
     .await;
     // The second `acme` job is passed over and the plain job behind it taken,
@@ -94,13 +85,7 @@ pub async fn a_job_whose_key_is_full_does_not_hold_up_the_jobs_behind_it(store: 
 }
 
 pub async fn an_ended_holder_frees_its_slot_for_the_next_claim(store: Arc<dyn JobStore>) {
-    with_queues(&store, &[("default", 100)]).await;
-    let ids = submit_all(
-        &store,
-        "default",
-        &[keyed("acme", 1), keyed("acme", 1), keyed("acme", 1)],
-    )
-    .await;
+    let ids = in_default(&store, &[acme(1), acme(1), acme(1)]).await;
     assert_eq!(claim(&store, "default", 10).await, [ids[0]]);
     assert_eq!(claim(&store, "default", 10).await, []);
     succeed(&store, ids[0]).await;
@@ -156,15 +141,13 @@ pub async fn different_keys_and_tenants_are_counted_apart_and_queues_together(
 }
 
 pub async fn jobs_without_a_key_are_claimed_as_before(store: Arc<dyn JobStore>) {
-    with_queues(&store, &[("default", 100)]).await;
-    let ids = submit_all(
+    let ids = in_default(
         &store,
-        "default",
         &[
-            keyed("acme", 1),
+            acme(1),
             json!({}),
             json!({"priority": 5}),
-            keyed("acme", 1),
+            acme(1),
             json!({}),
         ],
     )
@@ -182,19 +165,7 @@ pub async fn jobs_without_a_key_are_claimed_as_before(store: Arc<dyn JobStore>) 
 }
 
 pub async fn each_job_is_held_to_its_own_limit(store: Arc<dyn JobStore>) {
-    with_queues(&store, &[("default", 100)]).await;
-    let ids = submit_all(
-        &store,
-        "default",
-        &[
-            keyed("acme", 1),
-            keyed("acme", 1),
-            keyed("acme", 3),
-            keyed("acme", 3),
-            keyed("acme", 3),
-        ],
-    )
-    .await;
+    let ids = in_default(&store, &[acme(1), acme(1), acme(3), acme(3), acme(3)]).await;
     // One running: a limit-1 job must wait, a limit-3 job may start, and so
     // may one more, which makes three.
     assert_eq!(claim(&store, "default", 1).await, [ids[0]]);
