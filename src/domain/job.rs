@@ -147,6 +147,11 @@ pub struct Job {
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub key: Option<String>,
+    /// At most `concurrency_limit` running jobs of the tenant share this key.
+    pub concurrency_key: Option<String>,
+    /// Running jobs allowed to share `concurrency_key`: this job starts only
+    /// while fewer hold it.
+    pub concurrency_limit: Option<u32>,
     /// The batch this job was submitted in.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub batch_id: Option<BatchId>,

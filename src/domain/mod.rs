@@ -16,8 +16,8 @@ pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
 pub use spec::{
-    DependencyRef, FieldError, JobSpec, MAX_DEPENDENCIES, NewJob, OnConflict, SpecContext,
-    escape_pointer, valid_metadata_key,
+    DependencyRef, FieldError, JobSpec, MAX_CONCURRENCY_LIMIT, MAX_DEPENDENCIES, NewJob,
+    OnConflict, SpecContext, escape_pointer, valid_metadata_key,
 };
 pub use time::Timestamp;
 pub use webhook::{DeliveryStatus, WebhookDelivery};

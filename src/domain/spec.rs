@@ -12,6 +12,8 @@ pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// How far ahead `run_at`/`delay_ms` may point: one year.
 const MAX_DELAY_MS: u64 = 366 * 24 * 3_600_000;
 const MAX_KEY_LEN: usize = 255;
+/// Largest `concurrency_limit`: the most slots a queue can have.
+pub const MAX_CONCURRENCY_LIMIT: u32 = super::QueueConfig::MAX_CONCURRENCY;
 const MAX_METADATA_ENTRIES: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 1_024;
 /// Most dependencies one job may have.
@@ -130,6 +132,18 @@ pub struct JobSpec {
     /// When `key` is held. Default `reject`.
     #[serde(default)]
     pub on_conflict: Option<OnConflict>,
+    /// With `concurrency_limit`: at most that many running jobs of the
+    /// tenant share this key, across every queue (per-customer fairness).
+    /// Both or neither.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
+    pub concurrency_key: Option<String>,
+    /// 1..=10 000: running jobs allowed to share `concurrency_key`. When jobs
+    /// of one key carry different limits, each job's own limit decides
+    /// whether it may start.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub concurrency_limit: Option<i64>,
     /// Labels, returned as given and filterable with `metadata.K=V`.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
@@ -161,6 +175,8 @@ pub struct NewJob {
     pub backoff: Backoff,
     pub key: Option<String>,
     pub on_conflict: OnConflict,
+    /// `(concurrency_key, concurrency_limit)`: both or neither.
+    pub concurrency: Option<(String, u32)>,
     pub metadata: BTreeMap<String, String>,
     pub created_at: Timestamp,
     pub run_at: Timestamp,
@@ -308,20 +324,20 @@ impl JobSpec {
             },
         };
 
-        if let Some(key) = &self.key
-            && (key.is_empty() || key.len() > MAX_KEY_LEN)
-        {
-            errors.push(FieldError::new(
-                pointer("key"),
-                format!("must be 1 to {MAX_KEY_LEN} bytes"),
-            ));
-        }
+        errors.extend(check_key(self.key.as_deref(), pointer("key")));
         if self.on_conflict.is_some() && self.key.is_none() {
             errors.push(FieldError::new(
                 pointer("on_conflict"),
                 "only applies together with key",
             ));
         }
+
+        let concurrency = check_concurrency(
+            self.concurrency_key,
+            self.concurrency_limit,
+            &pointer,
+            &mut errors,
+        );
 
         let metadata = self.metadata.unwrap_or_default();
         errors.extend(check_metadata(&metadata, &pointer("metadata")));
@@ -361,6 +377,7 @@ impl JobSpec {
             backoff,
             key: self.key,
             on_conflict: self.on_conflict.unwrap_or_default(),
+            concurrency,
             metadata,
             created_at: now,
             run_at,
@@ -369,6 +386,51 @@ impl JobSpec {
             depends_on,
             callback_url: self.callback_url,
         })
+    }
+}
+
+/// A `key` or `concurrency_key`: 1 to 255 bytes, any characters.
+fn check_key(key: Option<&str>, pointer: String) -> Option<FieldError> {
+    key.filter(|key| key.is_empty() || key.len() > MAX_KEY_LEN)
+        .map(|_| FieldError::new(pointer, format!("must be 1 to {MAX_KEY_LEN} bytes")))
+}
+
+/// Checks `concurrency_key` and `concurrency_limit`: both or neither (the
+/// missing one is reported), a key of 1 to 255 bytes, a limit of 1 to
+/// `MAX_CONCURRENCY_LIMIT`.
+fn check_concurrency(
+    key: Option<String>,
+    limit: Option<i64>,
+    pointer: &impl Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> Option<(String, u32)> {
+    let before = errors.len();
+    errors.extend(check_key(key.as_deref(), pointer("concurrency_key")));
+    if let Some(limit) = limit
+        && !(1..=i64::from(MAX_CONCURRENCY_LIMIT)).contains(&limit)
+    {
+        errors.push(FieldError::new(
+            pointer("concurrency_limit"),
+            format!("must be between 1 and {MAX_CONCURRENCY_LIMIT}"),
+        ));
+    }
+    match (key, limit) {
+        (Some(key), Some(limit)) if errors.len() == before => Some((key, limit as u32)),
+        (Some(_), None) => {
+            errors.push(FieldError::new(
+                pointer("concurrency_limit"),
+                "required together with concurrency_key",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(FieldError::new(
+                pointer("concurrency_key"),
+                "required together with concurrency_limit",
+            ));
+            None
+        }
+        _ => None,
     }
 }
 
@@ -497,6 +559,41 @@ mod tests {
                 "/metadata/bad key"
             ]
         );
+    }
+
+    #[test]
+    fn a_concurrency_key_and_its_limit_come_together_or_not_at_all() {
+        let queue = QueueConfig::new("default");
+        let pointers_of = |json: Value| {
+            spec(json)
+                .validate("default", &queue, Timestamp::now(), alone())
+                .map(|job| job.concurrency)
+                .map_err(|errors| errors.into_iter().map(|e| e.pointer).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            pointers_of(serde_json::json!({"kind": "noop", "concurrency_key": "a"})),
+            Err(vec!["/concurrency_limit".to_owned()])
+        );
+        assert_eq!(
+            pointers_of(serde_json::json!({"kind": "noop", "concurrency_limit": 1})),
+            Err(vec!["/concurrency_key".to_owned()])
+        );
+        assert_eq!(
+            pointers_of(
+                serde_json::json!({"kind": "noop", "concurrency_key": "", "concurrency_limit": 0})
+            ),
+            Err(vec![
+                "/concurrency_key".to_owned(),
+                "/concurrency_limit".to_owned()
+            ])
+        );
+        assert_eq!(
+            pointers_of(
+                serde_json::json!({"kind": "noop", "concurrency_key": "a", "concurrency_limit": 10_000})
+            ),
+            Ok(Some(("a".to_owned(), 10_000)))
+        );
+        assert_eq!(pointers_of(serde_json::json!({"kind": "noop"})), Ok(None));
     }
 
     #[test]

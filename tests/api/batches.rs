@@ -13,7 +13,7 @@ use crate::helpers::{TestApp, job_ids, millis, noop, sleep_ms, spawn_app, spawn_
 const SOON: Duration = Duration::from_secs(20);
 
 /// Submits a batch, asserting a 202 with its Location; returns the batch.
-async fn submit_batch(app: &TestApp, body: &Value) -> Value {
+pub(crate) async fn submit_batch(app: &TestApp, body: &Value) -> Value {
     let response = app.post("/v1/batches", body).await;
     let status = response.status();
     let location = response

@@ -2,6 +2,7 @@
 //! kills it. One binary, so the crate links once.
 
 mod batches;
+mod concurrency_keys;
 mod config;
 mod custom_kinds;
 mod durability;

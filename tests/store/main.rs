@@ -2,6 +2,7 @@
 //! written once against `JobStore` and run on each backend.
 
 mod batches;
+mod concurrency_keys;
 mod conformance;
 mod webhooks;
 
@@ -20,6 +21,7 @@ pub async fn sqlite_store() -> (Arc<dyn JobStore>, TempDir) {
 
 // Every case, wherever it is written, under one name the suite macro uses.
 use batches::*;
+use concurrency_keys::*;
 use conformance::*;
 use webhooks::*;
 
@@ -79,5 +81,11 @@ conformance_suite!(
         cancelled_and_cascaded_jobs_get_their_webhooks,
         a_batch_webhook_is_written_once_when_the_batch_finishes,
         prune_deletes_webhooks_past_the_retention,
+        a_keys_limit_holds_within_one_claim_and_across_claims,
+        a_job_whose_key_is_full_does_not_hold_up_the_jobs_behind_it,
+        an_ended_holder_frees_its_slot_for_the_next_claim,
+        different_keys_and_tenants_are_counted_apart_and_queues_together,
+        jobs_without_a_key_are_claimed_as_before,
+        each_job_is_held_to_its_own_limit,
     ]
 );

@@ -353,8 +353,9 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
-         batch_id, batch_index, depends_on, deps_pending, callback_url) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         batch_id, batch_index, depends_on, deps_pending, callback_url, concurrency_key, \
+         concurrency_limit) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     for (job, pending) in jobs.iter().zip(pending) {
         let depends_on = if job.depends_on.is_empty() {
@@ -383,6 +384,8 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
             depends_on.as_deref().unwrap_or("[]"),
             pending,
             job.callback_url,
+            job.concurrency.as_ref().map(|(key, _)| key),
+            job.concurrency.as_ref().map(|(_, limit)| i64::from(*limit)),
         ])?;
     }
     Ok(())
@@ -402,6 +405,8 @@ fn job_from_new(job: NewJob) -> Job {
         timeout_ms: job.timeout_ms,
         backoff: job.backoff,
         key: job.key,
+        concurrency_limit: job.concurrency.as_ref().map(|(_, limit)| *limit),
+        concurrency_key: job.concurrency.map(|(key, _)| key),
         batch_id: job.batch_id,
         depends_on: job.depends_on,
         metadata: job.metadata,

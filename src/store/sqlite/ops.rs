@@ -1,6 +1,8 @@
 //! The write operations of the SQLite store, each applied inside the writer's
 //! open transaction on its own connection.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::admit::{active_holder, check_capacity};
@@ -143,6 +145,10 @@ pub(super) fn cancel_now(
     Ok(cancelled)
 }
 
+/// What a claim sets on each job it takes.
+const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', attempt = attempt + 1, \
+    lease_owner = ?, lease_expires_at = ?, started_at = max(?, run_at), progress = NULL";
+
 fn claim(
     conn: &Connection,
     queue: &str,
@@ -154,24 +160,33 @@ fn claim(
     // `started_at` is never before `run_at`: `now` was read before the claim
     // reached the writer, and a job may have become ready (its dependency's
     // success stamped in `run_at`) in between.
+    let keyed_waiting: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ? AND state = 'queued' \
+             AND concurrency_key IS NOT NULL)",
+        )?
+        .query_row(params![queue], |row| row.get(0))?;
+    let (lease_until, now) = (lease_until.as_millis(), now.as_millis());
+    if keyed_waiting {
+        let sql = format!("{CLAIM_SET} WHERE id = ? AND state = 'queued' RETURNING {JOB_COLUMNS}");
+        let mut jobs = Vec::new();
+        for id in claimable(conn, queue, limit)? {
+            jobs.extend(query_job(conn, &sql, params![owner, lease_until, now, id])?);
+        }
+        // Taken in claim order already.
+        return Ok(jobs);
+    }
+    // No keyed job waits here: one UPDATE, as fast as before keys existed.
     // `LIMIT CAST(? AS INTEGER)`: with a bare `LIMIT ?` SQLite re-prepares
     // the statement at every execution (measured with its RePrepare counter).
     let mut jobs = query_jobs(
         conn,
         &format!(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
-             lease_expires_at = ?, started_at = max(?, run_at), progress = NULL \
-             WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' \
-                          ORDER BY priority DESC, run_at, id LIMIT CAST(? AS INTEGER)) \
+            "{CLAIM_SET} WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' \
+             ORDER BY priority DESC, run_at, id LIMIT CAST(? AS INTEGER)) \
              RETURNING {JOB_COLUMNS}"
         ),
-        params![
-            owner,
-            lease_until.as_millis(),
-            now.as_millis(),
-            queue,
-            i64::from(limit)
-        ],
+        params![owner, lease_until, now, queue, i64::from(limit)],
     )?;
     // RETURNING has no order: start the best job first.
     jobs.sort_by(|a, b| {
@@ -181,6 +196,57 @@ fn claim(
             .then(a.id.cmp(&b.id))
     });
     Ok(jobs)
+}
+
+/// The ids of the jobs a claim of `queue` takes when keyed jobs wait there:
+/// in claim order (priority desc, run_at, id), the first `limit` queued jobs
+/// that have no concurrency key, or whose key (per tenant, across every
+/// queue) is held by fewer running jobs than the job's own
+/// `concurrency_limit`, jobs taken earlier in this claim included. A job
+/// whose key is full is passed over; the jobs behind it are still taken.
+fn claimable(conn: &Connection, queue: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+    let mut held_by_running = conn.prepare_cached(
+        "SELECT count(*) FROM jobs WHERE tenant = ? AND concurrency_key = ? \
+         AND state = 'running' AND concurrency_key IS NOT NULL",
+    )?;
+    let mut queued = conn.prepare_cached(
+        "SELECT id, tenant, concurrency_key, concurrency_limit FROM jobs \
+         WHERE queue = ? AND state = 'queued' ORDER BY priority DESC, run_at, id",
+    )?;
+    // Running jobs per tenant and key, read once per key and counted up as
+    // this claim takes jobs. Passing over a full key's job allocates nothing.
+    let mut held: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    let mut ids = Vec::new();
+    let mut rows = queued.query(params![queue])?;
+    while ids.len() < limit as usize
+        && let Some(row) = rows.next()?
+    {
+        let Some(key) = row
+            .get_ref(2)?
+            .as_str_or_null()
+            .map_err(rusqlite::Error::from)?
+        else {
+            ids.push(row.get(0)?);
+            continue;
+        };
+        let tenant = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let job_limit: i64 = row.get(3)?;
+        let known = held.get(tenant).and_then(|keys| keys.get(key)).copied();
+        let running = match known {
+            Some(running) => running,
+            None => held_by_running.query_row(params![tenant, key], |row| row.get(0))?,
+        };
+        let take = running < job_limit;
+        if take || known.is_none() {
+            held.entry(tenant.to_owned())
+                .or_default()
+                .insert(key.to_owned(), running + i64::from(take));
+        }
+        if take {
+            ids.push(row.get(0)?);
+        }
+    }
+    Ok(ids)
 }
 
 /// Stores an attempt's outcome, fenced by `(id, attempt, lease_owner, state =

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 pub const JOB_COLUMNS: &str = "id, tenant, queue, kind, payload, state, priority, attempt, \
     max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, progress, result, \
     error, errors, cancel_requested, created_at, run_at, started_at, finished_at, batch_id, \
-    depends_on, callback_url";
+    depends_on, callback_url, concurrency_key, concurrency_limit";
 
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -44,6 +44,8 @@ pub struct JobRow {
     batch_id: Option<String>,
     depends_on: String,
     callback_url: Option<String>,
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<i64>,
 }
 
 fn corrupt(what: &str, id: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -97,6 +99,8 @@ impl JobRow {
             batch_id: row.get(23)?,
             depends_on: row.get(24)?,
             callback_url: row.get(25)?,
+            concurrency_key: row.get(26)?,
+            concurrency_limit: row.get(27)?,
         })
     }
 }
@@ -139,6 +143,8 @@ impl TryFrom<JobRow> for Job {
                 max_ms: row.backoff_max_ms as u64,
             },
             key: row.key,
+            concurrency_key: row.concurrency_key,
+            concurrency_limit: row.concurrency_limit.map(|n| n as u32),
             batch_id,
             depends_on,
             metadata,
