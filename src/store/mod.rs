@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod rows;
 mod sqlite;
 
 use async_trait::async_trait;

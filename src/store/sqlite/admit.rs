@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::counts::NewCounts;
 use super::deps::{Ended, settle};
 use super::ops::cancel_now;
-use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
+use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, job_from_new, to_json};
 use crate::domain::{
     Batch, BatchCounts, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, OnConflict,
     Timestamp,
@@ -386,36 +386,4 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
         ])?;
     }
     Ok(())
-}
-
-fn job_from_new(job: NewJob) -> Job {
-    Job {
-        id: job.id,
-        tenant: job.tenant,
-        queue: job.queue,
-        kind: job.kind,
-        payload: job.payload,
-        status: job.state,
-        priority: job.priority,
-        attempt: 0,
-        max_attempts: job.max_attempts,
-        timeout_ms: job.timeout_ms,
-        backoff: job.backoff,
-        key: job.key,
-        batch_id: job.batch_id,
-        depends_on: job.depends_on,
-        metadata: job.metadata,
-        progress: None,
-        result: None,
-        error: None,
-        errors: Vec::new(),
-        position: None,
-        cancel_requested: false,
-        created_at: job.created_at,
-        run_at: job.run_at,
-        started_at: None,
-        finished_at: None,
-        callback_url: job.callback_url,
-        webhook: None,
-    }
 }
