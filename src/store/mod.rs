@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod postgres;
 mod rows;
 mod sqlite;
 
@@ -15,6 +16,7 @@ use crate::domain::{
     QueueConfig, QueueInfo, Timestamp, WebhookDelivery,
 };
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Storage failures. Anything here is the service's problem, not the client's.
