@@ -10,7 +10,9 @@ use crate::domain::{
     Backoff, Batch, BatchCounts, BatchId, BatchResult, DeliveryStatus, ErrorInfo, Job, JobId,
     JobState, NewJob, Progress, QueueConfig, QueueDefaults, Timestamp, WebhookDelivery,
 };
-use crate::store::{ClaimedWebhook, StoreError, WebhookOwner};
+use crate::store::{
+    ClaimedWebhook, Rescued, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
+};
 
 /// Every column of `jobs`, in `JobRow` order.
 pub const JOB_COLUMNS: &str = "id, tenant, queue, kind, payload, state, priority, attempt, \
@@ -381,5 +383,68 @@ impl TryFrom<ClaimedRow> for ClaimedWebhook {
             attempts: row.attempts.max(0) as u32,
             created_at: Timestamp::from_millis(row.created_at),
         })
+    }
+}
+
+/// What recording `attempt` writes: the delivery's status, the error (kept
+/// from before when none), the next attempt (kept when none) and the time
+/// of delivery.
+pub fn attempt_columns(
+    attempt: &WebhookAttempt,
+) -> (DeliveryStatus, Option<&str>, Option<i64>, Option<i64>) {
+    match &attempt.outcome {
+        WebhookOutcome::Delivered => (
+            DeliveryStatus::Delivered,
+            None,
+            None,
+            Some(attempt.at.as_millis()),
+        ),
+        WebhookOutcome::Retry {
+            error,
+            next_attempt_at,
+        } => (
+            DeliveryStatus::Pending,
+            Some(error.as_str()),
+            Some(next_attempt_at.as_millis()),
+            None,
+        ),
+        WebhookOutcome::Failed { error } => {
+            (DeliveryStatus::Failed, Some(error.as_str()), None, None)
+        }
+    }
+}
+
+/// A job a rescue took back: `RETURNING id, queue, state, batch_id, tenant`.
+#[derive(sqlx::FromRow)]
+pub struct RescuedRow {
+    pub(super) id: String,
+    pub(super) queue: String,
+    pub(super) state: String,
+    pub(super) batch_id: Option<String>,
+    pub(super) tenant: String,
+}
+
+impl RescuedRow {
+    /// The rescued job and, when the rescue ended it, its batch (if any).
+    pub fn into_rescued(self) -> Result<(Rescued, Option<BatchId>), StoreError> {
+        let corrupt = |e: String| StoreError::Corrupt(format!("job {}: {e}", self.id));
+        let job = Rescued {
+            id: self
+                .id
+                .parse()
+                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+            tenant: self.tenant.clone(),
+            queue: self.queue.clone(),
+            state: self.state.parse().map_err(corrupt)?,
+        };
+        let batch_id = match &self.batch_id {
+            Some(batch) if job.state.is_terminal() => Some(
+                batch
+                    .parse::<BatchId>()
+                    .map_err(|e| corrupt(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        Ok((job, batch_id))
     }
 }

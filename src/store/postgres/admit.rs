@@ -15,9 +15,10 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use super::counts::{self, Counts};
 use super::deps::{Ended, settle};
 use super::ops::cancel_now;
-use crate::domain::{Batch, BatchCounts, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch};
+use crate::domain::{Batch, BatchCounts, BatchId, Job, JobId, NewBatch};
 use crate::domain::{NewJob, OnConflict};
-use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, job_from_new, to_json};
+use crate::store::plan;
+use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
 use crate::store::{
     Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
 };
@@ -84,12 +85,7 @@ pub async fn submit(
             }
             OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(Box::new(holder)))),
             OnConflict::Replace => {
-                let error = ErrorInfo {
-                    code: "replaced".into(),
-                    message: format!("replaced by job {} with the same key", job.id),
-                    attempt: None,
-                    at: job.created_at,
-                };
+                let error = plan::replaced_by(job.id, job.created_at);
                 match cancel_now(conn, &mut counts, holder.id, &error, job.created_at).await? {
                     Some(cancelled) => replaced_now.push(cancelled),
                     None => replaced_running.push(holder.id),
@@ -134,44 +130,26 @@ pub async fn submit(
     let now = jobs
         .first()
         .map_or_else(crate::domain::Timestamp::now, |job| job.created_at);
-    let mut ended = dependencies.already_failed;
-    ended.extend(replaced_now.iter().map(Ended::of));
-    settle(conn, &mut counts, &ended, now, &mut effects).await?;
-    let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
-    let born_cancelled: HashSet<JobId> = effects
-        .cancelled
+    let mut ended: Vec<Ended> = dependencies
+        .already_failed
         .iter()
-        .map(|job| job.id)
-        .filter(|id| own.contains(id))
-        .collect();
-    let jobs: Vec<Job> = jobs
-        .into_iter()
-        .map(|job| {
-            if born_cancelled.contains(&job.id)
-                && let Some(cancelled) = effects.cancelled.iter().find(|c| c.id == job.id)
-            {
-                return cancelled.clone();
-            }
-            job_from_new(job)
+        .map(|&(id, state)| Ended {
+            id,
+            state,
+            batch_id: None,
+            dependents: true,
         })
         .collect();
-    // Jobs of this very submission are not "effects" of it: the caller gets them.
-    effects
-        .cancelled
-        .retain(|cancelled| !born_cancelled.contains(&cancelled.id));
-    effects.cancelled.extend(replaced_now);
-    effects.stop = replaced_running;
+    ended.extend(replaced_now.iter().map(Ended::of));
+    settle(conn, &mut counts, &ended, now, &mut effects).await?;
+    let jobs = plan::submitted_jobs(jobs, &mut effects, replaced_now, replaced_running);
 
     let batch = match &submission.batch {
         Some(batch) => Some(Box::new(stored_batch(conn, batch.id, &jobs).await?)),
         None => None,
     };
     if let Some(idempotency) = &submission.idempotency {
-        let body = match (&batch, jobs.as_slice()) {
-            (Some(batch), _) => to_json(batch),
-            (None, [job]) => to_json(job),
-            (None, _) => to_json(&jobs),
-        };
+        let body = plan::replay_body(batch.as_deref(), &jobs);
         let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
         // A concurrent submission with the same key that committed first
         // makes this fail with 23505; the rerun replays its response.
@@ -247,31 +225,13 @@ pub async fn active_holder(
     row.map(Job::try_from).transpose()
 }
 
-/// The dependency graph of a submission, checked against the store.
-struct Dependencies {
-    /// Unsucceeded dependencies per job, in submission order.
-    pending: Vec<i64>,
-    /// (dependency, dependent) edges to store.
-    edges: Vec<(JobId, JobId)>,
-    /// Dependencies that already failed or were cancelled.
-    already_failed: Vec<Ended>,
-}
-
 /// Counts each job's unsucceeded dependencies (a job with any waits as
 /// `scheduled`) and refuses dependencies that don't exist for this tenant.
 async fn link_dependencies(
     conn: &mut PgConnection,
     tenant: &str,
     jobs: &mut [NewJob],
-) -> Result<Result<Dependencies, SubmitRejection>, StoreError> {
-    let mut dependencies = Dependencies {
-        pending: vec![0; jobs.len()],
-        edges: Vec::new(),
-        already_failed: Vec::new(),
-    };
-    if jobs.iter().all(|job| job.depends_on.is_empty()) {
-        return Ok(Ok(dependencies));
-    }
+) -> Result<Result<plan::Dependencies, SubmitRejection>, StoreError> {
     let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
     let outside: Vec<String> = jobs
         .iter()
@@ -284,45 +244,9 @@ async fn link_dependencies(
         .into_iter()
         .map(|(id, state, owner)| (id, (state, owner)))
         .collect();
-    for (index, job) in jobs.iter_mut().enumerate() {
-        for dependency in &job.depends_on {
-            if !own.contains(dependency) {
-                let state = match found.get(&dependency.to_string()) {
-                    Some((state, owner)) if owner == tenant => {
-                        state.parse::<JobState>().map_err(StoreError::Corrupt)?
-                    }
-                    _ => {
-                        return Ok(Err(SubmitRejection::UnknownDependency {
-                            job: index,
-                            dependency: *dependency,
-                        }));
-                    }
-                };
-                if state == JobState::Succeeded {
-                    continue;
-                }
-                if state.is_terminal()
-                    && !dependencies
-                        .already_failed
-                        .iter()
-                        .any(|ended| ended.id == *dependency)
-                {
-                    dependencies.already_failed.push(Ended {
-                        id: *dependency,
-                        state,
-                        batch_id: None,
-                        dependents: true,
-                    });
-                }
-            }
-            dependencies.pending[index] += 1;
-            dependencies.edges.push((*dependency, job.id));
-        }
-        if dependencies.pending[index] > 0 {
-            job.state = JobState::Scheduled;
-        }
-    }
-    Ok(Ok(dependencies))
+    plan::dependencies(tenant, jobs, |dependency| {
+        Ok(found.get(&dependency.to_string()).cloned())
+    })
 }
 
 /// Flags the unfinished jobs of `ids` as depended on, under their row locks

@@ -16,7 +16,8 @@
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::Counts;
-use crate::domain::{BatchId, ErrorInfo, Job, JobId, JobState, Timestamp};
+use crate::domain::{BatchId, Job, JobId, JobState, Timestamp};
+use crate::store::plan;
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::store::{Effects, FinishedBatch, StoreError};
 
@@ -144,17 +145,7 @@ async fn cancel_dependents(
     state: JobState,
     at: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    let what = if state == JobState::Failed {
-        "failed"
-    } else {
-        "was cancelled"
-    };
-    let error = to_json(&ErrorInfo {
-        code: "dependency_failed".into(),
-        message: format!("dependency {id} {what}"),
-        attempt: None,
-        at,
-    });
+    let error = to_json(&plan::dependency_failed(id, state, at));
     let sql = format!(
         "WITH edges AS (DELETE FROM job_deps WHERE depends_on_id = ANY($1) RETURNING job_id) \
          UPDATE jobs SET state = 'cancelled', cancel_requested = true, finished_at = $2, \

@@ -10,7 +10,8 @@ use sqlx::{PgConnection, PgPool};
 
 use super::counts::Counts;
 use super::deps::{Ended, settle};
-use crate::domain::{BatchId, JobId, JobState, QueueConfig, Timestamp};
+use crate::domain::{JobId, JobState, QueueConfig, Timestamp};
+use crate::store::rows::RescuedRow;
 use crate::store::{Effects, Promoted, Rescued, StoreError};
 
 /// One statement: extends every lease `owner` holds.
@@ -63,35 +64,23 @@ pub async fn rescue(
          FROM lapsed WHERE jobs.id = lapsed.lapsed_id \
          RETURNING id, queue, state, batch_id, tenant"
     );
-    let rows: Vec<(String, String, String, Option<String>, String)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now.as_millis())
-            .bind(serde_json::Value::from(now.to_rfc3339()).to_string())
-            .bind(not_owner)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<RescuedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(now.as_millis())
+        .bind(serde_json::Value::from(now.to_rfc3339()).to_string())
+        .bind(not_owner)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut counts = Counts::default();
     let mut rescued = Vec::with_capacity(rows.len());
     let mut ended = Vec::new();
-    for (id, queue, state, batch_id, tenant) in rows {
-        let corrupt = |e: String| StoreError::Corrupt(format!("job {id}: {e}"));
-        let job = Rescued {
-            id: id
-                .parse()
-                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
-            tenant,
-            queue,
-            state: state.parse().map_err(corrupt)?,
-        };
+    for row in rows {
+        let (job, batch_id) = row.into_rescued()?;
         counts.add(&job.queue, job.state, 1);
         if job.state.is_terminal() {
             ended.push(Ended {
                 id: job.id,
                 state: job.state,
-                batch_id: batch_id
-                    .map(|b| b.parse::<BatchId>())
-                    .transpose()
-                    .map_err(|e| corrupt(e.to_string()))?,
+                batch_id,
                 dependents: true,
             });
         }

@@ -7,6 +7,7 @@ use super::admit::{active_holder, capacity_rejection, lock_dependencies, lock_qu
 use super::counts::{self, Counts};
 use super::deps::{Ended, settle};
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
+use crate::store::plan;
 use crate::store::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, jobs_from_rows, parse_ids, to_json,
 };
@@ -133,12 +134,7 @@ pub async fn claim(
     counts.add(queue, JobState::Queued, -(jobs.len() as i64));
     counts.flush(conn).await?;
     // RETURNING has no order: start the best job first.
-    jobs.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.run_at.cmp(&b.run_at))
-            .then(a.id.cmp(&b.id))
-    });
+    plan::claim_order(&mut jobs);
     Ok(jobs)
 }
 
@@ -270,12 +266,7 @@ pub async fn cancel(
     if job.status.is_terminal() {
         return Ok(CancelOutcome::AlreadyFinished(job));
     }
-    let error = ErrorInfo {
-        code: "cancelled".into(),
-        message: "cancelled on request".into(),
-        attempt: None,
-        at,
-    };
+    let error = plan::cancelled_on_request(false, at);
     let mut counts = Counts::default();
     let outcome = match cancel_now(conn, &mut counts, id, &error, at).await? {
         Some(job) => {
@@ -431,12 +422,7 @@ pub async fn cancel_batch(
             None => Ok(BatchCancelOutcome::NotFound),
         };
     }
-    let error = ErrorInfo {
-        code: "cancelled".into(),
-        message: "the batch was cancelled".into(),
-        attempt: None,
-        at,
-    };
+    let error = plan::cancelled_on_request(true, at);
     let mut counts = Counts::default();
     let filter = "batch_id = $3";
     let cancelled = cancel_waiting(conn, &mut counts, filter, id.to_string(), &error, at).await?;

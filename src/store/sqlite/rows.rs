@@ -3,7 +3,7 @@
 
 pub use crate::store::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
-    ResultRow, job_from_new, jobs_from_rows, parse_ids, to_json,
+    ResultRow, jobs_from_rows, parse_ids, to_json,
 };
 
 impl JobRow {

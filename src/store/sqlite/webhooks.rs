@@ -5,9 +5,9 @@
 use rusqlite::{Connection, params};
 use sqlx::SqlitePool;
 
-use crate::domain::{DeliveryStatus, Timestamp, WebhookDelivery};
-use crate::store::rows::{ClaimedRow, DeliveryRow};
-use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner};
+use crate::domain::{Timestamp, WebhookDelivery};
+use crate::store::rows::{ClaimedRow, DeliveryRow, attempt_columns};
+use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOwner};
 
 pub fn claim(
     conn: &Connection,
@@ -44,26 +44,7 @@ pub fn claim(
 }
 
 pub fn record(conn: &Connection, attempt: &WebhookAttempt) -> Result<(), StoreError> {
-    let (status, error, next_attempt_at, delivered_at) = match &attempt.outcome {
-        WebhookOutcome::Delivered => (
-            DeliveryStatus::Delivered,
-            None,
-            None,
-            Some(attempt.at.as_millis()),
-        ),
-        WebhookOutcome::Retry {
-            error,
-            next_attempt_at,
-        } => (
-            DeliveryStatus::Pending,
-            Some(error.as_str()),
-            Some(next_attempt_at.as_millis()),
-            None,
-        ),
-        WebhookOutcome::Failed { error } => {
-            (DeliveryStatus::Failed, Some(error.as_str()), None, None)
-        }
-    };
+    let (status, error, next_attempt_at, delivered_at) = attempt_columns(attempt);
     conn.prepare_cached(
         "UPDATE webhooks SET status = ?1, attempts = attempts + 1, \
          last_error = coalesce(?2, last_error), last_attempt_at = ?3, \
