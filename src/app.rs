@@ -15,7 +15,7 @@ use crate::http::{AppState, router};
 use crate::kinds::{ExecKind, HttpKind, JobKind, KindRegistry, RegistryError};
 use crate::notify::{DeliverySettings, Webhooks};
 use crate::outbound::{Lookup, Outbound, OutboundError, SystemLookup};
-use crate::store::{JobStore, SqliteStore, StoreError};
+use crate::store::{JobStore, PgStore, SqliteStore, StoreError};
 
 /// Time in-flight requests get to finish after the engine stopped.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -112,9 +112,14 @@ async fn open_store(url: &str) -> Result<Arc<dyn JobStore>, StartError> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteStore::open(url).await?));
     }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(Arc::new(PgStore::open(url).await?));
+    }
     Err(ConfigError::Invalid {
         setting: "SPOOL_DATABASE_URL",
-        message: format!("`{url}` is not supported; use sqlite://FILE"),
+        message: format!(
+            "`{url}` is not supported; use sqlite://FILE (embedded) or postgres://… (shared)"
+        ),
     }
     .into())
 }

@@ -4,7 +4,9 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod plan;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -15,7 +17,7 @@ use crate::domain::{
     QueueConfig, QueueInfo, Timestamp, WebhookDelivery,
 };
 
-pub use postgres::PgBus;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Storage failures. Anything here is the service's problem, not the client's.

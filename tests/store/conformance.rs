@@ -820,3 +820,113 @@ pub async fn queue_counts_match_the_jobs_after_concurrent_writes(store: Arc<dyn 
     assert_eq!(queue.counts.running, count(JobState::Running));
     assert_eq!(count(JobState::Scheduled), 20);
 }
+
+/// The queue's counts against its rows, after `step`.
+async fn assert_counts_match(store: &Arc<dyn JobStore>, queue: &str, step: &str) {
+    let jobs: Vec<_> = all_jobs(store)
+        .await
+        .into_iter()
+        .filter(|job| job.queue == queue)
+        .collect();
+    let count = |state| jobs.iter().filter(|job| job.status == state).count() as u64;
+    let info = store.get_queue(queue).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.counts.scheduled,
+            info.counts.queued,
+            info.counts.running
+        ),
+        (
+            count(JobState::Scheduled),
+            count(JobState::Queued),
+            count(JobState::Running)
+        ),
+        "counts of {queue} after {step}"
+    );
+}
+
+pub async fn queue_counts_match_the_jobs_after_every_kind_of_transition(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100)]).await;
+    let q = "default";
+    let first = submit_one(&store, job(q, json!({"max_attempts": 3}), at(0))).await;
+    let second = submit_one(&store, job(q, json!({"max_attempts": 3}), at(1))).await;
+    let delayed = submit_one(&store, job(q, json!({"delay_ms": 50}), at(2))).await;
+    let dependent = submit_one(
+        &store,
+        job(q, json!({"depends_on": [first.to_string()]}), at(3)),
+    )
+    .await;
+    let chained = submit_one(
+        &store,
+        job(q, json!({"depends_on": [second.to_string()]}), at(3)),
+    )
+    .await;
+    let keyed = submit_one(&store, job(q, json!({"key": "k", "delay_ms": 1000}), at(4))).await;
+    assert_counts_match(&store, q, "submissions").await;
+
+    store.claim(q, 2, OWNER, at(1_000), at(5)).await.unwrap();
+    assert_counts_match(&store, q, "a claim").await;
+    let retry_later = AttemptOutcome::Failed {
+        error: error("boom", 1, at(6)),
+        retry_at: Some(at(60)),
+    };
+    store
+        .complete(completion(first, 1, OWNER, retry_later))
+        .await
+        .unwrap();
+    store
+        .complete(completion(second, 1, OWNER, AttemptOutcome::Released))
+        .await
+        .unwrap();
+    assert_counts_match(&store, q, "a retry and a release").await;
+
+    store.promote_due(at(100)).await.unwrap();
+    assert_counts_match(&store, q, "promotion").await;
+    submit(
+        &store,
+        vec![job(q, json!({"key": "k", "on_conflict": "replace"}), at(7))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(state_of(&store, keyed).await, JobState::Cancelled);
+    store
+        .cancel_job(TENANT_DEFAULT, delayed, at(8))
+        .await
+        .unwrap();
+    assert_counts_match(&store, q, "cancels").await;
+
+    // Both dependencies run; one's lease lapses, then it fails for good
+    // (its dependent is cancelled), the other succeeds (its dependent is
+    // released).
+    let claimed = store.claim(q, 10, OWNER, at(200), at(101)).await.unwrap();
+    assert!(claimed.iter().any(|job| job.id == first));
+    store.rescue(at(201), None).await.unwrap();
+    assert_counts_match(&store, q, "a rescue").await;
+    let claimed = store
+        .claim(q, 10, OTHER, at(30_000), at(202))
+        .await
+        .unwrap();
+    for job in claimed {
+        let outcome = if job.id == first {
+            AttemptOutcome::Failed {
+                error: error("boom", job.attempt, at(203)),
+                retry_at: None,
+            }
+        } else {
+            AttemptOutcome::Succeeded(json!(null))
+        };
+        store
+            .complete(completion(job.id, job.attempt, OTHER, outcome))
+            .await
+            .unwrap();
+    }
+    assert_eq!(state_of(&store, dependent).await, JobState::Cancelled);
+    assert_eq!(state_of(&store, chained).await, JobState::Queued);
+    assert_counts_match(&store, q, "a release and a cascade").await;
+
+    store
+        .retry_job(TENANT_DEFAULT, first, at(300))
+        .await
+        .unwrap();
+    assert_counts_match(&store, q, "a retried job").await;
+}

@@ -1,9 +1,15 @@
 //! The storage conformance suite: every store operation and state transition,
 //! written once against `JobStore` and run on each backend.
+//!
+//! PostgreSQL cases connect to `SPOOL_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), each in a schema of its own.
+//! Where PostgreSQL cannot be reached they are skipped with a loud line on
+//! stderr, unless `CI=true`, where they fail.
 
 mod batches;
 mod concurrency_keys;
 mod conformance;
+mod pg;
 mod webhooks;
 
 use std::sync::Arc;
@@ -12,11 +18,19 @@ use spool::store::{JobStore, SqliteStore};
 use tempfile::TempDir;
 
 /// A fresh SQLite store in its own directory (kept alive with the store).
-pub async fn sqlite_store() -> (Arc<dyn JobStore>, TempDir) {
+pub async fn sqlite_store() -> Option<(Arc<dyn JobStore>, TempDir)> {
     let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
     let store = SqliteStore::open(&url).await.expect("the store opens");
-    (Arc::new(store), dir)
+    Some((Arc::new(store), dir))
+}
+
+/// A fresh PostgreSQL store in a schema of its own (dropped with the guard),
+/// or `None` when the test is skipped.
+pub async fn postgres_store() -> Option<(Arc<dyn JobStore>, pg::Schema)> {
+    let schema = pg::Schema::create().await?;
+    let store = schema.open().await;
+    Some((Arc::new(store), schema))
 }
 
 // Every case, wherever it is written, under one name the suite macro uses.
@@ -25,14 +39,15 @@ use concurrency_keys::*;
 use conformance::*;
 use webhooks::*;
 
-/// Runs each conformance case against a backend.
+/// Runs each conformance case against a backend: a module of tests named
+/// after the cases, each on a fresh store from `$open` (`None`: skipped).
 macro_rules! conformance_suite {
     ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
         mod $backend {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let (store, _guard) = $open().await;
+                    let Some((store, _guard)) = $open().await else { return };
                     crate::$case(store).await;
                 }
             )*
@@ -40,52 +55,58 @@ macro_rules! conformance_suite {
     };
 }
 
-conformance_suite!(
-    sqlite,
-    crate::sqlite_store,
-    [
-        submitted_jobs_can_be_read_back_and_listed,
-        claims_take_the_best_priority_first_then_fifo_and_count_an_attempt,
-        claims_never_take_more_than_asked_or_jobs_of_other_queues,
-        an_attempts_outcome_is_fenced_by_attempt_and_owner,
-        a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error,
-        released_jobs_go_back_to_the_queue_without_counting_the_attempt,
-        due_jobs_are_promoted_and_the_next_due_time_is_reported,
-        capacity_counts_scheduled_and_queued_jobs_only,
-        a_submission_is_all_or_nothing,
-        unknown_queues_are_refused,
-        keys_are_unique_among_active_jobs,
-        idempotency_keys_replay_or_refuse,
-        cancelling_waiting_running_and_finished_jobs,
-        retry_starts_a_new_series_for_failed_or_cancelled_jobs_only,
-        expired_leases_are_rescued_and_the_old_owner_is_fenced,
-        an_exclusive_start_rescues_every_job_of_other_owners,
-        renewing_leases_reports_jobs_asked_to_cancel,
-        progress_is_stored_for_the_current_attempt_only,
-        prune_deletes_only_old_terminal_jobs,
-        queues_are_created_updated_and_counted,
-        queue_counts_match_the_jobs_after_concurrent_writes,
-        batch_counts_follow_every_transition_and_the_last_job_decides_the_status,
-        results_come_in_finishing_order_after_a_cursor,
-        a_dependent_waits_until_its_dependencies_succeed_and_gets_their_results,
-        a_failed_dependency_cancels_its_dependents_transitively,
-        cancelling_a_waiting_dependency_cancels_its_dependents,
-        unknown_dependencies_are_refused_and_nothing_is_stored,
-        cancelling_a_batch_cancels_waiting_jobs_and_stops_running_ones,
-        retries_respect_finished_batches_and_failed_dependencies,
-        prune_keeps_the_jobs_of_a_batch_as_long_as_the_batch,
-        a_job_with_a_callback_gets_one_webhook_when_it_ends_and_none_before,
-        attempts_are_recorded_and_the_first_body_is_kept,
-        a_failed_delivery_is_never_claimed_again,
-        a_lapsed_claim_is_claimed_again_and_an_exclusive_start_releases_claims,
-        cancelled_and_cascaded_jobs_get_their_webhooks,
-        a_batch_webhook_is_written_once_when_the_batch_finishes,
-        prune_deletes_webhooks_past_the_retention,
-        a_keys_limit_holds_within_one_claim_and_across_claims,
-        a_job_whose_key_is_full_does_not_hold_up_the_jobs_behind_it,
-        an_ended_holder_frees_its_slot_for_the_next_claim,
-        different_keys_and_tenants_are_counted_apart_and_queues_together,
-        jobs_without_a_key_are_claimed_as_before,
-        each_job_is_held_to_its_own_limit,
-    ]
-);
+/// Every case, listed once: `with_every_case!(m!(args))` expands to
+/// `m!(args, [cases])`.
+macro_rules! with_every_case {
+    ($suite:ident!($($args:tt)*)) => {
+        $suite!($($args)*, [
+            submitted_jobs_can_be_read_back_and_listed,
+            claims_take_the_best_priority_first_then_fifo_and_count_an_attempt,
+            claims_never_take_more_than_asked_or_jobs_of_other_queues,
+            an_attempts_outcome_is_fenced_by_attempt_and_owner,
+            a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error,
+            released_jobs_go_back_to_the_queue_without_counting_the_attempt,
+            due_jobs_are_promoted_and_the_next_due_time_is_reported,
+            capacity_counts_scheduled_and_queued_jobs_only,
+            a_submission_is_all_or_nothing,
+            unknown_queues_are_refused,
+            keys_are_unique_among_active_jobs,
+            idempotency_keys_replay_or_refuse,
+            cancelling_waiting_running_and_finished_jobs,
+            retry_starts_a_new_series_for_failed_or_cancelled_jobs_only,
+            expired_leases_are_rescued_and_the_old_owner_is_fenced,
+            an_exclusive_start_rescues_every_job_of_other_owners,
+            renewing_leases_reports_jobs_asked_to_cancel,
+            progress_is_stored_for_the_current_attempt_only,
+            prune_deletes_only_old_terminal_jobs,
+            queues_are_created_updated_and_counted,
+            queue_counts_match_the_jobs_after_concurrent_writes,
+            queue_counts_match_the_jobs_after_every_kind_of_transition,
+            batch_counts_follow_every_transition_and_the_last_job_decides_the_status,
+            results_come_in_finishing_order_after_a_cursor,
+            a_dependent_waits_until_its_dependencies_succeed_and_gets_their_results,
+            a_failed_dependency_cancels_its_dependents_transitively,
+            cancelling_a_waiting_dependency_cancels_its_dependents,
+            unknown_dependencies_are_refused_and_nothing_is_stored,
+            cancelling_a_batch_cancels_waiting_jobs_and_stops_running_ones,
+            retries_respect_finished_batches_and_failed_dependencies,
+            prune_keeps_the_jobs_of_a_batch_as_long_as_the_batch,
+            a_job_with_a_callback_gets_one_webhook_when_it_ends_and_none_before,
+            attempts_are_recorded_and_the_first_body_is_kept,
+            a_failed_delivery_is_never_claimed_again,
+            a_lapsed_claim_is_claimed_again_and_an_exclusive_start_releases_claims,
+            cancelled_and_cascaded_jobs_get_their_webhooks,
+            a_batch_webhook_is_written_once_when_the_batch_finishes,
+            prune_deletes_webhooks_past_the_retention,
+            a_keys_limit_holds_within_one_claim_and_across_claims,
+            a_job_whose_key_is_full_does_not_hold_up_the_jobs_behind_it,
+            an_ended_holder_frees_its_slot_for_the_next_claim,
+            different_keys_and_tenants_are_counted_apart_and_queues_together,
+            jobs_without_a_key_are_claimed_as_before,
+            each_job_is_held_to_its_own_limit,
+        ]);
+    };
+}
+
+with_every_case!(conformance_suite!(sqlite, crate::sqlite_store));
+with_every_case!(conformance_suite!(postgres, crate::postgres_store));

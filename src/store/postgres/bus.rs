@@ -36,9 +36,10 @@ enum Outgoing {
 pub struct PgBus {
     outbox: mpsc::Sender<Outgoing>,
     heard: broadcast::Sender<Heard>,
+    stop: CancellationToken,
     /// Stops the listener when the bus is dropped (the sender stops when
     /// the outbox closes).
-    _stop: DropGuard,
+    _stop_on_drop: DropGuard,
 }
 
 impl PgBus {
@@ -67,8 +68,15 @@ impl PgBus {
         Ok(Arc::new(Self {
             outbox,
             heard,
-            _stop: stop.drop_guard(),
+            stop: stop.clone(),
+            _stop_on_drop: stop.drop_guard(),
         }))
+    }
+
+    /// Stops listening, giving the listener's connection back to the pool
+    /// (which cannot close while it is held).
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 }
 
@@ -94,6 +102,19 @@ impl Bus for PgBus {
     fn subscribe(&self) -> broadcast::Receiver<Heard> {
         self.heard.subscribe()
     }
+}
+
+/// The channel of the service in `schema`: its name when that fits in an
+/// identifier (63 bytes), else a digest of it.
+pub fn channel_for(schema: &str) -> String {
+    let channel = format!("spool:{schema}");
+    if channel.len() <= 63 {
+        return channel;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(schema.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("spool:{hex}")
 }
 
 async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, StoreError> {
@@ -197,6 +218,9 @@ async fn listen_loop(
             }
             Err(error) => {
                 tracing::warn!(%error, "the bus connection failed; listening again");
+                // Its connection goes back to the pool now, not when a new
+                // one is found: a closing pool waits for every connection.
+                drop(listener);
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}

@@ -1,5 +1,397 @@
-//! The shared backend: PostgreSQL, for several instances on one database.
+//! The shared backend: PostgreSQL, used by several Spool instances at once.
+//!
+//! Every write is one transaction on a pooled connection (READ COMMITTED),
+//! locking what it must (see each module). Nothing here assumes it is the
+//! database's only user: claims skip rows other instances hold, admission
+//! serialises per queue on the queue's row, and the database's own unique
+//! indexes settle races on keys, which the store answers by running the
+//! transaction again.
 
+mod admit;
 mod bus;
+mod claim;
+mod counts;
+mod deps;
+mod maintenance;
+mod ops;
+mod reads;
+mod webhooks;
 
-pub use bus::PgBus;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+use super::{
+    BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
+    SubmitRejection, WebhookAttempt, WebhookOwner,
+};
+use crate::domain::{
+    Batch, BatchId, BatchResult, Job, JobId, Progress, QueueConfig, QueueInfo, Timestamp,
+    WebhookDelivery,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections per instance. Enough for the worker pool's claims and
+/// completions, the API's submissions and reads, and the maintenance tasks
+/// to proceed side by side; small enough that a few instances stay well
+/// under PostgreSQL's default `max_connections` (100).
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+/// How long a request waits for a free connection before the store reports
+/// itself unavailable (503) rather than hanging the request.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs of one write transaction in all when it meets a deadlock (40P01), a
+/// serialization failure (40001) or a unique violation (23505). Each means a
+/// concurrent transaction got there first; the next run starts from a new
+/// snapshot that shows its outcome (the key's holder, the replayed request).
+const MAX_RUNS: u32 = 3;
+
+pub struct PgStore {
+    pool: PgPool,
+    bus: Arc<bus::PgBus>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://…`) with the default
+    /// pool size and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_pool_size(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// As `open`, with at most `connections` connections.
+    pub async fn open_with_pool_size(url: &str, connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad database URL: {e}")))?
+            .application_name("spool");
+        // Migrations on a connection of their own, closed afterwards: the
+        // migrator holds a session-level advisory lock meanwhile, which must
+        // not outlive it on a pooled connection.
+        let mut migrating = options.connect().await.map_err(classify_sqlx)?;
+        // sqlx's PostgreSQL migrator takes `pg_advisory_lock` (keyed on the
+        // database name) before it reads `_sqlx_migrations` and releases it
+        // after the last migration (sqlx-postgres `migrate.rs`, `lock` and
+        // `unlock`, called by `Migrator::run_direct`), so instances that
+        // start together apply each migration once, one after the other.
+        MIGRATOR.run(&mut migrating).await?;
+        migrating.close().await.map_err(classify_sqlx)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(classify_sqlx)?;
+        // One bus per schema: services sharing a database in separate
+        // schemas never hear each other.
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(classify_sqlx)?;
+        let bus = bus::PgBus::start(pool.clone(), bus::channel_for(&schema)).await?;
+        Ok(Self { pool, bus })
+    }
+
+    /// Closes every connection; later calls fail as unavailable.
+    pub async fn close(&self) {
+        self.bus.stop();
+        self.pool.close().await;
+    }
+}
+
+/// True for failures that running the transaction again can cure.
+fn retryable(error: &StoreError) -> bool {
+    let StoreError::Database(sqlx::Error::Database(db)) = error else {
+        return false;
+    };
+    matches!(db.code().as_deref(), Some("40P01" | "40001" | "23505"))
+}
+
+/// Connection-level failures become `Unavailable` (503 `storage_unavailable`):
+/// the database cannot be reached, or the pool has no connection to give.
+fn classify(error: StoreError) -> StoreError {
+    match error {
+        StoreError::Database(error) => classify_sqlx(error),
+        other => other,
+    }
+}
+
+fn classify_sqlx(error: sqlx::Error) -> StoreError {
+    let connection_lost = match &error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        // Class 08: connection exception; 57P01..57P03: the server is
+        // shutting down or starting; 53300: too many connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+        }),
+        _ => false,
+    };
+    if connection_lost {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Database(error)
+    }
+}
+
+/// Runs `$body` (which uses the transaction `$tx`) in a new transaction and
+/// commits it, or rolls it back when `$keep` says the outcome must not be
+/// kept; runs it again on a retryable failure (see `MAX_RUNS`). Evaluates to
+/// the body's value, with connection failures as `Unavailable`.
+macro_rules! transaction {
+    ($pool:expr, |$tx:ident| $body:expr) => {
+        transaction!($pool, |$tx| $body, |_outcome| true)
+    };
+    ($pool:expr, |$tx:ident| $body:expr, |$outcome:ident| $keep:expr) => {{
+        let mut runs = 1;
+        loop {
+            let result: Result<_, StoreError> = async {
+                let mut $tx = $pool.begin().await?;
+                let $outcome = $body;
+                if $keep {
+                    $tx.commit().await?;
+                } else {
+                    $tx.rollback().await?;
+                }
+                Ok($outcome)
+            }
+            .await;
+            match result {
+                Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
+                other => break other.map_err(classify),
+            }
+        }
+    }};
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    fn bus(&self) -> Option<Arc<dyn super::Bus>> {
+        Some(self.bus.clone())
+    }
+
+    fn exclusive(&self) -> bool {
+        // Other instances share the database: only expired leases are theirs
+        // to give up.
+        false
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify_sqlx)?;
+        Ok(())
+    }
+
+    async fn submit(
+        &self,
+        submission: Submission,
+    ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
+        transaction!(
+            self.pool,
+            |tx| admit::submit(&mut tx, &submission).await?,
+            |outcome| matches!(outcome, Ok(SubmitOutcome::Created { .. }))
+        )
+    }
+
+    async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
+        reads::get_job(&self.pool, tenant, id)
+            .await
+            .map_err(classify)
+    }
+
+    async fn queue_position(&self, job: &Job) -> Result<u64, StoreError> {
+        reads::queue_position(&self.pool, job)
+            .await
+            .map_err(classify)
+    }
+
+    async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        reads::list_jobs(&self.pool, tenant, filter)
+            .await
+            .map_err(classify)
+    }
+
+    async fn dependency_results(
+        &self,
+        ids: &[JobId],
+    ) -> Result<Vec<(JobId, Option<serde_json::Value>)>, StoreError> {
+        reads::dependency_results(&self.pool, ids)
+            .await
+            .map_err(classify)
+    }
+
+    async fn get_batch(&self, tenant: &str, id: BatchId) -> Result<Option<Batch>, StoreError> {
+        reads::get_batch(&self.pool, tenant, id)
+            .await
+            .map_err(classify)
+    }
+
+    async fn batch_results(
+        &self,
+        id: BatchId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<BatchResult>, StoreError> {
+        reads::batch_results(&self.pool, id, after, limit)
+            .await
+            .map_err(classify)
+    }
+
+    async fn cancel_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        at: Timestamp,
+    ) -> Result<BatchCancelOutcome, StoreError> {
+        transaction!(self.pool, |tx| ops::cancel_batch(&mut tx, tenant, id, at)
+            .await?)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Job>, StoreError> {
+        transaction!(self.pool, |tx| claim::claim(
+            &mut tx,
+            queue,
+            limit,
+            owner,
+            lease_until,
+            now
+        )
+        .await?)
+    }
+
+    async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
+        transaction!(self.pool, |tx| ops::complete(&mut tx, &completion).await?)
+    }
+
+    async fn report_progress(
+        &self,
+        id: JobId,
+        attempt: u32,
+        progress: Progress,
+    ) -> Result<(), StoreError> {
+        // One statement: atomic by itself, no transaction to open.
+        ops::report_progress(&self.pool, id, attempt, &progress)
+            .await
+            .map_err(classify)
+    }
+
+    async fn cancel_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        at: Timestamp,
+    ) -> Result<CancelOutcome, StoreError> {
+        transaction!(self.pool, |tx| ops::cancel(&mut tx, tenant, id, at).await?)
+    }
+
+    async fn retry_job(
+        &self,
+        tenant: &str,
+        id: JobId,
+        at: Timestamp,
+    ) -> Result<RetryOutcome, StoreError> {
+        transaction!(
+            self.pool,
+            |tx| ops::retry(&mut tx, tenant, id, at).await?,
+            |outcome| matches!(outcome, RetryOutcome::Retried(_))
+        )
+    }
+
+    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
+        maintenance::renew(&self.pool, owner, until)
+            .await
+            .map_err(classify)
+    }
+
+    async fn rescue(
+        &self,
+        now: Timestamp,
+        not_owner: Option<&str>,
+    ) -> Result<(Vec<Rescued>, Effects), StoreError> {
+        transaction!(self.pool, |tx| maintenance::rescue(&mut tx, now, not_owner)
+            .await?)
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> Result<Promoted, StoreError> {
+        transaction!(self.pool, |tx| maintenance::promote(&mut tx, now).await?)
+    }
+
+    async fn prune(
+        &self,
+        finished_before: Timestamp,
+        keys_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        transaction!(self.pool, |tx| maintenance::prune(
+            &mut tx,
+            finished_before,
+            keys_before
+        )
+        .await?)
+    }
+
+    async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        webhooks::next_due(&self.pool).await.map_err(classify)
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        webhooks::claim(&self.pool, now, limit, lease_until)
+            .await
+            .map_err(classify)
+    }
+
+    async fn record_webhook(&self, attempt: WebhookAttempt) -> Result<(), StoreError> {
+        webhooks::record(&self.pool, &attempt)
+            .await
+            .map_err(classify)
+    }
+
+    async fn latest_webhook(
+        &self,
+        tenant: &str,
+        owner: WebhookOwner,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        webhooks::latest(&self.pool, tenant, owner)
+            .await
+            .map_err(classify)
+    }
+
+    async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        reads::queues(&self.pool, None).await.map_err(classify)
+    }
+
+    async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError> {
+        let mut queues = reads::queues(&self.pool, Some(name))
+            .await
+            .map_err(classify)?;
+        Ok(queues.pop())
+    }
+
+    async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError> {
+        maintenance::upsert_queue(&self.pool, config)
+            .await
+            .map_err(classify)
+    }
+}

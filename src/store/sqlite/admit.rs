@@ -1,7 +1,7 @@
 //! Admission in the SQLite store: capacity, unique keys and the idempotency
 //! key checked in the writer's transaction, in the same savepoint as the insert.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -10,9 +10,9 @@ use super::deps::{Ended, settle};
 use super::ops::cancel_now;
 use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
 use crate::domain::{
-    Batch, BatchCounts, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, OnConflict,
-    Timestamp,
+    Batch, BatchCounts, BatchId, Job, JobState, NewBatch, NewJob, OnConflict, Timestamp,
 };
+use crate::store::plan;
 use crate::store::{
     Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
 };
@@ -99,12 +99,7 @@ fn submit_in(
             }
             OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(Box::new(holder)))),
             OnConflict::Replace => {
-                let error = ErrorInfo {
-                    code: "replaced".into(),
-                    message: format!("replaced by job {} with the same key", job.id),
-                    attempt: None,
-                    at: job.created_at,
-                };
+                let error = plan::replaced_by(job.id, job.created_at);
                 match cancel_now(conn, holder.id, &error, job.created_at)? {
                     Some(cancelled) => replaced_now.push(cancelled),
                     None => replaced_running.push(holder.id),
@@ -137,44 +132,25 @@ fn submit_in(
     let now = jobs
         .first()
         .map_or_else(Timestamp::now, |job| job.created_at);
-    let mut ended = dependencies.already_failed;
-    ended.extend(replaced_now.iter().map(Ended::of));
-    settle(conn, &ended, now, &mut effects)?;
-    let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
-    let born_cancelled: HashSet<JobId> = effects
-        .cancelled
+    let mut ended: Vec<Ended> = dependencies
+        .already_failed
         .iter()
-        .map(|job| job.id)
-        .filter(|id| own.contains(id))
-        .collect();
-    let jobs: Vec<Job> = jobs
-        .into_iter()
-        .map(|job| {
-            if born_cancelled.contains(&job.id)
-                && let Some(cancelled) = effects.cancelled.iter().find(|c| c.id == job.id)
-            {
-                return cancelled.clone();
-            }
-            job_from_new(job)
+        .map(|&(id, state)| Ended {
+            id,
+            state,
+            batch_id: None,
         })
         .collect();
-    // Jobs of this very submission are not "effects" of it: the caller gets them.
-    effects
-        .cancelled
-        .retain(|cancelled| !born_cancelled.contains(&cancelled.id));
-    effects.cancelled.extend(replaced_now);
-    effects.stop = replaced_running;
+    ended.extend(replaced_now.iter().map(Ended::of));
+    settle(conn, &ended, now, &mut effects)?;
+    let jobs = plan::submitted_jobs(jobs, &mut effects, replaced_now, replaced_running);
 
     let batch = match &submission.batch {
         Some(batch) => Some(Box::new(stored_batch(conn, batch.id, &jobs)?)),
         None => None,
     };
     if let Some(idempotency) = &submission.idempotency {
-        let body = match (&batch, jobs.as_slice()) {
-            (Some(batch), _) => to_json(batch),
-            (None, [job]) => to_json(job),
-            (None, _) => to_json(&jobs),
-        };
+        let body = plan::replay_body(batch.as_deref(), &jobs);
         let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
@@ -195,76 +171,24 @@ fn submit_in(
     }))
 }
 
-/// The dependency graph of a submission, checked against the store.
-struct Dependencies {
-    /// Unsucceeded dependencies per job, in submission order.
-    pending: Vec<i64>,
-    /// (dependency, dependent) edges to store.
-    edges: Vec<(JobId, JobId)>,
-    /// Dependencies that already failed or were cancelled.
-    already_failed: Vec<Ended>,
-}
-
 /// Counts each job's unsucceeded dependencies (a job with any waits as
 /// `scheduled`) and refuses dependencies that don't exist for this tenant.
 fn link_dependencies(
     conn: &Connection,
     tenant: &str,
     jobs: &mut [NewJob],
-) -> Result<Result<Dependencies, SubmitRejection>, StoreError> {
-    let mut dependencies = Dependencies {
-        pending: vec![0; jobs.len()],
-        edges: Vec::new(),
-        already_failed: Vec::new(),
-    };
+) -> Result<Result<plan::Dependencies, SubmitRejection>, StoreError> {
     if jobs.iter().all(|job| job.depends_on.is_empty()) {
-        return Ok(Ok(dependencies));
+        return plan::dependencies(tenant, jobs, |_| Ok(None));
     }
-    let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
     let mut state_of = conn.prepare_cached("SELECT state, tenant FROM jobs WHERE id = ?")?;
-    for (index, job) in jobs.iter_mut().enumerate() {
-        for dependency in &job.depends_on {
-            if !own.contains(dependency) {
-                let found: Option<(String, String)> = state_of
-                    .query_row(params![dependency.to_string()], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
-                    .optional()?;
-                let state = match found {
-                    Some((state, owner)) if owner == tenant => {
-                        state.parse::<JobState>().map_err(StoreError::Corrupt)?
-                    }
-                    _ => {
-                        return Ok(Err(SubmitRejection::UnknownDependency {
-                            job: index,
-                            dependency: *dependency,
-                        }));
-                    }
-                };
-                if state == JobState::Succeeded {
-                    continue;
-                }
-                if state.is_terminal()
-                    && !dependencies
-                        .already_failed
-                        .iter()
-                        .any(|ended| ended.id == *dependency)
-                {
-                    dependencies.already_failed.push(Ended {
-                        id: *dependency,
-                        state,
-                        batch_id: None,
-                    });
-                }
-            }
-            dependencies.pending[index] += 1;
-            dependencies.edges.push((*dependency, job.id));
-        }
-        if dependencies.pending[index] > 0 {
-            job.state = JobState::Scheduled;
-        }
-    }
-    Ok(Ok(dependencies))
+    plan::dependencies(tenant, jobs, |dependency| {
+        Ok(state_of
+            .query_row(params![dependency.to_string()], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?)
+    })
 }
 
 fn insert_batch(conn: &Connection, batch: &NewBatch, jobs: &[NewJob]) -> Result<(), StoreError> {
@@ -389,38 +313,4 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
         ])?;
     }
     Ok(())
-}
-
-fn job_from_new(job: NewJob) -> Job {
-    Job {
-        id: job.id,
-        tenant: job.tenant,
-        queue: job.queue,
-        kind: job.kind,
-        payload: job.payload,
-        status: job.state,
-        priority: job.priority,
-        attempt: 0,
-        max_attempts: job.max_attempts,
-        timeout_ms: job.timeout_ms,
-        backoff: job.backoff,
-        key: job.key,
-        concurrency_limit: job.concurrency.as_ref().map(|(_, limit)| *limit),
-        concurrency_key: job.concurrency.map(|(key, _)| key),
-        batch_id: job.batch_id,
-        depends_on: job.depends_on,
-        metadata: job.metadata,
-        progress: None,
-        result: None,
-        error: None,
-        errors: Vec::new(),
-        position: None,
-        cancel_requested: false,
-        created_at: job.created_at,
-        run_at: job.run_at,
-        started_at: None,
-        finished_at: None,
-        callback_url: job.callback_url,
-        webhook: None,
-    }
 }

@@ -8,7 +8,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::domain::{BatchId, ErrorInfo, Job, JobId, JobState, Timestamp};
+use crate::domain::{BatchId, Job, JobId, JobState, Timestamp};
+use crate::store::plan;
 use crate::store::{Effects, FinishedBatch, StoreError};
 
 /// A job that has just become terminal.
@@ -139,17 +140,7 @@ fn cancel_dependents(
     state: JobState,
     at: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    let what = if state == JobState::Failed {
-        "failed"
-    } else {
-        "was cancelled"
-    };
-    let error = ErrorInfo {
-        code: "dependency_failed".into(),
-        message: format!("dependency {id} {what}"),
-        attempt: None,
-        at,
-    };
+    let error = plan::dependency_failed(id, state, at);
     let rows = conn
         .prepare_cached(&format!(
             "WITH RECURSIVE doomed(id) AS ( \

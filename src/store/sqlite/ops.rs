@@ -11,6 +11,8 @@ use super::deps::{Ended, settle};
 use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
 use super::writer::Op;
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
+use crate::store::plan;
+use crate::store::rows::RescuedRow;
 use crate::store::{
     AttemptOutcome, BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion,
     CompletionResult, Effects, Promoted, Rescued, RetryOutcome, StoreError, SubmitOutcome,
@@ -189,12 +191,7 @@ fn claim(
         params![owner, lease_until, now, queue, i64::from(limit)],
     )?;
     // RETURNING has no order: start the best job first.
-    jobs.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.run_at.cmp(&b.run_at))
-            .then(a.id.cmp(&b.id))
-    });
+    plan::claim_order(&mut jobs);
     Ok(jobs)
 }
 
@@ -326,12 +323,7 @@ fn cancel(
     if job.status.is_terminal() {
         return Ok(CancelOutcome::AlreadyFinished(job));
     }
-    let error = ErrorInfo {
-        code: "cancelled".into(),
-        message: "cancelled on request".into(),
-        attempt: None,
-        at,
-    };
+    let error = plan::cancelled_on_request(false, at);
     if let Some(job) = cancel_now(conn, id, &error, at)? {
         let mut effects = Effects::default();
         settle(conn, &[Ended::of(&job)], at, &mut effects)?;
@@ -470,36 +462,25 @@ fn rescue(
         .query_map(
             params![now.as_millis(), now.to_rfc3339(), not_owner],
             |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
+                Ok(RescuedRow {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    state: row.get(2)?,
+                    batch_id: row.get(3)?,
+                    tenant: row.get(4)?,
+                })
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
     let mut rescued = Vec::with_capacity(rows.len());
     let mut ended = Vec::new();
-    for (id, queue, state, batch_id, tenant) in rows {
-        let corrupt = |e: String| StoreError::Corrupt(format!("job {id}: {e}"));
-        let job = Rescued {
-            id: id
-                .parse()
-                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
-            tenant,
-            queue,
-            state: state.parse().map_err(corrupt)?,
-        };
+    for row in rows {
+        let (job, batch_id) = row.into_rescued()?;
         if job.state.is_terminal() {
             ended.push(Ended {
                 id: job.id,
                 state: job.state,
-                batch_id: batch_id
-                    .map(|b| b.parse::<BatchId>())
-                    .transpose()
-                    .map_err(|e| corrupt(e.to_string()))?,
+                batch_id,
             });
         }
         rescued.push(job);
@@ -526,12 +507,7 @@ fn cancel_batch(
     // Flagged first: the trigger that sees the last job end reads it.
     conn.prepare_cached("UPDATE batches SET cancel_requested = 1 WHERE id = ?")?
         .execute(params![id.to_string()])?;
-    let error = ErrorInfo {
-        code: "cancelled".into(),
-        message: "the batch was cancelled".into(),
-        attempt: None,
-        at,
-    };
+    let error = plan::cancelled_on_request(true, at);
     let cancelled = query_jobs(
         conn,
         &format!(

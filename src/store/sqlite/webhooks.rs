@@ -5,8 +5,9 @@
 use rusqlite::{Connection, params};
 use sqlx::SqlitePool;
 
-use crate::domain::{DeliveryStatus, Timestamp, WebhookDelivery};
-use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner};
+use crate::domain::{Timestamp, WebhookDelivery};
+use crate::store::rows::{ClaimedRow, DeliveryRow, attempt_columns};
+use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOwner};
 
 pub fn claim(
     conn: &Connection,
@@ -25,73 +26,25 @@ pub fn claim(
         .query_map(
             params![lease_until.as_millis(), now.as_millis(), i64::from(limit)],
             |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, Option<String>>(6)?,
-                    row.get::<_, i64>(7)?,
-                    row.get::<_, i64>(8)?,
-                ))
+                Ok(ClaimedRow {
+                    id: row.get(0)?,
+                    tenant: row.get(1)?,
+                    job_id: row.get(2)?,
+                    batch_id: row.get(3)?,
+                    event: row.get(4)?,
+                    url: row.get(5)?,
+                    body: row.get(6)?,
+                    attempts: row.get(7)?,
+                    created_at: row.get(8)?,
+                })
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(
-            |(id, tenant, job_id, batch_id, event, url, body, attempts, created_at)| {
-                let corrupt =
-                    |reason: String| StoreError::Corrupt(format!("webhook {id}: {reason}"));
-                let owner = match (job_id, batch_id) {
-                    (Some(job), _) => WebhookOwner::Job(
-                        job.parse()
-                            .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
-                    ),
-                    (None, Some(batch)) => WebhookOwner::Batch(
-                        batch
-                            .parse()
-                            .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
-                    ),
-                    (None, None) => return Err(corrupt("neither job nor batch".into())),
-                };
-                Ok(ClaimedWebhook {
-                    id,
-                    tenant,
-                    owner,
-                    event,
-                    url,
-                    body,
-                    attempts: attempts.max(0) as u32,
-                    created_at: Timestamp::from_millis(created_at),
-                })
-            },
-        )
-        .collect()
+    rows.into_iter().map(ClaimedWebhook::try_from).collect()
 }
 
 pub fn record(conn: &Connection, attempt: &WebhookAttempt) -> Result<(), StoreError> {
-    let (status, error, next_attempt_at, delivered_at) = match &attempt.outcome {
-        WebhookOutcome::Delivered => (
-            DeliveryStatus::Delivered,
-            None,
-            None,
-            Some(attempt.at.as_millis()),
-        ),
-        WebhookOutcome::Retry {
-            error,
-            next_attempt_at,
-        } => (
-            DeliveryStatus::Pending,
-            Some(error.as_str()),
-            Some(next_attempt_at.as_millis()),
-            None,
-        ),
-        WebhookOutcome::Failed { error } => {
-            (DeliveryStatus::Failed, Some(error.as_str()), None, None)
-        }
-    };
+    let (status, error, next_attempt_at, delivered_at) = attempt_columns(attempt);
     conn.prepare_cached(
         "UPDATE webhooks SET status = ?1, attempts = attempts + 1, \
          last_error = coalesce(?2, last_error), last_attempt_at = ?3, \
@@ -119,18 +72,6 @@ pub async fn next_due(reads: &SqlitePool) -> Result<Option<Timestamp>, StoreErro
     .fetch_one(reads)
     .await?;
     Ok(due.map(Timestamp::from_millis))
-}
-
-#[derive(sqlx::FromRow)]
-struct DeliveryRow {
-    id: String,
-    event: String,
-    status: String,
-    attempts: i64,
-    last_error: Option<String>,
-    last_attempt_at: Option<i64>,
-    next_attempt_at: i64,
-    delivered_at: Option<i64>,
 }
 
 pub async fn latest(
@@ -161,21 +102,5 @@ pub async fn latest(
         .bind(tenant)
         .fetch_optional(reads)
         .await?;
-    row.map(|row| {
-        let status = DeliveryStatus::parse(&row.status).ok_or_else(|| {
-            StoreError::Corrupt(format!("webhook {}: status `{}`", row.id, row.status))
-        })?;
-        Ok(WebhookDelivery {
-            id: row.id,
-            event: row.event,
-            status,
-            attempts: row.attempts.max(0) as u32,
-            last_error: row.last_error,
-            last_attempt_at: row.last_attempt_at.map(Timestamp::from_millis),
-            next_attempt_at: (status == DeliveryStatus::Pending)
-                .then(|| Timestamp::from_millis(row.next_attempt_at)),
-            delivered_at: row.delivered_at.map(Timestamp::from_millis),
-        })
-    })
-    .transpose()
+    row.map(WebhookDelivery::try_from).transpose()
 }

@@ -1,0 +1,109 @@
+//! Scheduled and queued jobs per queue (`queue_counts`): the changes of one
+//! transaction, gathered as it goes and written once before it commits.
+//!
+//! Each transaction writes to the shard of its connection
+//! (`pg_backend_pid() % 16`): two instances claiming from one queue, or a
+//! claim beside a submission, seldom touch the same counter row, so neither
+//! waits for the other's commit. Counters are written last in a transaction,
+//! in one statement and in sorted order, so they never take part in a
+//! deadlock. Running and terminal jobs are not counted here (see
+//! `migrations/postgres/0001_init.sql`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::PgConnection;
+
+use crate::domain::JobState;
+use crate::store::StoreError;
+
+/// Adds `$1` queues, `$2` states and `$3` amounts to this connection's shard,
+/// one of 16: more than the connections that write to one queue at once
+/// in most deployments, few enough that a count sums a handful of rows.
+const ADD: &str = "INSERT INTO queue_counts (queue, state, shard, n) \
+     SELECT q, s, pg_backend_pid() % 16, d FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(q, s, d) \
+     ON CONFLICT (queue, state, shard) DO UPDATE SET n = queue_counts.n + excluded.n";
+
+#[derive(Default)]
+pub struct Counts {
+    deltas: BTreeMap<(String, &'static str), i64>,
+}
+
+impl Counts {
+    /// `n` jobs of `queue` entered `state` (left it, for a negative `n`).
+    pub fn add(&mut self, queue: &str, state: JobState, n: i64) {
+        if !matches!(state, JobState::Scheduled | JobState::Queued) || n == 0 {
+            return;
+        }
+        *self
+            .deltas
+            .entry((queue.to_owned(), state.as_str()))
+            .or_default() += n;
+    }
+
+    /// One job of `queue` moved from `from` to `to`.
+    pub fn moved(&mut self, queue: &str, from: JobState, to: JobState) {
+        self.add(queue, from, -1);
+        self.add(queue, to, 1);
+    }
+
+    /// Writes the changes; part of the caller's transaction.
+    pub async fn flush(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let mut queues = Vec::with_capacity(self.deltas.len());
+        let mut states = Vec::with_capacity(self.deltas.len());
+        let mut amounts = Vec::with_capacity(self.deltas.len());
+        for ((queue, state), n) in self.deltas {
+            if n != 0 {
+                queues.push(queue);
+                states.push(state);
+                amounts.push(n);
+            }
+        }
+        if queues.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(ADD)
+            .bind(queues)
+            .bind(states)
+            .bind(amounts)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Scheduled plus queued jobs of each of `queues`, as committed when the
+/// statement starts (READ COMMITTED): the caller holds the queues' row locks,
+/// so every earlier admission to them has committed and is counted.
+pub async fn pending(
+    conn: &mut PgConnection,
+    queues: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT queue, sum(n)::bigint FROM queue_counts WHERE queue = ANY($1) GROUP BY queue",
+    )
+    .bind(queues)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Scheduled, queued and running jobs per queue (of one queue with `only`).
+pub async fn by_state(
+    conn: impl sqlx::PgExecutor<'_>,
+    only: Option<&str>,
+) -> Result<HashMap<(String, String), i64>, StoreError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT queue, state, sum(n)::bigint FROM queue_counts \
+         WHERE $1::text IS NULL OR queue = $1 GROUP BY queue, state \
+         UNION ALL \
+         SELECT queue, 'running', count(*) FROM jobs \
+         WHERE state = 'running' AND ($1::text IS NULL OR queue = $1) GROUP BY queue",
+    )
+    .bind(only)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(queue, state, n)| ((queue, state), n))
+        .collect())
+}

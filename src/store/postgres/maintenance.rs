@@ -1,0 +1,199 @@
+//! The housekeeping writes of the PostgreSQL store: leases (renewal and
+//! rescue), promotion of due jobs, pruning, and queue settings.
+//!
+//! Every instance runs these loops against the same rows, so the ones that
+//! take rows over (rescue, promotion) lock them `SKIP LOCKED`: two instances
+//! split the work rather than queue behind each other, and a job its owner
+//! is completing right now (row locked) is not taken from it.
+
+use sqlx::{PgConnection, PgPool};
+
+use super::counts::Counts;
+use super::deps::{Ended, settle};
+use crate::domain::{JobId, JobState, QueueConfig, Timestamp};
+use crate::store::rows::RescuedRow;
+use crate::store::{Effects, Promoted, Rescued, StoreError};
+
+/// One statement: extends every lease `owner` holds.
+pub async fn renew(pool: &PgPool, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
+    let renewed: Vec<(String, bool)> = sqlx::query_as(
+        "UPDATE jobs SET lease_expires_at = $1 WHERE state = 'running' AND lease_owner = $2 \
+         RETURNING id, cancel_requested",
+    )
+    .bind(until.as_millis())
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    Ok(renewed
+        .into_iter()
+        .filter(|(_, cancel_requested)| *cancel_requested)
+        .filter_map(|(id, _)| id.parse().ok())
+        .collect())
+}
+
+/// The error a rescued attempt records, as compact JSON built in SQL from
+/// the row's `attempt` and `$2` (the time, a JSON string).
+const LAPSED: &str = "'{\"code\":\"lease_expired\",\"message\":\"the instance running this \
+    attempt stopped renewing its lease\",\"attempt\":' || jobs.attempt || ',\"at\":' || $2 || '}'";
+
+pub async fn rescue(
+    conn: &mut PgConnection,
+    now: Timestamp,
+    not_owner: Option<&str>,
+) -> Result<(Vec<Rescued>, Effects), StoreError> {
+    if not_owner.is_some() {
+        // Start-up of the only user: webhook claims were all held by the
+        // dead process; let them go now rather than after their lease.
+        sqlx::query("UPDATE webhooks SET locked_until = NULL WHERE locked_until IS NOT NULL")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let sql = format!(
+        "WITH lapsed AS MATERIALIZED ( \
+             SELECT id AS lapsed_id FROM jobs WHERE state = 'running' \
+             AND (lease_expires_at < $1 OR ($3::text IS NOT NULL AND lease_owner <> $3)) \
+             ORDER BY id FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET \
+            state = CASE WHEN cancel_requested THEN 'cancelled' \
+                         WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END, \
+            finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN $1 END, \
+            error = {LAPSED}, \
+            errors = CASE WHEN errors = '[]' THEN '[' || {LAPSED} || ']' \
+                     ELSE left(errors, -1) || ',' || {LAPSED} || ']' END, \
+            lease_owner = NULL, lease_expires_at = NULL \
+         FROM lapsed WHERE jobs.id = lapsed.lapsed_id \
+         RETURNING id, queue, state, batch_id, tenant"
+    );
+    let rows: Vec<RescuedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(now.as_millis())
+        .bind(serde_json::Value::from(now.to_rfc3339()).to_string())
+        .bind(not_owner)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut counts = Counts::default();
+    let mut rescued = Vec::with_capacity(rows.len());
+    let mut ended = Vec::new();
+    for row in rows {
+        let (job, batch_id) = row.into_rescued()?;
+        counts.add(&job.queue, job.state, 1);
+        if job.state.is_terminal() {
+            ended.push(Ended {
+                id: job.id,
+                state: job.state,
+                batch_id,
+                dependents: true,
+            });
+        }
+        rescued.push(job);
+    }
+    let mut effects = Effects::default();
+    settle(conn, &mut counts, &ended, now, &mut effects).await?;
+    counts.flush(conn).await?;
+    Ok((rescued, effects))
+}
+
+pub async fn promote(conn: &mut PgConnection, now: Timestamp) -> Result<Promoted, StoreError> {
+    let mut queues: Vec<String> = sqlx::query_scalar(
+        "WITH due AS MATERIALIZED ( \
+             SELECT id AS due_id FROM jobs WHERE state = 'scheduled' AND deps_pending = 0 \
+             AND run_at <= $1 ORDER BY id FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'queued' FROM due WHERE jobs.id = due.due_id RETURNING queue",
+    )
+    .bind(now.as_millis())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut counts = Counts::default();
+    for queue in &queues {
+        counts.moved(queue, JobState::Scheduled, JobState::Queued);
+    }
+    counts.flush(&mut *conn).await?;
+    // A due job another instance holds (skipped above) shows here as due
+    // now, so the caller comes back for it.
+    let next_due: Option<i64> = sqlx::query_scalar(
+        "SELECT min(run_at) FROM jobs WHERE state = 'scheduled' AND deps_pending = 0",
+    )
+    .fetch_one(conn)
+    .await?;
+    queues.sort();
+    queues.dedup();
+    Ok(Promoted {
+        queues,
+        next_due: next_due.map(Timestamp::from_millis),
+    })
+}
+
+/// Rows deleted per call, so one prune never holds locks for long.
+const PRUNE_CHUNK: i64 = 5_000;
+
+pub async fn prune(
+    conn: &mut PgConnection,
+    finished_before: Timestamp,
+    keys_before: Timestamp,
+) -> Result<u64, StoreError> {
+    // A batch's jobs are kept as long as the batch: a batch still running
+    // (or finished recently) must keep every result it counts, even of jobs
+    // that finished long ago. Terminal jobs are in no count, so deleting
+    // them touches no counter.
+    let jobs = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+         WHERE finished_at IS NOT NULL AND finished_at < $1 \
+         AND (batch_id IS NULL OR EXISTS (SELECT 1 FROM batches b WHERE b.id = jobs.batch_id \
+              AND b.finished_at IS NOT NULL AND b.finished_at < $1)) \
+         LIMIT $2)",
+    )
+    .bind(finished_before.as_millis())
+    .bind(PRUNE_CHUNK)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind(keys_before.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    // Deliveries end within hours; their records go with the retention.
+    sqlx::query("DELETE FROM webhooks WHERE created_at < $1")
+        .bind(finished_before.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    // Then the batches whose jobs are all gone.
+    sqlx::query(
+        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b \
+         WHERE finished_at IS NOT NULL AND finished_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = b.id) \
+         LIMIT $2)",
+    )
+    .bind(finished_before.as_millis())
+    .bind(PRUNE_CHUNK)
+    .execute(conn)
+    .await?;
+    Ok(jobs)
+}
+
+/// One statement; `xmax = 0` on the returned row tells an insert from an
+/// update (an updated row carries the updating transaction's id).
+pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, StoreError> {
+    let now = Timestamp::now().as_millis();
+    let created: bool = sqlx::query_scalar(
+        "INSERT INTO queues (name, concurrency, capacity, paused, max_attempts, timeout_ms, \
+         backoff_base_ms, backoff_max_ms, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, \
+         capacity = excluded.capacity, paused = excluded.paused, \
+         max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, \
+         backoff_base_ms = excluded.backoff_base_ms, backoff_max_ms = excluded.backoff_max_ms, \
+         updated_at = excluded.updated_at \
+         RETURNING xmax = 0",
+    )
+    .bind(&config.name)
+    .bind(i64::from(config.concurrency))
+    .bind(config.capacity as i64)
+    .bind(config.paused)
+    .bind(i64::from(config.defaults.max_attempts))
+    .bind(config.defaults.timeout_ms as i64)
+    .bind(config.defaults.backoff.base_ms as i64)
+    .bind(config.defaults.backoff.max_ms as i64)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(created)
+}

@@ -1,0 +1,182 @@
+//! Reads of the PostgreSQL store: jobs, batches, results and queues, each
+//! one statement on the pool (or one transaction where two must agree).
+
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
+
+use super::counts;
+use crate::domain::{
+    Batch, BatchId, BatchResult, Job, JobId, JobState, QueueConfig, QueueCounts, QueueInfo,
+};
+use crate::store::rows::{
+    BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
+    ResultRow, jobs_from_rows, parse_ids,
+};
+use crate::store::{JobFilter, StoreError};
+
+pub async fn get_job(pool: &PgPool, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2");
+    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await?;
+    row.map(Job::try_from).transpose()
+}
+
+pub async fn queue_position(pool: &PgPool, job: &Job) -> Result<u64, StoreError> {
+    // Walks jobs_ready up to the job: the same order claims take.
+    let ahead: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'queued' AND \
+         (priority > $2 OR (priority = $2 AND (run_at < $3 OR (run_at = $3 AND id < $4))))",
+    )
+    .bind(&job.queue)
+    .bind(i64::from(job.priority))
+    .bind(job.run_at.as_millis())
+    .bind(job.id.to_string())
+    .fetch_one(pool)
+    .await?;
+    Ok(ahead.max(0) as u64)
+}
+
+pub async fn list_jobs(
+    pool: &PgPool,
+    tenant: &str,
+    filter: &JobFilter,
+) -> Result<Vec<Job>, StoreError> {
+    let mut query: QueryBuilder<Postgres> =
+        QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = "));
+    query.push_bind(tenant.to_owned());
+    if let Some(queue) = &filter.queue {
+        query.push(" AND queue = ").push_bind(queue.clone());
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND state = ").push_bind(status.as_str());
+    }
+    if let Some(kind) = &filter.kind {
+        query.push(" AND kind = ").push_bind(kind.clone());
+    }
+    if let Some(key) = &filter.key {
+        query.push(" AND key = ").push_bind(key.clone());
+    }
+    if let Some(batch) = filter.batch_id {
+        query.push(" AND batch_id = ").push_bind(batch.to_string());
+    }
+    for (name, value) in &filter.metadata {
+        // Metadata is a flat object of strings: `->>` of the key (any
+        // characters, bound as a value) is the string itself.
+        query
+            .push(" AND metadata::jsonb ->> ")
+            .push_bind(name.clone())
+            .push(" = ")
+            .push_bind(value.clone());
+    }
+    if let Some(before) = filter.before {
+        query.push(" AND id < ").push_bind(before.to_string());
+    }
+    query
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(filter.limit));
+    let rows: Vec<JobRow> = query.build_query_as().fetch_all(pool).await?;
+    jobs_from_rows(rows)
+}
+
+pub async fn dependency_results(
+    pool: &PgPool,
+    ids: &[JobId],
+) -> Result<Vec<(JobId, Option<serde_json::Value>)>, StoreError> {
+    let texts: Vec<String> = ids.iter().map(JobId::to_string).collect();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT id, result FROM jobs WHERE id = ANY($1)")
+            .bind(&texts)
+            .fetch_all(pool)
+            .await?;
+    ids.iter()
+        .zip(&texts)
+        .map(|(id, text)| {
+            let result = rows
+                .iter()
+                .find(|(found, _)| found == text)
+                .and_then(|(_, result)| result.as_deref())
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("job {id}: result: {e}")))?;
+            Ok((*id, result))
+        })
+        .collect()
+}
+
+pub async fn get_batch(
+    pool: &PgPool,
+    tenant: &str,
+    id: BatchId,
+) -> Result<Option<Batch>, StoreError> {
+    // One snapshot for the counts and the ids.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND tenant = $2");
+    let row: Option<BatchRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1 ORDER BY batch_index")
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    row.into_batch(parse_ids(&ids)?).map(Some)
+}
+
+pub async fn batch_results(
+    pool: &PgPool,
+    id: BatchId,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<BatchResult>, StoreError> {
+    let sql = format!(
+        "SELECT {RESULT_COLUMNS} FROM jobs WHERE batch_id = $1 AND batch_seq > $2 \
+         AND finished_at IS NOT NULL ORDER BY batch_seq LIMIT $3"
+    );
+    let rows: Vec<ResultRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(BatchResult::try_from).collect()
+}
+
+/// Every queue by name, or the one named `only`, with its counts.
+pub async fn queues(pool: &PgPool, only: Option<&str>) -> Result<Vec<QueueInfo>, StoreError> {
+    let sql = format!(
+        "SELECT {QUEUE_COLUMNS} FROM queues WHERE $1::text IS NULL OR name = $1 ORDER BY name"
+    );
+    let rows: Vec<QueueRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(only)
+        .fetch_all(pool)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counts = counts::by_state(pool, only).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let config = QueueConfig::from(row);
+            let n = |state: JobState| {
+                let key = (config.name.clone(), state.as_str().to_owned());
+                counts.get(&key).copied().unwrap_or(0).max(0) as u64
+            };
+            let counts = QueueCounts {
+                scheduled: n(JobState::Scheduled),
+                queued: n(JobState::Queued),
+                running: n(JobState::Running),
+            };
+            QueueInfo::new(config, counts)
+        })
+        .collect())
+}
