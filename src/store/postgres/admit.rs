@@ -326,7 +326,7 @@ async fn stored_batch(
 
 /// Inserts every job in one statement, whatever their number: one array per
 /// column, unnested into rows.
-async fn insert_jobs(
+pub async fn insert_jobs(
     conn: &mut PgConnection,
     jobs: &[NewJob],
     pending: &[i64],

@@ -12,6 +12,7 @@ mod bus;
 mod claim;
 mod counts;
 mod deps;
+mod group;
 mod maintenance;
 mod ops;
 mod reads;
@@ -56,6 +57,7 @@ const MAX_RUNS: u32 = 3;
 pub struct PgStore {
     pool: PgPool,
     bus: Arc<bus::PgBus>,
+    groups: group::Groups,
 }
 
 impl PgStore {
@@ -94,7 +96,8 @@ impl PgStore {
             .await
             .map_err(classify_sqlx)?;
         let bus = bus::PgBus::start(pool.clone(), bus::channel_for(&schema)).await?;
-        Ok(Self { pool, bus })
+        let groups = group::Groups::start(pool.clone());
+        Ok(Self { pool, bus, groups })
     }
 
     /// Closes every connection; later calls fail as unavailable.
@@ -197,6 +200,9 @@ impl JobStore for PgStore {
         &self,
         submission: Submission,
     ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
+        if let Some(job) = group::Groups::plain(&submission) {
+            return self.groups.submit(job.clone()).await;
+        }
         transaction!(
             self.pool,
             |tx| admit::submit(&mut tx, &submission).await?,
