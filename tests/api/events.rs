@@ -17,19 +17,19 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// One dispatched SSE message.
 #[derive(Clone, Debug)]
-struct Message {
-    id: Option<String>,
-    event: String,
-    data: String,
+pub(crate) struct Message {
+    pub(crate) id: Option<String>,
+    pub(crate) event: String,
+    pub(crate) data: String,
 }
 
 impl Message {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data)
             .unwrap_or_else(|error| panic!("data is not JSON ({error}): {self:?}"))
     }
 
-    fn job_id(&self) -> Option<String> {
+    pub(crate) fn job_id(&self) -> Option<String> {
         self.json()["job"]["id"].as_str().map(str::to_owned)
     }
 }
@@ -41,7 +41,7 @@ enum Item {
     Comment,
 }
 
-struct EventStream {
+pub(crate) struct EventStream {
     response: reqwest::Response,
     /// Bytes received but not yet split into lines.
     buffer: Vec<u8>,
@@ -56,7 +56,7 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn new(response: reqwest::Response) -> Self {
+    pub(crate) fn new(response: reqwest::Response) -> Self {
         Self {
             response,
             buffer: Vec::new(),
@@ -108,7 +108,7 @@ impl EventStream {
     }
 
     /// The next message, skipping comments; panics if the stream ended.
-    async fn next(&mut self) -> Message {
+    pub(crate) async fn next(&mut self) -> Message {
         self.next_or_end()
             .await
             .expect("the stream ended where a message was expected")
@@ -138,7 +138,7 @@ impl EventStream {
     }
 
     /// Messages up to and including the given event of the given job.
-    async fn until_job_event(&mut self, job_id: &str, event: &str) -> Vec<Message> {
+    pub(crate) async fn until_job_event(&mut self, job_id: &str, event: &str) -> Vec<Message> {
         self.until(|m| m.event == event && m.job_id().as_deref() == Some(job_id))
             .await
     }

@@ -2,6 +2,7 @@
 //! kills it. One binary, so the crate links once.
 
 mod batches;
+mod cluster;
 mod concurrency_keys;
 mod config;
 mod custom_kinds;
@@ -17,5 +18,6 @@ mod outbound;
 mod pipelines;
 mod queues;
 mod shared;
+mod shared_events;
 mod shutdown;
 mod webhooks;

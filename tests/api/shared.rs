@@ -1,147 +1,13 @@
 //! Shared mode with real processes: three `spool` binaries on one
 //! PostgreSQL schema form one service.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PgSchema, SpoolProcess};
-
-/// `exec` commands the instances share: `pid` answers with the process id of
-/// the `spool` running it (the shell's parent), after sleeping `{ms}`
-/// milliseconds, so a result says which instance ran the job.
-const CONFIG: &str = r#"
-[exec.pid]
-argv = ["/bin/sh", "-c", "sleep $0; echo $PPID", "{seconds}"]
-env = { PATH = "/usr/bin:/bin" }
-
-[queues.spread]
-concurrency = 2
-capacity = 10000
-
-[queues.long]
-concurrency = 1
-capacity = 100
-"#;
-
-struct Cluster {
-    instances: Vec<SpoolProcess>,
-    client: reqwest::Client,
-    _config: tempfile::TempDir,
-    _schema: PgSchema,
-}
-
-impl Cluster {
-    /// `None` (after a loud note) when PostgreSQL is unreachable outside CI.
-    async fn start(count: usize) -> Option<Cluster> {
-        let schema = PgSchema::create().await?;
-        let config = tempfile::tempdir().unwrap();
-        let file = config.path().join("spool.toml");
-        std::fs::write(&file, CONFIG).unwrap();
-        let file = file.display().to_string();
-        let env = [
-            ("SPOOL_CONFIG", file.as_str()),
-            // Short leases so a killed instance's jobs come back within seconds.
-            ("SPOOL_LEASE_TTL", "2s"),
-            ("SPOOL_SHUTDOWN_GRACE", "2s"),
-        ];
-        let instances = (0..count)
-            .map(|_| SpoolProcess::start_with_url(&schema.url, &env))
-            .collect();
-        Some(Cluster {
-            instances,
-            client: reqwest::Client::new(),
-            _config: config,
-            _schema: schema,
-        })
-    }
-
-    async fn post(&self, instance: usize, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.instances[instance].url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("sent");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, instance: usize, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.instances[instance].url(path))
-            .send()
-            .await
-            .expect("sent");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn submit(&self, instance: usize, spec: Value) -> String {
-        let (status, job) = self.post(instance, "/v1/jobs", &spec).await;
-        assert_eq!(status, 202, "{job}");
-        job["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Polls through `instance` until every job is terminal; returns them.
-    async fn wait_all(&self, instance: usize, ids: &[String], within: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        let mut done: BTreeMap<String, Value> = BTreeMap::new();
-        while done.len() < ids.len() {
-            let open: Vec<&String> = ids.iter().filter(|id| !done.contains_key(*id)).collect();
-            for id in open {
-                let (_, job) = self.get(instance, &format!("/v1/jobs/{id}")).await;
-                if matches!(
-                    job["status"].as_str(),
-                    Some("succeeded" | "failed" | "cancelled")
-                ) {
-                    done.insert(id.clone(), job);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} jobs ended in time",
-                done.len(),
-                ids.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        done.into_values().collect()
-    }
-
-    async fn running_count(&self, instance: usize, queue: &str) -> usize {
-        let (_, page) = self
-            .get(
-                instance,
-                &format!("/v1/jobs?queue={queue}&status=running&limit=100"),
-            )
-            .await;
-        page["items"].as_array().map_or(0, Vec::len)
-    }
-
-    fn pid(&self, instance: usize) -> u32 {
-        self.instances[instance].child.id()
-    }
-}
-
-fn pid_job(queue: &str, seconds: f64) -> Value {
-    json!({
-        "kind": "exec",
-        "queue": queue,
-        "payload": {"command": "pid", "args": {"seconds": seconds.to_string()}},
-        "max_attempts": 3,
-    })
-}
-
-fn pid_of(job: &Value) -> u32 {
-    job["result"]["stdout"]
-        .as_str()
-        .and_then(|out| out.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {job}"))
-}
+use crate::cluster::{Cluster, answer, pid_job, pid_of};
+use crate::helpers::SpoolProcess;
 
 #[tokio::test]
 async fn jobs_submitted_to_one_instance_run_on_all_three() {
@@ -175,11 +41,7 @@ async fn a_killed_instances_jobs_finish_on_the_others() {
     for n in 0..12 {
         ids.push(cluster.submit(n % 3, pid_job("spread", 2.0)).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.running_count(1, "spread").await < 6 {
-        assert!(Instant::now() < deadline, "six jobs never ran at once");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_running(1, "spread", 6).await;
     let killed = cluster.pid(0);
     cluster.instances[0].kill_9();
 
@@ -256,19 +118,6 @@ async fn ten_thousand_jobs_over_three_instances_each_succeed_exactly_once() {
     assert_eq!(seen, expected);
 }
 
-impl Cluster {
-    async fn configure(&self, settings: Value) {
-        let response = self
-            .client
-            .put(self.instances[0].url("/v1/queues/spread"))
-            .json(&settings)
-            .send()
-            .await
-            .expect("sent");
-        assert!(response.status().is_success());
-    }
-}
-
 #[tokio::test]
 async fn cancelling_through_one_instance_stops_jobs_running_on_the_others_within_two_seconds() {
     let Some(cluster) = Cluster::start(3).await else {
@@ -280,14 +129,7 @@ async fn cancelling_through_one_instance_stops_jobs_running_on_the_others_within
     for n in 0..3 {
         ids.push(cluster.submit(n, pid_job("long", 60.0)).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.running_count(1, "long").await < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the three jobs never ran at once"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_running(1, "long", 3).await;
     for id in &ids {
         let started = Instant::now();
         let (status, body) = cluster
@@ -514,17 +356,6 @@ impl Drop for PrivatePostgres {
             .arg(cluster)
             .args(["-m", "immediate", "-w", "stop"])
             .output();
-    }
-}
-
-/// The status and JSON body of a request that must get an answer.
-async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
-        }
-        Err(error) => panic!("the instance stopped answering: {error}"),
     }
 }
 

@@ -36,7 +36,7 @@ const SOON: Duration = Duration::from_secs(15);
 
 /// How the receiver answers one request.
 #[derive(Clone, Debug)]
-enum Reply {
+pub(crate) enum Reply {
     Status(u16),
     /// 302 with this `location`.
     Redirect(String),
@@ -46,17 +46,17 @@ enum Reply {
 
 /// One request as the receiver saw it.
 #[derive(Clone, Debug)]
-struct Received {
-    path: String,
+pub(crate) struct Received {
+    pub(crate) path: String,
     headers: HeaderMap,
-    body: Bytes,
+    pub(crate) body: Bytes,
     at: Instant,
     /// What the receiver answered.
     answered: u16,
 }
 
 impl Received {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
@@ -64,11 +64,11 @@ impl Received {
             .expect("an ASCII header")
     }
 
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.header("webhook-id")
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 }
@@ -84,14 +84,14 @@ struct Script {
 /// An HTTP server on 127.0.0.1 recording every request and answering from
 /// a script (200 once the script runs out, unless told otherwise).
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     script: Arc<Mutex<Script>>,
     arrived: Arc<Notify>,
 }
 
 impl Receiver {
-    async fn start(replies: impl IntoIterator<Item = Reply>) -> Receiver {
+    pub(crate) async fn start(replies: impl IntoIterator<Item = Reply>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Receiver::serve(listener, replies)
     }
@@ -122,21 +122,21 @@ impl Receiver {
         receiver
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// The answer once the scripted ones are used up.
-    fn answer_by_default(&self, reply: Reply) {
+    pub(crate) fn answer_by_default(&self, reply: Reply) {
         self.script.lock().unwrap().default = Some(reply);
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.script.lock().unwrap().received.clone()
     }
 
     /// Waits until at least `count` requests arrived; returns them all.
-    async fn wait_for(&self, count: usize, within: Duration) -> Vec<Received> {
+    pub(crate) async fn wait_for(&self, count: usize, within: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let arrived = self.arrived.notified();
@@ -201,7 +201,7 @@ async fn record(
     }
 }
 
-fn summary(received: &Received) -> String {
+pub(crate) fn summary(received: &Received) -> String {
     format!(
         "{} {} → {} ({} bytes)",
         received.path,
@@ -239,7 +239,7 @@ fn id_of(value: &Value) -> String {
 /// Standard Webhooks verification, written here without Spool's code: the
 /// key is the base64 after `whsec_`, the signed content
 /// `"{id}.{timestamp}.{body}"`, and any `v1,` entry of the header may match.
-fn verifies(secret: &str, id: &str, timestamp: &str, body: &[u8], signature_header: &str) -> bool {
+pub(crate) fn verifies(secret: &str, id: &str, timestamp: &str, body: &[u8], signature_header: &str) -> bool {
     let key = STANDARD
         .decode(secret.strip_prefix("whsec_").expect("a whsec_ secret"))
         .expect("a base64 key");
