@@ -239,7 +239,13 @@ fn id_of(value: &Value) -> String {
 /// Standard Webhooks verification, written here without Spool's code: the
 /// key is the base64 after `whsec_`, the signed content
 /// `"{id}.{timestamp}.{body}"`, and any `v1,` entry of the header may match.
-pub(crate) fn verifies(secret: &str, id: &str, timestamp: &str, body: &[u8], signature_header: &str) -> bool {
+pub(crate) fn verifies(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+    signature_header: &str,
+) -> bool {
     let key = STANDARD
         .decode(secret.strip_prefix("whsec_").expect("a whsec_ secret"))
         .expect("a base64 key");
