@@ -40,6 +40,8 @@ impl Engine {
             .queue
             .clone()
             .unwrap_or_else(|| crate::domain::QueueConfig::DEFAULT_NAME.to_owned());
+        self.learn_queues(std::iter::once(queue_name.as_str()))
+            .await;
         let Some(queue) = self.queue_config(&queue_name) else {
             return Err(EngineError::UnknownQueue {
                 queue: queue_name,

@@ -45,6 +45,12 @@ impl Engine {
                 max,
             });
         }
+        self.learn_queues(
+            spec.jobs
+                .iter()
+                .map(|job| job.queue.as_deref().unwrap_or(QueueConfig::DEFAULT_NAME)),
+        )
+        .await;
         let now = Timestamp::now();
         let mut errors = Vec::new();
         let batch = match spec.validate_envelope(tenant, now) {

@@ -32,6 +32,8 @@ impl Engine {
                 "queue names are 1 to 64 of A-Z a-z 0-9 _ - .",
             )]));
         }
+        // Changes apply to the stored settings, not to defaults.
+        self.learn_queues(std::iter::once(name)).await;
         let mut config = self
             .queue_config(name)
             .unwrap_or_else(|| QueueConfig::new(name));
@@ -97,6 +99,18 @@ impl Engine {
         }
         if changed {
             self.inner.wake_dispatcher.notify_one();
+        }
+    }
+
+    /// Shared mode: re-reads the queues if one of `names` is not known here.
+    /// Another instance may have just created it, and its news on the bus
+    /// may still be on the way; its row is stored, so read it rather than
+    /// refuse the queue (API test
+    /// `the_capacity_bound_holds_when_all_three_instances_admit_at_once` got
+    /// `unknown_queue` from instances that had not heard yet).
+    pub(super) async fn learn_queues<'a>(&self, mut names: impl Iterator<Item = &'a str>) {
+        if self.inner.shared.is_some() && names.any(|name| self.queue_config(name).is_none()) {
+            self.refresh_queues().await;
         }
     }
 

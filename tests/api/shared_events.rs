@@ -41,14 +41,23 @@ async fn an_event_stream_on_one_instance_carries_queued_started_and_succeeded_of
         ids.push(cluster.submit(0, pid_job("spread", 0.3)).await);
     }
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut ended = 0;
-    while ended < ids.len() {
-        let message = stream.next().await;
-        let Some(id) = message.job_id() else { continue };
-        if ["job.succeeded", "job.failed", "job.cancelled"].contains(&message.event.as_str()) {
-            ended += 1;
+    // Keep-alives reset a read's own timeout: a deadline for them all.
+    let reading = async {
+        let mut ended = 0;
+        while ended < ids.len() {
+            let message = stream.next().await;
+            let Some(id) = message.job_id() else { continue };
+            if ["job.succeeded", "job.failed", "job.cancelled"].contains(&message.event.as_str()) {
+                ended += 1;
+            }
+            seen.entry(id).or_default().push(message.event);
         }
-        seen.entry(id).or_default().push(message.event);
+    };
+    if tokio::time::timeout(Duration::from_secs(20), reading)
+        .await
+        .is_err()
+    {
+        panic!("the jobs' ends never reached the stream: {seen:#?}");
     }
     for id in &ids {
         assert_eq!(

@@ -62,10 +62,15 @@ async fn claim_plain(
     // and never wait for each other. MATERIALIZED makes the locking
     // subquery run once, so LIMIT bounds what is claimed. `started_at` is
     // never before `run_at`: a job may have become ready (its dependency's
-    // success stamped in `run_at`) after `now` was read.
+    // success stamped in `run_at`) after `now` was read. Keyed jobs are left
+    // to the keyed claim: one committed after `claim` looked for them (this
+    // statement has a newer snapshot) would otherwise be taken here without
+    // its key's count, and three ran under a limit of two (API test
+    // `a_concurrency_limit_holds_across_instances_and_every_keyed_job_succeeds`).
     let sql = format!(
         "WITH picked AS MATERIALIZED ( \
              SELECT id AS picked_id FROM jobs WHERE queue = $4 AND state = 'queued' \
+             AND concurrency_key IS NULL \
              ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
          UPDATE jobs SET {TAKE} FROM picked WHERE jobs.id = picked.picked_id \
          RETURNING {JOB_COLUMNS}"
