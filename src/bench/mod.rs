@@ -86,12 +86,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.connections)
         .build()?;
 
-    let queue = |paused: bool| QueueSettings {
-        concurrency: Some(args.concurrency),
-        capacity: Some(100_000_000),
-        paused: Some(paused),
-        defaults: Some(QueueDefaultsPatch::default()),
-    };
+    let queue = |paused: bool| bench_queue(&args, paused);
     engine.put_queue("bench", &queue(true)).await?;
     // Batches go to a queue of their own, paused: the figure is admission
     // (what BullMQ's `addBulk` measures), and nothing else runs meanwhile.
@@ -227,12 +222,7 @@ async fn single_jobs(
     spool_addr: SocketAddr,
     bare_addr: SocketAddr,
 ) -> anyhow::Result<()> {
-    let queue = |paused: bool| QueueSettings {
-        concurrency: Some(args.concurrency),
-        capacity: Some(100_000_000),
-        paused: Some(paused),
-        defaults: Some(QueueDefaultsPatch::default()),
-    };
+    let queue = |paused: bool| bench_queue(args, paused);
     // 1. Accepted submissions/s, against the bare handler, alternating rounds.
     let (mut bare, mut durable) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
@@ -483,6 +473,17 @@ async fn wait_until_idle(engine: &crate::engine::Engine) -> anyhow::Result<()> {
             bail!("the bench queue did not drain within 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The settings of the benchmark's queues: `--concurrency` slots, room
+/// for everything a round submits.
+fn bench_queue(args: &BenchArgs, paused: bool) -> QueueSettings {
+    QueueSettings {
+        concurrency: Some(args.concurrency),
+        capacity: Some(100_000_000),
+        paused: Some(paused),
+        defaults: Some(QueueDefaultsPatch::default()),
     }
 }
 

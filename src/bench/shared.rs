@@ -8,10 +8,9 @@ use anyhow::Context;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, median, post_load, submit_count, wait_until_idle};
+use super::{BenchArgs, bench_queue, median, post_load, submit_count, wait_until_idle};
 use crate::app::App;
 use crate::config::Config;
-use crate::domain::{QueueDefaultsPatch, QueueSettings};
 use crate::engine::Engine;
 
 pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
@@ -58,12 +57,7 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .build()?;
-    let queue = |paused: bool| QueueSettings {
-        concurrency: Some(args.concurrency),
-        capacity: Some(100_000_000),
-        paused: Some(paused),
-        defaults: Some(QueueDefaultsPatch::default()),
-    };
+    let queue = |paused: bool| bench_queue(args, paused);
     let first = engines.first().context("no instance started")?;
 
     // Submissions alone, with the queue paused (as in embedded mode).

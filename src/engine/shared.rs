@@ -43,6 +43,13 @@ enum Signal {
     Event { event: Box<Event> },
 }
 
+/// `Signal::Event` as sent, borrowing the event rather than copying it.
+#[derive(Serialize)]
+#[serde(tag = "t", rename = "event")]
+struct RelayedEvent<'a> {
+    event: &'a Event,
+}
+
 /// This instance's end of the bus.
 pub(super) struct Shared {
     bus: Arc<dyn Bus>,
@@ -73,20 +80,17 @@ impl Shared {
         if Timestamp::now().as_millis() >= self.others_listen_until_ms.load(Ordering::Acquire) {
             return;
         }
-        let mut signal = Signal::Event {
-            event: Box::new(event.clone()),
-        };
-        let mut message = serde_json::to_string(&signal).unwrap_or_default();
-        if message.len() > MAX_BUS_MESSAGE
-            && let Signal::Event { event } = &mut signal
-            && let Some(job) = &mut event.job
-            && job.result.is_some()
+        let mut message = serde_json::to_string(&RelayedEvent { event }).unwrap_or_default();
+        if message.len() > MAX_BUS_MESSAGE && event.job.as_ref().is_some_and(|j| j.result.is_some())
         {
             // The bus carries less than an event may hold: the receiver's
             // listeners read the job for its result, as for any large one.
-            job.result = None;
-            job.result_omitted = true;
-            message = serde_json::to_string(&signal).unwrap_or_default();
+            let mut smaller = event.clone();
+            if let Some(job) = &mut smaller.job {
+                job.result = None;
+                job.result_omitted = true;
+            }
+            message = serde_json::to_string(&RelayedEvent { event: &smaller }).unwrap_or_default();
         }
         if message.is_empty() || message.len() > MAX_BUS_MESSAGE {
             tracing::debug!(event_id = %event.id, "event too large for the bus; not relayed");
