@@ -7,6 +7,7 @@
 //! stderr, unless `CI=true`, where they fail.
 
 mod batches;
+mod completions;
 mod concurrency_keys;
 mod conformance;
 mod pg;
@@ -35,6 +36,7 @@ pub async fn postgres_store() -> Option<(Arc<dyn JobStore>, pg::Schema)> {
 
 // Every case, wherever it is written, under one name the suite macro uses.
 use batches::*;
+use completions::*;
 use concurrency_keys::*;
 use conformance::*;
 use webhooks::*;
@@ -64,6 +66,7 @@ macro_rules! with_every_case {
             claims_take_the_best_priority_first_then_fifo_and_count_an_attempt,
             claims_never_take_more_than_asked_or_jobs_of_other_queues,
             an_attempts_outcome_is_fenced_by_attempt_and_owner,
+            outcomes_stored_at_the_same_moment_each_get_their_own_answer,
             a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error,
             released_jobs_go_back_to_the_queue_without_counting_the_attempt,
             due_jobs_are_promoted_and_the_next_due_time_is_reported,

@@ -8,8 +8,9 @@
 //! keys are settled by their unique indexes: a submitter that loses a race
 //! fails with 23505 and the store runs it again (`transaction!`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::{self, Counts};
@@ -18,7 +19,7 @@ use super::ops::cancel_now;
 use crate::domain::{Batch, BatchCounts, BatchId, Job, JobId, NewBatch};
 use crate::domain::{NewJob, OnConflict};
 use crate::store::plan;
-use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
+use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, job_from_new, to_json};
 use crate::store::{
     Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
 };
@@ -393,4 +394,45 @@ pub async fn insert_jobs(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Admits plain single-job submissions (see `group.rs`) in order: each is
+/// stored, or refused because its queue is full, as if they came one by one.
+pub fn admit_plain<'a>(
+    conn: &'a mut PgConnection,
+    jobs: &'a [NewJob],
+) -> BoxFuture<'a, Result<Vec<Result<SubmitOutcome, SubmitRejection>>, StoreError>> {
+    Box::pin(async move {
+        let names: Vec<String> = jobs
+            .iter()
+            .map(|job| job.queue.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let capacities = lock_queues(conn, &names).await?;
+        let mut pending: HashMap<String, i64> = counts::pending(conn, &names).await?;
+        let mut verdicts = Vec::with_capacity(jobs.len());
+        let mut admitted: Vec<NewJob> = Vec::with_capacity(jobs.len());
+        let mut counts = Counts::default();
+        for job in jobs {
+            match capacity_rejection(&capacities, &pending, &job.queue, 1) {
+                None => {
+                    *pending.entry(job.queue.clone()).or_default() += 1;
+                    counts.add(&job.queue, job.state, 1);
+                    admitted.push(job.clone());
+                    verdicts.push(Ok(SubmitOutcome::Created {
+                        jobs: vec![job_from_new(job.clone())],
+                        batch: None,
+                        effects: Effects::default(),
+                    }));
+                }
+                Some(rejection) => verdicts.push(Err(rejection)),
+            }
+        }
+        if !admitted.is_empty() {
+            insert_jobs(conn, &admitted, &vec![0; admitted.len()]).await?;
+            counts.flush(conn).await?;
+        }
+        Ok(verdicts)
+    })
 }

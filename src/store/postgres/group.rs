@@ -1,160 +1,162 @@
-//! Group admission: plain single-job submissions (no key, idempotency key,
-//! dependencies or batch) waiting at the same moment share one transaction.
+//! Group commit: requests of one kind that wait at the same moment share one
+//! transaction, and so one commit (a WAL flush) and one set of locks.
 //!
-//! A submission's transaction holds its queue's row lock through its commit
-//! (that lock is what makes the capacity bound service-wide), so one at a
-//! time per queue would cap an instance at one commit (a WAL flush) per
-//! job. Grouped, the lock, the count, the insert and the commit are paid
-//! once per group: the jobs of a group are admitted in arrival order until
-//! their queue is full, exactly as if they came one by one.
+//! Two kinds go through groups. Plain single-job submissions (no key,
+//! idempotency key, dependencies or batch): a submission's transaction holds
+//! its queue's row lock through its commit (that lock is what makes the
+//! capacity bound service-wide), so one at a time per queue would cap an
+//! instance at one commit per job; grouped, the jobs are admitted in arrival
+//! order until their queue is full, exactly as if they came one by one. And
+//! attempt outcomes: every finished job would otherwise cost a commit of its
+//! own, which capped a worker pool at the database's commit rate.
+//!
+//! A group is whatever waits when a group can start, up to a maximum: under
+//! light load a request goes alone and waits for no timer; under heavy load
+//! groups grow by themselves. Outcomes of different jobs touch different
+//! rows, so a few of their groups run at once (their commits then share WAL
+//! flushes); admissions to one queue serialise on its row lock anyway, so
+//! theirs run one at a time.
 
-use std::collections::{BTreeSet, HashMap};
-
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::admit::{capacity_rejection, insert_jobs, lock_queues};
-use super::counts::{self, Counts};
 use super::{MAX_RUNS, classify, retryable};
 use crate::domain::NewJob;
-use crate::store::rows::job_from_new;
-use crate::store::{Effects, StoreError, Submission, SubmitOutcome, SubmitRejection};
+use crate::store::{StoreError, Submission};
 
-/// Most submissions in one group: one INSERT of this many rows stays short.
-const MAX_GROUP: usize = 512;
-/// Submissions waiting for a group before submitters wait for room.
+/// Requests waiting for a group before callers wait for room.
 const WAITING: usize = 4_096;
 
-type Admitted = Result<Result<SubmitOutcome, SubmitRejection>, StoreError>;
+/// The work of one group inside its transaction: one answer per request, in
+/// the requests' order.
+pub type GroupWork<T, R> =
+    for<'a> fn(&'a mut PgConnection, &'a [T]) -> BoxFuture<'a, Result<Vec<R>, StoreError>>;
 
-struct Waiting {
-    job: NewJob,
-    reply: oneshot::Sender<Admitted>,
+struct Waiting<T, R> {
+    request: T,
+    reply: oneshot::Sender<Result<R, StoreError>>,
 }
 
-/// Hands plain submissions to the group loop.
-pub struct Groups {
-    waiting: mpsc::Sender<Waiting>,
+/// Hands requests to a loop that runs them in groups of at most `max`,
+/// at most `parallel` groups at a time.
+pub struct Grouper<T, R> {
+    waiting: mpsc::Sender<Waiting<T, R>>,
 }
 
-impl Groups {
-    pub fn start(pool: PgPool) -> Self {
+impl<T: Send + Sync + 'static, R: Send + 'static> Grouper<T, R> {
+    pub fn start(pool: PgPool, max: usize, parallel: usize, work: GroupWork<T, R>) -> Self {
         let (waiting, receiver) = mpsc::channel(WAITING);
-        tokio::spawn(group_loop(pool, receiver));
+        tokio::spawn(group_loop(
+            pool,
+            receiver,
+            max.max(1),
+            parallel.max(1),
+            work,
+        ));
         Self { waiting }
     }
 
-    /// The job of `submission` when it may go through a group.
-    pub fn plain(submission: &Submission) -> Option<&NewJob> {
-        match submission.jobs.as_slice() {
-            [job]
-                if submission.batch.is_none()
-                    && submission.idempotency.is_none()
-                    && job.key.is_none()
-                    && job.depends_on.is_empty() =>
-            {
-                Some(job)
-            }
-            _ => None,
-        }
-    }
-
-    pub async fn submit(&self, job: NewJob) -> Admitted {
-        let (reply, admitted) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("group admission has stopped".into());
+    /// Runs `request` in the next group and returns its own answer.
+    pub async fn run(&self, request: T) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("group commit has stopped".into());
         self.waiting
-            .send(Waiting { job, reply })
+            .send(Waiting { request, reply })
             .await
             .map_err(|_| stopped())?;
-        admitted.await.map_err(|_| stopped())?
+        answer.await.map_err(|_| stopped())?
     }
 }
 
-async fn group_loop(pool: PgPool, mut receiver: mpsc::Receiver<Waiting>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = receiver.recv().await {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        let jobs: Vec<&NewJob> = group.iter().map(|waiting| &waiting.job).collect();
-        let mut runs = 1;
-        let outcome = loop {
-            let result = admit_in_transaction(&pool, &jobs).await;
-            match result {
-                Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
-                other => break other.map_err(classify),
-            }
-        };
-        match outcome {
-            Ok(verdicts) => {
-                for (waiting, verdict) in group.drain(..).zip(verdicts) {
-                    let admitted = match verdict {
-                        None => Ok(SubmitOutcome::Created {
-                            jobs: vec![job_from_new(waiting.job)],
-                            batch: None,
-                            effects: Effects::default(),
-                        }),
-                        Some(rejection) => Err(rejection),
-                    };
-                    let _ = waiting.reply.send(Ok(admitted));
+async fn group_loop<T, R>(
+    pool: PgPool,
+    mut receiver: mpsc::Receiver<Waiting<T, R>>,
+    max: usize,
+    parallel: usize,
+    work: GroupWork<T, R>,
+) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            first = receiver.recv(), if running.len() < parallel => {
+                let Some(first) = first else { break };
+                let mut group = vec![first];
+                while group.len() < max {
+                    match receiver.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
                 }
+                running.push(run_group(pool.clone(), group, work));
             }
-            Err(error) => {
-                // Every submitter is told, each with its own copy.
-                let message = error.to_string();
-                for waiting in group.drain(..) {
-                    let _ = waiting
-                        .reply
-                        .send(Err(StoreError::Unavailable(message.clone())));
-                }
-            }
+            Some(()) = running.next(), if !running.is_empty() => {}
         }
     }
+    while running.next().await.is_some() {}
 }
 
-async fn admit_in_transaction(
-    pool: &PgPool,
-    jobs: &[&NewJob],
-) -> Result<Vec<Option<SubmitRejection>>, StoreError> {
-    let mut tx = pool.begin().await?;
-    let verdicts = admit(&mut tx, jobs).await?;
-    tx.commit().await?;
-    Ok(verdicts)
-}
-
-/// Admits `jobs` in order; `None` for each one stored, its rejection
-/// otherwise.
-async fn admit(
-    conn: &mut PgConnection,
-    jobs: &[&NewJob],
-) -> Result<Vec<Option<SubmitRejection>>, StoreError> {
-    let names: Vec<String> = jobs
-        .iter()
-        .map(|job| job.queue.clone())
-        .collect::<BTreeSet<_>>()
+/// Runs one group in a transaction (again, when it meets a deadlock or a
+/// lost race) and answers each of its callers.
+async fn run_group<T, R>(pool: PgPool, group: Vec<Waiting<T, R>>, work: GroupWork<T, R>) {
+    let (requests, replies): (Vec<T>, Vec<_>) = group
         .into_iter()
-        .collect();
-    let capacities = lock_queues(conn, &names).await?;
-    let mut pending: HashMap<String, i64> = counts::pending(conn, &names).await?;
-    let mut verdicts = Vec::with_capacity(jobs.len());
-    let mut admitted: Vec<NewJob> = Vec::with_capacity(jobs.len());
-    let mut counts = Counts::default();
-    for job in jobs {
-        let rejection = capacity_rejection(&capacities, &pending, &job.queue, 1);
-        if rejection.is_none() {
-            *pending.entry(job.queue.clone()).or_default() += 1;
-            counts.add(&job.queue, job.state, 1);
-            admitted.push((*job).clone());
+        .map(|waiting| (waiting.request, waiting.reply))
+        .unzip();
+    let mut runs = 1;
+    let outcome = loop {
+        match in_transaction(&pool, &requests, work).await {
+            Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
+            other => break other.map_err(classify),
         }
-        verdicts.push(rejection);
+    };
+    match outcome {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        failed => {
+            // Every caller is told, each with its own copy.
+            let message = match failed {
+                Err(error) => error.to_string(),
+                Ok(answers) => format!(
+                    "a group of {} requests got {} answers",
+                    replies.len(),
+                    answers.len()
+                ),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
     }
-    if !admitted.is_empty() {
-        insert_jobs(conn, &admitted, &vec![0; admitted.len()]).await?;
-        counts.flush(conn).await?;
+}
+
+async fn in_transaction<T, R>(
+    pool: &PgPool,
+    requests: &[T],
+    work: GroupWork<T, R>,
+) -> Result<Vec<R>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let answers = work(&mut tx, requests).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// The job of `submission` when it may be admitted in a group.
+pub fn plain(submission: &Submission) -> Option<&NewJob> {
+    match submission.jobs.as_slice() {
+        [job]
+            if submission.batch.is_none()
+                && submission.idempotency.is_none()
+                && job.key.is_none()
+                && job.depends_on.is_empty() =>
+        {
+            Some(job)
+        }
+        _ => None,
     }
-    Ok(verdicts)
 }

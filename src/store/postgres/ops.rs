@@ -1,5 +1,5 @@
-//! The job transitions of the PostgreSQL store: claims, completions,
-//! cancellation and retries, each inside the caller's transaction.
+//! The job transitions of the PostgreSQL store: cancellation, retries and
+//! progress, each inside the caller's transaction (outcomes are in `complete.rs`).
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
@@ -10,8 +10,7 @@ use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, Progress, T
 use crate::store::plan;
 use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
 use crate::store::{
-    AttemptOutcome, BatchCancelOutcome, CancelOutcome, Completion, CompletionResult, Effects,
-    RetryOutcome, StoreError, SubmitRejection,
+    BatchCancelOutcome, CancelOutcome, Effects, RetryOutcome, StoreError, SubmitRejection,
 };
 
 /// A job row with what it was before the statement changed it.
@@ -20,14 +19,6 @@ struct MovedRow {
     #[sqlx(flatten)]
     job: JobRow,
     old_state: String,
-}
-
-/// A job row of a job that just ended, with whether any job waits on it.
-#[derive(sqlx::FromRow)]
-struct EndedRow {
-    #[sqlx(flatten)]
-    job: JobRow,
-    has_dependents: bool,
 }
 
 pub(super) async fn fetch_job(
@@ -96,101 +87,6 @@ pub(super) async fn cancel_now(
             .await?;
     }
     Ok(cancelled.into_iter().next())
-}
-
-/// Appends the JSON text `$n` to the `errors` array without re-encoding
-/// what is there (an array of compact JSON, as `to_json` writes it).
-fn append_error(param: &str) -> String {
-    format!(
-        "CASE WHEN errors = '[]' THEN '[' || {param} || ']' \
-         ELSE left(errors, -1) || ',' || {param} || ']' END"
-    )
-}
-
-/// Stores an attempt's outcome, fenced by `(id, attempt, lease_owner, state =
-/// running)`: when the job moved on (its lease was taken over), nothing
-/// changes and the result is `Fenced`.
-pub async fn complete(
-    conn: &mut PgConnection,
-    completion: &Completion,
-) -> Result<CompletionResult, StoreError> {
-    const FENCE: &str = "WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'running'";
-    const UNLEASE: &str = "lease_owner = NULL, lease_expires_at = NULL";
-    // Whether jobs wait on this one comes with the row, so a job nobody
-    // depends on ends in this one statement. Not a subquery on job_deps: that
-    // would read the snapshot taken before any wait for the row's lock, and
-    // miss the edges of a submission that held it (see `lock_dependencies`).
-    let returning = format!("RETURNING {JOB_COLUMNS}, has_dependents");
-    let at = completion.at.as_millis();
-    let (sql, text, finished_at, run_at) = match &completion.outcome {
-        AttemptOutcome::Succeeded(result) => (
-            format!(
-                "UPDATE jobs SET state = 'succeeded', result = $4, finished_at = $5, {UNLEASE} \
-                 {FENCE} {returning}"
-            ),
-            Some(to_json(result)),
-            Some(at),
-            None,
-        ),
-        AttemptOutcome::Failed { error, retry_at } => (
-            format!(
-                "UPDATE jobs SET state = CASE WHEN $5::bigint IS NULL THEN 'scheduled' \
-                 ELSE 'failed' END, finished_at = $5, run_at = coalesce($6, run_at), \
-                 error = $4, errors = {}, {UNLEASE} {FENCE} {returning}",
-                append_error("$4")
-            ),
-            Some(to_json(error)),
-            retry_at.is_none().then_some(at),
-            retry_at.map(Timestamp::as_millis),
-        ),
-        AttemptOutcome::Cancelled(error) => (
-            format!(
-                "UPDATE jobs SET state = 'cancelled', error = $4, finished_at = $5, {UNLEASE} \
-                 {FENCE} {returning}"
-            ),
-            Some(to_json(error)),
-            Some(at),
-            None,
-        ),
-        AttemptOutcome::Released => (
-            format!(
-                "UPDATE jobs SET state = 'queued', attempt = attempt - 1, started_at = NULL, \
-                 {UNLEASE} {FENCE} {returning}"
-            ),
-            None,
-            None,
-            None,
-        ),
-    };
-    let mut query = sqlx::query_as::<_, EndedRow>(AssertSqlSafe(sql))
-        .bind(completion.id.to_string())
-        .bind(i64::from(completion.attempt))
-        .bind(&completion.lease_owner);
-    if text.is_some() {
-        query = query.bind(text).bind(finished_at);
-    }
-    if matches!(completion.outcome, AttemptOutcome::Failed { .. }) {
-        query = query.bind(run_at);
-    }
-    let Some(row) = query.fetch_optional(&mut *conn).await? else {
-        return Ok(CompletionResult::Fenced);
-    };
-    let job = Job::try_from(row.job)?;
-    let mut counts = Counts::default();
-    counts.add(&job.queue, job.status, 1);
-    let mut effects = Effects::default();
-    if job.status.is_terminal() {
-        let ended = Ended {
-            dependents: row.has_dependents,
-            ..Ended::of(&job)
-        };
-        settle(conn, &mut counts, &[ended], completion.at, &mut effects).await?;
-    }
-    counts.flush(conn).await?;
-    Ok(CompletionResult::Applied {
-        job: Box::new(job),
-        effects,
-    })
 }
 
 /// One statement: fenced like a completion (by attempt and state).

@@ -1,0 +1,205 @@
+//! Attempt outcomes on PostgreSQL: each fenced by attempt and lease, so an
+//! instance whose lease was taken over cannot overwrite the new attempt's,
+//! and stored in groups (`group.rs`) so that a busy worker pool pays one
+//! commit for many jobs.
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use super::counts::Counts;
+use super::deps::{Ended, settle};
+use crate::domain::{Job, JobId, Timestamp};
+use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
+use crate::store::{AttemptOutcome, Completion, CompletionResult, Effects, StoreError};
+
+/// The fence of one completion (`$1` id, `$2` attempt, `$3` lease owner).
+const FENCE: &str = "WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'running'";
+/// What every outcome clears: the job is no longer this instance's.
+const UNLEASE: &str = "lease_owner = NULL, lease_expires_at = NULL";
+
+/// A job row of a job that just ended, with whether any job waits on it.
+#[derive(sqlx::FromRow)]
+struct EndedRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    has_dependents: bool,
+}
+/// Appends the JSON text `$n` to the `errors` array without re-encoding
+/// what is there (an array of compact JSON, as `to_json` writes it).
+fn append_error(param: &str) -> String {
+    format!(
+        "CASE WHEN errors = '[]' THEN '[' || {param} || ']' \
+         ELSE left(errors, -1) || ',' || {param} || ']' END"
+    )
+}
+
+/// Stores an attempt's outcome, fenced by `(id, attempt, lease_owner, state =
+/// running)`: when the job moved on (its lease was taken over), nothing
+/// changes and the result is `Fenced`.
+pub async fn complete(
+    conn: &mut PgConnection,
+    completion: &Completion,
+) -> Result<CompletionResult, StoreError> {
+    // Whether jobs wait on this one comes with the row, so a job nobody
+    // depends on ends in this one statement. Not a subquery on job_deps: that
+    // would read the snapshot taken before any wait for the row's lock, and
+    // miss the edges of a submission that held it (see `lock_dependencies`).
+    let returning = format!("RETURNING {JOB_COLUMNS}, has_dependents");
+    let at = completion.at.as_millis();
+    let (sql, text, finished_at, run_at) = match &completion.outcome {
+        AttemptOutcome::Succeeded(result) => (
+            format!(
+                "UPDATE jobs SET state = 'succeeded', result = $4, finished_at = $5, {UNLEASE} \
+                 {FENCE} {returning}"
+            ),
+            Some(to_json(result)),
+            Some(at),
+            None,
+        ),
+        AttemptOutcome::Failed { error, retry_at } => (
+            format!(
+                "UPDATE jobs SET state = CASE WHEN $5::bigint IS NULL THEN 'scheduled' \
+                 ELSE 'failed' END, finished_at = $5, run_at = coalesce($6, run_at), \
+                 error = $4, errors = {}, {UNLEASE} {FENCE} {returning}",
+                append_error("$4")
+            ),
+            Some(to_json(error)),
+            retry_at.is_none().then_some(at),
+            retry_at.map(Timestamp::as_millis),
+        ),
+        AttemptOutcome::Cancelled(error) => (
+            format!(
+                "UPDATE jobs SET state = 'cancelled', error = $4, finished_at = $5, {UNLEASE} \
+                 {FENCE} {returning}"
+            ),
+            Some(to_json(error)),
+            Some(at),
+            None,
+        ),
+        AttemptOutcome::Released => (
+            format!(
+                "UPDATE jobs SET state = 'queued', attempt = attempt - 1, started_at = NULL, \
+                 {UNLEASE} {FENCE} {returning}"
+            ),
+            None,
+            None,
+            None,
+        ),
+    };
+    let mut query = sqlx::query_as::<_, EndedRow>(AssertSqlSafe(sql))
+        .bind(completion.id.to_string())
+        .bind(i64::from(completion.attempt))
+        .bind(&completion.lease_owner);
+    if text.is_some() {
+        query = query.bind(text).bind(finished_at);
+    }
+    if matches!(completion.outcome, AttemptOutcome::Failed { .. }) {
+        query = query.bind(run_at);
+    }
+    let Some(row) = query.fetch_optional(&mut *conn).await? else {
+        return Ok(CompletionResult::Fenced);
+    };
+    let job = Job::try_from(row.job)?;
+    let mut counts = Counts::default();
+    counts.add(&job.queue, job.status, 1);
+    let mut effects = Effects::default();
+    if job.status.is_terminal() {
+        let ended = Ended {
+            dependents: row.has_dependents,
+            ..Ended::of(&job)
+        };
+        settle(conn, &mut counts, &[ended], completion.at, &mut effects).await?;
+    }
+    counts.flush(conn).await?;
+    Ok(CompletionResult::Applied {
+        job: Box::new(job),
+        effects,
+    })
+}
+
+/// Stores the outcomes of one group, answering each in order: the successes
+/// (nearly all of them, on a busy pool) in one statement, the rest one by
+/// one through `complete`.
+pub fn complete_group<'a>(
+    conn: &'a mut PgConnection,
+    completions: &'a [Completion],
+) -> BoxFuture<'a, Result<Vec<CompletionResult>, StoreError>> {
+    Box::pin(async move {
+        let mut answers: Vec<Option<CompletionResult>> = vec![None; completions.len()];
+        let mut counts = Counts::default();
+        let mut successes: Vec<(usize, &Completion, String)> = completions
+            .iter()
+            .enumerate()
+            .filter_map(|(index, completion)| match &completion.outcome {
+                AttemptOutcome::Succeeded(result) => Some((index, completion, to_json(result))),
+                _ => None,
+            })
+            .collect();
+        // Rows in id order, as every other multi-row write locks them.
+        successes.sort_by_key(|(_, completion, _)| completion.id);
+        if !successes.is_empty() {
+            let mut index_of: HashMap<JobId, usize> = HashMap::with_capacity(successes.len());
+            let (mut ids, mut attempts, mut owners, mut results, mut ats) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (index, completion, result) in successes {
+                index_of.insert(completion.id, index);
+                ids.push(completion.id.to_string());
+                attempts.push(i64::from(completion.attempt));
+                owners.push(completion.lease_owner.as_str());
+                results.push(result);
+                ats.push(completion.at.as_millis());
+            }
+            let sql = format!(
+                "UPDATE jobs SET state = 'succeeded', result = x.x_result, finished_at = x.x_at, \
+                 {UNLEASE} \
+                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
+                     AS x(x_id, x_attempt, x_owner, x_result, x_at) \
+                 WHERE jobs.id = x.x_id AND jobs.attempt = x.x_attempt \
+                 AND jobs.lease_owner = x.x_owner AND jobs.state = 'running' \
+                 RETURNING {JOB_COLUMNS}, has_dependents"
+            );
+            let rows: Vec<EndedRow> = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(ids)
+                .bind(attempts)
+                .bind(owners)
+                .bind(results)
+                .bind(ats)
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in rows {
+                let job = Job::try_from(row.job)?;
+                let Some(&index) = index_of.get(&job.id) else {
+                    continue;
+                };
+                let mut effects = Effects::default();
+                // Nothing follows the end of a job outside a batch that no
+                // job waits on: no statement for it.
+                if row.has_dependents || job.batch_id.is_some() {
+                    let ended = Ended {
+                        dependents: row.has_dependents,
+                        ..Ended::of(&job)
+                    };
+                    let at = completions[index].at;
+                    settle(conn, &mut counts, &[ended], at, &mut effects).await?;
+                }
+                answers[index] = Some(CompletionResult::Applied {
+                    job: Box::new(job),
+                    effects,
+                });
+            }
+        }
+        for (index, completion) in completions.iter().enumerate() {
+            if !matches!(completion.outcome, AttemptOutcome::Succeeded(_)) {
+                answers[index] = Some(complete(conn, completion).await?);
+            }
+        }
+        counts.flush(conn).await?;
+        // A success the statement did not return was fenced off.
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or(CompletionResult::Fenced))
+            .collect())
+    })
+}
