@@ -327,17 +327,7 @@ async fn batch_load(
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0u64;
             while Instant::now() < deadline {
-                let response = client
-                    .post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                let status = response.status();
-                response.bytes().await?;
-                if status != StatusCode::ACCEPTED {
-                    bail!("a batch got {status}");
-                }
+                post_batch(&client, &url, body.clone()).await?;
                 accepted += size;
             }
             anyhow::Ok(accepted)
@@ -348,6 +338,26 @@ async fn batch_load(
         accepted += task.await??;
     }
     Ok(accepted as f64 / started.elapsed().as_secs_f64())
+}
+
+/// POSTs one batch; an error unless it was accepted.
+async fn post_batch(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    let response = client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    response.bytes().await?;
+    if status != StatusCode::ACCEPTED {
+        bail!("a batch got {status}");
+    }
+    Ok(())
 }
 
 /// A bare axum server that parses the job spec exactly as the API does.
@@ -454,6 +464,55 @@ async fn submit_count(
                 post_noop(&client, &url).await?.bytes().await?;
             }
             anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Submits exactly `count` noop jobs to the `bench` queue in batches of at
+/// most `batch_size`, from `connections` tasks (spread over `addrs`).
+async fn submit_count_in_batches(
+    client: &reqwest::Client,
+    addrs: &[SocketAddr],
+    count: usize,
+    batch_size: usize,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let urls = urls(addrs, "/v1/batches")?;
+    let batch_size = batch_size.max(1);
+    let batches = count.div_ceil(batch_size);
+    let body = |size: usize| {
+        Bytes::from(format!(
+            r#"{{"jobs":[{}]}}"#,
+            vec![NOOP_JOB; size].join(",")
+        ))
+    };
+    let (full, last) = (body(batch_size), body(count - (batches - 1) * batch_size));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..connections.max(1) {
+        let (client, url, next) = (
+            client.clone(),
+            urls[task % urls.len()].clone(),
+            next.clone(),
+        );
+        let (full, last) = (full.clone(), last.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let batch = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if batch >= batches {
+                    return anyhow::Ok(());
+                }
+                let body = if batch + 1 == batches {
+                    last.clone()
+                } else {
+                    full.clone()
+                };
+                post_batch(&client, &url, body).await?;
+            }
         }));
     }
     for task in tasks {
