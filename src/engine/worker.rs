@@ -23,15 +23,6 @@ use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
 /// expiry and rescue.
 const COMPLETE_TRIES: u32 = 8;
 
-/// Shortest time between two claims that took jobs, in shared mode. A claim
-/// on PostgreSQL costs a round trip and a statement whatever it takes, and
-/// a busy pool frees its slots one by one: claiming at each freed slot made
-/// claims of a few jobs each, and the database's time went to claiming.
-/// Waiting this long lets slots gather, so a busy pool claims in bulk; an
-/// idle pool's claim is not delayed (River's `FetchCooldown`, 100 ms by
-/// default, is the same idea).
-const SHARED_CLAIM_COOLDOWN: Duration = Duration::from_millis(2);
-
 impl Engine {
     /// Claims jobs into free slots whenever woken: by a submission, a job
     /// finishing, a queue change, the promoter, or the fallback poll.
@@ -44,7 +35,6 @@ impl Engine {
                 .filter(|q| !q.config.paused && q.running < q.config.concurrency)
                 .map(|q| (q.config.name.clone(), q.config.concurrency - q.running))
                 .collect();
-            let mut claimed_any = false;
             if !wanted.is_empty() {
                 let now = Timestamp::now();
                 let lease_until = now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64);
@@ -61,7 +51,6 @@ impl Engine {
                 {
                     match result {
                         Ok(jobs) => {
-                            claimed_any |= !jobs.is_empty();
                             for job in jobs {
                                 self.start_attempt(job);
                             }
@@ -70,12 +59,6 @@ impl Engine {
                             tracing::error!(%error, queue = %queue, "claiming jobs failed");
                         }
                     }
-                }
-            }
-            if claimed_any && self.inner.shared.is_some() {
-                tokio::select! {
-                    _ = tokio::time::sleep(SHARED_CLAIM_COOLDOWN) => {}
-                    _ = stopping.cancelled() => break,
                 }
             }
             tokio::select! {

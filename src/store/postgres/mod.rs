@@ -55,21 +55,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// snapshot that shows its outcome (the key's holder, the replayed request).
 const MAX_RUNS: u32 = 3;
 
-/// Connections that claim jobs. One dispatcher per instance claims for
-/// all its queues at once, so two are plenty.
-///
-/// Their commits do not wait for the WAL flush (`synchronous_commit =
-/// off`): a claim is then visible at once and stays atomic, but a crash of
-/// the database server can lose the last fraction of a second of claims.
-/// Losing one is harmless: the job is back in its queue with its previous
-/// attempt number, so the outcome of the run that claim started is fenced
-/// off (attempt, lease and state no longer match) and the job runs again,
-/// as after any lost lease (a client may have seen it start). Everything
-/// else a client is told (admission, outcomes, cancellation) commits durably, and each such commit
-/// flushes the claims written before it. This takes a WAL flush off every
-/// claim, which the worker pools of all instances wait on.
-const CLAIM_CONNECTIONS: u32 = 2;
-
 /// Most submissions admitted in one group: one INSERT of this many rows
 /// stays short.
 const MAX_ADMISSIONS: usize = 512;
@@ -84,9 +69,6 @@ const COMPLETION_GROUPS: usize = 2;
 
 pub struct PgStore {
     pool: PgPool,
-    /// The dispatcher's connections, which commit claims without waiting
-    /// for the WAL flush (see `CLAIM_CONNECTIONS`).
-    claims: PgPool,
     bus: Arc<bus::PgBus>,
     /// Plain single-job submissions, admitted in groups.
     admissions: group::Grouper<NewJob, Result<SubmitOutcome, SubmitRejection>>,
@@ -117,10 +99,6 @@ impl PgStore {
         // start together apply each migration once, one after the other.
         MIGRATOR.run(&mut migrating).await?;
         migrating.close().await.map_err(classify_sqlx)?;
-        let claims = PgPoolOptions::new()
-            .max_connections(CLAIM_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -143,7 +121,6 @@ impl PgStore {
         );
         Ok(Self {
             pool,
-            claims,
             bus,
             admissions,
             completions,
@@ -153,7 +130,6 @@ impl PgStore {
     /// Closes every connection; later calls fail as unavailable.
     pub async fn close(&self) {
         self.bus.stop();
-        self.claims.close().await;
         self.pool.close().await;
     }
 }
@@ -323,11 +299,11 @@ impl JobStore for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        if claim::has_keyed(&self.claims, queue)
+        if claim::has_keyed(&self.pool, queue)
             .await
             .map_err(classify)?
         {
-            transaction!(self.claims, |tx| claim::claim_keyed_counted(
+            transaction!(self.pool, |tx| claim::claim_keyed_counted(
                 &mut tx,
                 queue,
                 limit,
@@ -337,7 +313,7 @@ impl JobStore for PgStore {
             )
             .await?)
         } else {
-            claim::claim_plain(&self.claims, queue, limit, owner, lease_until, now)
+            claim::claim_plain(&self.pool, queue, limit, owner, lease_until, now)
                 .await
                 .map_err(classify)
         }
