@@ -299,24 +299,15 @@ impl JobStore for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        if claim::has_keyed(&self.pool, queue)
-            .await
-            .map_err(classify)?
-        {
-            transaction!(self.pool, |tx| claim::claim_keyed_counted(
-                &mut tx,
-                queue,
-                limit,
-                owner,
-                lease_until,
-                now
-            )
-            .await?)
-        } else {
-            claim::claim_plain(&self.pool, queue, limit, owner, lease_until, now)
-                .await
-                .map_err(classify)
-        }
+        transaction!(self.pool, |tx| claim::claim(
+            &mut tx,
+            queue,
+            limit,
+            owner,
+            lease_until,
+            now
+        )
+        .await?)
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
