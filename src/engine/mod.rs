@@ -240,6 +240,9 @@ impl Engine {
 
         let events = EventHub::new(settings.event_replay);
         let shared = store.bus().map(Shared::new);
+        if shared.is_some() {
+            events.dedupe_queued();
+        }
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,

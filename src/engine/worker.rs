@@ -88,6 +88,19 @@ impl Engine {
                 },
             );
         }
+        if self.inner.shared.is_some() && job.attempt == 1 && job.run_at <= job.created_at {
+            // Admitted straight to `queued` (no delay, no dependency to wait
+            // for), so the admitting instance published `job.queued`; it may
+            // not have reached this one yet. Published again here, it comes
+            // before `job.started`; the hub keeps whichever copy is first.
+            let mut queued = job_summary(&job);
+            queued.status = JobState::Queued;
+            queued.attempt = 0;
+            queued.progress = None;
+            self.inner
+                .events
+                .publish(EventKind::Queued, Subject::Job(queued));
+        }
         self.publish(&job);
         let engine = self.clone();
         self.inner.jobs.spawn(async move {

@@ -7,12 +7,14 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use super::recent::Recent;
 use crate::domain::{
     BatchCounts, BatchId, BatchStatus, ErrorInfo, Job, JobId, JobState, Progress, Timestamp,
 };
@@ -246,7 +248,17 @@ pub type Resumption = (Vec<Arc<Event>>, Resume, broadcast::Receiver<Arc<Event>>)
 struct Ring {
     next_seq: u64,
     kept: VecDeque<Arc<Event>>,
+    /// Shared mode: the `job.queued` events recorded lately, by job and
+    /// attempt, so one reaching this hub twice is recorded once.
+    queued: Option<Recent<(JobId, u32)>>,
 }
+
+/// How long a `job.queued` is remembered for de-duplication: far longer
+/// than the bus takes to carry it.
+const QUEUED_MEMORY: Duration = Duration::from_secs(30);
+/// Most `job.queued` events remembered per generation (two are kept): about
+/// 12 MiB at most, a generation's worth at 10 000 jobs/s.
+const QUEUED_MEMORY_MAX: usize = 300_000;
 
 /// Passes events published here on to other instances (shared mode).
 pub type Relay = Box<dyn Fn(&Event) + Send + Sync>;
@@ -277,6 +289,7 @@ impl EventHub {
             ring: Arc::new(Mutex::new(Ring {
                 next_seq: 1,
                 kept: VecDeque::with_capacity(replay.min(1024)),
+                queued: None,
             })),
             sender: broadcast::channel(LIVE_BUFFER).0,
             relay: Arc::new(OnceLock::new()),
@@ -286,6 +299,18 @@ impl EventHub {
     /// Sets where events published here are also passed on (once).
     pub fn set_relay(&self, relay: Relay) {
         let _ = self.relay.set(relay);
+    }
+
+    /// Shared mode: records each job's `job.queued` once, however many
+    /// times it arrives. The instance that admits a job publishes it, but
+    /// another may claim the job before that event reaches it over the bus;
+    /// the claimant then publishes it first (see `Engine::start_attempt`),
+    /// so its streams never show `job.started` before `job.queued`, and the
+    /// copy that arrives later is dropped here.
+    pub fn dedupe_queued(&self) {
+        if let Ok(mut ring) = self.ring.lock() {
+            ring.queued = Some(Recent::new(QUEUED_MEMORY, QUEUED_MEMORY_MAX));
+        }
     }
 
     /// Streams listening here now.
@@ -325,6 +350,12 @@ impl EventHub {
         let Ok(mut ring) = self.ring.lock() else {
             return None;
         };
+        if kind == EventKind::Queued
+            && let (Some(queued), Some(job)) = (&mut ring.queued, &job)
+            && !queued.insert((job.id, job.attempt), Instant::now())
+        {
+            return None;
+        }
         let seq = ring.next_seq;
         ring.next_seq += 1;
         let event = Arc::new(Event {
@@ -412,6 +443,73 @@ mod tests {
                 finished_at: None,
             }),
         );
+    }
+
+    fn job(id: JobId, status: JobState, attempt: u32) -> JobSummary {
+        JobSummary {
+            id,
+            queue: "default".to_owned(),
+            kind: "noop".to_owned(),
+            status,
+            attempt,
+            max_attempts: 3,
+            batch_id: None,
+            progress: None,
+            result: None,
+            result_omitted: false,
+            error: None,
+        }
+    }
+
+    fn kinds(live: &mut broadcast::Receiver<Arc<Event>>) -> Vec<&'static str> {
+        std::iter::from_fn(|| live.try_recv().ok())
+            .map(|event| event.kind.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_mode_hub_records_a_jobs_queued_once_whichever_copy_comes_first() {
+        let hub = EventHub::new(100);
+        hub.dedupe_queued();
+        let mut live = hub.subscribe();
+        let id = JobId::new();
+        // The claimant's own copy first, then the admitting instance's.
+        hub.publish(
+            EventKind::Queued,
+            Subject::Job(job(id, JobState::Queued, 0)),
+        );
+        hub.publish(
+            EventKind::Started,
+            Subject::Job(job(id, JobState::Running, 1)),
+        );
+        let relayed = Event {
+            id: "1-1".to_owned(),
+            kind: EventKind::Queued,
+            at: Timestamp::now(),
+            job: Some(job(id, JobState::Queued, 0)),
+            batch: None,
+            seq: 1,
+        };
+        hub.publish_relayed(relayed.clone());
+        // A later attempt's `job.queued` is another event.
+        hub.publish(
+            EventKind::Queued,
+            Subject::Job(job(id, JobState::Queued, 1)),
+        );
+        assert_eq!(
+            kinds(&mut live),
+            ["job.queued", "job.started", "job.queued"]
+        );
+
+        // Without de-duplication (one instance) every publication counts.
+        let single = EventHub::new(100);
+        let mut live = single.subscribe();
+        single.publish(
+            EventKind::Queued,
+            Subject::Job(job(id, JobState::Queued, 0)),
+        );
+        single.publish_relayed(relayed);
+        assert_eq!(kinds(&mut live), ["job.queued", "job.queued"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `GET /v1/events` and long-polls, and signed webhooks.
 
 mod events;
+mod recent;
 mod signing;
 mod webhooks;
 
