@@ -16,10 +16,11 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use super::counts::{self, Counts};
 use super::deps::{Ended, settle};
 use super::ops::cancel_now;
-use crate::domain::{Batch, BatchCounts, BatchId, Job, JobId, NewBatch};
+use super::reads::SELECT_BATCH;
+use crate::domain::{Batch, BatchId, Job, JobId, NewBatch};
 use crate::domain::{NewJob, OnConflict};
 use crate::store::plan;
-use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, job_from_new, to_json};
+use crate::store::rows::{BatchRow, JOB_COLUMNS, JobRow, job_from_new, to_json};
 use crate::store::{
     Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
 };
@@ -287,13 +288,10 @@ async fn insert_batch(
     batch: &NewBatch,
     jobs: &[NewJob],
 ) -> Result<(), StoreError> {
-    let mut counts = BatchCounts::default();
-    for job in jobs {
-        counts.add(job.state);
-    }
+    // Only the ends are counted in the row (see `SELECT_BATCH`).
     sqlx::query(
         "INSERT INTO batches (id, tenant, total, success_threshold, success_required, metadata, \
-         callback_url, scheduled, queued, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         callback_url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(batch.id.to_string())
     .bind(&batch.tenant)
@@ -302,8 +300,6 @@ async fn insert_batch(
     .bind(batch.success_required as i64)
     .bind(to_json(&batch.metadata))
     .bind(&batch.callback_url)
-    .bind(counts.scheduled as i64)
-    .bind(counts.queued as i64)
     .bind(batch.created_at.as_millis())
     .execute(conn)
     .await?;
@@ -317,7 +313,7 @@ async fn stored_batch(
     id: BatchId,
     jobs: &[Job],
 ) -> Result<Batch, StoreError> {
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1");
+    let sql = format!("{SELECT_BATCH} WHERE id = $1");
     let row: BatchRow = sqlx::query_as(AssertSqlSafe(sql))
         .bind(id.to_string())
         .fetch_one(conn)

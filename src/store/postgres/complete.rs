@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::Counts;
-use super::deps::{Ended, settle};
-use crate::domain::{Job, JobId, Timestamp};
+use super::deps::{Ended, finished_batches, settle};
+use crate::domain::{BatchId, Job, JobId, Timestamp};
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, Effects, StoreError};
 
@@ -18,6 +18,45 @@ use crate::store::{AttemptOutcome, Completion, CompletionResult, Effects, StoreE
 const FENCE: &str = "WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'running'";
 /// What every outcome clears: the job is no longer this instance's.
 const UNLEASE: &str = "lease_owner = NULL, lease_expires_at = NULL";
+
+/// The successes of a group (`$1` ids, `$2` attempts, `$3` lease owners,
+/// `$4` results, `$5` times), each fenced like `FENCE`, in one statement.
+///
+/// Jobs of a batch are counted here, not by the `jobs_batch_counts`
+/// trigger (which skips a row whose `batch_seq` the statement sets): one
+/// update of each batch's row for the whole group instead of one per job,
+/// each job numbered in the batch's finishing order from the range the
+/// update took. Rows are locked in id order, then the batches' in id order.
+const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
+         SELECT jobs.id AS t_id, jobs.batch_id AS t_batch, x.x_result AS t_result, x.x_at AS t_at \
+         FROM jobs JOIN unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
+             AS x(x_id, x_attempt, x_owner, x_result, x_at) ON jobs.id = x.x_id \
+         WHERE jobs.attempt = x.x_attempt AND jobs.lease_owner = x.x_owner \
+         AND jobs.state = 'running' ORDER BY jobs.id FOR NO KEY UPDATE OF jobs), \
+     counted AS ( \
+         SELECT t_batch AS c_batch, count(*) AS c_n, max(t_at) AS c_at FROM target \
+         WHERE t_batch IS NOT NULL GROUP BY t_batch), \
+     locked AS MATERIALIZED ( \
+         SELECT id AS l_id FROM batches WHERE id IN (SELECT c_batch FROM counted) \
+         ORDER BY id FOR NO KEY UPDATE), \
+     bumped AS ( \
+         UPDATE batches SET succeeded = succeeded + c_n, finish_seq = finish_seq + c_n, \
+             finished_at = CASE WHEN succeeded + c_n + failed + cancelled = total \
+                 THEN coalesce(finished_at, c_at) ELSE finished_at END, \
+             status = CASE WHEN finished_at IS NULL AND succeeded + c_n + failed + cancelled = total \
+                 THEN CASE WHEN cancel_requested THEN 'cancelled' \
+                           WHEN succeeded + c_n >= success_required THEN 'succeeded' \
+                           ELSE 'failed' END \
+                 ELSE status END \
+         FROM counted, locked WHERE batches.id = c_batch AND l_id = c_batch \
+         RETURNING batches.id AS b_id, finish_seq - c_n AS b_base), \
+     numbered AS ( \
+         SELECT t_id, t_result, t_at, \
+             b_base + row_number() OVER (PARTITION BY t_batch ORDER BY t_at, t_id) AS n_seq \
+         FROM target LEFT JOIN bumped ON b_id = t_batch) \
+     UPDATE jobs SET state = 'succeeded', result = t_result, finished_at = t_at, \
+         batch_seq = n_seq, lease_owner = NULL, lease_expires_at = NULL \
+     FROM numbered WHERE jobs.id = t_id";
 
 /// A job row of a job that just ended, with whether any job waits on it.
 #[derive(sqlx::FromRow)]
@@ -151,15 +190,7 @@ pub fn complete_group<'a>(
                 results.push(result);
                 ats.push(completion.at.as_millis());
             }
-            let sql = format!(
-                "UPDATE jobs SET state = 'succeeded', result = x.x_result, finished_at = x.x_at, \
-                 {UNLEASE} \
-                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
-                     AS x(x_id, x_attempt, x_owner, x_result, x_at) \
-                 WHERE jobs.id = x.x_id AND jobs.attempt = x.x_attempt \
-                 AND jobs.lease_owner = x.x_owner AND jobs.state = 'running' \
-                 RETURNING {JOB_COLUMNS}, has_dependents"
-            );
+            let sql = format!("{SUCCEED_GROUP} RETURNING {JOB_COLUMNS}, has_dependents");
             let rows: Vec<EndedRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)
                 .bind(attempts)
@@ -168,26 +199,43 @@ pub fn complete_group<'a>(
                 .bind(ats)
                 .fetch_all(&mut *conn)
                 .await?;
+            // Batches of the jobs that ended, with the first caller of each:
+            // a batch two of them finish is reported once.
+            let mut batch_callers: Vec<(BatchId, usize)> = Vec::new();
             for row in rows {
                 let job = Job::try_from(row.job)?;
                 let Some(&index) = index_of.get(&job.id) else {
                     continue;
                 };
                 let mut effects = Effects::default();
-                // Nothing follows the end of a job outside a batch that no
-                // job waits on: no statement for it.
-                if row.has_dependents || job.batch_id.is_some() {
+                // Only a job that others wait on needs statements of its
+                // own; batches are looked at once for the whole group.
+                if row.has_dependents {
                     let ended = Ended {
-                        dependents: row.has_dependents,
+                        batch_id: None,
                         ..Ended::of(&job)
                     };
                     let at = completions[index].at;
                     settle(conn, &mut counts, &[ended], at, &mut effects).await?;
                 }
+                if let Some(batch) = job.batch_id
+                    && !batch_callers.iter().any(|(known, _)| *known == batch)
+                {
+                    batch_callers.push((batch, index));
+                }
                 answers[index] = Some(CompletionResult::Applied {
                     job: Box::new(job),
                     effects,
                 });
+            }
+            let batches = batch_callers.iter().map(|(id, _)| id.to_string()).collect();
+            for finished in finished_batches(conn, batches).await? {
+                let caller = batch_callers.iter().find(|(id, _)| *id == finished.id);
+                if let Some(Some(CompletionResult::Applied { effects, .. })) =
+                    caller.and_then(|(_, index)| answers.get_mut(*index))
+                {
+                    effects.finished_batches.push(finished);
+                }
             }
         }
         for (index, completion) in completions.iter().enumerate() {

@@ -73,8 +73,19 @@ pub async fn settle(
             }
         }
     }
+    effects
+        .finished_batches
+        .extend(finished_batches(conn, batches).await?);
+    Ok(())
+}
+
+/// Those of `batches` that are finished (as this statement sees them), each once.
+pub async fn finished_batches(
+    conn: &mut PgConnection,
+    mut batches: Vec<String>,
+) -> Result<Vec<FinishedBatch>, StoreError> {
     if batches.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     batches.sort();
     batches.dedup();
@@ -84,13 +95,15 @@ pub async fn settle(
     .bind(&batches)
     .fetch_all(conn)
     .await?;
-    for (id, tenant) in finished {
-        let id = id
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("batch id {id}: {e}")))?;
-        effects.finished_batches.push(FinishedBatch { id, tenant });
-    }
-    Ok(())
+    finished
+        .into_iter()
+        .map(|(id, tenant)| {
+            let id = id
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("batch id {id}: {e}")))?;
+            Ok(FinishedBatch { id, tenant })
+        })
+        .collect()
 }
 
 /// One dependency fewer for each job waiting on `id`; those left with none

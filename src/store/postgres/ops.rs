@@ -6,9 +6,10 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use super::admit::{active_holder, capacity_rejection, lock_dependencies, lock_queues};
 use super::counts::{self, Counts};
 use super::deps::{Ended, settle};
+use super::reads::SELECT_BATCH;
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
 use crate::store::plan;
-use crate::store::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
+use crate::store::rows::{BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
 use crate::store::{
     BatchCancelOutcome, CancelOutcome, Effects, RetryOutcome, StoreError, SubmitRejection,
 };
@@ -307,7 +308,7 @@ pub(super) async fn fetch_batch(
     conn: &mut PgConnection,
     id: BatchId,
 ) -> Result<Option<Batch>, StoreError> {
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1");
+    let sql = format!("{SELECT_BATCH} WHERE id = $1");
     let row: Option<BatchRow> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(id.to_string())
         .fetch_optional(&mut *conn)

@@ -8,10 +8,21 @@ use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, QueueConfig, QueueCounts, QueueInfo,
 };
 use crate::store::rows::{
-    BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
-    ResultRow, jobs_from_rows, parse_ids,
+    BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow,
+    jobs_from_rows, parse_ids,
 };
 use crate::store::{JobFilter, StoreError};
+
+/// A batch with its scheduled, queued and running jobs counted now: its row
+/// keeps only the ends (`migrations/postgres/0006_batch_ends.sql`). Followed
+/// by `WHERE id = …`.
+pub(super) const SELECT_BATCH: &str = "SELECT id, tenant, total, success_threshold, metadata, \
+    callback_url, status, cancel_requested, c.scheduled, c.queued, c.running, succeeded, failed, \
+    cancelled, created_at, finished_at FROM batches, LATERAL (SELECT \
+    count(*) FILTER (WHERE state = 'scheduled') AS scheduled, \
+    count(*) FILTER (WHERE state = 'queued') AS queued, \
+    count(*) FILTER (WHERE state = 'running') AS running \
+    FROM jobs WHERE jobs.batch_id = batches.id) AS c";
 
 pub async fn get_job(pool: &PgPool, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2");
@@ -115,7 +126,7 @@ pub async fn get_batch(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND tenant = $2");
+    let sql = format!("{SELECT_BATCH} WHERE id = $1 AND tenant = $2");
     let row: Option<BatchRow> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(id.to_string())
         .bind(tenant)
