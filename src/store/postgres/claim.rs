@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::counts::Counts;
+use super::counts::{COUNT_CONFLICT, COUNT_OUT, Counts, SHARD};
+use super::{MAX_RUNS, retryable};
 use crate::domain::{Job, JobState, Timestamp};
 use crate::store::StoreError;
 use crate::store::plan;
@@ -20,44 +21,29 @@ const PAGE: i64 = 500;
 const TAKE: &str = "state = 'running', attempt = attempt + 1, lease_owner = $1, \
     lease_expires_at = $2, started_at = greatest($3, run_at), progress = NULL";
 
-pub async fn claim(
-    conn: &mut PgConnection,
+/// Whether `queue` has keyed jobs waiting, which only `claim_keyed` may
+/// take. A queue without (the common case) is claimed by `claim_plain`, one
+/// statement outside any explicit transaction: one round trip, one commit.
+pub async fn has_keyed(pool: &PgPool, queue: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
+         AND concurrency_key IS NOT NULL)",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The claim of a queue with no keyed job waiting: one statement, which
+/// also takes the claimed jobs out of the queue's count.
+pub async fn claim_plain(
+    pool: &PgPool,
     queue: &str,
     limit: u32,
     owner: &str,
     lease_until: Timestamp,
     now: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    let keyed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
-         AND concurrency_key IS NOT NULL)",
-    )
-    .bind(queue)
-    .fetch_one(&mut *conn)
-    .await?;
-    let rows = if keyed {
-        claim_keyed(conn, queue, limit, owner, lease_until, now).await?
-    } else {
-        claim_plain(conn, queue, limit, owner, lease_until, now).await?
-    };
-    let mut jobs = jobs_from_rows(rows)?;
-    let mut counts = Counts::default();
-    counts.add(queue, JobState::Queued, -(jobs.len() as i64));
-    counts.flush(conn).await?;
-    // RETURNING has no order: start the best job first.
-    plan::claim_order(&mut jobs);
-    Ok(jobs)
-}
-
-/// The claim of a queue with no keyed job waiting: one statement.
-async fn claim_plain(
-    conn: &mut PgConnection,
-    queue: &str,
-    limit: u32,
-    owner: &str,
-    lease_until: Timestamp,
-    now: Timestamp,
-) -> Result<Vec<JobRow>, StoreError> {
     // SKIP LOCKED: instances claiming from one queue take different jobs
     // and never wait for each other. MATERIALIZED makes the locking
     // subquery run once, so LIMIT bounds what is claimed. `started_at` is
@@ -67,22 +53,36 @@ async fn claim_plain(
     // statement has a newer snapshot) would otherwise be taken here without
     // its key's count, and three ran under a limit of two (API test
     // `a_concurrency_limit_holds_across_instances_and_every_keyed_job_succeeds`).
+    // The count is written last, as in every transaction (see `counts.rs`).
     let sql = format!(
         "WITH picked AS MATERIALIZED ( \
              SELECT id AS picked_id FROM jobs WHERE queue = $4 AND state = 'queued' \
              AND concurrency_key IS NULL \
-             ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs SET {TAKE} FROM picked WHERE jobs.id = picked.picked_id \
-         RETURNING {JOB_COLUMNS}"
+             ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+             UPDATE jobs SET {TAKE} FROM picked WHERE jobs.id = picked.picked_id \
+             RETURNING {JOB_COLUMNS}), \
+         counted AS ( \
+             {COUNT_OUT} SELECT $4, 'queued', {SHARD}, -count(*) FROM claimed HAVING count(*) > 0 \
+             {COUNT_CONFLICT}) \
+         SELECT * FROM claimed"
     );
-    Ok(sqlx::query_as(AssertSqlSafe(sql))
-        .bind(owner)
-        .bind(lease_until.as_millis())
-        .bind(now.as_millis())
-        .bind(queue)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await?)
+    let mut runs = 1;
+    loop {
+        let claimed: Result<Vec<JobRow>, StoreError> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
+            .bind(owner)
+            .bind(lease_until.as_millis())
+            .bind(now.as_millis())
+            .bind(queue)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from);
+        match claimed {
+            Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
+            other => return claimed_in_order(other?),
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -91,6 +91,30 @@ struct Candidate {
     tenant: String,
     concurrency_key: Option<String>,
     concurrency_limit: Option<i64>,
+}
+
+/// The claim of a queue with keyed jobs waiting, counted; part of the
+/// caller's transaction.
+pub async fn claim_keyed_counted(
+    conn: &mut PgConnection,
+    queue: &str,
+    limit: u32,
+    owner: &str,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Result<Vec<Job>, StoreError> {
+    let rows = claim_keyed(conn, queue, limit, owner, lease_until, now).await?;
+    let mut counts = Counts::default();
+    counts.add(queue, JobState::Queued, -(rows.len() as i64));
+    counts.flush(conn).await?;
+    claimed_in_order(rows)
+}
+
+/// RETURNING has no order: the best job is started first.
+fn claimed_in_order(rows: Vec<JobRow>) -> Result<Vec<Job>, StoreError> {
+    let mut jobs = jobs_from_rows(rows)?;
+    plan::claim_order(&mut jobs);
+    Ok(jobs)
 }
 
 /// The claim of a queue with keyed jobs waiting: walks the queue in claim

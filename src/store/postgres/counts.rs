@@ -23,6 +23,13 @@ const ADD: &str = "INSERT INTO queue_counts (queue, state, shard, n) \
      SELECT q, s, pg_backend_pid() % 16, d FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(q, s, d) \
      ON CONFLICT (queue, state, shard) DO UPDATE SET n = queue_counts.n + excluded.n";
 
+/// The parts of `ADD` for a statement that counts what it changed itself
+/// (`COUNT_OUT SELECT queue, state, SHARD, n … COUNT_CONFLICT`).
+pub const COUNT_OUT: &str = "INSERT INTO queue_counts (queue, state, shard, n)";
+pub const SHARD: &str = "pg_backend_pid() % 16";
+pub const COUNT_CONFLICT: &str =
+    "ON CONFLICT (queue, state, shard) DO UPDATE SET n = queue_counts.n + excluded.n";
+
 #[derive(Default)]
 pub struct Counts {
     deltas: BTreeMap<(String, &'static str), i64>,

@@ -55,6 +55,24 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// snapshot that shows its outcome (the key's holder, the replayed request).
 const MAX_RUNS: u32 = 3;
 
+/// Connections that claim jobs. One dispatcher per instance claims for
+/// all its queues at once, so two are plenty.
+///
+/// Their commits do not wait for the WAL flush (`synchronous_commit =
+/// off`): a claim is then visible at once and stays atomic, but a crash of
+/// the database server can lose the last fraction of a second of claims.
+/// Losing one costs a second run, as a lost lease does: the job is back in
+/// its queue with its previous attempt number and runs again (a client may
+/// have seen it start). The first run's outcome is fenced off when another
+/// instance took the job (lease owner) or it is queued still; if this same
+/// instance claimed it again, the two runs share the attempt and the first
+/// outcome stored counts, the other finding the job no longer running.
+/// Everything else a client is told (admission, outcomes, cancellation)
+/// commits durably, and each such commit flushes the claims written before
+/// it. This takes a WAL flush off every claim, which the worker pools of
+/// all instances wait on.
+const CLAIM_CONNECTIONS: u32 = 2;
+
 /// Most submissions admitted in one group: one INSERT of this many rows
 /// stays short.
 const MAX_ADMISSIONS: usize = 512;
@@ -69,6 +87,9 @@ const COMPLETION_GROUPS: usize = 2;
 
 pub struct PgStore {
     pool: PgPool,
+    /// The dispatcher's connections, which commit claims without waiting
+    /// for the WAL flush (see `CLAIM_CONNECTIONS`).
+    claims: PgPool,
     bus: Arc<bus::PgBus>,
     /// Plain single-job submissions, admitted in groups.
     admissions: group::Grouper<NewJob, Result<SubmitOutcome, SubmitRejection>>,
@@ -99,6 +120,10 @@ impl PgStore {
         // start together apply each migration once, one after the other.
         MIGRATOR.run(&mut migrating).await?;
         migrating.close().await.map_err(classify_sqlx)?;
+        let claims = PgPoolOptions::new()
+            .max_connections(CLAIM_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -121,6 +146,7 @@ impl PgStore {
         );
         Ok(Self {
             pool,
+            claims,
             bus,
             admissions,
             completions,
@@ -130,6 +156,7 @@ impl PgStore {
     /// Closes every connection; later calls fail as unavailable.
     pub async fn close(&self) {
         self.bus.stop();
+        self.claims.close().await;
         self.pool.close().await;
     }
 }
@@ -299,15 +326,24 @@ impl JobStore for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        transaction!(self.pool, |tx| claim::claim(
-            &mut tx,
-            queue,
-            limit,
-            owner,
-            lease_until,
-            now
-        )
-        .await?)
+        if claim::has_keyed(&self.claims, queue)
+            .await
+            .map_err(classify)?
+        {
+            transaction!(self.claims, |tx| claim::claim_keyed_counted(
+                &mut tx,
+                queue,
+                limit,
+                owner,
+                lease_until,
+                now
+            )
+            .await?)
+        } else {
+            claim::claim_plain(&self.claims, queue, limit, owner, lease_until, now)
+                .await
+                .map_err(classify)
+        }
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
