@@ -84,9 +84,11 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
     let first = engines.first().context("no instance started")?;
 
     // Submissions alone, with the queue paused (as in embedded mode).
+    // `--batches-only` skips the one-by-one figures (reported as 0).
+    let single_rounds = if args.batches_only { 0 } else { args.rounds };
     first.put_queue("bench", &queue(true)).await?;
     let mut posts = Vec::new();
-    for _ in 0..args.rounds {
+    for _ in 0..single_rounds {
         posts.push(post_load(&client, &addrs, "/v1/jobs", args).await?);
     }
     first.put_queue("bench", &queue(false)).await?;
@@ -94,7 +96,7 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
 
     // End to end: every job submitted, claimed, run and stored as succeeded.
     let mut e2e = Vec::new();
-    for _ in 0..args.rounds {
+    for _ in 0..single_rounds {
         let started = Instant::now();
         submit_count(&client, &addrs, args.jobs, args.connections).await?;
         wait_until_idle(first).await?;
