@@ -256,8 +256,8 @@ struct Ring {
 /// How long a `job.queued` is remembered for de-duplication: far longer
 /// than the bus takes to carry it.
 const QUEUED_MEMORY: Duration = Duration::from_secs(30);
-/// Most `job.queued` events remembered per generation (two are kept): about
-/// 12 MiB at most, a generation's worth at 10 000 jobs/s.
+/// Most `job.queued` events remembered per generation (two are kept, about
+/// 30 bytes each: under 20 MiB), half a minute's worth at 10 000 jobs/s.
 const QUEUED_MEMORY_MAX: usize = 300_000;
 
 /// Passes events published here on to other instances (shared mode).

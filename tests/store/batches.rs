@@ -162,6 +162,43 @@ pub async fn batch_counts_follow_every_transition_and_the_last_job_decides_the_s
     assert_eq!(batch(&store, strict).await.status, BatchStatus::Failed);
 }
 
+pub async fn a_batch_whose_jobs_succeed_together_finishes_once_with_each_result_numbered_once(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let (id, jobs) = submit_batch(&store, &vec![json!({}); 40], 0.5).await;
+    assert_eq!(claim_all(&store).await.len(), 40);
+    // All at once: a backend may store them in one group or a few.
+    let finished = futures::future::join_all(
+        jobs.iter()
+            .enumerate()
+            .map(|(n, job)| finish(&store, *job, succeed(n as i64))),
+    )
+    .await;
+    let reports: Vec<BatchId> = finished
+        .into_iter()
+        .flat_map(|(state, effects)| {
+            assert_eq!(state, JobState::Succeeded);
+            effects.finished_batches.into_iter().map(|batch| batch.id)
+        })
+        .collect();
+    assert_eq!(reports, [id], "the batch's end is reported once");
+    let done = batch(&store, id).await;
+    assert_eq!(done.status, BatchStatus::Succeeded);
+    assert_eq!((done.counts.succeeded, done.counts.running), (40, 0));
+    let results = store.batch_results(id, 0, 100).await.expect("results");
+    let mut seqs: Vec<u64> = results.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=40).collect::<Vec<u64>>(),
+        "numbered 1..=40, each once"
+    );
+    let mut indexes: Vec<u32> = results.iter().map(|r| r.index).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..40).collect::<Vec<u32>>());
+}
+
 pub async fn results_come_in_finishing_order_after_a_cursor(store: Arc<dyn JobStore>) {
     with_queues(&store, &[("default", 100)]).await;
     let (id, jobs) = submit_batch(&store, &vec![json!({}); 3], 1.0).await;
