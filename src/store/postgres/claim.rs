@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::counts::{COUNT_CONFLICT, COUNT_OUT, Counts, SHARD};
-use super::{MAX_RUNS, retryable};
+use super::counts::{COUNT_CONFLICT, COUNT_INTO, Counts, SHARD};
 use crate::domain::{Job, JobState, Timestamp};
 use crate::store::StoreError;
 use crate::store::plan;
@@ -63,26 +62,19 @@ pub async fn claim_plain(
              UPDATE jobs SET {TAKE} FROM picked WHERE jobs.id = picked.picked_id \
              RETURNING {JOB_COLUMNS}), \
          counted AS ( \
-             {COUNT_OUT} SELECT $4, 'queued', {SHARD}, -count(*) FROM claimed HAVING count(*) > 0 \
+             {COUNT_INTO} SELECT $4, 'queued', {SHARD}, -count(*) FROM claimed HAVING count(*) > 0 \
              {COUNT_CONFLICT}) \
          SELECT * FROM claimed"
     );
-    let mut runs = 1;
-    loop {
-        let claimed: Result<Vec<JobRow>, StoreError> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
-            .bind(owner)
-            .bind(lease_until.as_millis())
-            .bind(now.as_millis())
-            .bind(queue)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-            .map_err(StoreError::from);
-        match claimed {
-            Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
-            other => return claimed_in_order(other?),
-        }
-    }
+    let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(owner)
+        .bind(lease_until.as_millis())
+        .bind(now.as_millis())
+        .bind(queue)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+    claimed_in_order(rows)
 }
 
 #[derive(sqlx::FromRow)]

@@ -10,25 +10,31 @@
 //! `migrations/postgres/0001_init.sql`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
-use sqlx::PgConnection;
+use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::domain::JobState;
 use crate::store::StoreError;
 
-/// Adds `$1` queues, `$2` states and `$3` amounts to this connection's shard,
-/// one of 16: more than the connections that write to one queue at once
-/// in most deployments, few enough that a count sums a handful of rows.
-const ADD: &str = "INSERT INTO queue_counts (queue, state, shard, n) \
-     SELECT q, s, pg_backend_pid() % 16, d FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(q, s, d) \
-     ON CONFLICT (queue, state, shard) DO UPDATE SET n = queue_counts.n + excluded.n";
-
-/// The parts of `ADD` for a statement that counts what it changed itself
-/// (`COUNT_OUT SELECT queue, state, SHARD, n … COUNT_CONFLICT`).
-pub const COUNT_OUT: &str = "INSERT INTO queue_counts (queue, state, shard, n)";
+/// The start of a statement adding to the counts (`COUNT_INTO SELECT queue,
+/// state, SHARD, n … COUNT_CONFLICT`), whether from `Counts` or from a
+/// statement that counts what it changed itself (a plain claim).
+pub const COUNT_INTO: &str = "INSERT INTO queue_counts (queue, state, shard, n)";
+/// This connection's shard, one of 16: more than the connections that write
+/// to one queue at once in most deployments, few enough that a count sums a
+/// handful of rows.
 pub const SHARD: &str = "pg_backend_pid() % 16";
 pub const COUNT_CONFLICT: &str =
     "ON CONFLICT (queue, state, shard) DO UPDATE SET n = queue_counts.n + excluded.n";
+
+/// Adds `$1` queues, `$2` states and `$3` amounts to this connection's shard.
+static ADD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{COUNT_INTO} SELECT q, s, {SHARD}, d \
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(q, s, d) {COUNT_CONFLICT}"
+    )
+});
 
 #[derive(Default)]
 pub struct Counts {
@@ -68,7 +74,7 @@ impl Counts {
         if queues.is_empty() {
             return Ok(());
         }
-        sqlx::query(ADD)
+        sqlx::query(AssertSqlSafe(ADD.as_str()))
             .bind(queues)
             .bind(states)
             .bind(amounts)

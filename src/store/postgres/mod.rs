@@ -200,34 +200,41 @@ fn classify_sqlx(error: sqlx::Error) -> StoreError {
     }
 }
 
-/// Runs `$body` (which uses the transaction `$tx`) in a new transaction and
-/// commits it, or rolls it back when `$keep` says the outcome must not be
-/// kept; runs it again on a retryable failure (see `MAX_RUNS`). Evaluates to
-/// the body's value, with connection failures as `Unavailable`.
-macro_rules! transaction {
-    ($pool:expr, |$tx:ident| $body:expr) => {
-        transaction!($pool, |$tx| $body, |_outcome| true)
-    };
-    ($pool:expr, |$tx:ident| $body:expr, |$outcome:ident| $keep:expr) => {{
+/// Awaits the future `$run` makes, and makes and awaits it again on a
+/// retryable failure (see `MAX_RUNS`). Evaluates to its value, with
+/// connection failures as `Unavailable`.
+macro_rules! retrying {
+    ($run:expr) => {{
         let mut runs = 1;
         loop {
-            let result: Result<_, StoreError> = async {
-                let mut $tx = $pool.begin().await?;
-                let $outcome = $body;
-                if $keep {
-                    $tx.commit().await?;
-                } else {
-                    $tx.rollback().await?;
-                }
-                Ok($outcome)
-            }
-            .await;
+            let result: Result<_, StoreError> = $run.await;
             match result {
                 Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
                 other => break other.map_err(classify),
             }
         }
     }};
+}
+
+/// Runs `$body` (which uses the transaction `$tx`) in a new transaction and
+/// commits it, or rolls it back when `$keep` says the outcome must not be
+/// kept; runs it again on a retryable failure (`retrying!`).
+macro_rules! transaction {
+    ($pool:expr, |$tx:ident| $body:expr) => {
+        transaction!($pool, |$tx| $body, |_outcome| true)
+    };
+    ($pool:expr, |$tx:ident| $body:expr, |$outcome:ident| $keep:expr) => {
+        retrying!(async {
+            let mut $tx = $pool.begin().await?;
+            let $outcome = $body;
+            if $keep {
+                $tx.commit().await?;
+            } else {
+                $tx.rollback().await?;
+            }
+            Ok($outcome)
+        })
+    };
 }
 
 #[async_trait]
@@ -340,9 +347,14 @@ impl JobStore for PgStore {
             )
             .await?)
         } else {
-            claim::claim_plain(&self.claims, queue, limit, owner, lease_until, now)
-                .await
-                .map_err(classify)
+            retrying!(claim::claim_plain(
+                &self.claims,
+                queue,
+                limit,
+                owner,
+                lease_until,
+                now
+            ))
         }
     }
 
