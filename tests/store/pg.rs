@@ -201,6 +201,53 @@ async fn concurrent_submissions_from_two_instances_never_exceed_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_jobs_racing_for_the_last_places_from_two_instances_leave_no_refused_job_behind() {
+    let Some((a, b, _schema)) = two_instances().await else {
+        return;
+    };
+    with_queues(&a, &[("small", 100)]).await;
+    // 60 single jobs through each instance at once: each instance admits
+    // them in groups, each of which fits on its own, so groups of both
+    // glance at an (almost) empty queue, insert everything and only then
+    // find, under the queue's lock, that the other took places; what no
+    // longer fits must be taken out again.
+    let submissions = (0..120).map(|n| {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            let outcome = store
+                .submit(Submission {
+                    tenant: TENANT_DEFAULT.into(),
+                    jobs: vec![job("small", json!({}), at(n))],
+                    batch: None,
+                    idempotency: None,
+                })
+                .await
+                .expect("storage works");
+            match outcome {
+                Ok(SubmitOutcome::Created { jobs, .. }) => Some(jobs[0].id),
+                Err(SubmitRejection::QueueFull { .. }) => None,
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let admitted: HashSet<JobId> = futures::future::join_all(submissions)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(admitted.len(), 100, "exactly the capacity is admitted");
+    let queue = b.get_queue("small").await.unwrap().unwrap();
+    assert_eq!(queue.counts.queued, 100, "counted as admitted");
+    // Every queued row, whatever the counts say: a claim takes them all.
+    let claimed = b
+        .claim("small", 1_000, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    let stored: HashSet<JobId> = claimed.iter().map(|job| job.id).collect();
+    assert_eq!(stored, admitted, "the stored jobs are the admitted ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_submitted_from_two_instances_at_once_has_one_holder_and_one_conflict() {
     let Some((a, b, _schema)) = two_instances().await else {
         return;

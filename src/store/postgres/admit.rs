@@ -4,13 +4,17 @@
 //! Capacity holds across instances because admission to a queue is
 //! serialised on the queue's row (`FOR UPDATE`, taken in name order so that
 //! submissions spanning several queues cannot deadlock): the pending count a
-//! submitter reads includes every earlier admission. Keys and idempotency
-//! keys are settled by their unique indexes: a submitter that loses a race
-//! fails with 23505 and the store runs it again (`transaction!`).
+//! submitter reads after the lock is granted includes every earlier
+//! admission. The lock is taken last, once everything else is written, so
+//! that it is held only for the count and the commit (admissions of several
+//! instances to one queue take turns on it); a glance at the counts before
+//! anything is written refuses a submission to a full queue without writing
+//! rows that would be rolled back. Keys and idempotency keys are settled by
+//! their unique indexes: a submitter that loses a race fails with 23505 and
+//! the store runs it again (`transaction!`), which then sees the winner.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::{self, Counts};
@@ -20,7 +24,7 @@ use super::reads::SELECT_BATCH;
 use crate::domain::{Batch, BatchId, Job, JobId, NewBatch};
 use crate::domain::{NewJob, OnConflict};
 use crate::store::plan;
-use crate::store::rows::{BatchRow, JOB_COLUMNS, JobRow, job_from_new, to_json};
+use crate::store::rows::{BatchRow, JOB_COLUMNS, JobRow, to_json};
 use crate::store::{
     Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
 };
@@ -32,15 +36,8 @@ pub async fn submit(
     submission: &Submission,
 ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
     let tenant = submission.tenant.as_str();
-    let mut requested: BTreeMap<&str, u64> = BTreeMap::new();
-    for job in &submission.jobs {
-        *requested.entry(job.queue.as_str()).or_default() += 1;
-    }
+    let requested = per_queue(&submission.jobs);
     let names: Vec<String> = requested.keys().map(|name| (*name).to_owned()).collect();
-    // First the locks, then every read: a concurrent submission to the same
-    // queues has committed by the time they are granted, so the idempotency
-    // key, the counts and the keys below all show what it stored.
-    let capacities = lock_queues(conn, &names).await?;
 
     if let Some(idempotency) = &submission.idempotency {
         let seen: Option<(String, i64, String)> = sqlx::query_as(
@@ -63,11 +60,11 @@ pub async fn submit(
         }
     }
 
-    let pending = counts::pending(conn, &names).await?;
-    for (queue, count) in &requested {
-        if let Some(rejection) = capacity_rejection(&capacities, &pending, queue, *count) {
-            return Ok(Err(rejection));
-        }
+    // A glance first, without the locks: a full queue refuses here, before
+    // any row is written (clients that meet 429 tend to come back at once).
+    let (capacities, pending) = glance(conn, &names).await?;
+    if let Some(rejection) = overflow(&requested, &capacities, &pending) {
+        return Ok(Err(rejection));
     }
 
     let mut counts = Counts::default();
@@ -167,12 +164,39 @@ pub async fn submit(
         .execute(&mut *conn)
         .await?;
     }
+    // The capacity check that counts, last (see the module's comment): the
+    // queues' row locks are held from here to the commit only.
+    let capacities = lock_queues(conn, &names).await?;
+    let pending = counts::pending(conn, &names).await?;
+    if let Some(rejection) = overflow(&requested, &capacities, &pending) {
+        return Ok(Err(rejection));
+    }
     counts.flush(conn).await?;
     Ok(Ok(SubmitOutcome::Created {
         jobs,
         batch,
         effects,
     }))
+}
+
+/// How many of `jobs` go to each queue, by queue name (sorted).
+pub(super) fn per_queue(jobs: &[NewJob]) -> BTreeMap<&str, u64> {
+    let mut requested: BTreeMap<&str, u64> = BTreeMap::new();
+    for job in jobs {
+        *requested.entry(job.queue.as_str()).or_default() += 1;
+    }
+    requested
+}
+
+/// The refusal of the first queue that `requested` jobs would overflow.
+pub(super) fn overflow(
+    requested: &BTreeMap<&str, u64>,
+    capacities: &HashMap<String, i64>,
+    pending: &HashMap<String, i64>,
+) -> Option<SubmitRejection> {
+    requested
+        .iter()
+        .find_map(|(queue, count)| capacity_rejection(capacities, pending, queue, *count))
 }
 
 /// Locks the rows of `names` (sorted), returning their capacities; a name
@@ -392,43 +416,26 @@ pub async fn insert_jobs(
     Ok(())
 }
 
-/// Admits plain single-job submissions (see `group.rs`) in order: each is
-/// stored, or refused because its queue is full, as if they came one by one.
-pub fn admit_plain<'a>(
-    conn: &'a mut PgConnection,
-    jobs: &'a [NewJob],
-) -> BoxFuture<'a, Result<Vec<Result<SubmitOutcome, SubmitRejection>>, StoreError>> {
-    Box::pin(async move {
-        let names: Vec<String> = jobs
-            .iter()
-            .map(|job| job.queue.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let capacities = lock_queues(conn, &names).await?;
-        let mut pending: HashMap<String, i64> = counts::pending(conn, &names).await?;
-        let mut verdicts = Vec::with_capacity(jobs.len());
-        let mut admitted: Vec<NewJob> = Vec::with_capacity(jobs.len());
-        let mut counts = Counts::default();
-        for job in jobs {
-            match capacity_rejection(&capacities, &pending, &job.queue, 1) {
-                None => {
-                    *pending.entry(job.queue.clone()).or_default() += 1;
-                    counts.add(&job.queue, job.state, 1);
-                    admitted.push(job.clone());
-                    verdicts.push(Ok(SubmitOutcome::Created {
-                        jobs: vec![job_from_new(job.clone())],
-                        batch: None,
-                        effects: Effects::default(),
-                    }));
-                }
-                Some(rejection) => verdicts.push(Err(rejection)),
-            }
-        }
-        if !admitted.is_empty() {
-            insert_jobs(conn, &admitted, &vec![0; admitted.len()]).await?;
-            counts.flush(conn).await?;
-        }
-        Ok(verdicts)
-    })
+/// The capacity and pending count of each of `queues` as committed now,
+/// without their locks: enough to refuse (the queue was full at this
+/// moment), not to admit.
+pub(super) async fn glance(
+    conn: &mut PgConnection,
+    queues: &[String],
+) -> Result<(HashMap<String, i64>, HashMap<String, i64>), StoreError> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT name, capacity, coalesce((SELECT sum(n) FROM queue_counts \
+             WHERE queue_counts.queue = queues.name), 0)::bigint \
+         FROM queues WHERE name = ANY($1)",
+    )
+    .bind(queues)
+    .fetch_all(conn)
+    .await?;
+    let capacities = rows
+        .iter()
+        .map(|(name, capacity, _)| (name.clone(), *capacity));
+    let pending = rows
+        .iter()
+        .map(|(name, _, pending)| (name.clone(), *pending));
+    Ok((capacities.collect(), pending.collect()))
 }

@@ -16,6 +16,7 @@ mod deps;
 mod group;
 mod maintenance;
 mod ops;
+mod plain;
 mod reads;
 mod webhooks;
 
@@ -137,7 +138,7 @@ impl PgStore {
             .await
             .map_err(classify_sqlx)?;
         let bus = bus::PgBus::start(pool.clone(), bus::channel_for(&schema)).await?;
-        let admissions = group::Grouper::start(pool.clone(), MAX_ADMISSIONS, 1, admit::admit_plain);
+        let admissions = group::Grouper::start(pool.clone(), MAX_ADMISSIONS, 1, plain::admit_plain);
         let completions = group::Grouper::start(
             pool.clone(),
             MAX_COMPLETIONS,
