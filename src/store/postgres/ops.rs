@@ -148,15 +148,10 @@ pub async fn retry(
     id: JobId,
     at: Timestamp,
 ) -> Result<RetryOutcome, StoreError> {
-    let Some(job) = fetch_job(conn, id, "")
+    let Some(job) = fetch_job(conn, id, "FOR UPDATE")
         .await?
         .filter(|job| job.tenant == tenant)
     else {
-        return Ok(RetryOutcome::NotFound);
-    };
-    // The queue's lock first, as every admission takes it, then the job's.
-    let capacities = lock_queues(conn, std::slice::from_ref(&job.queue)).await?;
-    let Some(job) = fetch_job(conn, id, "FOR UPDATE").await? else {
         return Ok(RetryOutcome::NotFound);
     };
     if !matches!(job.status, JobState::Failed | JobState::Cancelled) {
@@ -192,6 +187,9 @@ pub async fn retry(
             }
         }
     }
+    // The queue's lock last, as admissions take it (after any job's), so
+    // the two never wait for each other in opposite orders.
+    let capacities = lock_queues(conn, std::slice::from_ref(&job.queue)).await?;
     let pending_counts = counts::pending(conn, std::slice::from_ref(&job.queue)).await?;
     if let Some(rejection) = capacity_rejection(&capacities, &pending_counts, &job.queue, 1) {
         return Ok(RetryOutcome::Rejected(rejection));

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::admit::{capacity_rejection, glance, insert_jobs, lock_queues, overflow, per_queue};
+use super::admit::{capacity_rejection, insert_jobs, lock_queues, per_queue};
 use super::counts::{self, Counts};
 use crate::domain::NewJob;
 use crate::store::rows::job_from_new;
@@ -16,8 +16,8 @@ use crate::store::{Effects, StoreError, SubmitOutcome, SubmitRejection};
 /// Admits plain single-job submissions (see `group.rs`) in order: each is
 /// stored, or refused because its queue is full, as if they came one by one.
 ///
-/// When a glance at the counts shows room for all of them (the common
-/// case), every job is inserted before the queues are locked, so the locks
+/// When the counts show room for all of them (the common case; checked by
+/// the insert itself), every job is inserted before the queues are locked, so the locks
 /// are held only for the count and the commit, and a job that no longer
 /// fits once they are granted is deleted again. Otherwise the locks come
 /// first and only the jobs that fit are inserted.
@@ -28,11 +28,8 @@ pub fn admit_plain<'a>(
     Box::pin(async move {
         let requested = per_queue(jobs);
         let names: Vec<String> = requested.keys().map(|name| (*name).to_owned()).collect();
-        let (capacities, pending) = glance(conn, &names).await?;
-        let optimistic = overflow(&requested, &capacities, &pending).is_none();
-        if optimistic {
-            insert_jobs(conn, jobs, &vec![0; jobs.len()]).await?;
-        }
+        let zeros = vec![0; jobs.len()];
+        let optimistic = insert_jobs(conn, jobs, &zeros, Some(&requested)).await? > 0;
         let capacities = lock_queues(conn, &names).await?;
         let pending = counts::pending(conn, &names).await?;
         let verdict = judge(jobs, &capacities, pending);
@@ -49,7 +46,7 @@ pub fn admit_plain<'a>(
         }
         if !optimistic && !verdict.admitted.is_empty() {
             let admitted: Vec<NewJob> = verdict.admitted.iter().map(|&job| job.clone()).collect();
-            insert_jobs(conn, &admitted, &vec![0; admitted.len()]).await?;
+            insert_jobs(conn, &admitted, &zeros[..admitted.len()], None).await?;
         }
         verdict.counts.flush(conn).await?;
         Ok(verdict.verdicts)
