@@ -9,10 +9,12 @@ use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::Counts;
-use super::deps::{Ended, finished_batches, settle};
+use super::deps::{Ended, settle};
 use crate::domain::{BatchId, Job, JobId, Timestamp};
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::store::{AttemptOutcome, Completion, CompletionResult, Effects, StoreError};
+use crate::store::{
+    AttemptOutcome, Completion, CompletionResult, Effects, FinishedBatch, StoreError,
+};
 
 /// The fence of one completion (`$1` id, `$2` attempt, `$3` lease owner).
 const FENCE: &str = "WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'running'";
@@ -27,6 +29,9 @@ const UNLEASE: &str = "lease_owner = NULL, lease_expires_at = NULL";
 /// update of each batch's row for the whole group instead of one per job,
 /// each job numbered in the batch's finishing order from the range the
 /// update took. Rows are locked in id order, then the batches' in id order.
+/// Each row comes back with whether the statement finished its batch
+/// (`batch_ended`), so the batch locks are held for no further round trip
+/// before the commit.
 const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
          SELECT jobs.id AS t_id, jobs.batch_id AS t_batch, x.x_result AS t_result, x.x_at AS t_at \
          FROM jobs JOIN unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
@@ -37,8 +42,8 @@ const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
          SELECT t_batch AS c_batch, count(*) AS c_n, max(t_at) AS c_at FROM target \
          WHERE t_batch IS NOT NULL GROUP BY t_batch), \
      locked AS MATERIALIZED ( \
-         SELECT id AS l_id FROM batches WHERE id IN (SELECT c_batch FROM counted) \
-         ORDER BY id FOR NO KEY UPDATE), \
+         SELECT id AS l_id, finished_at AS l_finished_at FROM batches \
+         WHERE id IN (SELECT c_batch FROM counted) ORDER BY id FOR NO KEY UPDATE), \
      bumped AS ( \
          UPDATE batches SET succeeded = succeeded + c_n, finish_seq = finish_seq + c_n, \
              finished_at = CASE WHEN succeeded + c_n + failed + cancelled = total \
@@ -49,9 +54,10 @@ const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
                            ELSE 'failed' END \
                  ELSE status END \
          FROM counted, locked WHERE batches.id = c_batch AND l_id = c_batch \
-         RETURNING batches.id AS b_id, finish_seq - c_n AS b_base), \
+         RETURNING batches.id AS b_id, finish_seq - c_n AS b_base, \
+             l_finished_at IS NULL AND batches.finished_at IS NOT NULL AS b_ended), \
      numbered AS ( \
-         SELECT t_id, t_result, t_at, \
+         SELECT t_id, t_result, t_at, b_ended, \
              b_base + row_number() OVER (PARTITION BY t_batch ORDER BY t_at, t_id) AS n_seq \
          FROM target LEFT JOIN bumped ON b_id = t_batch) \
      UPDATE jobs SET state = 'succeeded', result = t_result, finished_at = t_at, \
@@ -65,6 +71,15 @@ struct EndedRow {
     job: JobRow,
     has_dependents: bool,
 }
+/// A row of `SUCCEED_GROUP`: whether the statement finished the job's
+/// batch (NULL without a batch).
+#[derive(sqlx::FromRow)]
+struct SucceededRow {
+    #[sqlx(flatten)]
+    row: EndedRow,
+    batch_ended: Option<bool>,
+}
+
 /// Appends the JSON text `$n` to the `errors` array without re-encoding
 /// what is there (an array of compact JSON, as `to_json` writes it).
 fn append_error(param: &str) -> String {
@@ -190,8 +205,10 @@ pub fn complete_group<'a>(
                 results.push(result);
                 ats.push(completion.at.as_millis());
             }
-            let sql = format!("{SUCCEED_GROUP} RETURNING {JOB_COLUMNS}, has_dependents");
-            let rows: Vec<EndedRow> = sqlx::query_as(AssertSqlSafe(sql))
+            let sql = format!(
+                "{SUCCEED_GROUP} RETURNING {JOB_COLUMNS}, has_dependents, b_ended AS batch_ended"
+            );
+            let rows: Vec<SucceededRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)
                 .bind(attempts)
                 .bind(owners)
@@ -199,10 +216,10 @@ pub fn complete_group<'a>(
                 .bind(ats)
                 .fetch_all(&mut *conn)
                 .await?;
-            // Batches of the jobs that ended, with the first caller of each:
-            // a batch two of them finish is reported once.
-            let mut batch_callers: Vec<(BatchId, usize)> = Vec::new();
-            for row in rows {
+            // Batches the statement finished, each reported to the first of
+            // its jobs' callers only.
+            let mut reported: Vec<BatchId> = Vec::new();
+            for SucceededRow { row, batch_ended } in rows {
                 let job = Job::try_from(row.job)?;
                 let Some(&index) = index_of.get(&job.id) else {
                     continue;
@@ -219,23 +236,19 @@ pub fn complete_group<'a>(
                     settle(conn, &mut counts, &[ended], at, &mut effects).await?;
                 }
                 if let Some(batch) = job.batch_id
-                    && !batch_callers.iter().any(|(known, _)| *known == batch)
+                    && batch_ended == Some(true)
+                    && !reported.contains(&batch)
                 {
-                    batch_callers.push((batch, index));
+                    reported.push(batch);
+                    effects.finished_batches.push(FinishedBatch {
+                        id: batch,
+                        tenant: job.tenant.clone(),
+                    });
                 }
                 answers[index] = Some(CompletionResult::Applied {
                     job: Box::new(job),
                     effects,
                 });
-            }
-            let batches = batch_callers.iter().map(|(id, _)| id.to_string()).collect();
-            for finished in finished_batches(conn, batches).await? {
-                let caller = batch_callers.iter().find(|(id, _)| *id == finished.id);
-                if let Some(Some(CompletionResult::Applied { effects, .. })) =
-                    caller.and_then(|(_, index)| answers.get_mut(*index))
-                {
-                    effects.finished_batches.push(finished);
-                }
             }
         }
         for (index, completion) in completions.iter().enumerate() {
