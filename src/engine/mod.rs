@@ -509,6 +509,17 @@ impl Engine {
             self.publish(job);
             return;
         }
+        // Admitted straight to `queued` (the case a claimant on another
+        // instance may announce first, see `start_attempt`): marked, so each
+        // hub records it once. A retried job's `run_at` is after its
+        // creation.
+        if job.status == crate::domain::JobState::Queued
+            && job.attempt == 0
+            && job.run_at <= job.created_at
+        {
+            self.inner.events.publish_admission(job_summary(job));
+            return;
+        }
         self.inner.events.publish(
             EventKind::for_stored(job.status),
             Subject::Job(job_summary(job)),

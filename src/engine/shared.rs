@@ -39,8 +39,13 @@ enum Signal {
     /// The sender has event streams or long-polls open until `until_ms`:
     /// relay events to it until then.
     Listening { until_ms: i64 },
-    /// An event published on another instance.
-    Event { event: Box<Event> },
+    /// An event published on another instance; `admission` is the event's
+    /// own flag (see `EventHub::dedupe_queued`), which its JSON leaves out.
+    Event {
+        event: Box<Event>,
+        #[serde(default)]
+        admission: bool,
+    },
 }
 
 /// `Signal::Event` as sent, borrowing the event rather than copying it.
@@ -48,6 +53,8 @@ enum Signal {
 #[serde(tag = "t", rename = "event")]
 struct RelayedEvent<'a> {
     event: &'a Event,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    admission: bool,
 }
 
 /// This instance's end of the bus.
@@ -80,7 +87,11 @@ impl Shared {
         if Timestamp::now().as_millis() >= self.others_listen_until_ms.load(Ordering::Acquire) {
             return;
         }
-        let mut message = serde_json::to_string(&RelayedEvent { event }).unwrap_or_default();
+        let mut message = serde_json::to_string(&RelayedEvent {
+            event,
+            admission: event.admission,
+        })
+        .unwrap_or_default();
         if message.len() > MAX_BUS_MESSAGE && event.job.as_ref().is_some_and(|j| j.result.is_some())
         {
             // The bus carries less than an event may hold: the receiver's
@@ -90,7 +101,11 @@ impl Shared {
                 job.result = None;
                 job.result_omitted = true;
             }
-            message = serde_json::to_string(&RelayedEvent { event: &smaller }).unwrap_or_default();
+            message = serde_json::to_string(&RelayedEvent {
+                event: &smaller,
+                admission: event.admission,
+            })
+            .unwrap_or_default();
         }
         if message.is_empty() || message.len() > MAX_BUS_MESSAGE {
             tracing::debug!(event_id = %event.id, "event too large for the bus; not relayed");
@@ -217,7 +232,11 @@ impl Engine {
                         .fetch_max(until_ms, Ordering::AcqRel);
                 }
             }
-            Signal::Event { event } => {
+            Signal::Event {
+                mut event,
+                admission,
+            } => {
+                event.admission = admission;
                 // Long-polls held here wait on ends stored elsewhere too.
                 match (event.kind, &event.job, &event.batch) {
                     (

@@ -97,9 +97,7 @@ impl Engine {
             queued.status = JobState::Queued;
             queued.attempt = 0;
             queued.progress = None;
-            self.inner
-                .events
-                .publish(EventKind::Queued, Subject::Job(queued));
+            self.inner.events.publish_admission(queued);
         }
         self.publish(&job);
         let engine = self.clone();

@@ -200,6 +200,11 @@ pub struct Event {
     pub batch: Option<BatchSummary>,
     #[serde(skip)]
     pub seq: u64,
+    /// The `job.queued` of a job's admission, which two instances may both
+    /// publish in shared mode (see `EventHub::dedupe_queued`). Not part of
+    /// the event as clients see it; the bus carries it beside the event.
+    #[serde(skip)]
+    pub admission: bool,
 }
 
 impl Event {
@@ -301,12 +306,15 @@ impl EventHub {
         let _ = self.relay.set(relay);
     }
 
-    /// Shared mode: records each job's `job.queued` once, however many
-    /// times it arrives. The instance that admits a job publishes it, but
-    /// another may claim the job before that event reaches it over the bus;
-    /// the claimant then publishes it first (see `Engine::start_attempt`),
-    /// so its streams never show `job.started` before `job.queued`, and the
-    /// copy that arrives later is dropped here.
+    /// Shared mode: records the `job.queued` of each job's admission once,
+    /// however many times it arrives. The instance that admits a job
+    /// publishes it, but another may claim the job before that event
+    /// reaches it over the bus; the claimant then publishes it first (see
+    /// `Engine::start_attempt`), so its streams never show `job.started`
+    /// before `job.queued`, and the copy that arrives later is dropped here.
+    /// Only admissions are de-duplicated: the `job.queued` of a manual retry
+    /// or of a job handed back carries the same attempt number and is
+    /// always another event.
     pub fn dedupe_queued(&self) {
         if let Ok(mut ring) = self.ring.lock() {
             ring.queued = Some(Recent::new(QUEUED_MEMORY, QUEUED_MEMORY_MAX));
@@ -328,7 +336,22 @@ impl EventHub {
             Subject::Job(job) => (Some(job), None),
             Subject::Batch(batch) => (None, Some(batch)),
         };
-        let event = self.record(kind, Timestamp::now(), job, batch);
+        self.publish_marked(kind, job, batch, false);
+    }
+
+    /// Publishes the `job.queued` of a job's admission (see `dedupe_queued`).
+    pub fn publish_admission(&self, job: JobSummary) {
+        self.publish_marked(EventKind::Queued, Some(job), None, true);
+    }
+
+    fn publish_marked(
+        &self,
+        kind: EventKind,
+        job: Option<JobSummary>,
+        batch: Option<BatchSummary>,
+        admission: bool,
+    ) {
+        let event = self.record(kind, Timestamp::now(), job, batch, admission);
         if let (Some(event), Some(relay)) = (event, self.relay.get()) {
             relay(&event);
         }
@@ -337,7 +360,13 @@ impl EventHub {
     /// Publishes an event another instance relayed: numbered here (ids are
     /// per instance), with its own time, and not relayed again.
     pub fn publish_relayed(&self, event: Event) {
-        self.record(event.kind, event.at, event.job, event.batch);
+        self.record(
+            event.kind,
+            event.at,
+            event.job,
+            event.batch,
+            event.admission,
+        );
     }
 
     fn record(
@@ -346,11 +375,13 @@ impl EventHub {
         at: Timestamp,
         job: Option<JobSummary>,
         batch: Option<BatchSummary>,
+        admission: bool,
     ) -> Option<Arc<Event>> {
         let Ok(mut ring) = self.ring.lock() else {
             return None;
         };
         if kind == EventKind::Queued
+            && admission
             && let (Some(queued), Some(job)) = (&mut ring.queued, &job)
             && !queued.insert((job.id, job.attempt), Instant::now())
         {
@@ -365,6 +396,7 @@ impl EventHub {
             job,
             batch,
             seq,
+            admission,
         });
         if self.replay > 0 {
             if ring.kept.len() >= self.replay {
@@ -474,10 +506,7 @@ mod tests {
         let mut live = hub.subscribe();
         let id = JobId::new();
         // The claimant's own copy first, then the admitting instance's.
-        hub.publish(
-            EventKind::Queued,
-            Subject::Job(job(id, JobState::Queued, 0)),
-        );
+        hub.publish_admission(job(id, JobState::Queued, 0));
         hub.publish(
             EventKind::Started,
             Subject::Job(job(id, JobState::Running, 1)),
@@ -489,6 +518,7 @@ mod tests {
             job: Some(job(id, JobState::Queued, 0)),
             batch: None,
             seq: 1,
+            admission: true,
         };
         hub.publish_relayed(relayed.clone());
         // A later attempt's `job.queued` is another event.
@@ -496,18 +526,30 @@ mod tests {
             EventKind::Queued,
             Subject::Job(job(id, JobState::Queued, 1)),
         );
+        // So is a manual retry's, although it starts again at attempt 0.
+        hub.publish(
+            EventKind::Failed,
+            Subject::Job(job(id, JobState::Failed, 2)),
+        );
+        hub.publish(
+            EventKind::Queued,
+            Subject::Job(job(id, JobState::Queued, 0)),
+        );
         assert_eq!(
             kinds(&mut live),
-            ["job.queued", "job.started", "job.queued"]
+            [
+                "job.queued",
+                "job.started",
+                "job.queued",
+                "job.failed",
+                "job.queued"
+            ]
         );
 
         // Without de-duplication (one instance) every publication counts.
         let single = EventHub::new(100);
         let mut live = single.subscribe();
-        single.publish(
-            EventKind::Queued,
-            Subject::Job(job(id, JobState::Queued, 0)),
-        );
+        single.publish_admission(job(id, JobState::Queued, 0));
         single.publish_relayed(relayed);
         assert_eq!(kinds(&mut live), ["job.queued", "job.queued"]);
     }

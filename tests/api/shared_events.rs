@@ -77,6 +77,61 @@ async fn an_event_stream_on_one_instance_carries_queued_started_and_succeeded_of
     assert!(elsewhere > 0, "every job ran on the listening instance");
 }
 
+#[tokio::test]
+async fn a_manual_retry_soon_after_a_failure_shows_its_job_queued_on_another_instances_stream() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let response = cluster
+        .client
+        .get(cluster.instances[1].url("/v1/events?queue=default"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let mut stream = EventStream::new(response);
+    let failing = json!({"kind": "sleep", "payload": {"ms": 10, "fail": true}, "max_attempts": 1});
+    let id = cluster.submit(0, failing).await;
+    let mut seen: Vec<String> = Vec::new();
+    // Reads the job's events up to its `ends`-th end.
+    async fn read_until(stream: &mut EventStream, id: &str, seen: &mut Vec<String>, ends: usize) {
+        let reading = async {
+            while seen.iter().filter(|event| *event == "job.failed").count() < ends {
+                let message = stream.next().await;
+                if message.job_id().as_deref() == Some(id) {
+                    seen.push(message.event);
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), reading)
+            .await
+            .is_err()
+        {
+            panic!("the job's end never reached the stream: {seen:?}");
+        }
+    }
+    read_until(&mut stream, &id, &mut seen, 1).await;
+    // Within the time a hub remembers the admission's `job.queued` (to drop
+    // a second copy of it): the retry's starts at attempt 0 too, and is
+    // another event all the same.
+    let (status, body) = cluster
+        .post(2, &format!("/v1/jobs/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    read_until(&mut stream, &id, &mut seen, 2).await;
+    assert_eq!(
+        seen,
+        [
+            "job.queued",
+            "job.started",
+            "job.failed",
+            "job.queued",
+            "job.started",
+            "job.failed"
+        ]
+    );
+}
+
 /// The same long-poll through each instance at once: each answer and the
 /// time it arrived (ms since the epoch).
 async fn long_poll_everywhere(cluster: &Cluster, path: &str) -> Vec<(Value, i64)> {
