@@ -187,3 +187,12 @@ pub struct Job {
     #[serde(skip)]
     pub backoff: super::Backoff,
 }
+
+impl Job {
+    /// Whether the job has been ready since its creation: no delay and no
+    /// dependency held it, and it was not retried by hand (a retry sets
+    /// `run_at` to its own time). Its admission published its `job.queued`.
+    pub fn ready_since_creation(&self) -> bool {
+        self.run_at <= self.created_at
+    }
+}

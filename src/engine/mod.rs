@@ -511,11 +511,10 @@ impl Engine {
         }
         // Admitted straight to `queued` (the case a claimant on another
         // instance may announce first, see `start_attempt`): marked, so each
-        // hub records it once. A retried job's `run_at` is after its
-        // creation.
+        // hub records it once.
         if job.status == crate::domain::JobState::Queued
             && job.attempt == 0
-            && job.run_at <= job.created_at
+            && job.ready_since_creation()
         {
             self.inner.events.publish_admission(job_summary(job));
             return;

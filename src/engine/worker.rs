@@ -88,7 +88,7 @@ impl Engine {
                 },
             );
         }
-        if self.inner.shared.is_some() && job.attempt == 1 && job.run_at <= job.created_at {
+        if self.inner.shared.is_some() && job.attempt == 1 && job.ready_since_creation() {
             // Admitted straight to `queued` (no delay, no dependency to wait
             // for), so the admitting instance published `job.queued`; it may
             // not have reached this one yet. Published again here, it comes

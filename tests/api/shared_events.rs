@@ -20,20 +20,43 @@ fn now_ms() -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap()
 }
 
+/// An event stream opened through `instance`.
+async fn open_stream(cluster: &Cluster, instance: usize, path: &str) -> EventStream {
+    let response = cluster
+        .client
+        .get(cluster.instances[instance].url(path))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    EventStream::new(response)
+}
+
+/// Reads `id`'s events into `seen` up to its `failures`-th `job.failed`.
+async fn read_until(stream: &mut EventStream, id: &str, seen: &mut Vec<String>, failures: usize) {
+    let reading = async {
+        while seen.iter().filter(|event| *event == "job.failed").count() < failures {
+            let message = stream.next().await;
+            if message.job_id().as_deref() == Some(id) {
+                seen.push(message.event);
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), reading)
+        .await
+        .is_err()
+    {
+        panic!("the job's end never reached the stream: {seen:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_event_stream_on_one_instance_carries_queued_started_and_succeeded_of_jobs_submitted_to_another()
  {
     let Some(cluster) = Cluster::start(3).await else {
         return;
     };
-    let response = cluster
-        .client
-        .get(cluster.instances[1].url("/v1/events?queue=spread"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    let mut stream = EventStream::new(response);
+    let mut stream = open_stream(&cluster, 1, "/v1/events?queue=spread").await;
     // Six jobs through instance 0 while instance 1 has room for two: some run
     // on 0 or 2, so their events reach 1 only on the bus.
     let mut ids = Vec::new();
@@ -82,34 +105,10 @@ async fn a_manual_retry_soon_after_a_failure_shows_its_job_queued_on_another_ins
     let Some(cluster) = Cluster::start(3).await else {
         return;
     };
-    let response = cluster
-        .client
-        .get(cluster.instances[1].url("/v1/events?queue=default"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    let mut stream = EventStream::new(response);
+    let mut stream = open_stream(&cluster, 1, "/v1/events?queue=default").await;
     let failing = json!({"kind": "sleep", "payload": {"ms": 10, "fail": true}, "max_attempts": 1});
     let id = cluster.submit(0, failing).await;
     let mut seen: Vec<String> = Vec::new();
-    // Reads the job's events up to its `ends`-th end.
-    async fn read_until(stream: &mut EventStream, id: &str, seen: &mut Vec<String>, ends: usize) {
-        let reading = async {
-            while seen.iter().filter(|event| *event == "job.failed").count() < ends {
-                let message = stream.next().await;
-                if message.job_id().as_deref() == Some(id) {
-                    seen.push(message.event);
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(20), reading)
-            .await
-            .is_err()
-        {
-            panic!("the job's end never reached the stream: {seen:?}");
-        }
-    }
     read_until(&mut stream, &id, &mut seen, 1).await;
     // Within the time a hub remembers the admission's `job.queued` (to drop
     // a second copy of it): the retry's starts at attempt 0 too, and is

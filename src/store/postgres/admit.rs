@@ -190,7 +190,7 @@ pub(super) fn per_queue(jobs: &[NewJob]) -> BTreeMap<&str, u64> {
 }
 
 /// The refusal of the first queue that `requested` jobs would overflow.
-pub(super) fn overflow(
+fn overflow(
     requested: &BTreeMap<&str, u64>,
     capacities: &HashMap<String, i64>,
     pending: &HashMap<String, i64>,
@@ -364,9 +364,16 @@ static INSERT_JOBS_IF_ROOM: LazyLock<String> = LazyLock::new(|| {
         "{INSERT_JOBS} WHERE NOT EXISTS (SELECT 1 \
              FROM unnest($24::text[], $25::bigint[]) AS r(r_queue, r_n) \
              LEFT JOIN queues ON queues.name = r_queue \
-             WHERE queues.name IS NULL OR r_n + coalesce((SELECT sum(queue_counts.n) \
-                 FROM queue_counts WHERE queue_counts.queue = r_queue), 0) \
-                 > greatest(queues.capacity, 0))"
+             WHERE queues.name IS NULL OR r_n + {} > greatest(queues.capacity, 0))",
+        counts::pending_of("r_queue")
+    )
+});
+
+/// Capacity and pending count of the queues named in `$1`, without locks.
+static GLANCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT name, capacity, {} FROM queues WHERE name = ANY($1)",
+        counts::pending_of("queues.name")
     )
 });
 
@@ -449,18 +456,14 @@ pub async fn insert_jobs(
 /// The capacity and pending count of each of `queues` as committed now,
 /// without their locks: enough to refuse (the queue was full at this
 /// moment), not to admit.
-pub(super) async fn glance(
+async fn glance(
     conn: &mut PgConnection,
     queues: &[String],
 ) -> Result<(HashMap<String, i64>, HashMap<String, i64>), StoreError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT name, capacity, coalesce((SELECT sum(n) FROM queue_counts \
-             WHERE queue_counts.queue = queues.name), 0)::bigint \
-         FROM queues WHERE name = ANY($1)",
-    )
-    .bind(queues)
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(AssertSqlSafe(GLANCE.as_str()))
+        .bind(queues)
+        .fetch_all(conn)
+        .await?;
     let capacities = rows
         .iter()
         .map(|(name, capacity, _)| (name.clone(), *capacity));

@@ -84,6 +84,15 @@ impl Counts {
     }
 }
 
+/// SQL for the scheduled plus queued jobs of the queue named by the SQL
+/// expression `queue`, as committed when the statement starts.
+pub fn pending_of(queue: &str) -> String {
+    format!(
+        "coalesce((SELECT sum(queue_counts.n) FROM queue_counts \
+         WHERE queue_counts.queue = {queue}), 0)::bigint"
+    )
+}
+
 /// Scheduled plus queued jobs of each of `queues`, as committed when the
 /// statement starts (READ COMMITTED): the caller holds the queues' row locks,
 /// so every earlier admission to them has committed and is counted.

@@ -16,10 +16,10 @@ use crate::store::{Effects, StoreError, SubmitOutcome, SubmitRejection};
 /// Admits plain single-job submissions (see `group.rs`) in order: each is
 /// stored, or refused because its queue is full, as if they came one by one.
 ///
-/// When the counts show room for all of them (the common case; checked by
-/// the insert itself), every job is inserted before the queues are locked, so the locks
-/// are held only for the count and the commit, and a job that no longer
-/// fits once they are granted is deleted again. Otherwise the locks come
+/// When the counts show room for all of them (the common case; the insert
+/// itself checks), every job is inserted before the queues are locked, so
+/// the locks are held only for the count and the commit, and a job that no
+/// longer fits once they are granted is deleted again. Otherwise the locks come
 /// first and only the jobs that fit are inserted.
 pub fn admit_plain<'a>(
     conn: &'a mut PgConnection,
