@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Engine, STOP_CANCEL};
-use crate::domain::Timestamp;
+use crate::domain::{JobId, Timestamp};
 
 /// How often expired leases and retention are checked.
 const RESCUE_EVERY: Duration = Duration::from_secs(5);
@@ -73,28 +73,43 @@ impl Engine {
     /// end of shutdown, so that draining jobs keep their leases.
     async fn heartbeat_loop(self) {
         let stopped = self.inner.stopped.clone();
-        let ttl = self.inner.settings.lease_ttl;
-        let every = (ttl / 3).max(Duration::from_millis(100));
+        let every = (self.inner.settings.lease_ttl / 3).max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = stopped.cancelled() => break,
             }
-            let until = Timestamp::now().plus_ms(ttl.as_millis() as i64);
-            match self
-                .inner
-                .store
-                .renew_leases(&self.inner.instance_id, until)
-                .await
-            {
-                Ok(cancel_requested) => {
-                    for id in cancel_requested {
-                        self.stop_running(id, STOP_CANCEL);
-                    }
-                }
-                Err(error) => tracing::error!(%error, "renewing leases failed"),
+            if let Err(error) = self.renew_own_leases().await {
+                tracing::error!(%error, "renewing leases failed");
             }
         }
+    }
+
+    /// Extends the leases of the jobs this process runs — only those: a job
+    /// it holds in the store but no longer runs (an outcome it gave up
+    /// storing, a claim whose answer was lost) must lapse so that rescue
+    /// takes it back, or it would stay `running` for as long as the process
+    /// lives.
+    async fn renew_own_leases(&self) -> Result<(), crate::store::StoreError> {
+        let ids: Vec<JobId> = self
+            .inner
+            .running
+            .lock()
+            .map(|running| running.keys().copied().collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let until = Timestamp::now().plus_ms(self.inner.settings.lease_ttl.as_millis() as i64);
+        let cancel_requested = self
+            .inner
+            .store
+            .renew_leases(&self.inner.instance_id, &ids, until)
+            .await?;
+        for id in cancel_requested {
+            self.stop_running(id, STOP_CANCEL);
+        }
+        Ok(())
     }
 
     /// Takes back jobs whose instance stopped renewing their lease.
@@ -104,6 +119,13 @@ impl Engine {
             tokio::select! {
                 _ = tokio::time::sleep(RESCUE_EVERY) => {}
                 _ = stopping.cancelled() => break,
+            }
+            // Renewed first: after a storage outage longer than a lease, this
+            // process's own running jobs have lapsed too, and must not be
+            // taken from it and run twice when the store comes back.
+            if let Err(error) = self.renew_own_leases().await {
+                tracing::error!(%error, "renewing leases before rescue failed");
+                continue;
             }
             match self.inner.store.rescue(Timestamp::now(), None).await {
                 Ok((rescued, effects)) => {

@@ -167,7 +167,16 @@ pub(crate) struct Inner {
     wake_webhooks: Arc<Notify>,
     /// The bus to the other instances (shared mode only).
     shared: Option<Shared>,
+    /// The last readiness probe: when it ran and what it found. Behind an
+    /// async lock so that concurrent `/readyz` calls share one probe.
+    readiness: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
 }
+
+/// How long a readiness probe's answer is reused: load balancers may ask
+/// many times a second, and each probe is a durable write.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+/// A store that takes longer than this to commit a probe is not ready.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A handle on the engine; cheap to clone.
 #[derive(Clone)]
@@ -264,6 +273,7 @@ impl Engine {
                 webhooks,
                 wake_webhooks: Arc::new(Notify::new()),
                 shared,
+                readiness: tokio::sync::Mutex::new(None),
             }),
         };
         engine.spawn_loops();
@@ -312,13 +322,36 @@ impl Engine {
         self.inner.admitting.load(Ordering::Acquire)
     }
 
-    /// Ready to serve: admitting and the store answers.
+    /// Ready to accept work: admitting, and the store takes writes (probed
+    /// at most once per [`READINESS_TTL`], so readiness comes back by itself
+    /// within a second of the store's return).
     pub async fn ready(&self) -> Result<(), EngineError> {
         if !self.is_admitting() {
             return Err(EngineError::ShuttingDown);
         }
-        self.inner.store.ping().await?;
-        Ok(())
+        let mut last = self.inner.readiness.lock().await;
+        let fresh = last
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < READINESS_TTL)
+            .map(|(_, result)| result.clone());
+        let result = match fresh {
+            Some(result) => result,
+            None => {
+                let probe =
+                    tokio::time::timeout(READINESS_TIMEOUT, self.inner.store.probe_writes()).await;
+                let result = match probe {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!(
+                        "the store did not commit a write within {} s",
+                        READINESS_TIMEOUT.as_secs()
+                    )),
+                };
+                *last = Some((tokio::time::Instant::now(), result.clone()));
+                result
+            }
+        };
+        result.map_err(|message| EngineError::Storage(StoreError::Unavailable(message)))
     }
 
     /// A job with its `position` when queued.

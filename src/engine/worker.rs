@@ -19,9 +19,15 @@ use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink};
 use crate::notify::{EventHub, EventKind, JobSummary, Subject, job_summary};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
 
-/// Attempts at storing an attempt's outcome before leaving the job to lease
-/// expiry and rescue.
-const COMPLETE_TRIES: u32 = 8;
+/// How long an attempt's outcome is retried while the store refuses it. The
+/// job stays this process's meanwhile (its slot taken, its lease renewed), so
+/// an outage shorter than this ends with the true outcome stored within
+/// [`COMPLETE_PAUSE_MAX`] of the store's return, and nothing runs twice.
+/// After it the job is let go: its lease lapses and rescue takes it back
+/// (retried or failed as `lease_expired`), so it is never left `running`.
+const COMPLETE_PATIENCE: Duration = Duration::from_secs(60);
+/// Longest pause between two tries at storing an outcome.
+const COMPLETE_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Claims jobs into free slots whenever woken: by a submission, a job
@@ -256,21 +262,7 @@ impl Engine {
             outcome,
             at: Timestamp::now(),
         };
-        let mut stored = None;
-        let mut pause = Duration::from_millis(50);
-        for _ in 0..COMPLETE_TRIES {
-            match self.inner.store.complete(completion.clone()).await {
-                Ok(result) => {
-                    stored = Some(result);
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(job_id = %job.id, %error, "storing an attempt's outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let stored = self.store_outcome(&completion).await;
         if let Ok(mut running) = self.inner.running.lock() {
             running.remove(&job.id);
         }
@@ -293,9 +285,41 @@ impl Engine {
             Some(CompletionResult::Fenced) => {
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, "outcome discarded: the job's lease was taken over");
             }
-            None => {
-                tracing::error!(job_id = %job.id, attempt = job.attempt, "could not store the outcome; the job will be rescued when its lease expires");
+            // Logged by `store_outcome`.
+            None => {}
+        }
+    }
+
+    /// Stores an outcome, retrying while the store refuses it, for at most
+    /// [`COMPLETE_PATIENCE`] or until the end of shutdown. `None`: given up.
+    async fn store_outcome(&self, completion: &Completion) -> Option<CompletionResult> {
+        let started = tokio::time::Instant::now();
+        let stopped = self.inner.stopped.clone();
+        let mut pause = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let error = match self.inner.store.complete(completion.clone()).await {
+                Ok(result) => {
+                    if failures > 0 {
+                        tracing::info!(job_id = %completion.id, attempt = completion.attempt, tries = failures + 1, waited_ms = started.elapsed().as_millis() as u64, "stored an attempt's outcome after the store refused it");
+                    }
+                    return Some(result);
+                }
+                Err(error) => error,
+            };
+            failures += 1;
+            if failures == 1 {
+                tracing::warn!(job_id = %completion.id, attempt = completion.attempt, %error, "storing an attempt's outcome failed; retrying");
             }
+            if started.elapsed() >= COMPLETE_PATIENCE || stopped.is_cancelled() {
+                tracing::error!(job_id = %completion.id, attempt = completion.attempt, tries = failures, %error, "could not store the outcome; its lease will lapse and the job will be rescued");
+                return None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped.cancelled() => {}
+            }
+            pause = (pause * 2).min(COMPLETE_PAUSE_MAX);
         }
     }
 }

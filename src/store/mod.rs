@@ -333,8 +333,14 @@ pub trait JobStore: Send + Sync + 'static {
         None
     }
 
-    /// Cheap round trip, for `/readyz`.
+    /// Cheap round trip.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether the store can take writes now, for `/readyz`: a tiny write
+    /// committed durably (and, for a database file, room left on its disk).
+    /// A store that answers reads but refuses writes (a full disk, a
+    /// read-only replica) cannot accept work.
+    async fn probe_writes(&self) -> Result<(), StoreError>;
 
     /// Admits every job of `submission` or none: capacity, unique keys and
     /// the idempotency key are checked in the same transaction as the insert.
@@ -404,9 +410,17 @@ pub trait JobStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<RetryOutcome, StoreError>;
 
-    /// Extends the lease of every job `owner` runs; returns those of them
-    /// whose cancellation was requested (possibly through another instance).
-    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError>;
+    /// Extends the leases `owner` holds on `ids` (the jobs it is running
+    /// right now); returns those of them whose cancellation was requested
+    /// (possibly through another instance). A job `owner` holds but does not
+    /// name — a claim whose answer was lost, an outcome it gave up storing —
+    /// is left to lapse, so rescue takes it back.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[JobId],
+        until: Timestamp,
+    ) -> Result<Vec<JobId>, StoreError>;
     /// Takes back running jobs whose lease expired before `now`, or — with
     /// `not_owner` — every running job not owned by that (live) instance,
     /// and then also every webhook claim (only the store's exclusive user

@@ -188,6 +188,21 @@ impl SpoolProcess {
 
     /// The binary on any database, e.g. a [`PgSchema`]'s.
     pub fn start_with_url(database_url: &str, extra_env: &[(&str, &str)]) -> SpoolProcess {
+        Self::spawn(database_url, extra_env, Stdio::null())
+    }
+
+    /// As [`Self::start_with_url`], with the process's log (stderr) kept in
+    /// `log`, for a test to show when it fails.
+    pub fn start_logged(
+        database_url: &str,
+        extra_env: &[(&str, &str)],
+        log: &Path,
+    ) -> SpoolProcess {
+        let file = std::fs::File::create(log).expect("a log file");
+        Self::spawn(database_url, extra_env, Stdio::from(file))
+    }
+
+    fn spawn(database_url: &str, extra_env: &[(&str, &str)], stderr: Stdio) -> SpoolProcess {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
@@ -197,7 +212,7 @@ impl SpoolProcess {
             .env("SPOOL_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (name, value) in extra_env {
             command.env(name, value);
         }

@@ -14,6 +14,7 @@ mod hostile;
 mod jobs;
 mod keys;
 mod openapi;
+mod outage;
 mod outbound;
 mod pipelines;
 mod queues;

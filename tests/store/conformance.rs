@@ -695,7 +695,10 @@ pub async fn renewing_leases_reports_jobs_asked_to_cancel(store: Arc<dyn JobStor
         .cancel_job(TENANT_DEFAULT, doomed, at(3))
         .await
         .unwrap();
-    let asked = store.renew_leases(OWNER, at(50_000)).await.unwrap();
+    let asked = store
+        .renew_leases(OWNER, &[calm, doomed], at(50_000))
+        .await
+        .unwrap();
     assert_eq!(asked, [doomed]);
     assert!(
         store.rescue(at(1_500), None).await.unwrap().0.is_empty(),
@@ -704,11 +707,35 @@ pub async fn renewing_leases_reports_jobs_asked_to_cancel(store: Arc<dyn JobStor
     assert_eq!(state_of(&store, calm).await, JobState::Running);
     assert!(
         store
-            .renew_leases(OTHER, at(50_000))
+            .renew_leases(OTHER, &[calm, doomed], at(50_000))
             .await
             .unwrap()
             .is_empty()
     );
+}
+
+/// The heartbeat names the jobs its process runs: a job the owner holds but
+/// no longer runs (its outcome could not be stored, or its claim's answer was
+/// lost) must lapse and be rescued, not be renewed for ever.
+pub async fn renewing_leases_lets_a_job_its_owner_does_not_name_lapse_into_rescue(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 10)]).await;
+    let kept = submit_one(&store, job("default", json!({}), at(0))).await;
+    let forgotten = submit_one(&store, job("default", json!({}), at(1))).await;
+    store
+        .claim("default", 2, OWNER, at(1_000), at(2))
+        .await
+        .unwrap();
+    store
+        .renew_leases(OWNER, &[kept], at(50_000))
+        .await
+        .unwrap();
+    let (rescued, _) = store.rescue(at(1_500), None).await.unwrap();
+    let rescued: Vec<JobId> = rescued.iter().map(|r| r.id).collect();
+    assert_eq!(rescued, [forgotten]);
+    assert_eq!(state_of(&store, kept).await, JobState::Running);
+    assert_eq!(state_of(&store, forgotten).await, JobState::Queued);
 }
 
 pub async fn progress_is_stored_for_the_current_attempt_only(store: Arc<dyn JobStore>) {

@@ -80,6 +80,7 @@ macro_rules! with_every_case {
             expired_leases_are_rescued_and_the_old_owner_is_fenced,
             an_exclusive_start_rescues_every_job_of_other_owners,
             renewing_leases_reports_jobs_asked_to_cancel,
+            renewing_leases_lets_a_job_its_owner_does_not_name_lapse_into_rescue,
             progress_is_stored_for_the_current_attempt_only,
             prune_deletes_only_old_terminal_jobs,
             queues_are_created_updated_and_counted,

@@ -14,14 +14,22 @@ use crate::domain::{JobId, JobState, QueueConfig, Timestamp};
 use crate::store::rows::RescuedRow;
 use crate::store::{Effects, Promoted, Rescued, StoreError};
 
-/// One statement: extends every lease `owner` holds.
-pub async fn renew(pool: &PgPool, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
+/// One statement: extends the leases `owner` holds on `ids`.
+pub async fn renew(
+    pool: &PgPool,
+    owner: &str,
+    ids: &[JobId],
+    until: Timestamp,
+) -> Result<Vec<JobId>, StoreError> {
+    let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
     let renewed: Vec<(String, bool)> = sqlx::query_as(
-        "UPDATE jobs SET lease_expires_at = $1 WHERE state = 'running' AND lease_owner = $2 \
+        "UPDATE jobs SET lease_expires_at = $1 \
+         WHERE id = ANY($3) AND state = 'running' AND lease_owner = $2 \
          RETURNING id, cancel_requested",
     )
     .bind(until.as_millis())
     .bind(owner)
+    .bind(ids)
     .fetch_all(pool)
     .await?;
     Ok(renewed

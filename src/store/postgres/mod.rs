@@ -258,6 +258,18 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn probe_writes(&self) -> Result<(), StoreError> {
+        // A transaction given an id commits a WAL record and waits for its
+        // flush: as much a write as a job's, touching no table.
+        let mut tx = self.pool.begin().await.map_err(classify_sqlx)?;
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlx)?;
+        tx.commit().await.map_err(classify_sqlx)?;
+        Ok(())
+    }
+
     async fn submit(
         &self,
         submission: Submission,
@@ -397,8 +409,13 @@ impl JobStore for PgStore {
         )
     }
 
-    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
-        maintenance::renew(&self.pool, owner, until)
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[JobId],
+        until: Timestamp,
+    ) -> Result<Vec<JobId>, StoreError> {
+        maintenance::renew(&self.pool, owner, ids, until)
             .await
             .map_err(classify)
     }

@@ -52,7 +52,14 @@ pub struct SqliteStore {
     /// Dropping it stops the checkpointer thread.
     _checkpoints: std::sync::mpsc::Sender<()>,
     _lock: File,
+    /// The database file, whose disk `probe_writes` checks for room.
+    path: PathBuf,
 }
+
+/// Free space below which the database's disk counts as full for
+/// readiness: a group commit appends up to a few hundred KiB to the WAL, and
+/// a disk with less than this left fails writes first and then everything.
+const MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 impl SqliteStore {
     /// Opens (creating when missing) the database at `url`, e.g.
@@ -99,6 +106,7 @@ impl SqliteStore {
             reads,
             _checkpoints: checkpoints,
             _lock: lock,
+            path,
         })
     }
 
@@ -171,6 +179,14 @@ fn lock_database(path: PathBuf) -> Result<File, StoreError> {
     Ok(file)
 }
 
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Result<u64, StoreError> {
+    let stats = rustix::fs::statvfs(path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot read the database's disk space: {e}"))
+    })?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 fn unexpected() -> StoreError {
     StoreError::Corrupt("the writer answered with the wrong kind of result".into())
 }
@@ -187,6 +203,19 @@ impl JobStore for SqliteStore {
             return Err(StoreError::Unavailable("the writer has stopped".into()));
         }
         Ok(())
+    }
+
+    async fn probe_writes(&self) -> Result<(), StoreError> {
+        let free = free_bytes(&self.path)?;
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::Unavailable(format!(
+                "the database's disk is full ({free} bytes free)"
+            )));
+        }
+        match self.write(Op::Probe).await? {
+            Done::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn submit(
@@ -418,9 +447,15 @@ impl JobStore for SqliteStore {
         }
     }
 
-    async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[JobId],
+        until: Timestamp,
+    ) -> Result<Vec<JobId>, StoreError> {
         let op = Op::Renew {
             owner: owner.to_owned(),
+            ids: ids.to_vec(),
             until,
         };
         match self.write(op).await? {

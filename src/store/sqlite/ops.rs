@@ -73,7 +73,7 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
         }
         Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at)?),
         Op::Retry { tenant, id, at } => Done::Retry(retry(conn, counts, &tenant, id, at)?),
-        Op::Renew { owner, until } => Done::Ids(renew(conn, &owner, until)?),
+        Op::Renew { owner, ids, until } => Done::Ids(renew(conn, &owner, &ids, until)?),
         Op::Rescue { now, not_owner } => {
             let (rescued, effects) = rescue(conn, now, not_owner)?;
             Done::Rescued(rescued, effects)
@@ -87,6 +87,16 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
             keys_before,
         } => Done::Count(prune(conn, finished_before, keys_before)?),
         Op::UpsertQueue(config) => Done::Created(upsert_queue(conn, &config)?),
+        Op::Probe => {
+            // The header's user version, which nothing else uses: a page
+            // written and committed through the WAL like a job's row.
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {}",
+                (version + 1) % 1_000_000
+            ))?;
+            Done::Unit
+        }
     })
 }
 
@@ -413,13 +423,22 @@ fn retry(
     Ok(retried.map_or(RetryOutcome::NotFound, RetryOutcome::Retried))
 }
 
-fn renew(conn: &Connection, owner: &str, until: Timestamp) -> Result<Vec<JobId>, StoreError> {
+fn renew(
+    conn: &Connection,
+    owner: &str,
+    ids: &[JobId],
+    until: Timestamp,
+) -> Result<Vec<JobId>, StoreError> {
+    // The ids as one JSON array: one statement whatever their number.
+    let ids = serde_json::to_string(&ids.iter().map(JobId::to_string).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Corrupt(format!("job ids as JSON: {e}")))?;
     let mut statement = conn.prepare_cached(
-        "UPDATE jobs SET lease_expires_at = ? WHERE state = 'running' AND lease_owner = ? \
+        "UPDATE jobs SET lease_expires_at = ? \
+         WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running' AND lease_owner = ? \
          RETURNING id, cancel_requested",
     )?;
     let renewed = statement
-        .query_map(params![until.as_millis(), owner], |row| {
+        .query_map(params![until.as_millis(), ids, owner], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -54,6 +54,7 @@ pub enum Op {
     },
     Renew {
         owner: String,
+        ids: Vec<JobId>,
         until: Timestamp,
     },
     Rescue {
@@ -79,6 +80,9 @@ pub enum Op {
         lease_until: Timestamp,
     },
     RecordWebhook(WebhookAttempt),
+    /// A write that changes nothing a reader sees, committed like any other:
+    /// whether the database takes writes (`/readyz`).
+    Probe,
 }
 
 pub struct Command {
