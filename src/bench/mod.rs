@@ -2,6 +2,7 @@
 //! loopback HTTP, next to a bare axum handler doing the same parsing.
 
 mod shared;
+mod soak;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,11 +63,24 @@ pub struct BenchArgs {
     /// e.g. `postgres://postgres@127.0.0.1:5432/test`.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Soak instead of measuring: run mixed traffic against a `spool`
+    /// process for this long while injecting faults (SIGKILL and restart,
+    /// slow and idle connections, malformed requests; with `--postgres`,
+    /// database outages), then report accepted, lost and stuck jobs and 5xx
+    /// answers. Fails unless nothing was lost or stuck.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub soak: Option<Duration>,
+    /// With `--soak`: time between two SIGKILLs of the process.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub kill_every: Duration,
 }
 
 const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(duration) = args.soak {
+        return soak::run(&args, duration).await;
+    }
     if let Some(url) = &args.postgres {
         return shared::run(&args, url).await;
     }

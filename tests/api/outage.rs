@@ -216,7 +216,7 @@ async fn jobs_that_end_while_the_sqlite_disk_is_full_end_properly_once_space_is_
     // Each stored as what really happened, in its first attempt: nothing
     // was rescued and run again.
     for job in jobs(&client, &spool, &ids).await {
-        assert_eq!(job["attempt"], 1, "{job}");
+        assert_eq!(job["attempt"], 1, "run again: {}", job["errors"]);
     }
     assert_eq!(running_in(&client, &spool, "outage").await, 0);
     wait_until(
