@@ -126,6 +126,15 @@ async fn the_ssrf_corpus_is_refused_without_any_connection_reaching_the_target()
             Refusal::AtSubmission,
         ),
         (format!("http://2130706433:{port}/"), Refusal::AtSubmission),
+        (
+            format!("http://[::ffff:0:7f00:1]:{port}/"),
+            Refusal::AtSubmission,
+        ),
+        (
+            format!("http://[64:ff9b:1::7f00:1]:{port}/"),
+            Refusal::AtSubmission,
+        ),
+        (format!("http://[fec0::1]:{port}/"), Refusal::AtSubmission),
         (format!("http://0x7f000001:{port}/"), Refusal::AtSubmission),
         (format!("http://rebind.example:{port}/"), Refusal::AtRun),
         (format!("{public}/to/literal"), Refusal::AtRun),
