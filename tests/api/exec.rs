@@ -413,3 +413,175 @@ argv = ["sh", "-c", 'trap "" TERM; echo $$ > "$1"; sleep 300 & echo $! >> "$1"; 
     app.wait_for_status(id, "cancelled", SOON).await;
     assert_all_gone(&pids).await;
 }
+
+/// The `validation_failed` problem of a refused submission, and the
+/// pointers of its errors.
+async fn refusal(response: reqwest::Response) -> (Value, Vec<String>) {
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "validation_failed", "{problem}");
+    let pointers = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap().to_owned())
+        .collect();
+    (problem, pointers)
+}
+
+/// Prints its argument in brackets, so a value the program took as an
+/// option would show.
+const BRACKETS: &str = "[exec.say]\nargv = [\"printf\", \"[%s]\", \"{v}\"]\n";
+
+#[tokio::test]
+async fn only_values_that_start_with_a_dash_or_hold_a_dot_dot_component_are_refused_at_submission()
+{
+    let (app, _dir) = spawn_with_commands(&format!(
+        "{BRACKETS}[exec.list]\nargv = [\"ls\", \"--\", \"in/{{dir}}\"]\n"
+    ))
+    .await;
+    for (command, args, pointer, reason) in [
+        (
+            "say",
+            json!({"v": "--version"}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": "-n"}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": "-"}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": -1}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": "../../../../etc"}),
+            "/payload/args/v",
+            "allow_dot_dot",
+        ),
+        (
+            "say",
+            json!({"v": "a/../b"}),
+            "/payload/args/v",
+            "allow_dot_dot",
+        ),
+        (
+            "say",
+            json!({"v": ".."}),
+            "/payload/args/v",
+            "allow_dot_dot",
+        ),
+        (
+            "list",
+            json!({"dir": "../../etc"}),
+            "/payload/args/dir",
+            "allow_dot_dot",
+        ),
+        ("say", json!({"v": "a\u{0}b"}), "/payload/args/v", "NUL"),
+    ] {
+        let response = app.post("/v1/jobs", &exec(command, args.clone())).await;
+        let (problem, pointers) = refusal(response).await;
+        assert_eq!(pointers, [pointer], "{args}: {problem}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{args}: {message}");
+    }
+    for value in ["a-b", "a..b", "..hidden", "x/...", "./x", "/srv/x", "1.5"] {
+        let job = app.submit(exec("say", json!({"v": value}))).await;
+        let done = app
+            .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+            .await;
+        assert_eq!(done["result"]["stdout"], format!("[{value}]"));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_a_refused_argument_points_into_its_job() {
+    let (app, _dir) = spawn_with_commands(BRACKETS).await;
+    let batch = json!({"jobs": [
+        exec("say", json!({"v": "fine"})),
+        exec("say", json!({"v": "--version"})),
+    ]});
+    let (problem, pointers) = refusal(app.post("/v1/batches", &batch).await).await;
+    assert_eq!(pointers, ["/jobs/1/payload/args/v"], "{problem}");
+}
+
+#[tokio::test]
+async fn allow_leading_dash_lets_a_value_like_dash_n_reach_the_command_and_nothing_else() {
+    let (app, _dir) = spawn_with_commands(&format!("{BRACKETS}allow_leading_dash = true\n")).await;
+    for (args, printed) in [
+        (json!({"v": "-n"}), "[-n]"),
+        (json!({"v": "--version"}), "[--version]"),
+        (json!({"v": -1}), "[-1]"),
+    ] {
+        let job = app.submit(exec("say", args)).await;
+        let done = app
+            .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+            .await;
+        assert_eq!(done["result"]["stdout"], printed);
+    }
+    let response = app
+        .post("/v1/jobs", &exec("say", json!({"v": "../x"})))
+        .await;
+    let (_, pointers) = refusal(response).await;
+    assert_eq!(pointers, ["/payload/args/v"]);
+}
+
+#[tokio::test]
+async fn allow_dot_dot_lets_parent_components_reach_the_command_and_nothing_else() {
+    let (app, _dir) = spawn_with_commands(&format!("{BRACKETS}allow_dot_dot = true\n")).await;
+    for value in ["../../../../etc", "a/../b", ".."] {
+        let job = app.submit(exec("say", json!({"v": value}))).await;
+        let done = app
+            .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+            .await;
+        assert_eq!(done["result"]["stdout"], format!("[{value}]"));
+    }
+    let response = app.post("/v1/jobs", &exec("say", json!({"v": "-n"}))).await;
+    let (_, pointers) = refusal(response).await;
+    assert_eq!(pointers, ["/payload/args/v"]);
+}
+
+#[tokio::test]
+async fn a_job_accepted_before_its_command_was_restricted_fails_at_run_time_with_argument_refused()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("kept.db").display());
+    let file = dir.path().join("spool.toml");
+    let start = |toml: &str| {
+        std::fs::write(&file, toml).unwrap();
+        let (file, database_url) = (file.clone(), database_url.clone());
+        spawn_app_with(move |config| {
+            config.config_file = Some(file);
+            config.database_url = database_url;
+        })
+    };
+    let app = start(&format!("{BRACKETS}allow_leading_dash = true\n")).await;
+    app.configure_queue("held", json!({"paused": true})).await;
+    let mut spec = exec("say", json!({"v": "-n"}));
+    spec["queue"] = json!("held");
+    let id = app.submit(spec).await["id"].as_str().unwrap().to_owned();
+    app.shutdown().await;
+
+    let app = start(BRACKETS).await;
+    app.configure_queue("held", json!({"paused": false})).await;
+    let done = app.wait_for_status(&id, "failed", SOON).await;
+    assert_eq!(done["error"]["code"], "argument_refused", "{done}");
+    assert_eq!(done["attempt"], 1);
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`v`") && message.contains("allow_leading_dash"),
+        "{message}"
+    );
+}
