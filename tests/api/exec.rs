@@ -2,6 +2,7 @@
 //! capped output, and the whole process group killed on cancel or timeout.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -584,4 +585,73 @@ async fn a_job_accepted_before_its_command_was_restricted_fails_at_run_time_with
         message.contains("`v`") && message.contains("allow_leading_dash"),
         "{message}"
     );
+}
+
+/// Log output, for the warnings of a start-up.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_placeholder_inside_a_shell_or_interpreter_script_is_warned_about_at_start_up() {
+    let toml = r#"
+[exec.shell_code]
+argv = ["sh", "-c", "ls {dir}"]
+[exec.python_code]
+argv = ["python3", "-c", "print('{x}')"]
+[exec.own_element]
+argv = ["sh", "-c", 'ls -- "$1"', "sh", "{dir}"]
+[exec.plain]
+argv = ["ls", "--", "{dir}"]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spool.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut config = test_config(dir.path());
+    config.config_file = Some(file);
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    // The test's runtime is single-threaded: start-up runs on this thread.
+    let guard = tracing::subscriber::set_default(subscriber);
+    let app = App::builder(config).build().await;
+    drop(guard);
+    assert!(app.is_ok(), "a warning does not stop start-up");
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("placeholder inside code"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    for (command, program) in [("shell_code", "sh"), ("python_code", "python3")] {
+        let line = warnings
+            .iter()
+            .find(|line| line.contains(&format!("command={command}")))
+            .unwrap_or_else(|| panic!("no warning names {command}: {text}"));
+        assert!(line.contains(&format!("program={program}")), "{line}");
+        assert!(line.contains("argv_index=2"), "{line}");
+        assert!(line.contains("can run code"), "{line}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The `exec` kind: runs commands named in the config file, never a shell.
 
+mod interpreter;
 mod process;
 
 use std::borrow::Cow;
@@ -330,6 +331,18 @@ impl ExecKind {
                 return Err(invalid("names are 1 to 64 of A-Z a-z 0-9 _ - .".into()));
             }
             let checked = Prepared::check(command).map_err(invalid)?;
+            if let Some(argv_index) = interpreter::placeholder_in_code(&checked) {
+                tracing::warn!(
+                    command = %name,
+                    program = %checked.program,
+                    argv_index,
+                    safe_form = r#"["sh", "-c", "ls -- \"$1\"", "sh", "{dir}"]"#,
+                    "exec command puts a placeholder inside code that a shell or interpreter \
+                     runs (a `sh -c` script, `python -c`, `perl -e`, ...), so an argument \
+                     value can run code of its choosing; pass the value as an argv element \
+                     of its own instead, as in safe_form"
+                );
+            }
             prepared.insert(name.clone(), checked);
         }
         let branches: Vec<Value> = prepared.iter().map(|(name, p)| p.schema(name)).collect();
