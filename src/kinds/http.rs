@@ -18,6 +18,21 @@ const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
+/// The engine's cap on a stored result (`EngineSettings::max_result_bytes`):
+/// a result over it fails the job, so whatever the target answers, the
+/// result is built to fit under it.
+const RESULT_CAP: usize = 256 * 1024;
+/// Most bytes the `headers` object takes in the result, JSON-encoded.
+const HEADERS_JSON_BUDGET: usize = 32 * 1024;
+/// Most bytes one header value takes, JSON-encoded: one huge header must not
+/// crowd out all the others.
+const HEADER_VALUE_JSON_BUDGET: usize = 8 * 1024;
+/// Room for the status, the keys and the flags around body and headers.
+const ENVELOPE_BYTES: usize = 1024;
+/// Most bytes the `body` string takes in the result, JSON-encoded: escaping
+/// makes a control byte six (`\u0001`), so a raw cap alone cannot bound it.
+const BODY_JSON_BUDGET: usize = RESULT_CAP - HEADERS_JSON_BUDGET - ENVELOPE_BYTES;
+
 /// Headers that frame the message or the connection: the client sets them
 /// from the body it sends, and a payload's own value would disagree with it.
 const RESERVED_HEADERS: [&str; 8] = [
@@ -84,7 +99,8 @@ impl JobKind for HttpKind {
     }
 
     fn description(&self) -> &str {
-        "Makes one HTTP request and returns {status, headers, body, body_truncated}; \
+        "Makes one HTTP request and returns {status, headers, body, body_truncated, \
+         headers_truncated}; \
          5xx, 429, timeouts and network errors are retried, other unexpected statuses \
          fail at once. Non-public destinations are refused unless SPOOL_OUTBOUND_ALLOW \
          opens them."
@@ -174,12 +190,23 @@ impl JobKind for HttpKind {
                 return Err(JobFailure::permanent("cancelled", "stopped on request"));
             }
         };
-        Ok(json!({
-            "status": answer.status.as_u16(),
-            "headers": answer.headers,
-            "body": String::from_utf8_lossy(&answer.body),
-            "body_truncated": answer.truncated,
-        }))
+        Ok(answer.into_result())
+    }
+}
+
+impl Answer {
+    /// The job's result, within [`RESULT_CAP`] whatever the answer held.
+    fn into_result(self) -> Value {
+        let body = String::from_utf8_lossy(&self.body);
+        let (body, body_cut) = cut_to_json_len(&body, BODY_JSON_BUDGET);
+        let (headers, headers_truncated) = bounded_headers(self.headers);
+        json!({
+            "status": self.status.as_u16(),
+            "headers": headers,
+            "body": body,
+            "body_truncated": self.truncated || body_cut,
+            "headers_truncated": headers_truncated,
+        })
     }
 }
 
@@ -218,16 +245,23 @@ impl HttpKind {
         let status = response.status();
         classify(status, payload.expect_status.as_deref())?;
         let headers = joined_headers(response.headers());
+        // A byte never takes less than one once decoded and escaped, so more
+        // than the JSON budget would be cut anyway: no need to hold it.
+        let max_bytes = self.max_response_bytes.min(BODY_JSON_BUDGET + 1);
         let mut body = Vec::new();
         let mut truncated = false;
         while let Some(chunk) = response.chunk().await.map_err(failure)? {
-            let room = self.max_response_bytes - body.len();
+            let room = max_bytes - body.len();
             if chunk.len() > room {
                 body.extend_from_slice(&chunk[..room]);
                 truncated = true;
                 break;
             }
             body.extend_from_slice(&chunk);
+        }
+        if truncated {
+            // A character cut in two would show as a replacement character.
+            body.truncate(body.len() - partial_char_tail(&body));
         }
         Ok(Answer {
             status,
@@ -324,6 +358,83 @@ fn joined_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Header values cut to [`HEADER_VALUE_JSON_BUDGET`], then as many headers
+/// as fit [`HEADERS_JSON_BUDGET`], the smallest first (so ordinary headers
+/// survive a few huge ones); `true` if anything was cut or left out.
+fn bounded_headers(headers: BTreeMap<String, String>) -> (BTreeMap<String, String>, bool) {
+    let mut truncated = false;
+    let mut entries: Vec<(usize, String, String)> = headers
+        .into_iter()
+        .map(|(name, value)| {
+            let (kept, cut) = cut_to_json_len(&value, HEADER_VALUE_JSON_BUDGET);
+            truncated |= cut;
+            let value = if cut { kept.to_owned() } else { value };
+            // `"name":"value",`
+            let size = json_len(&name) + json_len(&value) + 6;
+            (size, name, value)
+        })
+        .collect();
+    entries.sort();
+    // `{` and `}`.
+    let mut used = 2;
+    let mut kept = BTreeMap::new();
+    for (size, name, value) in entries {
+        if used + size > HEADERS_JSON_BUDGET {
+            truncated = true;
+            break;
+        }
+        used += size;
+        kept.insert(name, value);
+    }
+    (kept, truncated)
+}
+
+/// The longest prefix of `text` whose JSON string encoding (quotes aside)
+/// takes at most `budget` bytes, and whether anything was cut.
+fn cut_to_json_len(text: &str, budget: usize) -> (&str, bool) {
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += json_char_len(c);
+        if used > budget {
+            return (&text[..at], true);
+        }
+    }
+    (text, false)
+}
+
+/// Bytes `text` takes inside a JSON string.
+fn json_len(text: &str) -> usize {
+    text.chars().map(json_char_len).sum()
+}
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        '\0'..='\u{1f}' => 6,
+        _ => c.len_utf8(),
+    }
+}
+
+/// Bytes at the end of `bytes` that begin a UTF-8 character without
+/// finishing it.
+fn partial_char_tail(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(4) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xc0 == 0x80 {
+            continue;
+        }
+        let needed = match byte {
+            0xf0.. => 4,
+            0xe0.. => 3,
+            0xc0.. => 2,
+            _ => 1,
+        };
+        return if needed > back { back } else { 0 };
+    }
+    0
+}
+
 /// One JSON Pointer reference token (RFC 6901).
 fn escape_pointer(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
@@ -400,6 +511,99 @@ mod tests {
                 "/headers/x-bad-value"
             ]
         );
+    }
+
+    #[test]
+    fn the_result_cap_is_the_engines() {
+        assert_eq!(
+            RESULT_CAP,
+            crate::engine::EngineSettings::default().max_result_bytes
+        );
+    }
+
+    #[test]
+    fn escaped_lengths_match_what_serde_json_writes() {
+        let chars = (0..=0x7f_u32).filter_map(char::from_u32).chain([
+            '\u{80}',
+            '\u{2028}',
+            '\u{fffd}',
+            '\u{10ffff}',
+            'é',
+        ]);
+        for c in chars {
+            let encoded = serde_json::to_string(&c.to_string()).unwrap();
+            assert_eq!(json_char_len(c), encoded.len() - 2, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_worst_case_answer_still_fits_the_result_cap() {
+        let huge: String = "\u{1}\"\\".repeat(200_000);
+        let headers = (0..100)
+            .map(|i| (format!("x-header-{i:03}"), huge.clone()))
+            .collect();
+        let answer = Answer {
+            status: StatusCode::OK,
+            headers,
+            body: huge.into_bytes(),
+            truncated: true,
+        };
+        let result = answer.into_result();
+        let size = serde_json::to_vec(&result).unwrap().len();
+        assert!(size <= RESULT_CAP, "{size} bytes");
+        assert_eq!(result["body_truncated"], true);
+        assert_eq!(result["headers_truncated"], true);
+        assert!(!result["body"].as_str().unwrap().is_empty());
+        assert!(!result["headers"].as_object().unwrap().is_empty());
+    }
+
+    #[test]
+    fn small_headers_are_kept_whole_and_huge_ones_cut_or_left_out() {
+        let mut headers: BTreeMap<String, String> = (0..10)
+            .map(|i| (format!("x-huge-{i}"), "v".repeat(100_000)))
+            .collect();
+        headers.insert("content-type".into(), "text/plain".into());
+        headers.insert("a-small".into(), "1".into());
+        let (kept, truncated) = bounded_headers(headers);
+        assert!(truncated);
+        assert_eq!(kept["content-type"], "text/plain");
+        assert_eq!(kept["a-small"], "1");
+        let huge: Vec<_> = kept.keys().filter(|k| k.starts_with("x-huge")).collect();
+        assert!(!huge.is_empty() && huge.len() < 10, "{huge:?}");
+        assert!(
+            kept.values()
+                .all(|value| json_len(value) <= HEADER_VALUE_JSON_BUDGET)
+        );
+        let size = serde_json::to_vec(&kept).unwrap().len();
+        assert!(size <= HEADERS_JSON_BUDGET, "{size} bytes");
+
+        let ordinary = BTreeMap::from([("x".to_owned(), "y".to_owned())]);
+        assert_eq!(bounded_headers(ordinary.clone()), (ordinary, false));
+    }
+
+    #[test]
+    fn a_character_cut_in_two_at_the_end_is_found() {
+        assert_eq!(partial_char_tail(b""), 0);
+        assert_eq!(partial_char_tail(b"abc"), 0);
+        assert_eq!(partial_char_tail("é".as_bytes()), 0);
+        assert_eq!(partial_char_tail(&"é".as_bytes()[..1]), 1);
+        assert_eq!(partial_char_tail(&"€".as_bytes()[..2]), 2);
+        assert_eq!(partial_char_tail(&"😀".as_bytes()[..3]), 3);
+        assert_eq!(partial_char_tail("a😀".as_bytes()), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_cut_keeps_the_longest_prefix_within_the_budget(text in "\\PC*|[\\x00-\\x20\"\\\\é]*", budget in 0usize..64) {
+            let (kept, cut) = cut_to_json_len(&text, budget);
+            proptest::prop_assert!(text.starts_with(kept));
+            let encoded = serde_json::to_string(kept).unwrap().len() - 2;
+            proptest::prop_assert!(encoded <= budget);
+            proptest::prop_assert_eq!(cut, kept.len() < text.len());
+            if let Some(next) = text[kept.len()..].chars().next() {
+                proptest::prop_assert!(encoded + json_char_len(next) > budget);
+            }
+        }
     }
 
     #[test]

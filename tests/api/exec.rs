@@ -2,6 +2,7 @@
 //! capped output, and the whole process group killed on cancel or timeout.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -412,4 +413,245 @@ argv = ["sh", "-c", 'trap "" TERM; echo $$ > "$1"; sleep 300 & echo $! >> "$1"; 
     app.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
     app.wait_for_status(id, "cancelled", SOON).await;
     assert_all_gone(&pids).await;
+}
+
+/// The `validation_failed` problem of a refused submission, and the
+/// pointers of its errors.
+async fn refusal(response: reqwest::Response) -> (Value, Vec<String>) {
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "validation_failed", "{problem}");
+    let pointers = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap().to_owned())
+        .collect();
+    (problem, pointers)
+}
+
+/// Prints its argument in brackets, so a value the program took as an
+/// option would show.
+const BRACKETS: &str = "[exec.say]\nargv = [\"printf\", \"[%s]\", \"{v}\"]\n";
+
+#[tokio::test]
+async fn only_values_that_start_with_a_dash_or_hold_a_dot_dot_component_are_refused_at_submission()
+{
+    let (app, _dir) = spawn_with_commands(&format!(
+        "{BRACKETS}[exec.list]\nargv = [\"ls\", \"--\", \"in/{{dir}}\"]\n"
+    ))
+    .await;
+    for (command, args, pointer, reason) in [
+        (
+            "say",
+            json!({"v": "--version"}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": "-n"}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": "-"}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": -1}),
+            "/payload/args/v",
+            "allow_leading_dash",
+        ),
+        (
+            "say",
+            json!({"v": "../../../../etc"}),
+            "/payload/args/v",
+            "allow_dot_dot",
+        ),
+        (
+            "say",
+            json!({"v": "a/../b"}),
+            "/payload/args/v",
+            "allow_dot_dot",
+        ),
+        (
+            "say",
+            json!({"v": ".."}),
+            "/payload/args/v",
+            "allow_dot_dot",
+        ),
+        (
+            "list",
+            json!({"dir": "../../etc"}),
+            "/payload/args/dir",
+            "allow_dot_dot",
+        ),
+        ("say", json!({"v": "a\u{0}b"}), "/payload/args/v", "NUL"),
+    ] {
+        let response = app.post("/v1/jobs", &exec(command, args.clone())).await;
+        let (problem, pointers) = refusal(response).await;
+        assert_eq!(pointers, [pointer], "{args}: {problem}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{args}: {message}");
+    }
+    for value in ["a-b", "a..b", "..hidden", "x/...", "./x", "/srv/x", "1.5"] {
+        let job = app.submit(exec("say", json!({"v": value}))).await;
+        let done = app
+            .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+            .await;
+        assert_eq!(done["result"]["stdout"], format!("[{value}]"));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_a_refused_argument_points_into_its_job() {
+    let (app, _dir) = spawn_with_commands(BRACKETS).await;
+    let batch = json!({"jobs": [
+        exec("say", json!({"v": "fine"})),
+        exec("say", json!({"v": "--version"})),
+    ]});
+    let (problem, pointers) = refusal(app.post("/v1/batches", &batch).await).await;
+    assert_eq!(pointers, ["/jobs/1/payload/args/v"], "{problem}");
+}
+
+#[tokio::test]
+async fn allow_leading_dash_lets_a_value_like_dash_n_reach_the_command_and_nothing_else() {
+    let (app, _dir) = spawn_with_commands(&format!("{BRACKETS}allow_leading_dash = true\n")).await;
+    for (args, printed) in [
+        (json!({"v": "-n"}), "[-n]"),
+        (json!({"v": "--version"}), "[--version]"),
+        (json!({"v": -1}), "[-1]"),
+    ] {
+        let job = app.submit(exec("say", args)).await;
+        let done = app
+            .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+            .await;
+        assert_eq!(done["result"]["stdout"], printed);
+    }
+    let response = app
+        .post("/v1/jobs", &exec("say", json!({"v": "../x"})))
+        .await;
+    let (_, pointers) = refusal(response).await;
+    assert_eq!(pointers, ["/payload/args/v"]);
+}
+
+#[tokio::test]
+async fn allow_dot_dot_lets_parent_components_reach_the_command_and_nothing_else() {
+    let (app, _dir) = spawn_with_commands(&format!("{BRACKETS}allow_dot_dot = true\n")).await;
+    for value in ["../../../../etc", "a/../b", ".."] {
+        let job = app.submit(exec("say", json!({"v": value}))).await;
+        let done = app
+            .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+            .await;
+        assert_eq!(done["result"]["stdout"], format!("[{value}]"));
+    }
+    let response = app.post("/v1/jobs", &exec("say", json!({"v": "-n"}))).await;
+    let (_, pointers) = refusal(response).await;
+    assert_eq!(pointers, ["/payload/args/v"]);
+}
+
+#[tokio::test]
+async fn a_job_accepted_before_its_command_was_restricted_fails_at_run_time_with_argument_refused()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("kept.db").display());
+    let file = dir.path().join("spool.toml");
+    let start = |toml: &str| {
+        std::fs::write(&file, toml).unwrap();
+        let (file, database_url) = (file.clone(), database_url.clone());
+        spawn_app_with(move |config| {
+            config.config_file = Some(file);
+            config.database_url = database_url;
+        })
+    };
+    let app = start(&format!("{BRACKETS}allow_leading_dash = true\n")).await;
+    app.configure_queue("held", json!({"paused": true})).await;
+    let mut spec = exec("say", json!({"v": "-n"}));
+    spec["queue"] = json!("held");
+    let id = app.submit(spec).await["id"].as_str().unwrap().to_owned();
+    app.shutdown().await;
+
+    let app = start(BRACKETS).await;
+    app.configure_queue("held", json!({"paused": false})).await;
+    let done = app.wait_for_status(&id, "failed", SOON).await;
+    assert_eq!(done["error"]["code"], "argument_refused", "{done}");
+    assert_eq!(done["attempt"], 1);
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`v`") && message.contains("allow_leading_dash"),
+        "{message}"
+    );
+}
+
+/// Log output, for the warnings of a start-up.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_placeholder_inside_a_shell_or_interpreter_script_is_warned_about_at_start_up() {
+    let toml = r#"
+[exec.shell_code]
+argv = ["sh", "-c", "ls {dir}"]
+[exec.python_code]
+argv = ["python3", "-c", "print('{x}')"]
+[exec.own_element]
+argv = ["sh", "-c", 'ls -- "$1"', "sh", "{dir}"]
+[exec.plain]
+argv = ["ls", "--", "{dir}"]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spool.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut config = test_config(dir.path());
+    config.config_file = Some(file);
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    // The test's runtime is single-threaded: start-up runs on this thread.
+    let guard = tracing::subscriber::set_default(subscriber);
+    let app = App::builder(config).build().await;
+    drop(guard);
+    assert!(app.is_ok(), "a warning does not stop start-up");
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("placeholder inside code"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    for (command, program) in [("shell_code", "sh"), ("python_code", "python3")] {
+        let line = warnings
+            .iter()
+            .find(|line| line.contains(&format!("command={command}")))
+            .unwrap_or_else(|| panic!("no warning names {command}: {text}"));
+        assert!(line.contains(&format!("program={program}")), "{line}");
+        assert!(line.contains("argv_index=2"), "{line}");
+        assert!(line.contains("can run code"), "{line}");
+    }
 }

@@ -126,6 +126,15 @@ async fn the_ssrf_corpus_is_refused_without_any_connection_reaching_the_target()
             Refusal::AtSubmission,
         ),
         (format!("http://2130706433:{port}/"), Refusal::AtSubmission),
+        (
+            format!("http://[::ffff:0:7f00:1]:{port}/"),
+            Refusal::AtSubmission,
+        ),
+        (
+            format!("http://[64:ff9b:1::7f00:1]:{port}/"),
+            Refusal::AtSubmission,
+        ),
+        (format!("http://[fec0::1]:{port}/"), Refusal::AtSubmission),
         (format!("http://0x7f000001:{port}/"), Refusal::AtSubmission),
         (format!("http://rebind.example:{port}/"), Refusal::AtRun),
         (format!("{public}/to/literal"), Refusal::AtRun),
@@ -227,6 +236,7 @@ async fn a_get_returns_the_status_headers_and_body() {
     assert_eq!(result["status"], 201);
     assert_eq!(result["body"], "hello");
     assert_eq!(result["body_truncated"], false);
+    assert_eq!(result["headers_truncated"], false);
     assert_eq!(result["headers"]["x-multi"], "a, b");
     assert_eq!(result["headers"]["x-answer"], "42");
     assert_eq!(result["headers"]["content-length"], "5");
@@ -290,6 +300,56 @@ async fn a_large_response_is_cut_at_the_configured_size() {
     let done = run(&app, http_job(exact), "succeeded").await;
     assert_eq!(done["result"]["body"], "y".repeat(1_000));
     assert_eq!(done["result"]["body_truncated"], false);
+}
+
+/// The engine's cap on a stored result.
+const RESULT_CAP: usize = 256 * 1024;
+
+#[tokio::test]
+async fn a_body_of_control_bytes_is_cut_by_its_escaped_size_and_the_job_succeeds() {
+    // 64 KiB, the default response cap: six times that once JSON-escaped.
+    let target = serve(Router::new().route(
+        "/control",
+        get(|| async { Bytes::from(vec![1_u8; 64 * 1024]) }),
+    ))
+    .await;
+    let app = loopback_app().await;
+    let payload = json!({"method": "GET", "url": format!("http://{target}/control")});
+    let done = run(&app, http_job(payload), "succeeded").await;
+    let result = &done["result"];
+    let body = result["body"].as_str().unwrap();
+    assert!(!body.is_empty());
+    assert!(body.chars().all(|c| c == '\u{1}'), "only what was sent");
+    assert!(body.len() < 64 * 1024);
+    assert_eq!(result["body_truncated"], true);
+    assert_eq!(result["headers_truncated"], false);
+    assert!(serde_json::to_vec(result).unwrap().len() <= RESULT_CAP);
+}
+
+#[tokio::test]
+async fn a_huge_response_header_is_cut_and_the_job_succeeds_with_the_other_headers() {
+    let target = serve(Router::new().route(
+        "/header",
+        get(|| async {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-huge", "h".repeat(300_000).parse().unwrap());
+            headers.insert("x-small", "kept".parse().unwrap());
+            (headers, "fine")
+        }),
+    ))
+    .await;
+    let app = loopback_app().await;
+    let payload = json!({"method": "GET", "url": format!("http://{target}/header")});
+    let done = run(&app, http_job(payload), "succeeded").await;
+    let result = &done["result"];
+    assert_eq!(result["headers_truncated"], true);
+    assert_eq!(result["headers"]["x-small"], "kept");
+    assert_eq!(result["headers"]["content-length"], "4");
+    let huge = result["headers"]["x-huge"].as_str().unwrap_or_default();
+    assert!(huge.len() < 300_000 && huge.bytes().all(|b| b == b'h'));
+    assert_eq!(result["body"], "fine");
+    assert_eq!(result["body_truncated"], false);
+    assert!(serde_json::to_vec(result).unwrap().len() <= RESULT_CAP);
 }
 
 /// Answers `failures` times with `status`, then 200.

@@ -1,7 +1,9 @@
 //! The `exec` kind: runs commands named in the config file, never a shell.
 
+mod interpreter;
 mod process;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::{JobContext, JobFailure, JobKind};
 use crate::config::ConfigError;
+use crate::domain::FieldError;
 
 const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Both streams at this size, JSON-escaped, still fit the 256 KiB result cap
@@ -44,6 +47,16 @@ pub struct ExecCommand {
     /// Working directory; default Spool's own.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Lets argument values start with `-` (negative numbers included).
+    /// Off by default: the program would read such a value as an option
+    /// (`{"dir": "--version"}` makes `ls {dir}` print its version).
+    #[serde(default)]
+    pub allow_leading_dash: bool,
+    /// Lets argument values hold a `..` path component (`../../etc`,
+    /// `a/../b`). Off by default: a path argument could then leave the
+    /// directory the command means it to stay in.
+    #[serde(default)]
+    pub allow_dot_dot: bool,
 }
 
 /// Part of one argv element.
@@ -64,6 +77,8 @@ struct Prepared {
     max_output_bytes: usize,
     retryable_exit_codes: BTreeSet<i32>,
     cwd: Option<PathBuf>,
+    allow_leading_dash: bool,
+    allow_dot_dot: bool,
 }
 
 /// Runs the commands of the config file; registered only when there are any.
@@ -81,6 +96,16 @@ fn valid_command_name(name: &str) -> bool {
 
 fn valid_placeholder(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// An argument as it goes into argv: strings as they are, numbers and
+/// booleans as JSON writes them; `None` for any other JSON.
+fn argument_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(text) => Some(Cow::Borrowed(text)),
+        Value::Number(_) | Value::Bool(_) => Some(Cow::Owned(value.to_string())),
+        _ => None,
+    }
 }
 
 /// Splits one argv element into literal text and `{placeholder}`s.
@@ -197,7 +222,29 @@ impl Prepared {
             max_output_bytes,
             retryable_exit_codes: command.retryable_exit_codes.iter().copied().collect(),
             cwd: command.cwd.clone(),
+            allow_leading_dash: command.allow_leading_dash,
+            allow_dot_dot: command.allow_dot_dot,
         })
+    }
+
+    /// Why an argument's text may not reach this command, if it may not.
+    fn refusal(&self, text: &str) -> Option<&'static str> {
+        if text.contains('\0') {
+            return Some("contains a NUL byte, which no argument can carry");
+        }
+        if text.starts_with('-') && !self.allow_leading_dash {
+            return Some(
+                "starts with `-`, so the program could read it as an option \
+                 (the command's `allow_leading_dash` setting allows it)",
+            );
+        }
+        if !self.allow_dot_dot && text.split('/').any(|component| component == "..") {
+            return Some(
+                "has a `..` path component, which could lead outside the intended directory \
+                 (the command's `allow_dot_dot` setting allows it)",
+            );
+        }
+        None
     }
 
     /// The payload schema branch of this command.
@@ -240,13 +287,18 @@ impl Prepared {
                 for piece in pieces {
                     match piece {
                         Piece::Text(text) => element.push_str(text),
-                        Piece::Arg(name) => match args.get(name) {
-                            Some(Value::String(text)) => element.push_str(text),
-                            Some(value @ (Value::Number(_) | Value::Bool(_))) => {
-                                element.push_str(&value.to_string());
-                            }
+                        Piece::Arg(name) => match args.get(name).and_then(argument_text) {
                             // The config may have changed since submission.
-                            _ => {
+                            Some(text) => match self.refusal(&text) {
+                                None => element.push_str(&text),
+                                Some(why) => {
+                                    return Err(JobFailure::permanent(
+                                        "argument_refused",
+                                        format!("argument `{name}` {why}"),
+                                    ));
+                                }
+                            },
+                            None => {
                                 return Err(JobFailure::permanent(
                                     "invalid_payload",
                                     format!("argument `{name}` is missing or not a string, number or boolean"),
@@ -278,7 +330,20 @@ impl ExecKind {
             if !valid_command_name(name) {
                 return Err(invalid("names are 1 to 64 of A-Z a-z 0-9 _ - .".into()));
             }
-            prepared.insert(name.clone(), Prepared::check(command).map_err(invalid)?);
+            let checked = Prepared::check(command).map_err(invalid)?;
+            if let Some(argv_index) = interpreter::placeholder_in_code(&checked) {
+                tracing::warn!(
+                    command = %name,
+                    program = %checked.program,
+                    argv_index,
+                    safe_form = r#"["sh", "-c", "ls -- \"$1\"", "sh", "{dir}"]"#,
+                    "exec command puts a placeholder inside code that a shell or interpreter \
+                     runs (a `sh -c` script, `python -c`, `perl -e`, ...), so an argument \
+                     value can run code of its choosing; pass the value as an argv element \
+                     of its own instead, as in safe_form"
+                );
+            }
+            prepared.insert(name.clone(), checked);
         }
         let branches: Vec<Value> = prepared.iter().map(|(name, p)| p.schema(name)).collect();
         // `oneOf` alone only says "no branch matched" at `/payload`; these
@@ -334,6 +399,23 @@ impl JobKind for ExecKind {
         self.schema.clone()
     }
 
+    fn check_payload(&self, payload: &Value) -> Vec<FieldError> {
+        let command = payload.get("command").and_then(Value::as_str);
+        let Some(command) = command.and_then(|name| self.commands.get(name)) else {
+            return Vec::new();
+        };
+        let Some(args) = payload.get("args").and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        args.iter()
+            .filter_map(|(name, value)| {
+                let why = command.refusal(&argument_text(value)?)?;
+                // Placeholder names need no JSON Pointer escaping.
+                Some(FieldError::new(format!("/args/{name}"), why))
+            })
+            .collect()
+    }
+
     async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure> {
         let payload: ExecPayload = serde_json::from_value(ctx.payload.clone())
             .map_err(|e| JobFailure::permanent("invalid_payload", e.to_string()))?;
@@ -352,7 +434,7 @@ impl JobKind for ExecKind {
 mod tests {
     use super::*;
 
-    fn command(argv: &[&str]) -> ExecCommand {
+    pub(super) fn command(argv: &[&str]) -> ExecCommand {
         ExecCommand {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             description: None,
@@ -361,6 +443,8 @@ mod tests {
             max_output_bytes: None,
             retryable_exit_codes: Vec::new(),
             cwd: None,
+            allow_leading_dash: false,
+            allow_dot_dot: false,
         }
     }
 
@@ -411,6 +495,40 @@ mod tests {
         let mut env = command(&["true"]);
         env.env.insert("A=B".into(), "secret".into());
         assert!(!check("env", env).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn leading_dashes_and_dot_dot_components_are_refused_unless_allowed() {
+        let strict = Prepared::check(&command(&["p", "{a}"])).unwrap();
+        let mut loose = command(&["p", "{a}"]);
+        loose.allow_leading_dash = true;
+        loose.allow_dot_dot = true;
+        let loose = Prepared::check(&loose).unwrap();
+        for refused in [
+            "-n",
+            "--version",
+            "-",
+            "..",
+            "../../etc",
+            "a/../b",
+            "x/..",
+            "../",
+        ] {
+            assert!(strict.refusal(refused).is_some(), "{refused}");
+            assert!(loose.refusal(refused).is_none(), "{refused}");
+        }
+        for passed in [
+            "a-b", "a..b", "..hidden", "x/...", ".", "./x", "/etc/x", "", "1",
+        ] {
+            assert!(strict.refusal(passed).is_none(), "{passed}");
+        }
+        assert!(loose.refusal("a\0b").is_some());
+
+        let args = |value: Value| serde_json::from_value(json!({ "a": value })).unwrap();
+        let refused = strict.render(&args(json!(-1))).unwrap_err();
+        assert_eq!(refused.code(), "argument_refused");
+        assert!(!refused.is_retryable());
+        assert_eq!(loose.render(&args(json!(-1))).unwrap(), ["-1"]);
     }
 
     #[test]
