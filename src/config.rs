@@ -141,10 +141,18 @@ pub struct Config {
     /// Interval of keep-alive comments on idle event streams.
     #[arg(long, env = "SPOOL_SSE_KEEP_ALIVE", default_value = "15s", value_parser = duration, global = true)]
     pub sse_keep_alive: Duration,
+    /// Time a client gets to send a request's whole body; a slower one gets
+    /// 408 `body_timeout`.
+    #[arg(long, env = "SPOOL_BODY_READ_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    pub body_read_timeout: Duration,
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 }
+
+/// Shortest body read timeout: below it ordinary clients on a busy machine
+/// would be cut off.
+const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A bad setting: start-up stops with a message naming it.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +208,7 @@ impl Default for Config {
             http_max_response_bytes: 64 * 1024,
             event_replay: 10_000,
             sse_keep_alive: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
         }
     }
@@ -294,10 +303,74 @@ impl Config {
                 message: "must be at least 1024".into(),
             });
         }
+        if self.body_read_timeout < MIN_CONNECTION_TIMEOUT {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_BODY_READ_TIMEOUT",
+                message: "must be at least 100ms".into(),
+            });
+        }
+        let defaults = HttpSettings::default();
+        if self.body_read_timeout >= defaults.request_timeout {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_BODY_READ_TIMEOUT",
+                message: format!(
+                    "must be shorter than the request timeout ({} s)",
+                    defaults.request_timeout.as_secs()
+                ),
+            });
+        }
         Ok(HttpSettings {
             max_body_bytes: self.max_body_bytes,
             max_batch_body_bytes: self.max_batch_body_bytes,
-            ..HttpSettings::default()
+            body_read_timeout: self.body_read_timeout,
+            ..defaults
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn refused_setting(config: Config) -> &'static str {
+        match config.http_settings() {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_body_read_timeout_is_checked() {
+        let short = Duration::from_millis(50);
+        let cases = [
+            (
+                Config {
+                    body_read_timeout: short,
+                    ..Config::default()
+                },
+                "SPOOL_BODY_READ_TIMEOUT",
+            ),
+            (
+                Config {
+                    body_read_timeout: Duration::from_secs(75),
+                    ..Config::default()
+                },
+                "SPOOL_BODY_READ_TIMEOUT",
+            ),
+        ];
+        for (config, setting) in cases {
+            assert_eq!(refused_setting(config), setting);
+        }
+    }
+
+    #[test]
+    fn the_body_read_timeout_of_config_default_is_the_flags_default() {
+        let parsed = Cli::try_parse_from(["spool"])
+            .expect("no flags parse")
+            .config;
+        let default = Config::default();
+        assert_eq!(parsed.body_read_timeout, default.body_read_timeout);
     }
 }
