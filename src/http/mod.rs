@@ -9,6 +9,7 @@ mod health;
 mod jobs;
 mod kinds;
 mod queues;
+pub mod serve;
 
 use std::time::Duration;
 
@@ -51,6 +52,14 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Time a request's whole body may take to arrive. Default 30 s.
     pub body_read_timeout: Duration,
+    /// Time a request's head may take to arrive. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit between requests, or stall a response.
+    /// Default 75 s.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; `None`: derived from the file
+    /// descriptor limit (see `serve::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for HttpSettings {
@@ -60,6 +69,9 @@ impl Default for HttpSettings {
             max_batch_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
         }
     }
 }
@@ -80,7 +92,8 @@ fn body_limit(
         title = "Spool",
         description = "Submit jobs and batches over HTTP, follow them, cancel them. \
             Errors are RFC 9457 problem details with a stable `code`. Any request may \
-            also get 414 `uri_too_long`, 431 `headers_too_large` or 503 `request_timeout`.",
+            also get 414 `uri_too_long`, 431 `headers_too_large`, or 503 \
+            `too_many_connections` (see `Retry-After`) or `request_timeout`.",
         license(name = "MIT OR Apache-2.0")
     ),
     tags(

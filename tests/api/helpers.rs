@@ -188,6 +188,17 @@ impl SpoolProcess {
 
     /// The binary on any database, e.g. a [`PgSchema`]'s.
     pub fn start_with_url(database_url: &str, extra_env: &[(&str, &str)]) -> SpoolProcess {
+        Self::start_configured(database_url, extra_env, |_| {})
+    }
+
+    /// The binary as [`SpoolProcess::start_with_url`] runs it, with
+    /// `configure` applied to its command last (to pipe its output, set its
+    /// limits).
+    pub fn start_configured(
+        database_url: &str,
+        extra_env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> SpoolProcess {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
@@ -201,6 +212,7 @@ impl SpoolProcess {
         for (name, value) in extra_env {
             command.env(name, value);
         }
+        configure(&mut command);
         let child = command.spawn().expect("the spool binary starts");
         let process = SpoolProcess { child, addr };
         process.wait_ready();
