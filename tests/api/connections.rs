@@ -358,11 +358,11 @@ fn raise_own_fd_limit() -> u64 {
     limit.rlim_max
 }
 
-/// Starts the binary with a soft descriptor limit of 1 024, the usual
-/// default, under a hard limit of `hard`.
+/// Starts the binary with these descriptor limits (1 024 is the usual soft
+/// default).
 fn start_with_fd_limits(
     dir: &tempfile::TempDir,
-    hard: u64,
+    (soft, hard): (u64, u64),
     env: &[(&str, &str)],
     configure: impl FnOnce(&mut std::process::Command),
 ) -> SpoolProcess {
@@ -372,7 +372,7 @@ fn start_with_fd_limits(
         unsafe {
             command.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: 1024,
+                    rlim_cur: soft,
                     rlim_max: hard,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
@@ -396,7 +396,7 @@ async fn health_checks_and_submissions_are_answered_while_twelve_hundred_slow_co
     let dir = tempfile::tempdir().unwrap();
     let spool = start_with_fd_limits(
         &dir,
-        own_hard.min(4_096),
+        (1_024, own_hard.min(4_096)),
         &[
             ("SPOOL_HEADER_READ_TIMEOUT", "30s"),
             ("SPOOL_BODY_READ_TIMEOUT", "30s"),
@@ -479,29 +479,18 @@ async fn the_start_up_log_reports_the_descriptor_limit_raised_to_the_hard_one_an
     let dir = tempfile::tempdir().unwrap();
     let mut spool = start_with_fd_limits(
         &dir,
-        hard,
+        (1_024, hard),
         &[("SPOOL_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
         |command| {
             command.stdout(Stdio::piped());
         },
     );
-    let stdout = spool.child.stdout.take().expect("piped stdout");
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let log = log_lines(&mut spool);
     let deadline = Instant::now() + Duration::from_secs(20);
     let listening = loop {
-        let line = received
+        let entry = log
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("a `listening` line within 20 s");
-        let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if entry["message"] == "listening" {
             break entry;
         }
@@ -509,6 +498,73 @@ async fn the_start_up_log_reports_the_descriptor_limit_raised_to_the_hard_one_an
     assert_eq!(listening["fd_limit_at_start"], 1_024, "{listening}");
     assert_eq!(listening["fd_limit"], hard, "{listening}");
     assert_eq!(listening["max_connections"], hard - hard / 4, "{listening}");
+}
+
+/// The binary's log lines (JSON), as they come.
+fn log_lines(spool: &mut SpoolProcess) -> std::sync::mpsc::Receiver<Value> {
+    let stdout = spool.child.stdout.take().expect("piped stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let entry = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if lines.send(entry).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loop_backs_off_logs_rarely_and_recovers() {
+    raise_own_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    // A cap above what 256 descriptors allow: accepting runs out first.
+    let mut spool = start_with_fd_limits(
+        &dir,
+        (256, 256),
+        &[
+            ("SPOOL_MAX_CONNECTIONS", "1000"),
+            ("SPOOL_HEADER_READ_TIMEOUT", "1s"),
+            ("SPOOL_LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn"),
+        ],
+        |command| {
+            command.stdout(Stdio::piped());
+        },
+    );
+    let log = log_lines(&mut spool);
+    let mut silent = Vec::new();
+    for n in 0..400 {
+        let stream = tokio::time::timeout(Duration::from_secs(10), connect(spool.addr))
+            .await
+            .unwrap_or_else(|_| panic!("connection {n} not established within 10 s"));
+        silent.push(stream);
+    }
+    // Each is closed by the header deadline once accepted, which frees the
+    // descriptors the ones waiting in the backlog need.
+    for stream in &mut silent {
+        closed_within(stream, Duration::from_secs(20)).await;
+    }
+    assert_eq!(health_on_its_own_connection(spool.addr).await.status, 200);
+
+    // Everything it logged, up to its exit.
+    spool.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut messages = Vec::new();
+    while let Ok(entry) = log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        messages.push(entry["message"].as_str().unwrap_or_default().to_owned());
+    }
+    let failures = messages
+        .iter()
+        .filter(|message| *message == "cannot accept connections")
+        .count();
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} accept failures logged: {messages:?}"
+    );
 }
 
 /// Sends one request on `stream`, keeping the connection, and reads its answer.
