@@ -597,6 +597,28 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_
 }
 
 #[tokio::test]
+async fn a_client_that_reads_none_of_its_answers_has_its_connection_closed_after_the_idle_timeout()
+{
+    let app = spawn_app_with(|config| config.idle_timeout = Duration::from_millis(500)).await;
+    let document = app.get("/openapi.yaml").await.bytes().await.unwrap().len();
+    // Far more than the socket buffers between the two hold (4 MiB at most
+    // on the server's side, little on ours).
+    let answers = 10 * 1024 * 1024 / document + 1;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let request = "GET /openapi.yaml HTTP/1.1\r\nHost: spool\r\n\r\n".repeat(answers);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Reading nothing for several idle timeouts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, received) = closed_within(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        received.len() < answers * document,
+        "all {answers} answers were written to a client that read none"
+    );
+}
+
+#[tokio::test]
 async fn an_overlong_uri_gets_414_problem_and_an_oversized_header_section_431_problem() {
     let app = spawn_app_with(|_| {}).await;
     let client = fresh_connections();
