@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
+use crate::http::serve::{self, ConnectionSettings, FdLimit};
 use crate::http::{AppState, router};
 use crate::kinds::{ExecKind, HttpKind, JobKind, KindRegistry, RegistryError};
 use crate::notify::{DeliverySettings, Webhooks};
@@ -65,6 +66,20 @@ impl AppBuilder {
         let declared = config.declared_queues(&file)?;
         let engine_settings = config.engine_settings()?;
         let http_settings = config.http_settings()?;
+        // Before anything opens a descriptor, so that all of them count
+        // against the raised limit.
+        let fd_limit = match serve::raise_fd_limit() {
+            Ok(limit) => Some(limit),
+            Err(error) => {
+                tracing::warn!(%error, "cannot raise the open-file limit; keeping it");
+                None
+            }
+        };
+        let connections = ConnectionSettings {
+            header_read_timeout: http_settings.header_read_timeout,
+            idle_timeout: http_settings.idle_timeout,
+            max_connections: connection_cap(http_settings.max_connections, fd_limit),
+        };
         let outbound = Outbound::new(config.outbound_allow.clone(), self.lookup)?;
         let mut kinds = self.kinds;
         kinds.push(Arc::new(HttpKind::new(
@@ -104,8 +119,30 @@ impl AppBuilder {
             listener,
             router,
             engine,
+            connections,
+            fd_limit,
         })
     }
+}
+
+/// The operator's cap, or one derived from the descriptor limit.
+fn connection_cap(configured: Option<usize>, fd_limit: Option<FdLimit>) -> usize {
+    let Some(limit) = fd_limit else {
+        return configured.unwrap_or(serve::DEFAULT_MAX_CONNECTIONS_CEILING);
+    };
+    let Some(cap) = configured else {
+        return serve::default_max_connections(limit.soft);
+    };
+    if (cap as u64).saturating_add(serve::FDS_FOR_THE_REST) > limit.soft {
+        tracing::warn!(
+            max_connections = cap,
+            fd_limit = limit.soft,
+            "SPOOL_MAX_CONNECTIONS leaves fewer than {} file descriptors for the database, \
+             outbound requests and files: accepting may fail for want of descriptors",
+            serve::FDS_FOR_THE_REST
+        );
+    }
+    cap
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn JobStore>, StartError> {
@@ -129,6 +166,8 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     engine: Engine,
+    connections: ConnectionSettings,
+    fd_limit: Option<FdLimit>,
 }
 
 impl App {
@@ -148,6 +187,17 @@ impl App {
         &self.engine
     }
 
+    /// The connection cap and deadlines this service will serve with.
+    pub fn connection_settings(&self) -> ConnectionSettings {
+        self.connections
+    }
+
+    /// The open-file limit after start-up raised it (None when it could
+    /// not be read).
+    pub fn fd_limit(&self) -> Option<FdLimit> {
+        self.fd_limit
+    }
+
     /// Serves until `shutdown` resolves, then stops admitting (503), drains
     /// running jobs within the grace period, hands back the rest and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
@@ -155,18 +205,22 @@ impl App {
             listener,
             router,
             engine,
+            connections,
+            fd_limit: _,
         } = self;
         let stop_http = CancellationToken::new();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-            .into_future();
-        let server = tokio::spawn(server);
+        let server = tokio::spawn(serve::serve(
+            listener,
+            router,
+            connections,
+            stop_http.clone(),
+        ));
         shutdown.await;
         // Keep answering while jobs drain: reads work, submissions get 503.
         engine.shutdown().await;
         stop_http.cancel();
         match tokio::time::timeout(HTTP_DRAIN, server).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(())) => Ok(()),
             Ok(Err(join_error)) => Err(std::io::Error::other(join_error)),
             Err(_) => {
                 tracing::warn!("in-flight requests did not finish in time; closing");

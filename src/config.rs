@@ -141,10 +141,33 @@ pub struct Config {
     /// Interval of keep-alive comments on idle event streams.
     #[arg(long, env = "SPOOL_SSE_KEEP_ALIVE", default_value = "15s", value_parser = duration, global = true)]
     pub sse_keep_alive: Duration,
+    /// Time a client gets to send a request's head (line and headers), from
+    /// its first byte, or from connecting for a connection's first request;
+    /// then the connection is closed.
+    #[arg(long, env = "SPOOL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub header_read_timeout: Duration,
+    /// Time a client gets to send a request's whole body; a slower one gets
+    /// 408 `body_timeout`.
+    #[arg(long, env = "SPOOL_BODY_READ_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    pub body_read_timeout: Duration,
+    /// Time a keep-alive connection may sit between requests, and a response
+    /// may wait on a client that reads none of it, before the connection is
+    /// closed.
+    #[arg(long, env = "SPOOL_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, global = true)]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; one more gets 503
+    /// `too_many_connections`. Default: three quarters of the open-file
+    /// limit, at most 65536.
+    #[arg(long, env = "SPOOL_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 }
+
+/// Shortest header, body and idle timeout: below it ordinary clients on a
+/// busy machine would be cut off.
+const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A bad setting: start-up stops with a message naming it.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +223,10 @@ impl Default for Config {
             http_max_response_bytes: 64 * 1024,
             event_replay: 10_000,
             sse_keep_alive: Duration::from_secs(15),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
             log_format: LogFormat::Text,
         }
     }
@@ -294,10 +321,113 @@ impl Config {
                 message: "must be at least 1024".into(),
             });
         }
+        for (setting, value) in [
+            ("SPOOL_HEADER_READ_TIMEOUT", self.header_read_timeout),
+            ("SPOOL_BODY_READ_TIMEOUT", self.body_read_timeout),
+            ("SPOOL_IDLE_TIMEOUT", self.idle_timeout),
+        ] {
+            if value < MIN_CONNECTION_TIMEOUT {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: "must be at least 100ms".into(),
+                });
+            }
+        }
+        let defaults = HttpSettings::default();
+        if self.body_read_timeout >= defaults.request_timeout {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_BODY_READ_TIMEOUT",
+                message: format!(
+                    "must be shorter than the request timeout ({} s)",
+                    defaults.request_timeout.as_secs()
+                ),
+            });
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_MAX_CONNECTIONS",
+                message: "must be at least 1".into(),
+            });
+        }
         Ok(HttpSettings {
             max_body_bytes: self.max_body_bytes,
             max_batch_body_bytes: self.max_batch_body_bytes,
-            ..HttpSettings::default()
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            ..defaults
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn refused_setting(config: Config) -> &'static str {
+        match config.http_settings() {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn connection_timeouts_and_the_connection_cap_are_checked() {
+        let short = Duration::from_millis(50);
+        let cases = [
+            (
+                Config {
+                    header_read_timeout: short,
+                    ..Config::default()
+                },
+                "SPOOL_HEADER_READ_TIMEOUT",
+            ),
+            (
+                Config {
+                    body_read_timeout: short,
+                    ..Config::default()
+                },
+                "SPOOL_BODY_READ_TIMEOUT",
+            ),
+            (
+                Config {
+                    body_read_timeout: Duration::from_secs(75),
+                    ..Config::default()
+                },
+                "SPOOL_BODY_READ_TIMEOUT",
+            ),
+            (
+                Config {
+                    idle_timeout: short,
+                    ..Config::default()
+                },
+                "SPOOL_IDLE_TIMEOUT",
+            ),
+            (
+                Config {
+                    max_connections: Some(0),
+                    ..Config::default()
+                },
+                "SPOOL_MAX_CONNECTIONS",
+            ),
+        ];
+        for (config, setting) in cases {
+            assert_eq!(refused_setting(config), setting);
+        }
+    }
+
+    #[test]
+    fn the_connection_settings_of_config_default_are_the_flags_defaults() {
+        let parsed = Cli::try_parse_from(["spool"])
+            .expect("no flags parse")
+            .config;
+        let default = Config::default();
+        assert_eq!(parsed.header_read_timeout, default.header_read_timeout);
+        assert_eq!(parsed.body_read_timeout, default.body_read_timeout);
+        assert_eq!(parsed.idle_timeout, default.idle_timeout);
+        assert_eq!(parsed.max_connections, default.max_connections);
     }
 }

@@ -41,8 +41,18 @@ async fn serve(config: spool::config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the operator needs to size the service: how many connections
+    // it takes, out of how many descriptors.
+    let connections = app.connection_settings();
+    let fd_limit = app.fd_limit();
     match app.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "listening"),
+        Ok(addr) => tracing::info!(
+            %addr,
+            max_connections = connections.max_connections,
+            fd_limit = fd_limit.map(|limit| limit.soft),
+            fd_limit_at_start = fd_limit.map(|limit| limit.before),
+            "listening"
+        ),
         Err(error) => tracing::warn!(%error, "listening on an unknown address"),
     }
     match app.run_until(spool::app::shutdown_signal()).await {

@@ -47,6 +47,9 @@ struct ApiErrorInner {
     known: Option<Vec<String>>,
     retry_after_s: Option<u64>,
     cause: Option<String>,
+    /// Answered with `Connection: close`: the rest of the request (an
+    /// unread body) is not worth reading.
+    close: bool,
 }
 
 /// The cause of a 5xx, carried to the logging middleware in the response's
@@ -65,6 +68,7 @@ impl ApiError {
             known: None,
             retry_after_s: None,
             cause: None,
+            close: false,
         }))
     }
 
@@ -110,6 +114,35 @@ impl ApiError {
         error.0.cause = Some(cause.to_string());
         error.0.retry_after_s = Some(2);
         error
+    }
+
+    /// A request that took longer than the request timeout. The server's
+    /// failure, hence a 5xx with its cause logged.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!(
+                "the request took longer than {} s; try again shortly",
+                limit.as_secs_f64()
+            ),
+        );
+        error.0.cause = Some(format!(
+            "the request timed out after {} ms",
+            limit.as_millis()
+        ));
+        error
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after_s = Some(seconds);
+        self
+    }
+
+    /// Ends the connection after this answer.
+    pub fn closing(mut self) -> Self {
+        self.0.close = true;
+        self
     }
 
     pub fn with_job(mut self, job_id: impl ToString) -> Self {
@@ -223,6 +256,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(seconds) = error.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if error.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(cause) = error.cause {
             response.extensions_mut().insert(ServerErrorCause(cause));

@@ -8,8 +8,10 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tower_http::timeout::TimeoutError;
 
 use super::error::ApiError;
+use super::guards::BodyReadTimeout;
 use crate::domain::{BatchId, FieldError, JobId};
 
 /// A JSON request body: `Content-Type: application/json` (or `+json`), at
@@ -49,6 +51,10 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The body limit of the route a request reached, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
@@ -65,26 +71,86 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
+        let limit = request.extensions().get::<BodyLimit>().map(|limit| limit.0);
+        // Refused before a byte of it is read: a declared length over the
+        // limit would only be read to be thrown away, or never arrive.
+        if let (Some(limit), Some(declared)) = (limit, declared_length(&request))
+            && declared > limit as u64
+        {
+            return Err(too_large(limit, Some(declared)).closing());
+        }
+        let body_read_timeout = request
+            .extensions()
+            .get::<BodyReadTimeout>()
+            .map(|timeout| timeout.0);
         let raw = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "the request body is larger than the service accepts",
-                    )
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "malformed_json",
-                        format!("the request body could not be read: {rejection}"),
-                    )
+                    return match limit {
+                        Some(limit) => too_large(limit, None),
+                        None => ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            "the request body is larger than the service accepts",
+                        ),
+                    };
                 }
+                if caused_by::<TimeoutError>(&rejection) {
+                    let within = body_read_timeout
+                        .map(|timeout| format!(" within {} s", timeout.as_secs_f64()))
+                        .unwrap_or_default();
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        format!("the request body did not arrive{within}"),
+                    )
+                    .closing();
+                }
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("the request body could not be read: {rejection}"),
+                )
             })?;
         let value = parse_json(&raw)?;
         Ok(Self { value, raw })
     }
+}
+
+/// The `Content-Length` the client declared (hyper has checked that there
+/// is at most one and that it is a number).
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(limit: usize, declared: Option<u64>) -> ApiError {
+    let detail = match declared {
+        Some(declared) => {
+            format!("the request body is {declared} bytes; this endpoint accepts at most {limit}")
+        }
+        None => format!("the request body is larger than the {limit} bytes this endpoint accepts"),
+    };
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+}
+
+/// Whether `E` is anywhere in the chain of `error`'s sources (axum wraps
+/// a body's error in several layers).
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<E>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// Parses `bytes` as a `T`: 400 when it is not JSON, 422 with a pointer to

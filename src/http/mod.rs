@@ -4,21 +4,24 @@ mod batches;
 mod error;
 mod events;
 mod extract;
+mod guards;
 mod health;
 mod jobs;
 mod kinds;
 mod queues;
+pub mod serve;
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -47,6 +50,16 @@ pub struct HttpSettings {
     pub max_batch_body_bytes: usize,
     /// Longest a request may take. Default 75 s (long-polls wait up to 60 s).
     pub request_timeout: Duration,
+    /// Time a request's whole body may take to arrive. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// Time a request's head may take to arrive. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit between requests, or stall a response.
+    /// Default 75 s.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; `None`: derived from the file
+    /// descriptor limit (see `serve::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for HttpSettings {
@@ -55,8 +68,22 @@ impl Default for HttpSettings {
             max_body_bytes: 1024 * 1024,
             max_batch_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
         }
     }
+}
+
+/// The body limit of a route: axum's, and the same figure for the up-front
+/// `Content-Length` check and the 413's message. The innermost one wins.
+fn body_limit(
+    max_bytes: usize,
+) -> ServiceBuilder<Stack<Extension<extract::BodyLimit>, Stack<DefaultBodyLimit, Identity>>> {
+    ServiceBuilder::new()
+        .layer(DefaultBodyLimit::max(max_bytes))
+        .layer(Extension(extract::BodyLimit(max_bytes)))
 }
 
 #[derive(OpenApi)]
@@ -64,7 +91,9 @@ impl Default for HttpSettings {
     info(
         title = "Spool",
         description = "Submit jobs and batches over HTTP, follow them, cancel them. \
-            Errors are RFC 9457 problem details with a stable `code`.",
+            Errors are RFC 9457 problem details with a stable `code`. Any request may \
+            also get 414 `uri_too_long`, 431 `headers_too_large`, or 503 \
+            `too_many_connections` (see `Retry-After`) or `request_timeout`.",
         license(name = "MIT OR Apache-2.0")
     ),
     tags(
@@ -82,7 +111,7 @@ fn api_router(settings: &HttpSettings) -> OpenApiRouter<AppState> {
     // Batches get a body limit of their own; the innermost limit wins.
     let batch_submission = OpenApiRouter::new()
         .routes(routes!(batches::create_batch))
-        .layer(DefaultBodyLimit::max(settings.max_batch_body_bytes));
+        .layer(body_limit(settings.max_batch_body_bytes));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(batch_submission)
         .routes(routes!(batches::get_batch))
@@ -116,7 +145,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(body_limit(settings.max_body_bytes))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -143,11 +172,11 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
                 .layer(CatchPanicLayer::custom(|_panic| {
                     ApiError::internal("a handler panicked").into_response()
                 }))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    settings.request_timeout,
-                ))
-                .layer(CompressionLayer::new()),
+                .layer(CompressionLayer::new())
+                .layer(guards::GuardsLayer {
+                    request_timeout: settings.request_timeout,
+                    body_read_timeout: settings.body_read_timeout,
+                }),
         )
 }
 

@@ -188,7 +188,7 @@ impl SpoolProcess {
 
     /// The binary on any database, e.g. a [`PgSchema`]'s.
     pub fn start_with_url(database_url: &str, extra_env: &[(&str, &str)]) -> SpoolProcess {
-        Self::spawn(database_url, extra_env, Stdio::null())
+        Self::start_configured(database_url, extra_env, |_| {})
     }
 
     /// As [`Self::start_with_url`], with the process's log (stderr) kept in
@@ -199,10 +199,19 @@ impl SpoolProcess {
         log: &Path,
     ) -> SpoolProcess {
         let file = std::fs::File::create(log).expect("a log file");
-        Self::spawn(database_url, extra_env, Stdio::from(file))
+        Self::start_configured(database_url, extra_env, |command| {
+            command.stderr(Stdio::from(file));
+        })
     }
 
-    fn spawn(database_url: &str, extra_env: &[(&str, &str)], stderr: Stdio) -> SpoolProcess {
+    /// The binary as [`SpoolProcess::start_with_url`] runs it, with
+    /// `configure` applied to its command last (to pipe its output, set its
+    /// limits).
+    pub fn start_configured(
+        database_url: &str,
+        extra_env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> SpoolProcess {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
@@ -212,10 +221,11 @@ impl SpoolProcess {
             .env("SPOOL_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(stderr);
+            .stderr(Stdio::null());
         for (name, value) in extra_env {
             command.env(name, value);
         }
+        configure(&mut command);
         let child = command.spawn().expect("the spool binary starts");
         let process = SpoolProcess { child, addr };
         process.wait_ready();

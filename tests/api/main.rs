@@ -5,6 +5,7 @@ mod batches;
 mod cluster;
 mod concurrency_keys;
 mod config;
+mod connections;
 mod custom_kinds;
 mod durability;
 mod events;
