@@ -4,7 +4,7 @@
 //! and with `--postgres` database outages), then a count of what was
 //! accepted, lost and stuck. Exits non-zero unless nothing was lost or stuck.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::BenchArgs;
 
-/// Concurrent clients of the mixed traffic.
+/// Concurrent clients of the mixed traffic, each pausing between requests:
+/// about 300 jobs/s submitted, well under what the queue's 256 slots run,
+/// so that a job still waiting at the end is stuck, not merely queued.
 const CLIENTS: usize = 8;
+const PAUSE: Duration = Duration::from_millis(20);
 /// Slow-header connections opened per round, and their rounds' interval.
 const SLOW_CONNECTIONS: usize = 50;
 const SLOW_EVERY: Duration = Duration::from_secs(2);
@@ -40,7 +43,7 @@ const SETTLE: Duration = Duration::from_secs(90);
 
 const CONFIG: &str = r#"
 [queues.soak]
-concurrency = 16
+concurrency = 256
 capacity = 100000
 "#;
 
@@ -260,7 +263,7 @@ async fn clients(
         let request = match (pick, known) {
             (0..45, _) => client.post(format!("{base}/v1/jobs")).json(&random_job()),
             (45..52, _) => {
-                let jobs: Vec<Value> = (0..20).map(|_| random_job()).collect();
+                let jobs: Vec<Value> = (0..5).map(|_| random_job()).collect();
                 client
                     .post(format!("{base}/v1/batches"))
                     .json(&json!({ "jobs": jobs }))
@@ -297,9 +300,9 @@ async fn clients(
             }
             Err(_) => {
                 tally.unanswered.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        tokio::time::sleep(PAUSE).await;
     }
 }
 
@@ -396,47 +399,68 @@ async fn outages(database: Database, stop: CancellationToken) -> anyhow::Result<
     }
 }
 
-/// Polls every accepted job until all are terminal or [`SETTLE`] passed:
-/// returns the ids not found (lost) and those still not terminal (stuck).
+/// Reads every job of the soak's queue until each accepted one is there
+/// and terminal, or [`SETTLE`] passed: returns the accepted ids not found
+/// (lost) and those still not terminal (stuck).
 async fn settle(
     client: &reqwest::Client,
     base: &str,
     ids: &[String],
 ) -> (Vec<String>, Vec<String>) {
     let deadline = Instant::now() + SETTLE;
-    let mut open: Vec<String> = ids.to_vec();
-    let mut lost = HashSet::new();
     loop {
-        let mut still_open = Vec::new();
-        for chunk in open.chunks(32) {
-            let answers = futures::future::join_all(chunk.iter().map(|id| async move {
-                let answer = client.get(format!("{base}/v1/jobs/{id}")).send().await;
-                let status = match answer {
-                    Ok(response) if response.status() == 404 => "lost".to_owned(),
-                    Ok(response) => {
-                        let job: Value = response.json().await.unwrap_or(Value::Null);
-                        job["status"].as_str().unwrap_or("unknown").to_owned()
-                    }
-                    Err(_) => "unknown".to_owned(),
-                };
-                (id.clone(), status)
-            }))
-            .await;
-            for (id, status) in answers {
-                match status.as_str() {
-                    "succeeded" | "failed" | "cancelled" => {}
-                    "lost" => {
-                        lost.insert(id);
-                    }
-                    _ => still_open.push(id),
-                }
+        let statuses = match all_statuses(client, base).await {
+            Ok(statuses) => statuses,
+            Err(error) => {
+                eprintln!("listing jobs failed: {error:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut lost = Vec::new();
+        let mut stuck = Vec::new();
+        for id in ids {
+            match statuses.get(id).map(String::as_str) {
+                None => lost.push(id.clone()),
+                Some("succeeded" | "failed" | "cancelled") => {}
+                Some(_) => stuck.push(id.clone()),
             }
         }
-        open = still_open;
-        if open.is_empty() || Instant::now() > deadline {
-            return (lost.into_iter().collect(), open);
+        if (lost.is_empty() && stuck.is_empty()) || Instant::now() > deadline {
+            return (lost, stuck);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Every job of the `soak` queue and its status, a page of 1 000 at a time.
+async fn all_statuses(
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut statuses = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/jobs?queue=soak&limit=1000");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = client
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for job in page["items"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(status)) = (job["id"].as_str(), job["status"].as_str()) {
+                statuses.insert(id.to_owned(), status.to_owned());
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(statuses),
+        }
     }
 }
 
