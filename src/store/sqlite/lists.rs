@@ -1,0 +1,59 @@
+//! `GET /v1/jobs` on SQLite: the shared list statement on the read pool.
+
+use sqlx::{AssertSqlSafe, SqlitePool};
+
+use super::rows::{JobRow, jobs_from_rows};
+use crate::domain::Job;
+use crate::store::lists::{Bind, Dialect, list_query};
+use crate::store::{JobFilter, StoreError};
+
+pub(super) async fn list_jobs(
+    reads: &SqlitePool,
+    tenant: &str,
+    filter: &JobFilter,
+) -> Result<Vec<Job>, StoreError> {
+    let query = list_query(tenant, filter, Dialect::Sqlite);
+    let mut statement = sqlx::query_as::<_, JobRow>(AssertSqlSafe(query.sql));
+    for value in query.binds {
+        statement = match value {
+            Bind::Text(text) => statement.bind(text),
+            Bind::Int(n) => statement.bind(n),
+        };
+    }
+    let rows = statement.fetch_all(reads).await?;
+    jobs_from_rows(rows)
+}
+
+/// SQLite's plan of the list statement for `filter`: one line per step
+/// (`SEARCH … USING INDEX …`, `SCAN …`), children indented.
+pub(super) async fn explain(
+    reads: &SqlitePool,
+    tenant: &str,
+    filter: &JobFilter,
+) -> Result<Vec<String>, StoreError> {
+    let query = list_query(tenant, filter, Dialect::Sqlite);
+    let sql = format!("EXPLAIN QUERY PLAN {}", query.sql);
+    let mut statement = sqlx::query_as::<_, (i64, i64, i64, String)>(AssertSqlSafe(sql));
+    for value in query.binds {
+        statement = match value {
+            Bind::Text(text) => statement.bind(text),
+            Bind::Int(n) => statement.bind(n),
+        };
+    }
+    let steps = statement.fetch_all(reads).await?;
+    // Each step names its parent; depth is the length of that chain.
+    let depth = |mut parent: i64| {
+        let mut depth = 0;
+        while depth < steps.len()
+            && let Some(step) = steps.iter().find(|step| step.0 == parent)
+        {
+            depth += 1;
+            parent = step.1;
+        }
+        depth
+    };
+    Ok(steps
+        .iter()
+        .map(|(_, parent, _, detail)| format!("{}{detail}", "  ".repeat(depth(*parent))))
+        .collect())
+}
