@@ -1,14 +1,58 @@
-//! `GET /v1/jobs` in the store: the list statement both backends run.
+//! `GET /v1/jobs` in the store: the list statement both backends run, and
+//! the budget that keeps lists from taking every connection.
 //!
 //! A metadata filter walks `job_metadata` (one row per label,
 //! `migrations/*/0007_job_metadata.sql`) newest first, so the list reads
 //! about as many rows as it returns. A combination the first label cannot
-//! narrow (a common label and a rare kind, say) can still read many rows.
+//! narrow (a common label and a rare kind, say) can still read many rows:
+//! the budget bounds how many connections such lists hold at once, so that
+//! point reads and `/readyz` always find one.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
-use super::JobFilter;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
 use super::rows::JOB_COLUMNS;
+use super::{JobFilter, StoreError};
+
+/// How long a list waits for the budget before it is refused (503 `busy`,
+/// `Retry-After: 1`). An indexed list takes milliseconds, so a wait this
+/// long means lists heavy enough to fill the budget for seconds are ahead
+/// of it: telling the client to come back beats holding it. The same bound
+/// as a wait for a PostgreSQL connection.
+pub const LIST_WAIT: Duration = Duration::from_secs(5);
+
+/// The lists allowed to run at once; the others wait, up to a bound, for
+/// one of them to end. Only lists enter it: point reads and `/readyz` take
+/// their connection straight from the pool, which always has connections
+/// the budget cannot hand out.
+pub struct ListBudget {
+    permits: Semaphore,
+    wait: Duration,
+}
+
+impl ListBudget {
+    pub fn new(permits: usize, wait: Duration) -> Self {
+        Self {
+            permits: Semaphore::new(permits),
+            wait,
+        }
+    }
+
+    /// A place among the running lists, held until the permit is dropped;
+    /// `Busy` when none came free within the wait.
+    pub async fn enter(&self) -> Result<SemaphorePermit<'_>, StoreError> {
+        match tokio::time::timeout(self.wait, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(StoreError::Unavailable("the store is closed".into())),
+            Err(_) => Err(StoreError::Busy(format!(
+                "no list could start within {} ms",
+                self.wait.as_millis()
+            ))),
+        }
+    }
+}
 
 /// How a backend spells parameters and the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +254,20 @@ mod tests {
                 Bind::Int(10),
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_waits_for_the_budget_and_is_refused_as_busy_after_the_wait() {
+        let budget = ListBudget::new(1, Duration::from_secs(5));
+        let running = budget.enter().await.expect("a place");
+        let started = tokio::time::Instant::now();
+        assert!(matches!(budget.enter().await, Err(StoreError::Busy(_))));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        let (entered, ()) = tokio::join!(budget.enter(), async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(running);
+        });
+        assert!(entered.is_ok(), "the place came free within the wait");
     }
 
     #[test]

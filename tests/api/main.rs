@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod jobs;
 mod keys;
+mod lists;
 mod openapi;
 mod outbound;
 mod pipelines;

@@ -1,14 +1,25 @@
-//! `GET /v1/jobs` on PostgreSQL: the shared list statement on the pool.
+//! `GET /v1/jobs` on PostgreSQL: the shared list statement on the pool,
+//! within the list budget.
 
 use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use crate::domain::Job;
-use crate::store::lists::{Bind, Dialect, list_query};
+use crate::store::lists::{Bind, Dialect, ListBudget, list_query};
 use crate::store::rows::{JobRow, jobs_from_rows};
 use crate::store::{JobFilter, StoreError};
 
+/// Lists running at once out of a pool of `connections`: a quarter, at
+/// least one, never all. The pool also carries this instance's writes
+/// (admissions, outcomes, maintenance) and point reads; they keep the rest
+/// however many lists wait.
+pub(super) fn list_permits(connections: u32) -> usize {
+    let connections = connections.max(2) as usize;
+    (connections / 4).clamp(1, connections - 1)
+}
+
 pub(super) async fn list_jobs(
     pool: &PgPool,
+    budget: &ListBudget,
     tenant: &str,
     filter: &JobFilter,
 ) -> Result<Vec<Job>, StoreError> {
@@ -20,7 +31,9 @@ pub(super) async fn list_jobs(
             Bind::Int(n) => statement.bind(n),
         };
     }
+    let running = budget.enter().await?;
     let rows = statement.fetch_all(pool).await?;
+    drop(running);
     jobs_from_rows(rows)
 }
 
@@ -50,4 +63,19 @@ pub(super) async fn explain(
     let plan = statement.fetch_all(&mut *tx).await?;
     tx.rollback().await?;
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list_permits;
+
+    #[test]
+    fn lists_never_get_every_connection_of_the_pool() {
+        assert_eq!(list_permits(16), 4);
+        assert_eq!(list_permits(4), 1);
+        assert_eq!(list_permits(1), 1);
+        for connections in 2..100 {
+            assert!(list_permits(connections) < connections as usize);
+        }
+    }
 }

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
+use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
@@ -97,6 +98,8 @@ pub struct PgStore {
     admissions: group::Grouper<NewJob, Result<SubmitOutcome, SubmitRejection>>,
     /// Attempt outcomes, stored in groups.
     completions: group::Grouper<Completion, CompletionResult>,
+    /// Lists running at once (`store/lists.rs`).
+    lists: ListBudget,
 }
 
 impl PgStore {
@@ -152,6 +155,7 @@ impl PgStore {
             bus,
             admissions,
             completions,
+            lists: ListBudget::new(lists::list_permits(connections), LIST_WAIT),
         })
     }
 
@@ -299,7 +303,7 @@ impl JobStore for PgStore {
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        lists::list_jobs(&self.pool, tenant, filter)
+        lists::list_jobs(&self.pool, &self.lists, tenant, filter)
             .await
             .map_err(classify)
     }

@@ -1,14 +1,16 @@
-//! `GET /v1/jobs` on SQLite: the shared list statement on the read pool.
+//! `GET /v1/jobs` on SQLite: the shared list statement on the read pool,
+//! within the list budget.
 
 use sqlx::{AssertSqlSafe, SqlitePool};
 
 use super::rows::{JobRow, jobs_from_rows};
 use crate::domain::Job;
-use crate::store::lists::{Bind, Dialect, list_query};
+use crate::store::lists::{Bind, Dialect, ListBudget, list_query};
 use crate::store::{JobFilter, StoreError};
 
 pub(super) async fn list_jobs(
     reads: &SqlitePool,
+    budget: &ListBudget,
     tenant: &str,
     filter: &JobFilter,
 ) -> Result<Vec<Job>, StoreError> {
@@ -20,7 +22,9 @@ pub(super) async fn list_jobs(
             Bind::Int(n) => statement.bind(n),
         };
     }
+    let running = budget.enter().await?;
     let rows = statement.fetch_all(reads).await?;
+    drop(running);
     jobs_from_rows(rows)
 }
 

@@ -28,6 +28,7 @@ use self::rows::{
     ResultRow, parse_ids,
 };
 use self::writer::{Command, Op};
+use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
@@ -44,10 +45,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// for several full batches, small enough to bound memory.
 const WRITE_QUEUE: usize = 4_096;
 const READ_CONNECTIONS: u32 = 4;
+/// Lists running at once (`store/lists.rs`): half the read connections,
+/// so that point reads and `/readyz` always have the other half.
+const LIST_PERMITS: usize = 2;
 
 pub struct SqliteStore {
     writes: mpsc::Sender<Command>,
     reads: SqlitePool,
+    lists: ListBudget,
     /// Held for the life of the store: a second process on the same file
     /// would break the single-writer assumptions (and fencing by startup rescue).
     /// Dropping it stops the checkpointer thread.
@@ -98,6 +103,7 @@ impl SqliteStore {
         Ok(Self {
             writes,
             reads,
+            lists: ListBudget::new(LIST_PERMITS, LIST_WAIT),
             _checkpoints: checkpoints,
             _lock: lock,
         })
@@ -235,7 +241,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        lists::list_jobs(&self.reads, tenant, filter).await
+        lists::list_jobs(&self.reads, &self.lists, tenant, filter).await
     }
 
     async fn dependency_results(
