@@ -145,9 +145,9 @@ pub async fn get_job(
 
 /// List jobs, newest first.
 ///
-/// Filters combine with AND; `metadata.K=V` matches a metadata label (the
-/// first one given is walked through an index of labels; list the rarest
-/// first). Lists run a few at a time: when too many are running for
+/// Filters combine with AND; `metadata.K=V` matches a metadata label. Each
+/// filter is served by an index, so a page costs about what it returns.
+/// Lists run a few at a time: when too many are running for
 /// seconds, a list is refused with 503 `busy` and `Retry-After`, while
 /// reads of single jobs and `/readyz` are still served.
 #[utoipa::path(

@@ -1,12 +1,12 @@
 //! `GET /v1/jobs` in the store: the list statement both backends run, and
 //! the budget that keeps lists from taking every connection.
 //!
-//! A metadata filter walks `job_metadata` (one row per label,
-//! `migrations/*/0007_job_metadata.sql`) newest first, so the list reads
-//! about as many rows as it returns. A combination the first label cannot
-//! narrow (a common label and a rare kind, say) can still read many rows:
-//! the budget bounds how many connections such lists hold at once, so that
-//! point reads and `/readyz` always find one.
+//! Every filter is served by an index walked newest first (see
+//! [`list_query`]), so a list reads about as many rows as it returns. A
+//! combination the walked index cannot narrow (a common label and a rare
+//! kind, say) can still read many rows: the budget bounds how many
+//! connections such lists hold at once, so that point reads and `/readyz`
+//! always find one.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::rows::JOB_COLUMNS;
 use super::{JobFilter, StoreError};
+use crate::domain::JobState;
 
 /// How long a list waits for the budget before it is refused (503 `busy`,
 /// `Retry-After: 1`). An indexed list takes milliseconds, so a wait this
@@ -64,6 +65,22 @@ pub enum Dialect {
     /// `$1`, `$2`, … parameters.
     Postgres,
 }
+
+/// `$statement` (a `sqlx::query…` of a [`ListQuery`]'s text) with `$binds`
+/// bound in order.
+macro_rules! bind_all {
+    ($statement:expr, $binds:expr) => {{
+        let mut statement = $statement;
+        for value in $binds {
+            statement = match value {
+                $crate::store::lists::Bind::Text(text) => statement.bind(text),
+                $crate::store::lists::Bind::Int(n) => statement.bind(n),
+            };
+        }
+        statement
+    }};
+}
+pub(crate) use bind_all;
 
 /// A value bound to a list statement, in parameter order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,19 +137,139 @@ impl Builder {
     }
 }
 
+/// Entries of one label counted, at most, to choose the label a list walks.
+pub const LABEL_PROBE: u32 = 1_000;
+
+/// With two labels or more: one row, the number of entries of each label
+/// (in filter order) in `job_metadata`, counted up to [`LABEL_PROBE`]. Each
+/// count reads at most that many entries of the primary key, index only.
+pub fn label_counts_query(filter: &JobFilter, dialect: Dialect) -> Option<ListQuery> {
+    if filter.metadata.len() < 2 {
+        return None;
+    }
+    let mut q = Builder {
+        dialect,
+        sql: String::from("SELECT "),
+        binds: Vec::new(),
+    };
+    for (n, (name, value)) in filter.metadata.iter().enumerate() {
+        if n > 0 {
+            q.push(", ");
+        }
+        q.push("(SELECT count(*) FROM (SELECT 1 FROM job_metadata WHERE key = ")
+            .text(name)
+            .push(" AND value = ")
+            .text(value)
+            .push(&format!(" LIMIT {LABEL_PROBE}) AS p{n})"));
+    }
+    Some(ListQuery {
+        sql: q.sql,
+        binds: q.binds,
+    })
+}
+
+/// `filter` with its labels rarest first (by `counts`, in filter order),
+/// so that the list walks the fewest entries: `env=prod&customer=c7` over
+/// 100 000 jobs, all in `prod`, took 69 ms walking `env` first and 1.3 ms
+/// walking `customer` (`spool bench --lists`). Ties keep the given order.
+pub fn rarest_label_first(filter: &JobFilter, counts: &[i64]) -> JobFilter {
+    let mut labelled: Vec<_> = filter.metadata.iter().cloned().zip(counts).collect();
+    labelled.sort_by_key(|(_, count)| **count);
+    JobFilter {
+        metadata: labelled.into_iter().map(|(label, _)| label).collect(),
+        ..filter.clone()
+    }
+}
+
+/// Which jobs one part of a list statement reaches, and so which index
+/// serves it.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// Any state: the primary key, `jobs_key`, `jobs_batch` or labels.
+    All,
+    /// Jobs neither queued nor running: the partial indexes `jobs_at_rest_*`
+    /// (`migrations/*/0008_list_indexes.sql`), which leave out the two
+    /// states every job passes through, so claims never touch them.
+    AtRest,
+    /// Queued or running jobs: their ids from `jobs_ready` and the running
+    /// index, a set bounded by the queues' capacities and concurrency.
+    Active(&'static [JobState]),
+}
+
+/// The partial-index condition of `Reach::AtRest`, word for word: SQLite
+/// uses a partial index only when the query states its condition.
+const AT_REST: &str = " AND jobs.state <> 'queued' AND jobs.state <> 'running'";
+
 /// The statement of `GET /v1/jobs`: the tenant's jobs matching every filter,
 /// newest (greatest id) first, before the cursor, at most `filter.limit`.
 ///
-/// With labels, the first one's entries in `job_metadata` are walked newest
-/// first and joined to their jobs (SQLite's CROSS JOIN keeps that order of
-/// the loops; PostgreSQL's planner chooses by its statistics), further
-/// labels being probes of the same primary key.
+/// Every filter is served by an index walked newest first, the other
+/// filters being checked on the rows it reaches:
+/// - labels: the first one's entries in `job_metadata`, joined to their
+///   jobs (SQLite's CROSS JOIN keeps that order of the loops; PostgreSQL's
+///   planner chooses by its statistics), further labels being probes of the
+///   same primary key;
+/// - `key`, `batch_id`: `jobs_key`, `jobs_batch` (the batch's jobs sorted);
+/// - `status`: `jobs_at_rest_state`, or for `queued` and `running` the ids
+///   of the jobs in that state;
+/// - `queue`, `kind`: the jobs at rest through `jobs_at_rest_queue` or
+///   `jobs_at_rest_kind`, merged with the matching active jobs;
+/// - nothing: the primary key.
 pub fn list_query(tenant: &str, filter: &JobFilter, dialect: Dialect) -> ListQuery {
     let mut q = Builder {
         dialect,
         sql: String::with_capacity(1_024),
         binds: Vec::new(),
     };
+    let reach = if !filter.metadata.is_empty() || filter.key.is_some() || filter.batch_id.is_some()
+    {
+        Some(Reach::All)
+    } else if let Some(status) = filter.status {
+        Some(match status {
+            JobState::Queued => Reach::Active(&[JobState::Queued]),
+            JobState::Running => Reach::Active(&[JobState::Running]),
+            _ => Reach::AtRest,
+        })
+    } else if filter.queue.is_some() || filter.kind.is_some() {
+        None
+    } else {
+        Some(Reach::All)
+    };
+    match reach {
+        Some(reach) => part(&mut q, tenant, filter, reach),
+        None => {
+            // The jobs at rest and the active ones, each part newest first
+            // and limited, merged.
+            q.push("SELECT * FROM (");
+            part(&mut q, tenant, filter, Reach::AtRest);
+            q.push(") AS at_rest UNION ALL SELECT * FROM (");
+            part(
+                &mut q,
+                tenant,
+                filter,
+                Reach::Active(&[JobState::Queued, JobState::Running]),
+            );
+            q.push(") AS active ORDER BY id DESC");
+            limit(&mut q, filter);
+        }
+    }
+    ListQuery {
+        sql: q.sql,
+        binds: q.binds,
+    }
+}
+
+/// ` LIMIT <filter.limit>`.
+fn limit(q: &mut Builder, filter: &JobFilter) {
+    let limit = Bind::Int(i64::from(filter.limit));
+    match q.dialect {
+        Dialect::Sqlite => q.push(" LIMIT CAST(").bind(limit).push(" AS INTEGER)"),
+        Dialect::Postgres => q.push(" LIMIT ").bind(limit),
+    };
+}
+
+/// One `SELECT` of the jobs `reach` names that match `filter`, newest first.
+fn part(q: &mut Builder, tenant: &str, filter: &JobFilter, reach: Reach) {
     let mut labels = filter.metadata.iter();
     // The column the order and the cursor are on.
     let order = match labels.next() {
@@ -193,16 +330,29 @@ pub fn list_query(tenant: &str, filter: &JobFilter, dialect: Dialect) -> ListQue
             .push(order)
             .push(")");
     }
-    q.push(" ORDER BY ").push(order).push(" DESC LIMIT ");
-    let limit = Bind::Int(i64::from(filter.limit));
-    match dialect {
-        Dialect::Sqlite => q.push("CAST(").bind(limit).push(" AS INTEGER)"),
-        Dialect::Postgres => q.bind(limit),
-    };
-    ListQuery {
-        sql: q.sql,
-        binds: q.binds,
+    match reach {
+        Reach::All => {}
+        Reach::AtRest => {
+            q.push(AT_REST);
+        }
+        Reach::Active(states) => {
+            // The states are the code's constants, written as literals:
+            // each partial index of a state is used only for its literal.
+            q.push(" AND jobs.id IN (");
+            for (n, state) in states.iter().enumerate() {
+                if n > 0 {
+                    q.push(" UNION ALL ");
+                }
+                q.push(&format!(
+                    "SELECT s{n}.id FROM jobs AS s{n} WHERE s{n}.state = '{}'",
+                    state.as_str()
+                ));
+            }
+            q.push(")");
+        }
     }
+    q.push(" ORDER BY ").push(order).push(" DESC");
+    limit(q, filter);
 }
 
 #[cfg(test)]
@@ -268,6 +418,29 @@ mod tests {
             drop(running);
         });
         assert!(entered.is_ok(), "the place came free within the wait");
+    }
+
+    #[test]
+    fn the_rarest_label_is_walked_and_ties_keep_their_order() {
+        let given = filter(&[
+            ("env", "prod"),
+            ("team", "a"),
+            ("customer", "c7"),
+            ("x", "y"),
+        ]);
+        let counts = [1_000, 40, 3, 40];
+        let chosen = rarest_label_first(&given, &counts);
+        let names: Vec<&str> = chosen.metadata.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["customer", "team", "x", "env"]);
+        assert_eq!(chosen.limit, given.limit);
+        assert!(label_counts_query(&filter(&[("env", "prod")]), Dialect::Sqlite).is_none());
+        let probe = label_counts_query(&given, Dialect::Postgres).unwrap();
+        assert_eq!(probe.binds.len(), 8);
+        assert!(
+            probe.sql.contains("value = $8 LIMIT 1000) AS p3)"),
+            "{}",
+            probe.sql
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use spool::domain::{JobId, TENANT_DEFAULT};
+use spool::domain::{Job, JobId, JobState, TENANT_DEFAULT};
 use spool::store::{AttemptOutcome, JobFilter, JobStore};
 
-use crate::conformance::{OWNER, at, completion, job, submit_one, with_queues};
+use crate::conformance::{OWNER, all_jobs, at, completion, error, job, submit_one, with_queues};
 
 /// Every page of `filter` (pages of `page` jobs), stitched by the cursor.
 pub(crate) async fn every_page(
@@ -192,6 +192,156 @@ pub async fn metadata_filters_list_newest_first_and_pages_stitch_by_cursor(
     );
 }
 
+pub async fn every_filter_lists_newest_first_across_states_and_pages_stitch_by_cursor(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100), ("other", 100)]).await;
+    // A job that ends, then another with its key: two jobs share a key.
+    let first_holder = submit_one(
+        &store,
+        job("default", json!({"kind": "echo", "key": "shared"}), at(0)),
+    )
+    .await;
+    let claimed = store
+        .claim("default", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].id, first_holder);
+    store
+        .complete(completion(
+            first_holder,
+            1,
+            OWNER,
+            AttemptOutcome::Succeeded(json!(null)),
+        ))
+        .await
+        .unwrap();
+    submit_one(
+        &store,
+        job("other", json!({"kind": "echo", "key": "shared"}), at(2)),
+    )
+    .await;
+    // Job n: queue default or other, kind noop or echo (in another
+    // rhythm), a key of its own on every third, a delay on every fifth.
+    let mut ids = Vec::new();
+    for n in 0..30_i64 {
+        let mut spec = json!({"kind": if n % 3 == 1 { "echo" } else { "noop" }});
+        if n % 3 == 0 {
+            spec["key"] = json!(format!("k{n}"));
+        }
+        if n % 5 == 4 {
+            spec["delay_ms"] = json!(60_000);
+        }
+        let queue = if n % 2 == 0 { "default" } else { "other" };
+        ids.push(submit_one(&store, job(queue, spec, at(10 + n))).await);
+    }
+    // Some run, some end each way, some are cancelled waiting.
+    let running: Vec<JobId> = [
+        store.claim("default", 6, OWNER, at(30_000), at(50)).await,
+        store.claim("other", 6, OWNER, at(30_000), at(50)).await,
+    ]
+    .into_iter()
+    .flat_map(|claimed| claimed.unwrap())
+    .map(|job| job.id)
+    .collect();
+    assert_eq!(running.len(), 12);
+    for (n, id) in running.iter().enumerate().filter(|(n, _)| n % 4 != 0) {
+        let outcome = if n % 4 == 1 {
+            AttemptOutcome::Succeeded(json!(n))
+        } else {
+            AttemptOutcome::Failed {
+                error: error("boom", 1, at(60)),
+                retry_at: None,
+            }
+        };
+        store
+            .complete(completion(*id, 1, OWNER, outcome))
+            .await
+            .unwrap();
+    }
+    store
+        .cancel_job(TENANT_DEFAULT, ids[28], at(70))
+        .await
+        .unwrap();
+    store
+        .cancel_job(TENANT_DEFAULT, ids[29], at(70))
+        .await
+        .unwrap();
+
+    let everything = all_jobs(&store).await;
+    assert_eq!(everything.len(), 32);
+    for state in [
+        JobState::Scheduled,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ] {
+        assert!(
+            everything.iter().any(|job| job.status == state),
+            "no job is {state:?}"
+        );
+    }
+    let by =
+        |queue: Option<&str>, kind: Option<&str>, status: Option<JobState>, key: Option<&str>| {
+            JobFilter {
+                queue: queue.map(str::to_owned),
+                kind: kind.map(str::to_owned),
+                status,
+                key: key.map(str::to_owned),
+                limit: 50,
+                ..JobFilter::default()
+            }
+        };
+    let mut filters = vec![
+        by(Some("default"), None, None, None),
+        by(Some("other"), None, None, None),
+        by(Some("none"), None, None, None),
+        by(None, Some("echo"), None, None),
+        by(None, Some("noop"), None, None),
+        by(Some("other"), Some("echo"), None, None),
+        by(None, None, None, Some("shared")),
+        by(None, None, None, Some("k3")),
+        by(Some("default"), None, None, Some("shared")),
+    ];
+    for state in [
+        JobState::Scheduled,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ] {
+        filters.push(by(None, None, Some(state), None));
+        filters.push(by(Some("other"), None, Some(state), None));
+        filters.push(by(None, Some("noop"), Some(state), None));
+    }
+    let matches = |filter: &JobFilter, job: &Job| {
+        filter.queue.as_ref().is_none_or(|q| *q == job.queue)
+            && filter.kind.as_ref().is_none_or(|k| *k == job.kind)
+            && filter.status.is_none_or(|s| s == job.status)
+            && filter
+                .key
+                .as_ref()
+                .is_none_or(|k| Some(k) == job.key.as_ref())
+    };
+    for filter in &filters {
+        let expected: Vec<JobId> = everything
+            .iter()
+            .filter(|job| matches(filter, job))
+            .map(|job| job.id)
+            .collect();
+        for page in [1, 2, 5, 50] {
+            assert_eq!(
+                every_page(&store, filter, page).await.concat(),
+                expected,
+                "{filter:?} in pages of {page}"
+            );
+        }
+    }
+}
+
 /// The migrations of `backend` before the metadata index (0007), in a
 /// directory of their own: a database as the previous release left it.
 fn migrations_before_the_index(backend: &str) -> tempfile::TempDir {
@@ -367,4 +517,127 @@ async fn postgres_backfills_the_labels_of_jobs_stored_before_the_index() {
             .unwrap()
     };
     labels_are_backfilled_and_follow_pruning(Arc::new(store), old.map(|(id, _)| id), count).await;
+}
+
+/// Filters and the index each must be served by (a name in its plan).
+fn filters_and_their_indexes() -> Vec<(JobFilter, &'static [&'static str])> {
+    let base = JobFilter {
+        limit: 50,
+        ..JobFilter::default()
+    };
+    let with = |change: &dyn Fn(&mut JobFilter)| {
+        let mut filter = base.clone();
+        change(&mut filter);
+        filter
+    };
+    let status = |state: JobState| with(&|f| f.status = Some(state));
+    vec![
+        (labels(&[("team", "a")]), &["job_metadata"]),
+        (labels(&[("team", "a"), ("env", "prod")]), &["job_metadata"]),
+        (
+            JobFilter {
+                before: Some(JobId::new()),
+                queue: Some("q".into()),
+                status: Some(JobState::Failed),
+                ..labels(&[("team", "a")])
+            },
+            &["job_metadata"],
+        ),
+        (with(&|f| f.key = Some("k".into())), &["jobs_key"]),
+        (
+            with(&|f| f.batch_id = Some(spool::domain::BatchId::new())),
+            &["jobs_batch"],
+        ),
+        (status(JobState::Scheduled), &["jobs_at_rest_state"]),
+        (status(JobState::Succeeded), &["jobs_at_rest_state"]),
+        (status(JobState::Failed), &["jobs_at_rest_state"]),
+        (status(JobState::Cancelled), &["jobs_at_rest_state"]),
+        (status(JobState::Queued), &["jobs_ready"]),
+        (
+            with(&|f| f.queue = Some("q".into())),
+            &["jobs_at_rest_queue", "jobs_ready"],
+        ),
+        (
+            with(&|f| f.kind = Some("k".into())),
+            &["jobs_at_rest_kind", "jobs_ready"],
+        ),
+        (
+            with(&|f| {
+                f.kind = Some("k".into());
+                f.before = Some(JobId::new());
+            }),
+            &["jobs_at_rest_kind", "jobs_ready"],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn sqlite_serves_every_list_filter_from_an_index() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+    let store = spool::store::SqliteStore::open(&url).await.unwrap();
+    let mut cases = filters_and_their_indexes();
+    cases.push((
+        JobFilter {
+            status: Some(JobState::Running),
+            limit: 50,
+            ..JobFilter::default()
+        },
+        &["jobs_leases"],
+    ));
+    for (filter, indexes) in cases {
+        let plan = store.explain_list(TENANT_DEFAULT, &filter).await.unwrap();
+        let text = plan.join("\n");
+        // `SCAN jobs` reads the table (or walks its primary key) filtering
+        // every row; scans of a partial index of active jobs are bounded.
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step.trim_start().starts_with("SCAN jobs")
+                    || step.trim_start().starts_with("SCAN m ")),
+            "{filter:?} scans:\n{text}"
+        );
+        for index in indexes {
+            let named = match *index {
+                "job_metadata" => "SEARCH m USING PRIMARY KEY".to_owned(),
+                other => format!("INDEX {other}"),
+            };
+            assert!(
+                text.contains(&named),
+                "{filter:?} is not served by {index}:\n{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_serves_every_list_filter_from_an_index() {
+    let Some(schema) = crate::pg::Schema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let mut cases = filters_and_their_indexes();
+    cases.push((
+        JobFilter {
+            status: Some(JobState::Running),
+            limit: 50,
+            ..JobFilter::default()
+        },
+        &["jobs_running"],
+    ));
+    for (filter, indexes) in cases {
+        let plan = store.explain_list(TENANT_DEFAULT, &filter).await.unwrap();
+        let text = plan.join("\n");
+        assert!(!text.contains("Seq Scan"), "{filter:?} scans:\n{text}");
+        for index in indexes {
+            let named = match *index {
+                "job_metadata" => "job_metadata_pkey",
+                other => other,
+            };
+            assert!(
+                text.contains(named),
+                "{filter:?} is not served by {index}:\n{text}"
+            );
+        }
+    }
 }

@@ -111,6 +111,7 @@ macro_rules! with_every_case {
             jobs_without_a_key_are_claimed_as_before,
             each_job_is_held_to_its_own_limit,
             metadata_filters_list_newest_first_and_pages_stitch_by_cursor,
+            every_filter_lists_newest_first_across_states_and_pages_stitch_by_cursor,
         ]);
     };
 }

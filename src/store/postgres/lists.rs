@@ -1,10 +1,12 @@
 //! `GET /v1/jobs` on PostgreSQL: the shared list statement on the pool,
 //! within the list budget.
 
-use sqlx::{AssertSqlSafe, Connection, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgPool, Row};
 
 use crate::domain::Job;
-use crate::store::lists::{Bind, Dialect, ListBudget, list_query};
+use crate::store::lists::{
+    Dialect, ListBudget, bind_all, label_counts_query, list_query, rarest_label_first,
+};
 use crate::store::rows::{JobRow, jobs_from_rows};
 use crate::store::{JobFilter, StoreError};
 
@@ -23,24 +25,36 @@ pub(super) async fn list_jobs(
     tenant: &str,
     filter: &JobFilter,
 ) -> Result<Vec<Job>, StoreError> {
-    let query = list_query(tenant, filter, Dialect::Postgres);
-    let mut statement = sqlx::query_as::<_, JobRow>(AssertSqlSafe(query.sql));
-    for value in query.binds {
-        statement = match value {
-            Bind::Text(text) => statement.bind(text),
-            Bind::Int(n) => statement.bind(n),
-        };
-    }
     let running = budget.enter().await?;
-    let rows = statement.fetch_all(pool).await?;
+    let mut conn = pool.acquire().await?;
+    let rarest_first;
+    let filter = match label_counts_query(filter, Dialect::Postgres) {
+        Some(probe) => {
+            let row = bind_all!(sqlx::query(AssertSqlSafe(probe.sql)), probe.binds)
+                .fetch_one(&mut *conn)
+                .await?;
+            let counts = (0..filter.metadata.len())
+                .map(|n| row.try_get::<i64, _>(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            rarest_first = rarest_label_first(filter, &counts);
+            &rarest_first
+        }
+        None => filter,
+    };
+    let query = list_query(tenant, filter, Dialect::Postgres);
+    let rows: Vec<JobRow> = bind_all!(sqlx::query_as(AssertSqlSafe(query.sql)), query.binds)
+        .fetch_all(&mut *conn)
+        .await?;
+    drop(conn);
     drop(running);
     jobs_from_rows(rows)
 }
 
-/// PostgreSQL's plan of the list statement for `filter`, as `EXPLAIN
-/// (COSTS OFF)` prints it, with sequential scans ruled out: on a small
-/// table reading every row is the cheapest plan whatever the indexes, and
-/// the question here is which index serves the filter.
+/// PostgreSQL's plan of the list statement for `filter` (labels in the
+/// order given), as `EXPLAIN (COSTS OFF)` prints it, with sequential scans
+/// ruled out: on a small table reading every row is the cheapest plan
+/// whatever the indexes, and the question here is which index serves the
+/// filter.
 pub(super) async fn explain(
     pool: &PgPool,
     tenant: &str,
@@ -48,19 +62,14 @@ pub(super) async fn explain(
 ) -> Result<Vec<String>, StoreError> {
     let query = list_query(tenant, filter, Dialect::Postgres);
     let sql = format!("EXPLAIN (COSTS OFF) {}", query.sql);
-    let mut statement = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-    for value in query.binds {
-        statement = match value {
-            Bind::Text(text) => statement.bind(text),
-            Bind::Int(n) => statement.bind(n),
-        };
-    }
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     sqlx::query("SET LOCAL enable_seqscan = off")
         .execute(&mut *tx)
         .await?;
-    let plan = statement.fetch_all(&mut *tx).await?;
+    let plan: Vec<String> = bind_all!(sqlx::query_scalar(AssertSqlSafe(sql)), query.binds)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.rollback().await?;
     Ok(plan)
 }
