@@ -1,6 +1,7 @@
 //! `spool bench`: starts the service on a fresh database and measures it over
 //! loopback HTTP, next to a bare axum handler doing the same parsing.
 
+mod lists;
 mod shared;
 mod soak;
 
@@ -73,6 +74,17 @@ pub struct BenchArgs {
     /// With `--soak`: time between two SIGKILLs of the process.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub kill_every: Duration,
+    /// Measure lists instead: `GET /v1/jobs` with metadata filters over
+    /// `--list-jobs` stored jobs, and point reads and `/readyz` while
+    /// `--list-parallel` lists run at once (on PostgreSQL with `--postgres`).
+    #[arg(long)]
+    pub lists: bool,
+    /// Jobs stored before lists are measured.
+    #[arg(long, default_value_t = 100_000)]
+    pub list_jobs: usize,
+    /// Lists running at once while point reads are measured.
+    #[arg(long, default_value_t = 32)]
+    pub list_parallel: usize,
 }
 
 const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
@@ -80,6 +92,9 @@ const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(duration) = args.soak {
         return soak::run(&args, duration).await;
+    }
+    if args.lists {
+        return lists::run(&args).await;
     }
     if let Some(url) = &args.postgres {
         return shared::run(&args, url).await;

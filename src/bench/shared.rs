@@ -129,14 +129,14 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
 }
 
 /// A schema of its own for one measurement.
-struct Schema {
+pub(super) struct Schema {
     base: String,
     name: String,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Schema {
-    async fn create(base: &str) -> anyhow::Result<Schema> {
+    pub(super) async fn create(base: &str) -> anyhow::Result<Schema> {
         let name = format!("spool_bench_{}", uuid::Uuid::now_v7().simple());
         let mut admin = sqlx::PgConnection::connect(base)
             .await
@@ -152,7 +152,7 @@ impl Schema {
         })
     }
 
-    async fn drop(self) {
+    pub(super) async fn drop(self) {
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.base).await {
             let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS {} CASCADE",

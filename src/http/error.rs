@@ -145,6 +145,19 @@ impl ApiError {
         self
     }
 
+    /// Refused for now: too many lists are running. Point reads and
+    /// `/readyz` are still served.
+    pub fn busy(cause: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many lists are running at once; try again shortly",
+        );
+        error.0.cause = Some(cause.to_string());
+        error.0.retry_after_s = Some(1);
+        error
+    }
+
     pub fn with_job(mut self, job_id: impl ToString) -> Self {
         self.0.job_id = Some(job_id.to_string());
         self
@@ -165,6 +178,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) | StoreError::Database(_) | StoreError::Sqlite(_) => {
                 Self::storage_unavailable(error)
             }
+            StoreError::Busy(_) => Self::busy(error),
             StoreError::Migrate(_) | StoreError::Corrupt(_) => Self::internal(error),
         }
     }

@@ -146,7 +146,11 @@ pub async fn get_job(
 
 /// List jobs, newest first.
 ///
-/// Filters combine with AND; `metadata.K=V` matches a metadata label.
+/// Filters combine with AND; `metadata.K=V` matches a metadata label. Each
+/// filter is served by an index, so a page costs about what it returns.
+/// Lists run a few at a time: when too many are running for
+/// seconds, a list is refused with 503 `busy` and `Retry-After`, while
+/// reads of single jobs and `/readyz` are still served.
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
     params(
@@ -162,7 +166,8 @@ pub async fn get_job(
         (status = 200, description = "A page of jobs.", body = JobPage),
         (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A parameter is invalid or unknown.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`busy` (too many lists at once) or `storage_unavailable`; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds"))),
     )
 )]
 pub async fn list_jobs(

@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod lists;
 mod plan;
 mod postgres;
 mod rows;
@@ -17,6 +18,7 @@ use crate::domain::{
     QueueConfig, QueueInfo, Timestamp, WebhookDelivery,
 };
 
+pub use lists::LIST_WAIT;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -33,6 +35,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Too many lists at once (`ListBudget`): the client should come back
+    /// shortly. Point reads are never refused this way.
+    #[error("the store is busy: {0}")]
+    Busy(String),
 }
 
 /// A remembered `Idempotency-Key`: the request's fingerprint.

@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod jobs;
 mod keys;
+mod lists;
 mod openapi;
 mod outage;
 mod outbound;

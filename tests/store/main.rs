@@ -10,6 +10,7 @@ mod batches;
 mod completions;
 mod concurrency_keys;
 mod conformance;
+mod lists;
 mod pg;
 mod webhooks;
 
@@ -39,6 +40,7 @@ use batches::*;
 use completions::*;
 use concurrency_keys::*;
 use conformance::*;
+use lists::*;
 use webhooks::*;
 
 /// Runs each conformance case against a backend: a module of tests named
@@ -109,6 +111,8 @@ macro_rules! with_every_case {
             different_keys_and_tenants_are_counted_apart_and_queues_together,
             jobs_without_a_key_are_claimed_as_before,
             each_job_is_held_to_its_own_limit,
+            metadata_filters_list_newest_first_and_pages_stitch_by_cursor,
+            every_filter_lists_newest_first_across_states_and_pages_stitch_by_cursor,
         ]);
     };
 }

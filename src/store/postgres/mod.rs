@@ -14,6 +14,7 @@ mod complete;
 mod counts;
 mod deps;
 mod group;
+mod lists;
 mod maintenance;
 mod ops;
 mod plain;
@@ -28,6 +29,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
+use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
@@ -96,6 +98,8 @@ pub struct PgStore {
     admissions: group::Grouper<NewJob, Result<SubmitOutcome, SubmitRejection>>,
     /// Attempt outcomes, stored in groups.
     completions: group::Grouper<Completion, CompletionResult>,
+    /// Lists running at once (`store/lists.rs`).
+    lists: ListBudget,
 }
 
 impl PgStore {
@@ -151,7 +155,21 @@ impl PgStore {
             bus,
             admissions,
             completions,
+            lists: ListBudget::new(lists::list_permits(connections), LIST_WAIT),
         })
+    }
+
+    /// The plan PostgreSQL chooses for the list statement of `filter`, with
+    /// sequential scans ruled out (`EXPLAIN (COSTS OFF)` lines): which index
+    /// serves a filter, whatever the table's size.
+    pub async fn explain_list(
+        &self,
+        tenant: &str,
+        filter: &JobFilter,
+    ) -> Result<Vec<String>, StoreError> {
+        lists::explain(&self.pool, tenant, filter)
+            .await
+            .map_err(classify)
     }
 
     /// Closes every connection; later calls fail as unavailable.
@@ -297,7 +315,7 @@ impl JobStore for PgStore {
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        reads::list_jobs(&self.pool, tenant, filter)
+        lists::list_jobs(&self.pool, &self.lists, tenant, filter)
             .await
             .map_err(classify)
     }

@@ -1,17 +1,16 @@
 //! Reads of the PostgreSQL store: jobs, batches, results and queues, each
 //! one statement on the pool (or one transaction where two must agree).
 
-use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgPool};
 
 use super::counts;
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, QueueConfig, QueueCounts, QueueInfo,
 };
+use crate::store::StoreError;
 use crate::store::rows::{
-    BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow,
-    jobs_from_rows, parse_ids,
+    BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow, parse_ids,
 };
-use crate::store::{JobFilter, StoreError};
 
 /// A batch with its scheduled, queued and running jobs counted now: its row
 /// keeps only the ends (`migrations/postgres/0006_batch_ends.sql`). Followed
@@ -47,48 +46,6 @@ pub async fn queue_position(pool: &PgPool, job: &Job) -> Result<u64, StoreError>
     .fetch_one(pool)
     .await?;
     Ok(ahead.max(0) as u64)
-}
-
-pub async fn list_jobs(
-    pool: &PgPool,
-    tenant: &str,
-    filter: &JobFilter,
-) -> Result<Vec<Job>, StoreError> {
-    let mut query: QueryBuilder<Postgres> =
-        QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = "));
-    query.push_bind(tenant.to_owned());
-    if let Some(queue) = &filter.queue {
-        query.push(" AND queue = ").push_bind(queue.clone());
-    }
-    if let Some(status) = filter.status {
-        query.push(" AND state = ").push_bind(status.as_str());
-    }
-    if let Some(kind) = &filter.kind {
-        query.push(" AND kind = ").push_bind(kind.clone());
-    }
-    if let Some(key) = &filter.key {
-        query.push(" AND key = ").push_bind(key.clone());
-    }
-    if let Some(batch) = filter.batch_id {
-        query.push(" AND batch_id = ").push_bind(batch.to_string());
-    }
-    for (name, value) in &filter.metadata {
-        // Metadata is a flat object of strings: `->>` of the key (any
-        // characters, bound as a value) is the string itself.
-        query
-            .push(" AND metadata::jsonb ->> ")
-            .push_bind(name.clone())
-            .push(" = ")
-            .push_bind(value.clone());
-    }
-    if let Some(before) = filter.before {
-        query.push(" AND id < ").push_bind(before.to_string());
-    }
-    query
-        .push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(filter.limit));
-    let rows: Vec<JobRow> = query.build_query_as().fetch_all(pool).await?;
-    jobs_from_rows(rows)
 }
 
 pub async fn dependency_results(

@@ -4,6 +4,7 @@
 mod admit;
 mod counts;
 mod deps;
+mod lists;
 mod ops;
 mod rows;
 mod webhooks;
@@ -18,15 +19,16 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, QueryBuilder, Sqlite};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use self::ops::Done;
 use self::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
-    ResultRow, jobs_from_rows, parse_ids,
+    ResultRow, parse_ids,
 };
 use self::writer::{Command, Op};
+use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
@@ -43,10 +45,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// for several full batches, small enough to bound memory.
 const WRITE_QUEUE: usize = 4_096;
 const READ_CONNECTIONS: u32 = 4;
+/// Lists running at once (`store/lists.rs`): half the read connections,
+/// so that point reads and `/readyz` always have the other half.
+const LIST_PERMITS: usize = 2;
 
 pub struct SqliteStore {
     writes: mpsc::Sender<Command>,
     reads: SqlitePool,
+    lists: ListBudget,
     /// Held for the life of the store: a second process on the same file
     /// would break the single-writer assumptions (and fencing by startup rescue).
     /// Dropping it stops the checkpointer thread.
@@ -104,10 +110,21 @@ impl SqliteStore {
         Ok(Self {
             writes,
             reads,
+            lists: ListBudget::new(LIST_PERMITS, LIST_WAIT),
             _checkpoints: checkpoints,
             _lock: lock,
             path,
         })
+    }
+
+    /// The plan SQLite chooses for the list statement of `filter`, one line
+    /// per step (`SEARCH jobs USING INDEX …`): which index serves a filter.
+    pub async fn explain_list(
+        &self,
+        tenant: &str,
+        filter: &JobFilter,
+    ) -> Result<Vec<String>, StoreError> {
+        lists::explain(&self.reads, tenant, filter).await
     }
 
     async fn write(&self, op: Op) -> Result<Done, StoreError> {
@@ -253,43 +270,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        let mut query: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = "));
-        query.push_bind(tenant.to_owned());
-        if let Some(queue) = &filter.queue {
-            query.push(" AND queue = ").push_bind(queue.clone());
-        }
-        if let Some(status) = filter.status {
-            query.push(" AND state = ").push_bind(status.as_str());
-        }
-        if let Some(kind) = &filter.kind {
-            query.push(" AND kind = ").push_bind(kind.clone());
-        }
-        if let Some(key) = &filter.key {
-            query.push(" AND key = ").push_bind(key.clone());
-        }
-        if let Some(batch) = filter.batch_id {
-            query.push(" AND batch_id = ").push_bind(batch.to_string());
-        }
-        for (name, value) in &filter.metadata {
-            // Keys are restricted to a plain alphabet; quoting makes dots literal.
-            query
-                .push(" AND json_extract(metadata, ")
-                .push_bind(format!("$.\"{name}\""))
-                .push(") = ")
-                .push_bind(value.clone());
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before.to_string());
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT CAST(")
-            .push_bind(i64::from(filter.limit))
-            // A bare `LIMIT ?` makes SQLite re-plan the statement at every
-            // execution; behind a CAST the plan is kept.
-            .push(" AS INTEGER)");
-        let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.reads).await?;
-        jobs_from_rows(rows)
+        lists::list_jobs(&self.reads, &self.lists, tenant, filter).await
     }
 
     async fn dependency_results(
