@@ -82,6 +82,48 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// Runs the list of `$filter` on `$conn` (a connection of either backend,
+/// in `$dialect`): counts the labels first when there are several, so the
+/// rarest is walked, then reads the page. Evaluates to
+/// `Result<Vec<JobRow>, StoreError>`. A macro, as `bind_all!` is: the same
+/// statements bind through sqlx's per-database types.
+macro_rules! list_rows {
+    ($conn:expr, $tenant:expr, $filter:expr, $dialect:expr) => {{
+        async {
+            use sqlx::Row as _;
+            let conn = $conn;
+            let filter: &$crate::store::JobFilter = $filter;
+            let rarest_first;
+            let filter = match $crate::store::lists::label_counts_query(filter, $dialect) {
+                Some(probe) => {
+                    let row = $crate::store::lists::bind_all!(
+                        sqlx::query(sqlx::AssertSqlSafe(probe.sql)),
+                        probe.binds
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let counts = (0..filter.metadata.len())
+                        .map(|n| row.try_get::<i64, _>(n))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    rarest_first = $crate::store::lists::rarest_label_first(filter, &counts);
+                    &rarest_first
+                }
+                None => filter,
+            };
+            let query = $crate::store::lists::list_query($tenant, filter, $dialect);
+            let rows: Vec<$crate::store::rows::JobRow> = $crate::store::lists::bind_all!(
+                sqlx::query_as(sqlx::AssertSqlSafe(query.sql)),
+                query.binds
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok::<_, $crate::store::StoreError>(rows)
+        }
+        .await
+    }};
+}
+pub(crate) use list_rows;
+
 /// A value bound to a list statement, in parameter order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bind {

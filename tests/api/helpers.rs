@@ -299,68 +299,140 @@ pub fn millis(timestamp: &Value) -> i64 {
     .as_millis()
 }
 
-/// A fresh schema on the test PostgreSQL (`SPOOL_TEST_DATABASE_URL`, by
-/// default the local server's `test` database), dropped afterwards.
+/// The test PostgreSQL (`SPOOL_TEST_DATABASE_URL`, by default the local
+/// server's `test` database).
+fn pg_base_url() -> String {
+    std::env::var("SPOOL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A connection to the test PostgreSQL; `None` when it cannot be reached
+/// and this is not CI (where that fails the test instead): `cargo test`
+/// works without it.
+async fn pg_admin() -> Option<sqlx::PgConnection> {
+    let base = pg_base_url();
+    let connecting = tokio::time::timeout(
+        Duration::from_secs(5),
+        <sqlx::PgConnection as sqlx::Connection>::connect(&base),
+    )
+    .await
+    .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+    match connecting {
+        Ok(connection) => Some(connection),
+        Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIPPED (PostgreSQL unreachable at {base}: {error})");
+            None
+        }
+        Err(error) => panic!("PostgreSQL is unreachable at {base} under CI=true: {error}"),
+    }
+}
+
+/// Runs `sql` on the test PostgreSQL from a `Drop`: on a thread and runtime
+/// of its own, as the test's runtime may be the current thread, blocked
+/// right there. Failures are ignored (it is clean-up).
+fn pg_admin_blocking(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_base_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        }
+    })
+    .join();
+}
+
+/// A fresh schema on the test PostgreSQL, dropped afterwards.
 pub struct PgSchema {
     /// Connects into the schema.
     pub url: String,
     name: String,
-    base: String,
 }
 
 impl PgSchema {
-    /// `None` when PostgreSQL cannot be reached and this is not CI (where
-    /// that fails the test instead): `cargo test` works without it.
+    /// `None` when PostgreSQL cannot be reached outside CI (see [`pg_admin`]).
     pub async fn create() -> Option<PgSchema> {
-        let base = std::env::var("SPOOL_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let connecting = tokio::time::timeout(
-            Duration::from_secs(5),
-            <sqlx::PgConnection as sqlx::Connection>::connect(&base),
-        )
-        .await
-        .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
-        let mut admin = match connecting {
-            Ok(connection) => connection,
-            Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
-                eprintln!("SKIPPED (PostgreSQL unreachable at {base}: {error})");
-                return None;
-            }
-            Err(error) => panic!("PostgreSQL is unreachable at {base} under CI=true: {error}"),
-        };
+        let mut admin = pg_admin().await?;
         let name = format!("spool_api_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
             .execute(&mut admin)
             .await
             .expect("a fresh schema");
+        let base = pg_base_url();
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
-        Some(PgSchema { url, name, base })
+        Some(PgSchema { url, name })
     }
 }
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        // A thread and runtime of its own: the test's runtime may be the
-        // current thread, blocked right here.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async move {
-                    use sqlx::Connection;
-                    if let Ok(mut admin) = sqlx::PgConnection::connect(&base).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP SCHEMA IF EXISTS {name} CASCADE"
-                        )))
-                        .execute(&mut admin)
-                        .await;
-                    }
-                });
-            }
-        })
-        .join();
+        pg_admin_blocking(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// A fresh database of its own on the test PostgreSQL (not a schema), for a
+/// test that takes it away: refusing its connections disturbs no other
+/// test. Dropped afterwards.
+pub struct PgDatabase {
+    /// Connects into the database.
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// `None` when PostgreSQL cannot be reached outside CI (see [`pg_admin`]).
+    pub async fn create() -> Option<PgDatabase> {
+        let mut admin = pg_admin().await?;
+        let name = format!("spool_outage_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("a fresh database");
+        let base = pg_base_url();
+        let (server, _) = base.rsplit_once('/').expect("a database URL");
+        let url = format!("{server}/{name}");
+        Some(PgDatabase { url, name })
+    }
+
+    async fn admin(&self, sql: String) {
+        let mut admin = pg_admin().await.expect("the admin connection");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("an admin statement");
+    }
+
+    /// Refuses new connections and ends every open one.
+    pub async fn go_down(&self) {
+        let name = &self.name;
+        self.admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+            .await;
+        self.admin(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+    }
+
+    pub async fn come_back(&self) {
+        let name = &self.name;
+        self.admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+            .await;
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        pg_admin_blocking(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }

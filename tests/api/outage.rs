@@ -9,10 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 use crate::cluster::answer;
-use crate::helpers::SpoolProcess;
+use crate::helpers::{PgDatabase, SpoolProcess};
 
 /// Longer than the ~11 s of outcome retries after which earlier builds gave
 /// up on a job (and then renewed its lease for ever).
@@ -226,91 +225,6 @@ async fn jobs_that_end_while_the_sqlite_disk_is_full_end_properly_once_space_is_
         || async { get(&client, &spool, "/readyz").await.0 == 200 },
     )
     .await;
-}
-
-/// A database of its own (not a schema): refusing connections to it must
-/// not disturb the tests sharing the server.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create() -> Option<PgDatabase> {
-        let admin_url = std::env::var("SPOOL_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(admin) => admin,
-            Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
-                eprintln!("SKIPPED (PostgreSQL unreachable at {admin_url}: {error})");
-                return None;
-            }
-            Err(error) => panic!("PostgreSQL is unreachable under CI=true: {error}"),
-        };
-        let name = format!("spool_outage_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("a fresh database");
-        let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-        let url = format!("{base}/{name}");
-        Some(PgDatabase {
-            admin_url,
-            name,
-            url,
-        })
-    }
-
-    async fn admin(&self, sql: String) {
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
-            .await
-            .expect("the admin connection");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .expect("an admin statement");
-    }
-
-    /// Refuses new connections and ends every open one.
-    async fn go_down(&self) {
-        let name = &self.name;
-        self.admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-            .await;
-        self.admin(format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .await;
-    }
-
-    async fn come_back(&self) {
-        let name = &self.name;
-        self.admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-            .await;
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async move {
-                    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut admin)
-                        .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
 }
 
 #[tokio::test]

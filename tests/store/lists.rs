@@ -270,14 +270,7 @@ pub async fn every_filter_lists_newest_first_across_states_and_pages_stitch_by_c
 
     let everything = all_jobs(&store).await;
     assert_eq!(everything.len(), 32);
-    for state in [
-        JobState::Scheduled,
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ] {
+    for state in JobState::ALL {
         assert!(
             everything.iter().any(|job| job.status == state),
             "no job is {state:?}"
@@ -305,14 +298,7 @@ pub async fn every_filter_lists_newest_first_across_states_and_pages_stitch_by_c
         by(None, None, None, Some("k3")),
         by(Some("default"), None, None, Some("shared")),
     ];
-    for state in [
-        JobState::Scheduled,
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ] {
+    for state in JobState::ALL {
         filters.push(by(None, None, Some(state), None));
         filters.push(by(Some("other"), None, Some(state), None));
         filters.push(by(None, Some("noop"), Some(state), None));
@@ -439,6 +425,34 @@ fn old_jobs() -> [(JobId, &'static str); 3] {
     ]
 }
 
+/// Migrates `$conn` (either backend's connection) as the release before
+/// the label index did, stores [`old_jobs`] in it and closes it; evaluates
+/// to those jobs. A macro: each backend's connection binds through its own
+/// sqlx types.
+macro_rules! store_as_the_previous_release {
+    ($conn:ident, $backend:literal) => {{
+        let old_migrations = migrations_before_the_index($backend);
+        sqlx::migrate::Migrator::new(old_migrations.path())
+            .await
+            .expect("the old migrations")
+            .run(&mut $conn)
+            .await
+            .expect("migrated as the previous release");
+        sqlx::query(OLD_QUEUE).execute(&mut $conn).await.unwrap();
+        let old = old_jobs();
+        for (id, metadata) in &old {
+            sqlx::query(OLD_JOB)
+                .bind(id.to_string())
+                .bind(*metadata)
+                .execute(&mut $conn)
+                .await
+                .unwrap();
+        }
+        $conn.close().await.unwrap();
+        old
+    }};
+}
+
 #[tokio::test]
 async fn sqlite_backfills_the_labels_of_jobs_stored_before_the_index() {
     use sqlx::{Connection, SqliteConnection};
@@ -448,24 +462,7 @@ async fn sqlite_backfills_the_labels_of_jobs_stored_before_the_index() {
     let mut conn = SqliteConnection::connect(&format!("{url}?mode=rwc"))
         .await
         .expect("a new database");
-    let old_migrations = migrations_before_the_index("sqlite");
-    sqlx::migrate::Migrator::new(old_migrations.path())
-        .await
-        .expect("the old migrations")
-        .run(&mut conn)
-        .await
-        .expect("migrated as the previous release");
-    sqlx::query(OLD_QUEUE).execute(&mut conn).await.unwrap();
-    let old = old_jobs();
-    for (id, metadata) in &old {
-        sqlx::query(OLD_JOB)
-            .bind(id.to_string())
-            .bind(*metadata)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    conn.close().await.unwrap();
+    let old = store_as_the_previous_release!(conn, "sqlite");
 
     let store = spool::store::SqliteStore::open(&url)
         .await
@@ -488,24 +485,7 @@ async fn postgres_backfills_the_labels_of_jobs_stored_before_the_index() {
         return;
     };
     let mut conn = PgConnection::connect(&schema.url()).await.unwrap();
-    let old_migrations = migrations_before_the_index("postgres");
-    sqlx::migrate::Migrator::new(old_migrations.path())
-        .await
-        .expect("the old migrations")
-        .run(&mut conn)
-        .await
-        .expect("migrated as the previous release");
-    sqlx::query(OLD_QUEUE).execute(&mut conn).await.unwrap();
-    let old = old_jobs();
-    for (id, metadata) in &old {
-        sqlx::query(OLD_JOB)
-            .bind(id.to_string())
-            .bind(*metadata)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    conn.close().await.unwrap();
+    let old = store_as_the_previous_release!(conn, "postgres");
 
     let store = schema.open().await;
     let url = schema.url();

@@ -1,13 +1,11 @@
 //! `GET /v1/jobs` on PostgreSQL: the shared list statement on the pool,
 //! within the list budget.
 
-use sqlx::{AssertSqlSafe, Connection, PgPool, Row};
+use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use crate::domain::Job;
-use crate::store::lists::{
-    Dialect, ListBudget, bind_all, label_counts_query, list_query, rarest_label_first,
-};
-use crate::store::rows::{JobRow, jobs_from_rows};
+use crate::store::lists::{Dialect, ListBudget, bind_all, list_query, list_rows};
+use crate::store::rows::jobs_from_rows;
 use crate::store::{JobFilter, StoreError};
 
 /// Lists running at once out of a pool of `connections`: a quarter, at
@@ -27,24 +25,7 @@ pub(super) async fn list_jobs(
 ) -> Result<Vec<Job>, StoreError> {
     let running = budget.enter().await?;
     let mut conn = pool.acquire().await?;
-    let rarest_first;
-    let filter = match label_counts_query(filter, Dialect::Postgres) {
-        Some(probe) => {
-            let row = bind_all!(sqlx::query(AssertSqlSafe(probe.sql)), probe.binds)
-                .fetch_one(&mut *conn)
-                .await?;
-            let counts = (0..filter.metadata.len())
-                .map(|n| row.try_get::<i64, _>(n))
-                .collect::<Result<Vec<_>, _>>()?;
-            rarest_first = rarest_label_first(filter, &counts);
-            &rarest_first
-        }
-        None => filter,
-    };
-    let query = list_query(tenant, filter, Dialect::Postgres);
-    let rows: Vec<JobRow> = bind_all!(sqlx::query_as(AssertSqlSafe(query.sql)), query.binds)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = list_rows!(&mut *conn, tenant, filter, Dialect::Postgres)?;
     drop(conn);
     drop(running);
     jobs_from_rows(rows)
