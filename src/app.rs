@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::access::{Keyring, OpenMode};
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::engine::Engine;
 use crate::http::serve::{self, ConnectionSettings, FdLimit};
 use crate::http::{AppState, router};
@@ -32,6 +33,13 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Outbound(#[from] OutboundError),
+    #[error(
+        "SPOOL_BIND: {addr} is not a loopback address and no API key is configured, so \
+         anyone who can reach it could read and change every job. Add a key \
+         (SPOOL_API_KEYS=TENANT:admin:SECRET, or [[api_keys]] in the config file), bind \
+         127.0.0.1, or set SPOOL_AUTH=none if a proxy in front authenticates"
+    )]
+    OpenOnNetwork { addr: SocketAddr },
     #[error("SPOOL_BIND: cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -64,6 +72,12 @@ impl AppBuilder {
         let config = self.config;
         let file = config.file()?;
         let declared = config.declared_queues(&file)?;
+        let declared_keys = config.declared_keys(&file)?;
+        let open_mode = match config.auth {
+            AuthMode::None => OpenMode::Always,
+            AuthMode::Keys if config.bind.ip().is_loopback() => OpenMode::Allowed,
+            AuthMode::Keys => OpenMode::Refused,
+        };
         let engine_settings = config.engine_settings()?;
         let http_settings = config.http_settings()?;
         // Before anything opens a descriptor, so that all of them count
@@ -92,6 +106,14 @@ impl AppBuilder {
         }
         let kinds = KindRegistry::new(kinds)?;
         let store = open_store(&config.database_url).await?;
+        // Before the engine starts work: a service that would be open to the
+        // network does not start at all.
+        if open_mode == OpenMode::Refused
+            && declared_keys.is_empty()
+            && store.stored_keys().await?.is_empty()
+        {
+            return Err(StartError::OpenOnNetwork { addr: config.bind });
+        }
         let webhooks = config.webhook_secret.clone().map(|secret| Webhooks {
             outbound: outbound.clone(),
             secret,
@@ -102,6 +124,18 @@ impl AppBuilder {
             },
         });
         let engine = Engine::start(store, kinds, engine_settings, declared, webhooks).await?;
+        let keyring = Keyring::load(engine.clone(), declared_keys, open_mode).await?;
+        keyring.spawn_upkeep();
+        match open_mode {
+            OpenMode::Always => tracing::warn!(
+                "SPOOL_AUTH=none: no request is asked for a key; every caller is an admin"
+            ),
+            OpenMode::Allowed if keyring.is_empty() => tracing::info!(
+                "no API key configured: open mode, loopback only (every request is the admin \
+                 of tenant `default`)"
+            ),
+            _ => {}
+        }
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| StartError::Bind {
@@ -111,6 +145,7 @@ impl AppBuilder {
         let router = router(
             AppState {
                 engine: engine.clone(),
+                keyring,
                 sse_keep_alive: config.sse_keep_alive,
             },
             &http_settings,

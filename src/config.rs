@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::domain::{QueueConfig, QueueSettings};
+use crate::access::{DeclaredKey, parse_api_keys};
+use crate::domain::{QueueConfig, QueueSettings, StoredKey};
 use crate::engine::EngineSettings;
 use crate::http::HttpSettings;
 use crate::kinds::ExecCommand;
@@ -33,6 +34,35 @@ pub enum Command {
     Openapi,
     /// Start the service on a fresh database and measure it over loopback HTTP.
     Bench(crate::bench::BenchArgs),
+}
+
+/// `SPOOL_AUTH`: whether requests need an API key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Keys are required once any exists. With none, only a loopback bind
+    /// is allowed (open mode, for development).
+    #[default]
+    Keys,
+    /// No key is ever asked for: every request is the admin of tenant
+    /// `default`, whatever the bind address. For a service behind a proxy
+    /// that authenticates.
+    None,
+}
+
+/// `SPOOL_API_KEYS`, parsed. Its `Debug` never shows a secret.
+#[derive(Clone, Default)]
+pub struct ApiKeysSetting(pub Vec<DeclaredKey>);
+
+impl std::fmt::Debug for ApiKeysSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeysSetting({} keys)", self.0.len())
+    }
+}
+
+fn api_keys(text: &str) -> Result<ApiKeysSetting, String> {
+    parse_api_keys(text)
+        .map(ApiKeysSetting)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -160,6 +190,16 @@ pub struct Config {
     /// limit, at most 65536.
     #[arg(long, env = "SPOOL_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
+    /// API keys: comma-separated `TENANT:ROLE:SECRET` (ROLE is admin, write
+    /// or read; SECRET may be `sha256:<hex>` of the secret). More in the
+    /// config file's `[[api_keys]]`, and through `POST /v1/keys`.
+    #[arg(long, env = "SPOOL_API_KEYS", value_parser = api_keys, hide_env_values = true, global = true)]
+    pub api_keys: Option<ApiKeysSetting>,
+    /// `keys`: requests need an API key once any exists, and a service bound
+    /// to a non-loopback address refuses to start without one. `none`:
+    /// never ask for a key (behind a proxy that authenticates).
+    #[arg(long, env = "SPOOL_AUTH", value_enum, default_value_t = AuthMode::Keys, global = true)]
+    pub auth: AuthMode,
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -183,6 +223,8 @@ pub enum ConfigError {
     Queue { queue: String, message: String },
     #[error("SPOOL_CONFIG: exec.{command}: {message}")]
     Exec { command: String, message: String },
+    #[error(transparent)]
+    Key(#[from] crate::access::DeclaredKeyError),
     #[error("{setting}: {message}")]
     Invalid {
         setting: &'static str,
@@ -200,6 +242,9 @@ pub struct FileConfig {
     /// `[exec.NAME]` tables: the commands the `exec` kind may run.
     #[serde(default)]
     pub exec: BTreeMap<String, ExecCommand>,
+    /// `[[api_keys]]` tables: `name`, `tenant`, `role`, `secret`.
+    #[serde(default)]
+    pub api_keys: Vec<DeclaredKey>,
 }
 
 impl Default for Config {
@@ -227,6 +272,8 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             max_connections: None,
+            api_keys: None,
+            auth: AuthMode::Keys,
             log_format: LogFormat::Text,
         }
     }
@@ -276,6 +323,44 @@ impl Config {
                 Ok(queue)
             })
             .collect()
+    }
+
+    /// The keys `SPOOL_API_KEYS` and the config file declare, checked.
+    pub fn declared_keys(&self, file: &FileConfig) -> Result<Vec<StoredKey>, ConfigError> {
+        let from_env = self
+            .api_keys
+            .iter()
+            .flat_map(|keys| keys.0.iter())
+            .enumerate();
+        let mut keys = Vec::new();
+        for (i, key) in from_env {
+            keys.push(
+                key.clone()
+                    .into_stored(&format!("SPOOL_API_KEYS entry {}", i + 1))?,
+            );
+        }
+        for (i, key) in file.api_keys.iter().enumerate() {
+            keys.push(
+                key.clone()
+                    .into_stored(&format!("SPOOL_CONFIG: api_keys[{i}]"))?,
+            );
+        }
+        for (i, key) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|other| other.hash == key.hash) {
+                return Err(ConfigError::Invalid {
+                    setting: "SPOOL_API_KEYS",
+                    message: format!("the key `{}` is declared twice", key.key.name),
+                });
+            }
+        }
+        if self.auth == AuthMode::None && !keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "SPOOL_AUTH",
+                message: "`none` turns keys off, yet keys are declared; remove one or the other"
+                    .into(),
+            });
+        }
+        Ok(keys)
     }
 
     pub fn engine_settings(&self) -> Result<EngineSettings, ConfigError> {

@@ -3,6 +3,7 @@
 //! Map of the modules, from the outside in:
 //!
 //! - [`app`]: assembles store, engine and router; runs until a signal.
+//! - [`access`]: API keys, the keyring that checks them, open mode.
 //! - [`config`]: flags, `SPOOL_*` environment variables and the TOML file.
 //! - [`http`]: routes, extractors, the problem+json error type, OpenAPI.
 //! - [`engine`]: admission, dispatch to the worker pool, leases, retries,
@@ -19,6 +20,7 @@
 //! A custom kind is a type implementing [`kinds::JobKind`], registered with
 //! [`app::App::builder`]`(config).kind(MyKind)`; see `examples/custom_kind.rs`.
 
+pub mod access;
 pub mod app;
 pub mod bench;
 pub mod config;

@@ -1,5 +1,7 @@
-//! Plain types of the job service: jobs, batches, specs, states, queues. No HTTP, no SQL.
+//! Plain types of the job service: jobs, batches, specs, states, queues,
+//! keys and roles. No HTTP, no SQL.
 
+mod access;
 mod batch;
 mod job;
 mod queue;
@@ -7,6 +9,9 @@ mod spec;
 mod time;
 mod webhook;
 
+pub use access::{
+    ApiKey, Caller, KeyHash, KeyId, KeySource, KeySpec, Role, StoredKey, valid_tenant,
+};
 pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
     job_pointer, success_required,

@@ -167,6 +167,9 @@ pub(crate) struct Inner {
     wake_webhooks: Arc<Notify>,
     /// The bus to the other instances (shared mode only).
     shared: Option<Shared>,
+    /// Another instance changed the API keys (or bus messages were lost):
+    /// the keyring re-reads them.
+    keys_heard: Notify,
     /// The last readiness probe: when it ran and what it found. Behind an
     /// async lock so that concurrent `/readyz` calls share one probe.
     readiness: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
@@ -273,6 +276,7 @@ impl Engine {
                 webhooks,
                 wake_webhooks: Arc::new(Notify::new()),
                 shared,
+                keys_heard: Notify::new(),
                 readiness: tokio::sync::Mutex::new(None),
             }),
         };
@@ -288,6 +292,11 @@ impl Engine {
 
     pub fn events(&self) -> &EventHub {
         &self.inner.events
+    }
+
+    /// The store, for what the engine does not mediate (API keys).
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.inner.store
     }
 
     /// Checks a submitted `callback_url` against the outbound rules (where
@@ -572,6 +581,7 @@ impl Engine {
                             status: batch.status,
                             counts: batch.counts,
                             finished_at: batch.finished_at,
+                            tenant: batch.tenant.clone(),
                         }),
                     ),
                     Ok(None) => {}

@@ -36,6 +36,8 @@ enum Signal {
     Stop { jobs: Vec<JobId> },
     /// A queue's settings changed: re-read them.
     Queues,
+    /// An API key was created or revoked: re-read the keys.
+    Keys,
     /// The sender has event streams or long-polls open until `until_ms`:
     /// relay events to it until then.
     Listening { until_ms: i64 },
@@ -45,6 +47,9 @@ enum Signal {
         event: Box<Event>,
         #[serde(default)]
         admission: bool,
+        /// The event's tenant, which its JSON leaves out.
+        #[serde(default)]
+        tenant: String,
     },
 }
 
@@ -55,6 +60,7 @@ struct RelayedEvent<'a> {
     event: &'a Event,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     admission: bool,
+    tenant: &'a str,
 }
 
 /// This instance's end of the bus.
@@ -90,6 +96,7 @@ impl Shared {
         let mut message = serde_json::to_string(&RelayedEvent {
             event,
             admission: event.admission,
+            tenant: event.tenant(),
         })
         .unwrap_or_default();
         if message.len() > MAX_BUS_MESSAGE && event.job.as_ref().is_some_and(|j| j.result.is_some())
@@ -104,6 +111,7 @@ impl Shared {
             message = serde_json::to_string(&RelayedEvent {
                 event: &smaller,
                 admission: event.admission,
+                tenant: event.tenant(),
             })
             .unwrap_or_default();
         }
@@ -144,6 +152,24 @@ impl Engine {
     }
 
     /// Tells the other instances that queue settings changed.
+    /// Whether other instances may share the store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.shared().is_some()
+    }
+
+    /// Tells the other instances that the API keys changed.
+    pub fn tell_keys_changed(&self) {
+        if let Some(shared) = self.shared() {
+            shared.send(&Signal::Keys);
+        }
+    }
+
+    /// Notified when another instance changed the API keys, or when bus
+    /// messages may have been lost.
+    pub fn keys_heard(&self) -> &tokio::sync::Notify {
+        &self.inner.keys_heard
+    }
+
     pub(super) fn tell_queues_changed(&self) {
         if let Some(shared) = self.shared() {
             shared.send(&Signal::Queues);
@@ -225,6 +251,7 @@ impl Engine {
                 let engine = self.clone();
                 tokio::spawn(async move { engine.refresh_queues().await });
             }
+            Signal::Keys => self.inner.keys_heard.notify_one(),
             Signal::Listening { until_ms } => {
                 if let Some(shared) = self.shared() {
                     shared
@@ -235,8 +262,10 @@ impl Engine {
             Signal::Event {
                 mut event,
                 admission,
+                tenant,
             } => {
                 event.admission = admission;
+                event.set_tenant(&tenant);
                 // Long-polls held here wait on ends stored elsewhere too.
                 match (event.kind, &event.job, &event.batch) {
                     (
@@ -260,6 +289,7 @@ impl Engine {
         self.inner.wake_dispatcher.notify_one();
         self.inner.wake_promoter.notify_one();
         self.inner.wake_webhooks.notify_one();
+        self.inner.keys_heard.notify_one();
         self.refresh_queues().await;
         if let Some(shared) = self.shared()
             && shared.announced_until_ms.load(Ordering::Acquire) > Timestamp::now().as_millis()

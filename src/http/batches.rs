@@ -9,10 +9,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
 use super::jobs::{idempotency_key, replayed};
-use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError, TENANT_DEFAULT};
+use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};
 use crate::engine::BatchSubmitted;
 
 const DEFAULT_PAGE: u32 = 100;
@@ -39,6 +40,7 @@ pub struct ResultPage {
 /// pipeline is one request.
 #[utoipa::path(
     post, path = "/v1/batches", tag = "batches",
+    security(("bearer" = ["write"])),
     request_body = BatchSpec,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
     responses(
@@ -56,6 +58,7 @@ pub struct ResultPage {
     )
 )]
 pub async fn create_batch(
+    WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     IdempotencyHeader(header): IdempotencyHeader,
     body: JsonBody<BatchSpec>,
@@ -63,7 +66,7 @@ pub async fn create_batch(
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/batches"))?;
     let submitted = state
         .engine
-        .submit_batch(TENANT_DEFAULT, body.value, idempotency)
+        .submit_batch(&caller.tenant, body.value, idempotency)
         .await?;
     Ok(match submitted {
         BatchSubmitted::Created(batch) => {
@@ -86,6 +89,7 @@ pub async fn create_batch(
 /// passed.
 #[utoipa::path(
     get, path = "/v1/batches/{id}", tag = "batches",
+    security(("bearer" = ["read"])),
     params(
         ("id" = String, Path, description = "Batch id"),
         ("wait" = Option<u64>, Query, description = "Long-poll: seconds (0..=60) to wait for the batch to finish", minimum = 0, maximum = 60),
@@ -99,13 +103,14 @@ pub async fn create_batch(
     )
 )]
 pub async fn get_batch(
+    ReadAccess(caller): ReadAccess,
     State(state): State<AppState>,
     BatchIdPath(id): BatchIdPath,
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Json<Batch>, ApiError> {
     let wait = parse_wait(pairs)?;
     Ok(Json(
-        state.engine.get_batch(TENANT_DEFAULT, id, wait).await?,
+        state.engine.get_batch(&caller.tenant, id, wait).await?,
     ))
 }
 
@@ -116,6 +121,7 @@ pub async fn get_batch(
 /// still run; it is `null` once the batch is finished and read to the end.
 #[utoipa::path(
     get, path = "/v1/batches/{id}/results", tag = "batches",
+    security(("bearer" = ["read"])),
     params(
         ("id" = String, Path, description = "Batch id"),
         ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 100", minimum = 1, maximum = 1000),
@@ -130,6 +136,7 @@ pub async fn get_batch(
     )
 )]
 pub async fn batch_results(
+    ReadAccess(caller): ReadAccess,
     State(state): State<AppState>,
     BatchIdPath(id): BatchIdPath,
     QueryPairs(pairs): QueryPairs,
@@ -158,7 +165,7 @@ pub async fn batch_results(
     }
     let (batch, items) = state
         .engine
-        .batch_results(TENANT_DEFAULT, id, after, limit)
+        .batch_results(&caller.tenant, id, after, limit)
         .await?;
     // The batch was read first: seen finished, all its results were there.
     let exhausted = batch.finished_at.is_some() && items.len() < limit as usize;
@@ -182,6 +189,7 @@ pub async fn batch_results(
 /// one stopped. A finished batch answers `409 already_finished`.
 #[utoipa::path(
     post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    security(("bearer" = ["write"])),
     params(("id" = String, Path, description = "Batch id")),
     responses(
         (status = 200, description = "Cancelled (running jobs may still be stopping).", body = Batch),
@@ -191,8 +199,9 @@ pub async fn batch_results(
     )
 )]
 pub async fn cancel_batch(
+    WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     BatchIdPath(id): BatchIdPath,
 ) -> Result<Json<Batch>, ApiError> {
-    Ok(Json(state.engine.cancel_batch(TENANT_DEFAULT, id).await?))
+    Ok(Json(state.engine.cancel_batch(&caller.tenant, id).await?))
 }

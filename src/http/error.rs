@@ -1,7 +1,7 @@
 //! The one HTTP error type: every failure becomes RFC 9457 problem details
 //! with a stable `code`.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -50,6 +50,8 @@ struct ApiErrorInner {
     /// Answered with `Connection: close`: the rest of the request (an
     /// unread body) is not worth reading.
     close: bool,
+    /// Further headers (`WWW-Authenticate`, `RateLimit`, …).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// The cause of a 5xx, carried to the logging middleware in the response's
@@ -69,7 +71,25 @@ impl ApiError {
             retry_after_s: None,
             cause: None,
             close: false,
+            headers: Vec::new(),
         }))
+    }
+
+    /// No key, or one that is unknown, revoked or expired. Which of those it
+    /// was is not said: a caller probing keys learns nothing.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    /// A valid key whose role may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.0.headers.push((name, value));
+        self
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
@@ -273,6 +293,9 @@ impl IntoResponse for ApiError {
         }
         if error.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        for (name, value) in error.headers {
+            headers.insert(name, value);
         }
         if let Some(cause) = error.cause {
             response.extensions_mut().insert(ServerErrorCause(cause));

@@ -13,6 +13,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::access::ReadAccess;
 use super::error::{ApiError, Problem};
 use super::extract::QueryPairs;
 use crate::domain::{BatchId, FieldError, JobId};
@@ -22,6 +23,8 @@ use crate::notify::{Event, EventHub, EventKind, Resume};
 /// Which events a stream carries; every given filter must match.
 #[derive(Default)]
 struct Filter {
+    /// The caller's tenant: a stream never shows another tenant's events.
+    tenant: Option<String>,
     job_id: Option<JobId>,
     batch_id: Option<BatchId>,
     queue: Option<String>,
@@ -30,7 +33,10 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, event: &Event) -> bool {
-        self.job_id.is_none_or(|id| event.job_id() == Some(id))
+        self.tenant
+            .as_deref()
+            .is_none_or(|tenant| event.tenant() == tenant)
+            && self.job_id.is_none_or(|id| event.job_id() == Some(id))
             && self.batch_id.is_none_or(|id| event.batch_id() == Some(id))
             && self
                 .queue
@@ -55,8 +61,14 @@ const EVENT_TYPES: [EventKind; 9] = [
     EventKind::BatchFinished,
 ];
 
-fn parse_filter(pairs: Vec<(String, String)>) -> Result<(Filter, Option<String>), ApiError> {
-    let mut filter = Filter::default();
+fn parse_filter(
+    tenant: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<(Filter, Option<String>), ApiError> {
+    let mut filter = Filter {
+        tenant: Some(tenant.to_owned()),
+        ..Filter::default()
+    };
     let mut last_event_id = None;
     let mut errors = Vec::new();
     for (name, value) in pairs {
@@ -113,6 +125,7 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<(Filter, Option<String>)
 /// running jobs have drained (so their last events are on it).
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
+    security(("bearer" = ["read"])),
     params(
         ("job_id" = Option<String>, Query, description = "Only this job's events.", format = Uuid),
         ("batch_id" = Option<String>, Query, description = "Only events of this batch and its jobs.", format = Uuid),
@@ -128,11 +141,12 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<(Filter, Option<String>)
     )
 )]
 pub async fn stream_events(
+    ReadAccess(caller): ReadAccess,
     State(state): State<AppState>,
     headers: HeaderMap,
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let (filter, query_last_id) = parse_filter(pairs)?;
+    let (filter, query_last_id) = parse_filter(&caller.tenant, pairs)?;
     if state.engine.stopping().is_cancelled() {
         return Err(EngineError::ShuttingDown.into());
     }
@@ -318,6 +332,7 @@ mod tests {
                     status: BatchStatus::Succeeded,
                     counts: BatchCounts::default(),
                     finished_at: None,
+                    tenant: crate::domain::TENANT_DEFAULT.to_owned(),
                 }),
             );
         }

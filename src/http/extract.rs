@@ -210,39 +210,47 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// A job id from the path; anything that is not one is simply not found.
-pub struct JobIdPath(pub JobId);
+/// An id from the path; anything that is not one is simply not found (a
+/// malformed id and an unknown one answer alike).
+macro_rules! id_path {
+    ($(#[$doc:meta])* $name:ident, $id:ty, $what:literal) => {
+        $(#[$doc])*
+        pub struct $name(pub $id);
 
-impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
-    type Rejection = ApiError;
+        impl<S: Send + Sync> FromRequestParts<S> for $name {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| ApiError::not_found("job"))?;
-        raw.parse()
-            .map(JobIdPath)
-            .map_err(|_| ApiError::not_found("job"))
-    }
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+                let axum::extract::Path(raw) =
+                    axum::extract::Path::<String>::from_request_parts(parts, state)
+                        .await
+                        .map_err(|_| ApiError::not_found($what))?;
+                raw.parse()
+                    .map($name)
+                    .map_err(|_| ApiError::not_found($what))
+            }
+        }
+    };
 }
 
-/// A batch id from the path; anything that is not one is simply not found.
-pub struct BatchIdPath(pub BatchId);
-
-impl<S: Send + Sync> FromRequestParts<S> for BatchIdPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| ApiError::not_found("batch"))?;
-        raw.parse()
-            .map(BatchIdPath)
-            .map_err(|_| ApiError::not_found("batch"))
-    }
-}
+id_path!(
+    /// A job id from the path.
+    JobIdPath,
+    JobId,
+    "job"
+);
+id_path!(
+    /// A batch id from the path.
+    BatchIdPath,
+    BatchId,
+    "batch"
+);
+id_path!(
+    /// An API key id from the path.
+    KeyIdPath,
+    crate::domain::KeyId,
+    "key"
+);
 
 /// Longest long-poll, in seconds.
 pub const MAX_WAIT_S: u64 = 60;

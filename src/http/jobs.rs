@@ -8,9 +8,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
-use crate::domain::{FieldError, Job, JobSpec, JobState, TENANT_DEFAULT, valid_metadata_key};
+use crate::domain::{FieldError, Job, JobSpec, JobState, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
 use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
 
@@ -62,6 +63,7 @@ pub(super) fn idempotency_key(
 /// repeat of the same request returns the original response.
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
+    security(("bearer" = ["write"])),
     request_body = JobSpec,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
     responses(
@@ -80,6 +82,7 @@ pub(super) fn idempotency_key(
     )
 )]
 pub async fn create_job(
+    WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     IdempotencyHeader(header): IdempotencyHeader,
     body: JsonBody<JobSpec>,
@@ -87,7 +90,7 @@ pub async fn create_job(
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/jobs"))?;
     let submitted = state
         .engine
-        .submit_job(TENANT_DEFAULT, body.value, idempotency)
+        .submit_job(&caller.tenant, body.value, idempotency)
         .await?;
     Ok(match submitted {
         Submitted::Created(job) => {
@@ -121,6 +124,7 @@ pub(super) fn replayed(stored: &StoredResponse, collection: &str) -> Response {
 /// the job as it is then.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
+    security(("bearer" = ["read"])),
     params(
         ("id" = String, Path, description = "Job id"),
         ("wait" = Option<u64>, Query, description = "Long-poll: seconds (0..=60) to wait for the job to be terminal", minimum = 0, maximum = 60),
@@ -134,13 +138,14 @@ pub(super) fn replayed(stored: &StoredResponse, collection: &str) -> Response {
     )
 )]
 pub async fn get_job(
+    ReadAccess(caller): ReadAccess,
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Json<Job>, ApiError> {
     let wait = parse_wait(pairs)?;
     Ok(Json(
-        state.engine.wait_for_job(TENANT_DEFAULT, id, wait).await?,
+        state.engine.wait_for_job(&caller.tenant, id, wait).await?,
     ))
 }
 
@@ -153,6 +158,7 @@ pub async fn get_job(
 /// reads of single jobs and `/readyz` are still served.
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
+    security(("bearer" = ["read"])),
     params(
         ("queue" = Option<String>, Query, description = "Only this queue"),
         ("status" = Option<JobState>, Query, description = "Only this status"),
@@ -171,6 +177,7 @@ pub async fn get_job(
     )
 )]
 pub async fn list_jobs(
+    ReadAccess(caller): ReadAccess,
     State(state): State<AppState>,
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Json<JobPage>, ApiError> {
@@ -178,7 +185,7 @@ pub async fn list_jobs(
     let limit = filter.limit;
     let mut probe = filter;
     probe.limit = limit + 1;
-    let mut items = state.engine.list_jobs(TENANT_DEFAULT, &probe).await?;
+    let mut items = state.engine.list_jobs(&caller.tenant, &probe).await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|job| job.id.to_string())
@@ -241,6 +248,7 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
 /// its task is aborted; it becomes `cancelled` when it stops.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    security(("bearer" = ["write"])),
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Cancelled.", body = Job),
@@ -251,10 +259,11 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
     )
 )]
 pub async fn cancel_job(
+    WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
 ) -> Result<Response, ApiError> {
-    Ok(match state.engine.cancel_job(TENANT_DEFAULT, id).await? {
+    Ok(match state.engine.cancel_job(&caller.tenant, id).await? {
         Cancelled::Now(job) => (StatusCode::OK, Json(job)).into_response(),
         Cancelled::Requested(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
     })
@@ -265,6 +274,7 @@ pub async fn cancel_job(
 /// Re-enqueues it as a new attempt series (`attempt` starts again at 0).
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    security(("bearer" = ["write"])),
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 202, description = "Queued again.", body = Job),
@@ -275,9 +285,10 @@ pub async fn cancel_job(
     )
 )]
 pub async fn retry_job(
+    WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
 ) -> Result<Response, ApiError> {
-    let job = state.engine.retry_job(TENANT_DEFAULT, id).await?;
+    let job = state.engine.retry_job(&caller.tenant, id).await?;
     Ok((StatusCode::ACCEPTED, [location(job.id)], Json(job)).into_response())
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::ReadAccess;
 use crate::kinds::KindInfo;
 
 #[derive(Serialize, ToSchema)]
@@ -16,9 +17,13 @@ pub struct KindList {
 /// List the registered job kinds.
 #[utoipa::path(
     get, path = "/v1/kinds", tag = "kinds",
+    security(("bearer" = ["read"])),
     responses((status = 200, description = "Every kind, with the JSON Schema of its payload.", body = KindList))
 )]
-pub async fn list_kinds(State(state): State<AppState>) -> Json<KindList> {
+pub async fn list_kinds(
+    ReadAccess(_caller): ReadAccess,
+    State(state): State<AppState>,
+) -> Json<KindList> {
     Json(KindList {
         items: state.engine.kinds().list(),
     })

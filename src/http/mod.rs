@@ -1,5 +1,6 @@
 //! The HTTP API: routes, middleware, and the OpenAPI document generated from them.
 
+mod access;
 mod batches;
 mod error;
 mod events;
@@ -7,10 +8,13 @@ mod extract;
 mod guards;
 mod health;
 mod jobs;
+mod keys;
 mod kinds;
+mod openapi;
 mod queues;
 pub mod serve;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -31,12 +35,16 @@ pub use error::{ApiError, Problem, ServerErrorCause};
 pub use extract::parse_json;
 pub use health::OPENAPI_YAML;
 
+use self::openapi::BearerScheme;
+use crate::access::Keyring;
 use crate::engine::Engine;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// The API keys, and whether requests need one.
+    pub keyring: Arc<Keyring>,
     /// Interval of keep-alive comments on idle event streams.
     pub sse_keep_alive: Duration,
 }
@@ -93,26 +101,34 @@ fn body_limit(
         description = "Submit jobs and batches over HTTP, follow them, cancel them. \
             Errors are RFC 9457 problem details with a stable `code`. Any request may \
             also get 414 `uri_too_long`, 431 `headers_too_large`, or 503 \
-            `too_many_connections` (see `Retry-After`) or `request_timeout`.",
+            `too_many_connections` (see `Retry-After`) or `request_timeout`.\n\n\
+            Every `/v1` operation takes an API key, `Authorization: Bearer <key>`, and \
+            names the role it needs (`read`, `write` or `admin`) in its `security`. \
+            A key acts in its own tenant; an admin key acts in another with `?tenant=`. \
+            A service with no key at all, bound to a loopback address, lets every \
+            request in as the admin of tenant `default`.",
         license(name = "MIT OR Apache-2.0")
     ),
+    modifiers(&BearerScheme),
     tags(
         (name = "jobs", description = "Submit, read, cancel and retry jobs"),
         (name = "batches", description = "Many jobs submitted, followed and cancelled together"),
         (name = "queues", description = "Named, bounded queues with their own concurrency"),
         (name = "kinds", description = "The job kinds this service runs"),
         (name = "events", description = "Job and batch events as Server-Sent Events"),
+        (name = "keys", description = "API keys: who may call, in which tenant, with which role"),
         (name = "operations", description = "Health and the API description"),
     )
 )]
 struct ApiDoc;
 
-fn api_router(settings: &HttpSettings) -> OpenApiRouter<AppState> {
+/// The operations that need a key, and those that do not.
+fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     // Batches get a body limit of their own; the innermost limit wins.
     let batch_submission = OpenApiRouter::new()
         .routes(routes!(batches::create_batch))
         .layer(body_limit(settings.max_batch_body_bytes));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let keyed = OpenApiRouter::new()
         .merge(batch_submission)
         .routes(routes!(batches::get_batch))
         .routes(routes!(batches::batch_results))
@@ -125,21 +141,43 @@ fn api_router(settings: &HttpSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::get_queue, queues::put_queue))
         .routes(routes!(kinds::list_kinds))
         .routes(routes!(events::stream_events))
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::revoke_key));
+    let public = OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
-        .routes(routes!(health::openapi_yaml))
+        .routes(routes!(health::openapi_yaml));
+    (keyed, public)
+}
+
+/// The OpenAPI description as the code makes it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (keyed, public) = api_routers(&HttpSettings::default());
+    let (_, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(keyed)
+        .merge(public)
+        .split_for_parts();
+    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    openapi::document_access(&mut api);
+    api
 }
 
 /// The OpenAPI document as the code describes it (what `openapi.yaml` must be).
 pub fn openapi_document() -> String {
-    let (_, mut api) = api_router(&HttpSettings::default()).split_for_parts();
-    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    api.to_yaml().unwrap_or_default()
+    openapi().to_yaml().unwrap_or_default()
 }
 
 /// The whole application: routes, fallbacks and middleware.
 pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
-    let (router, _) = api_router(settings).split_for_parts();
+    let (keyed, public) = api_routers(settings);
+    let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
+        state.keyring.clone(),
+        access::authenticate,
+    ));
+    let (router, _) = OpenApiRouter::<AppState>::new()
+        .merge(keyed)
+        .merge(public)
+        .split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     router
         .fallback(not_found)

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::{AdminAccess, ReadAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, NamePath};
 use crate::domain::{QueueInfo, QueueSettings};
@@ -19,12 +20,16 @@ pub struct QueueList {
 /// List queues with their settings and counts.
 #[utoipa::path(
     get, path = "/v1/queues", tag = "queues",
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "Every queue.", body = QueueList),
         (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_queues(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
+pub async fn list_queues(
+    ReadAccess(_caller): ReadAccess,
+    State(state): State<AppState>,
+) -> Result<Json<QueueList>, ApiError> {
     Ok(Json(QueueList {
         items: state.engine.list_queues().await?,
     }))
@@ -33,6 +38,7 @@ pub async fn list_queues(State(state): State<AppState>) -> Result<Json<QueueList
 /// Get a queue.
 #[utoipa::path(
     get, path = "/v1/queues/{name}", tag = "queues",
+    security(("bearer" = ["read"])),
     params(("name" = String, Path, description = "Queue name")),
     responses(
         (status = 200, description = "The queue.", body = QueueInfo),
@@ -41,6 +47,7 @@ pub async fn list_queues(State(state): State<AppState>) -> Result<Json<QueueList
     )
 )]
 pub async fn get_queue(
+    ReadAccess(_caller): ReadAccess,
     State(state): State<AppState>,
     NamePath(name): NamePath,
 ) -> Result<Json<QueueInfo>, ApiError> {
@@ -63,6 +70,7 @@ pub async fn get_queue(
 /// reset to the file's settings at start-up.
 #[utoipa::path(
     put, path = "/v1/queues/{name}", tag = "queues",
+    security(("bearer" = ["admin"])),
     params(("name" = String, Path, description = "Queue name: 1 to 64 of A-Z a-z 0-9 _ - .")),
     request_body = QueueSettings,
     responses(
@@ -77,6 +85,7 @@ pub async fn get_queue(
     )
 )]
 pub async fn put_queue(
+    AdminAccess(_caller): AdminAccess,
     State(state): State<AppState>,
     NamePath(name): NamePath,
     body: JsonBody<QueueSettings>,

@@ -108,6 +108,10 @@ pub struct JobSummary {
     pub result_omitted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// Whose job it is: streams show a tenant only its own. Not shown to
+    /// clients; the bus carries it beside the event.
+    #[serde(skip)]
+    pub tenant: String,
 }
 
 /// Largest result an event carries. Events are kept in memory for resuming
@@ -170,6 +174,7 @@ pub fn job_summary(job: &Job) -> JobSummary {
             JobState::Failed | JobState::Cancelled | JobState::Scheduled => job.error.clone(),
             _ => None,
         },
+        tenant: job.tenant.clone(),
     }
 }
 
@@ -182,6 +187,9 @@ pub struct BatchSummary {
     pub counts: BatchCounts,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
+    /// Whose batch it is (see `JobSummary::tenant`).
+    #[serde(skip)]
+    pub tenant: String,
 }
 
 /// One event: the `data:` of an SSE message (its `id:` and `event:` lines
@@ -208,6 +216,26 @@ pub struct Event {
 }
 
 impl Event {
+    /// The tenant whose job or batch this event is about.
+    pub fn tenant(&self) -> &str {
+        match (&self.job, &self.batch) {
+            (Some(job), _) => &job.tenant,
+            (None, Some(batch)) => &batch.tenant,
+            (None, None) => "",
+        }
+    }
+
+    /// Restores the tenant of an event that came over the bus (which
+    /// carries it beside the event's JSON).
+    pub fn set_tenant(&mut self, tenant: &str) {
+        if let Some(job) = &mut self.job {
+            job.tenant = tenant.to_owned();
+        }
+        if let Some(batch) = &mut self.batch {
+            batch.tenant = tenant.to_owned();
+        }
+    }
+
     pub fn job_id(&self) -> Option<JobId> {
         self.job.as_ref().map(|job| job.id)
     }
@@ -464,6 +492,7 @@ impl EventHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TENANT_DEFAULT;
 
     fn batch_event(hub: &EventHub) {
         hub.publish(
@@ -473,6 +502,7 @@ mod tests {
                 status: BatchStatus::Succeeded,
                 counts: BatchCounts::default(),
                 finished_at: None,
+                tenant: TENANT_DEFAULT.to_owned(),
             }),
         );
     }
@@ -490,6 +520,7 @@ mod tests {
             result: None,
             result_omitted: false,
             error: None,
+            tenant: TENANT_DEFAULT.to_owned(),
         }
     }
 

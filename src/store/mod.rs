@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod keys;
 mod lists;
 mod plan;
 mod postgres;
@@ -14,8 +15,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::{
-    Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Progress,
-    QueueConfig, QueueInfo, Timestamp, WebhookDelivery,
+    Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, KeyId, NewBatch, NewJob,
+    Progress, QueueConfig, QueueInfo, StoredKey, Timestamp, WebhookDelivery,
 };
 
 pub use lists::LIST_WAIT;
@@ -470,4 +471,14 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError>;
     /// Creates or replaces a queue's settings; `true` when it was created.
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError>;
+
+    /// Stores a key made by `POST /v1/keys` (its hash, never its secret).
+    async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    /// Every stored key not revoked, expired ones included.
+    async fn stored_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Revokes a stored key; `false` when there is no such live key.
+    async fn revoke_key(&self, id: KeyId, at: Timestamp) -> Result<bool, StoreError>;
+    /// Records when keys were last used (a few writes a minute, not one
+    /// per request: see `access::Keyring`).
+    async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
 }

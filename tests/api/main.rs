@@ -1,6 +1,8 @@
 //! API tests: the real router on port 0, or the real binary where a test
 //! kills it. One binary, so the crate links once.
 
+mod access;
+mod access_processes;
 mod batches;
 mod cluster;
 mod concurrency_keys;
@@ -23,4 +25,5 @@ mod queues;
 mod shared;
 mod shared_events;
 mod shutdown;
+mod tenancy;
 mod webhooks;

@@ -14,6 +14,7 @@ mod complete;
 mod counts;
 mod deps;
 mod group;
+mod keys;
 mod lists;
 mod maintenance;
 mod ops;
@@ -36,8 +37,8 @@ use super::{
     SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, Job, JobId, NewJob, Progress, QueueConfig, QueueInfo, Timestamp,
-    WebhookDelivery,
+    Batch, BatchId, BatchResult, Job, JobId, KeyId, NewJob, Progress, QueueConfig, QueueInfo,
+    StoredKey, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -510,5 +511,21 @@ impl JobStore for PgStore {
         maintenance::upsert_queue(&self.pool, config)
             .await
             .map_err(classify)
+    }
+
+    async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        keys::insert(&self.pool, key).await.map_err(classify)
+    }
+
+    async fn stored_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        keys::live(&self.pool).await.map_err(classify)
+    }
+
+    async fn revoke_key(&self, id: KeyId, at: Timestamp) -> Result<bool, StoreError> {
+        keys::revoke(&self.pool, id, at).await.map_err(classify)
+    }
+
+    async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        keys::record_use(&self.pool, used).await.map_err(classify)
     }
 }

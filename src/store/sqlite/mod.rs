@@ -4,6 +4,7 @@
 mod admit;
 mod counts;
 mod deps;
+mod keys;
 mod lists;
 mod ops;
 mod rows;
@@ -22,6 +23,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use self::keys::KeyWrite;
 use self::ops::Done;
 use self::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
@@ -35,8 +37,8 @@ use super::{
     SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, Job, JobId, JobState, Progress, QueueConfig, QueueCounts,
-    QueueInfo, Timestamp, WebhookDelivery,
+    Batch, BatchId, BatchResult, Job, JobId, JobState, KeyId, Progress, QueueConfig, QueueCounts,
+    QueueInfo, StoredKey, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -560,6 +562,29 @@ impl JobStore for SqliteStore {
             Done::Created(created) => Ok(created),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        self.write(Op::Keys(KeyWrite::Insert(Box::new(key.clone()))))
+            .await?;
+        Ok(())
+    }
+
+    async fn stored_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        keys::live(&self.reads).await
+    }
+
+    async fn revoke_key(&self, id: KeyId, at: Timestamp) -> Result<bool, StoreError> {
+        match self.write(Op::Keys(KeyWrite::Revoke { id, at })).await? {
+            Done::Created(revoked) => Ok(revoked),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.write(Op::Keys(KeyWrite::RecordUse(used.to_vec())))
+            .await?;
+        Ok(())
     }
 }
 

@@ -52,6 +52,7 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
             limit,
             lease_until,
         } => Done::Webhooks(super::webhooks::claim(conn, now, limit, lease_until)?),
+        Op::Keys(write) => Done::Created(super::keys::apply(conn, write)?),
         Op::RecordWebhook(attempt) => {
             super::webhooks::record(conn, &attempt)?;
             Done::Unit

@@ -80,6 +80,7 @@ pub enum Op {
         lease_until: Timestamp,
     },
     RecordWebhook(WebhookAttempt),
+    Keys(super::keys::KeyWrite),
     /// A write that changes nothing a reader sees, committed like any other:
     /// whether the database takes writes (`/readyz`).
     Probe,
