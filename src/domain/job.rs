@@ -196,3 +196,41 @@ impl Job {
         self.run_at <= self.created_at
     }
 }
+
+/// Masks what may not leave the service of a job (its kind's secret payload
+/// values) in a copy about to be shown. The engine's is driven by the job
+/// kinds; the store and the webhook deliverer get it to shape the bodies
+/// they keep (an idempotent replay's, a webhook's). The default masks nothing.
+#[derive(Clone, Default)]
+pub struct Redactor(Option<std::sync::Arc<RedactFn>>);
+
+type RedactFn = dyn Fn(&mut Job) + Send + Sync;
+
+impl Redactor {
+    pub fn new(redact: impl Fn(&mut Job) + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(redact)))
+    }
+
+    /// Masks `job` in place.
+    pub fn apply(&self, job: &mut Job) {
+        if let Some(redact) = &self.0 {
+            redact(job);
+        }
+    }
+
+    /// `job` masked.
+    pub fn shown(&self, mut job: Job) -> Job {
+        self.apply(&mut job);
+        job
+    }
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Redactor"
+        } else {
+            "Redactor(none)"
+        })
+    }
+}
