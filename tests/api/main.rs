@@ -20,6 +20,7 @@ mod outage;
 mod outbound;
 mod pipelines;
 mod queues;
+mod secrets;
 mod shared;
 mod shared_events;
 mod shutdown;
