@@ -139,6 +139,9 @@ pub struct Job {
     pub id: JobId,
     pub queue: String,
     pub kind: String,
+    /// As submitted, except its secret values (an `http` job's
+    /// `Authorization`, `Cookie`, `Proxy-Authorization` and configured
+    /// secret headers, an `exec` command's `secret_args`), shown as `"***"`.
     pub payload: Value,
     pub status: JobState,
     pub priority: i32,
