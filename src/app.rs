@@ -96,10 +96,10 @@ impl AppBuilder {
         };
         let outbound = Outbound::new(config.outbound_allow.clone(), self.lookup)?;
         let mut kinds = self.kinds;
-        kinds.push(Arc::new(HttpKind::new(
-            outbound.clone(),
-            config.http_max_response_bytes,
-        )));
+        kinds.push(Arc::new(
+            HttpKind::new(outbound.clone(), config.http_max_response_bytes)
+                .with_secret_headers(config.http_secret_headers.clone()),
+        ));
         // Off unless the config file names commands: absent from /v1/kinds.
         if let Some(exec) = ExecKind::from_config(&file.exec)? {
             kinds.push(Arc::new(exec));

@@ -13,7 +13,7 @@ use crate::access::{DeclaredKey, parse_api_keys};
 use crate::domain::{QueueConfig, QueueSettings, StoredKey};
 use crate::engine::EngineSettings;
 use crate::http::HttpSettings;
-use crate::kinds::ExecCommand;
+use crate::kinds::{ExecCommand, SecretHeaders};
 use crate::notify::WebhookSecret;
 use crate::outbound::OutboundAllow;
 
@@ -160,6 +160,16 @@ pub struct Config {
     /// (results are capped at 256 KiB in all).
     #[arg(long, env = "SPOOL_HTTP_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024, global = true)]
     pub http_max_response_bytes: usize,
+    /// Comma-separated header names whose values in an `http` job's payload
+    /// are secret, besides Authorization, Cookie and Proxy-Authorization
+    /// (always secret): sent, but shown as `***` (any case matches).
+    #[arg(
+        long,
+        env = "SPOOL_HTTP_SECRET_HEADERS",
+        default_value = "",
+        global = true
+    )]
+    pub http_secret_headers: SecretHeaders,
     /// Events kept for `GET /v1/events` clients resuming with `Last-Event-ID`.
     #[arg(
         long,
@@ -266,6 +276,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             outbound_allow: OutboundAllow::default(),
             http_max_response_bytes: 64 * 1024,
+            http_secret_headers: SecretHeaders::default(),
             event_replay: 10_000,
             sse_keep_alive: Duration::from_secs(15),
             header_read_timeout: Duration::from_secs(10),
@@ -514,5 +525,15 @@ mod tests {
         assert_eq!(parsed.body_read_timeout, default.body_read_timeout);
         assert_eq!(parsed.idle_timeout, default.idle_timeout);
         assert_eq!(parsed.max_connections, default.max_connections);
+        assert_eq!(parsed.http_secret_headers, default.http_secret_headers);
+    }
+
+    #[test]
+    fn secret_header_names_are_a_comma_separated_list_checked_at_start_up() {
+        let parsed = Cli::try_parse_from(["spool", "--http-secret-headers", "X-Api-Key, x-token"])
+            .expect("header names parse")
+            .config;
+        assert_eq!(parsed.http_secret_headers.to_string(), "x-api-key,x-token");
+        assert!(Cli::try_parse_from(["spool", "--http-secret-headers", "bad name"]).is_err());
     }
 }

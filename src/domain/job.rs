@@ -139,6 +139,9 @@ pub struct Job {
     pub id: JobId,
     pub queue: String,
     pub kind: String,
+    /// As submitted, except its secret values (an `http` job's
+    /// `Authorization`, `Cookie`, `Proxy-Authorization` and configured
+    /// secret headers, an `exec` command's `secret_args`), shown as `"***"`.
     pub payload: Value,
     pub status: JobState,
     pub priority: i32,
@@ -194,5 +197,43 @@ impl Job {
     /// `run_at` to its own time). Its admission published its `job.queued`.
     pub fn ready_since_creation(&self) -> bool {
         self.run_at <= self.created_at
+    }
+}
+
+/// Masks what may not leave the service of a job (its kind's secret payload
+/// values) in a copy about to be shown. The engine's is driven by the job
+/// kinds; the store and the webhook deliverer get it to shape the bodies
+/// they keep (an idempotent replay's, a webhook's). The default masks nothing.
+#[derive(Clone, Default)]
+pub struct Redactor(Option<std::sync::Arc<RedactFn>>);
+
+type RedactFn = dyn Fn(&mut Job) + Send + Sync;
+
+impl Redactor {
+    pub fn new(redact: impl Fn(&mut Job) + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(redact)))
+    }
+
+    /// Masks `job` in place.
+    pub fn apply(&self, job: &mut Job) {
+        if let Some(redact) = &self.0 {
+            redact(job);
+        }
+    }
+
+    /// `job` masked.
+    pub fn shown(&self, mut job: Job) -> Job {
+        self.apply(&mut job);
+        job
+    }
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Redactor"
+        } else {
+            "Redactor(none)"
+        })
     }
 }

@@ -16,7 +16,7 @@ pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
     job_pointer, success_required,
 };
-pub use job::{ErrorInfo, Job, JobId, JobState, Progress, TENANT_DEFAULT};
+pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };

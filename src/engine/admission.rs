@@ -74,6 +74,7 @@ impl Engine {
             jobs: vec![job],
             batch: None,
             idempotency,
+            redactor: self.inner.kinds.redactor(),
         };
         let outcome = self
             .inner
@@ -91,9 +92,9 @@ impl Engine {
                     ))
                 })?;
                 self.admitted(&job, queue.paused);
-                Ok(Submitted::Created(job))
+                Ok(Submitted::Created(self.shown(job)))
             }
-            SubmitOutcome::Existing(job) => Ok(Submitted::Existing(*job)),
+            SubmitOutcome::Existing(job) => Ok(Submitted::Existing(self.shown(*job))),
             SubmitOutcome::Replayed(response) => Ok(Submitted::Replayed(response)),
         }
     }

@@ -148,6 +148,7 @@ impl Engine {
             jobs,
             batch: Some(batch),
             idempotency,
+            redactor: self.inner.kinds.redactor(),
         };
         let outcome = self
             .inner

@@ -26,6 +26,7 @@ impl Engine {
                 store: self.inner.store.clone(),
                 webhooks,
                 wake: self.inner.wake_webhooks.clone(),
+                redactor: self.inner.kinds.redactor(),
             };
             loops.spawn(deliverer.run(self.inner.stopping.clone()));
         }

@@ -389,7 +389,7 @@ impl Engine {
         if job.status == crate::domain::JobState::Queued {
             job.position = Some(self.inner.store.queue_position(&job).await?);
         }
-        Ok(job)
+        Ok(self.shown(job))
     }
 
     pub async fn list_jobs(
@@ -400,8 +400,18 @@ impl Engine {
         let mut jobs = self.inner.store.list_jobs(tenant, filter).await?;
         for job in &mut jobs {
             self.with_webhook(job).await?;
+            self.inner.kinds.redact_job(job);
         }
         Ok(jobs)
+    }
+
+    /// A job as it leaves the engine: its kind's secret payload values
+    /// masked (the store keeps them: the job runs with them). Every job the
+    /// engine hands out goes through here; the bodies the store and the
+    /// webhook deliverer keep go through [`KindRegistry::redactor`].
+    fn shown(&self, mut job: Job) -> Job {
+        self.inner.kinds.redact_job(&mut job);
+        job
     }
 
     /// Fills in the delivery of the job's latest webhook (jobs with a
@@ -425,16 +435,18 @@ impl Engine {
             .await?
         {
             CancelOutcome::NotFound => Err(EngineError::NotFound),
-            CancelOutcome::AlreadyFinished(job) => Err(EngineError::AlreadyFinished(Box::new(job))),
+            CancelOutcome::AlreadyFinished(job) => {
+                Err(EngineError::AlreadyFinished(Box::new(self.shown(job))))
+            }
             CancelOutcome::Cancelled(job, effects) => {
                 self.publish(&job);
                 self.apply(effects);
-                Ok(Cancelled::Now(job))
+                Ok(Cancelled::Now(self.shown(job)))
             }
             CancelOutcome::Requested(job) => {
                 self.stop_running(job.id, STOP_CANCEL);
                 self.tell_stop(vec![job.id]);
-                Ok(Cancelled::Requested(job))
+                Ok(Cancelled::Requested(self.shown(job)))
             }
         }
     }
@@ -450,11 +462,15 @@ impl Engine {
             .await?
         {
             RetryOutcome::NotFound => Err(EngineError::NotFound),
-            RetryOutcome::NotRetryable(job) => Err(EngineError::NotRetryable(Box::new(job))),
-            RetryOutcome::BatchFinished(job) => Err(EngineError::BatchFinished(Box::new(job))),
+            RetryOutcome::NotRetryable(job) => {
+                Err(EngineError::NotRetryable(Box::new(self.shown(job))))
+            }
+            RetryOutcome::BatchFinished(job) => {
+                Err(EngineError::BatchFinished(Box::new(self.shown(job))))
+            }
             RetryOutcome::DependencyFailed { job, dependency } => {
                 Err(EngineError::DependencyFailed {
-                    job: Box::new(job),
+                    job: Box::new(self.shown(job)),
                     dependency,
                 })
             }
@@ -465,7 +481,7 @@ impl Engine {
                 if job.status == crate::domain::JobState::Queued {
                     self.tell_ready(&job.queue);
                 }
-                Ok(job)
+                Ok(self.shown(job))
             }
         }
     }

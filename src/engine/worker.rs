@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, RunningJob, STOP_CANCEL, STOP_SHUTDOWN};
 use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
-use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink};
+use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink, Secrets};
 use crate::notify::{EventHub, EventKind, JobSummary, Subject, job_summary};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
 
@@ -108,8 +108,11 @@ impl Engine {
         self.publish(&job);
         let engine = self.clone();
         self.inner.jobs.spawn(async move {
-            let outcome = engine.execute(&job, token, &stop).await;
-            engine.finish(job, outcome).await;
+            // What the attempt produces is stored and shown: it must not
+            // repeat a secret value of the payload (an echoed header).
+            let secrets = engine.inner.kinds.secrets(&job.kind, &job.payload);
+            let outcome = engine.execute(&job, token, &stop, &secrets).await;
+            engine.finish(job, masked(outcome, &secrets)).await;
         });
     }
 
@@ -120,6 +123,7 @@ impl Engine {
         job: &Job,
         token: CancellationToken,
         stop: &AtomicU8,
+        secrets: &Secrets,
     ) -> AttemptOutcome {
         let Some(handler) = self.inner.kinds.get(&job.kind) else {
             return self.failure(
@@ -136,6 +140,7 @@ impl Engine {
             attempt: job.attempt,
             events: self.inner.events.clone(),
             summary: job_summary(job),
+            secrets: secrets.clone(),
         });
         let dependencies = if job.depends_on.is_empty() {
             Vec::new()
@@ -324,6 +329,30 @@ impl Engine {
     }
 }
 
+/// `outcome` with the payload's secret values masked in its result or error
+/// (masking never makes a text longer, so the result still fits its cap).
+fn masked(outcome: AttemptOutcome, secrets: &Secrets) -> AttemptOutcome {
+    if secrets.is_empty() {
+        return outcome;
+    }
+    let mask_error = |mut error: ErrorInfo| {
+        error.message = secrets.mask_text(&error.message).into_owned();
+        error
+    };
+    match outcome {
+        AttemptOutcome::Succeeded(mut result) => {
+            secrets.mask_value(&mut result);
+            AttemptOutcome::Succeeded(result)
+        }
+        AttemptOutcome::Failed { error, retry_at } => AttemptOutcome::Failed {
+            error: mask_error(error),
+            retry_at,
+        },
+        AttemptOutcome::Cancelled(error) => AttemptOutcome::Cancelled(mask_error(error)),
+        AttemptOutcome::Released => AttemptOutcome::Released,
+    }
+}
+
 fn cancel_error(job: &Job) -> ErrorInfo {
     ErrorInfo {
         code: "cancelled".into(),
@@ -341,11 +370,18 @@ struct StoreProgress {
     events: EventHub,
     /// The running job, for `job.progress` events.
     summary: JobSummary,
+    /// Masked in progress messages.
+    secrets: Secrets,
 }
 
 #[async_trait]
 impl ProgressSink for StoreProgress {
-    async fn report(&self, progress: Progress) {
+    async fn report(&self, mut progress: Progress) {
+        if let Some(message) = &mut progress.message
+            && let std::borrow::Cow::Owned(masked) = self.secrets.mask_text(message)
+        {
+            *message = masked;
+        }
         if let Err(error) = self
             .store
             .report_progress(self.id, self.attempt, progress.clone())

@@ -1,6 +1,8 @@
 //! The `http` kind: one outbound HTTP request through the guarded client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{JobContext, JobFailure, JobKind};
+use super::{JobContext, JobFailure, JobKind, MASK};
 use crate::domain::FieldError;
 use crate::outbound::{MAX_REDIRECTS, Outbound};
 
@@ -46,10 +48,49 @@ const RESERVED_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
+/// Headers whose payload values are always secret.
+const ALWAYS_SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// Header names whose values in a payload are secret besides
+/// [`ALWAYS_SECRET_HEADERS`] (`SPOOL_HTTP_SECRET_HEADERS`): a comma-separated
+/// list, matched without regard to case. Default: none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretHeaders(BTreeSet<String>);
+
+impl SecretHeaders {
+    /// Whether the value of header `name` is secret (these or the built-in ones).
+    pub fn contains(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        ALWAYS_SECRET_HEADERS.contains(&name.as_str()) || self.0.contains(&name)
+    }
+}
+
+impl FromStr for SecretHeaders {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut names = BTreeSet::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("`{name}` is not a header name"));
+            }
+            names.insert(name.to_ascii_lowercase());
+        }
+        Ok(Self(names))
+    }
+}
+
+impl fmt::Display for SecretHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 /// Makes one HTTP request per attempt and returns the response.
 pub struct HttpKind {
     outbound: Outbound,
     max_response_bytes: usize,
+    secret_headers: SecretHeaders,
 }
 
 impl HttpKind {
@@ -57,7 +98,15 @@ impl HttpKind {
         Self {
             outbound,
             max_response_bytes,
+            secret_headers: SecretHeaders::default(),
         }
+    }
+
+    /// Makes the values of `headers` secret too, besides Authorization,
+    /// Cookie and Proxy-Authorization: sent, but shown as `***`.
+    pub fn with_secret_headers(mut self, headers: SecretHeaders) -> Self {
+        self.secret_headers = headers;
+        self
     }
 }
 
@@ -120,7 +169,11 @@ impl JobKind for HttpKind {
                 "headers": {
                     "type": "object",
                     "maxProperties": 100,
-                    "additionalProperties": {"type": "string", "maxLength": 8192}
+                    "additionalProperties": {"type": "string", "maxLength": 8192},
+                    "description": "Sent with the request. The values of Authorization, \
+                                    Cookie, Proxy-Authorization and of the names in \
+                                    SPOOL_HTTP_SECRET_HEADERS are secret: the job is \
+                                    shown with \"***\" in their place."
                 },
                 "body": {
                     "description": "A string is sent as is; any other JSON is sent as JSON \
@@ -172,6 +225,17 @@ impl JobKind for HttpKind {
             }
         }
         errors
+    }
+
+    fn redact(&self, payload: &mut Value) {
+        let Some(headers) = payload.get_mut("headers").and_then(Value::as_object_mut) else {
+            return;
+        };
+        for (name, value) in headers {
+            if self.secret_headers.contains(name) {
+                *value = Value::String(MASK.to_owned());
+            }
+        }
     }
 
     async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure> {
@@ -511,6 +575,37 @@ mod tests {
                 "/headers/x-bad-value"
             ]
         );
+    }
+
+    #[test]
+    fn secret_headers_are_masked_in_any_case_and_others_kept() {
+        let configured = kind().with_secret_headers("X-Api-Key".parse().unwrap());
+        let mut payload = json!({"method": "GET", "url": "https://example.com/", "headers": {
+            "AUTHORIZATION": "Bearer t", "cookie": "a=b", "Proxy-Authorization": "Basic x",
+            "x-api-key": "k", "x-other": "seen"
+        }});
+        configured.redact(&mut payload);
+        assert_eq!(
+            payload["headers"],
+            json!({"AUTHORIZATION": "***", "cookie": "***", "Proxy-Authorization": "***",
+                   "x-api-key": "***", "x-other": "seen"})
+        );
+        // Without configured names only the three built-in ones are secret.
+        let mut payload = json!({"headers": {"x-api-key": "k", "Cookie": "c"}});
+        kind().redact(&mut payload);
+        assert_eq!(
+            payload["headers"],
+            json!({"x-api-key": "k", "Cookie": "***"})
+        );
+        // Any JSON, no panic.
+        for mut odd in [json!(null), json!({"headers": "x"}), json!([1])] {
+            configured.redact(&mut odd);
+        }
+        assert_eq!(
+            "".parse::<SecretHeaders>().unwrap(),
+            SecretHeaders::default()
+        );
+        assert!("x-ok, bad name".parse::<SecretHeaders>().is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod builtin;
 mod exec;
 mod http;
+mod secrets;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,11 +14,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-use crate::domain::{FieldError, JobId, Progress};
+use crate::domain::{FieldError, Job, JobId, Progress, Redactor};
 
 pub use builtin::{EchoKind, NoopKind, SleepKind};
 pub use exec::{ExecCommand, ExecKind};
-pub use http::HttpKind;
+pub use http::{HttpKind, SecretHeaders};
+pub use secrets::{MASK, MIN_MASKED_IN_OUTPUT, Secrets};
 
 /// How an attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -141,6 +143,15 @@ pub trait JobKind: Send + Sync + 'static {
     fn check_payload(&self, _payload: &Value) -> Vec<FieldError> {
         Vec::new()
     }
+    /// Replaces the secret values of a payload (credentials, tokens) with
+    /// [`MASK`], in place. The stored payload keeps them and `run` gets them;
+    /// every read, list, webhook body and replayed response shows this form
+    /// instead, and the values it replaced are masked too wherever the job's
+    /// result, error or progress message repeats them (those of at least
+    /// [`MIN_MASKED_IN_OUTPUT`] characters). It may get any JSON, also a
+    /// payload the schema refuses, and must not panic. Default: nothing is
+    /// secret.
+    fn redact(&self, _payload: &mut Value) {}
     /// Runs one attempt. The returned value becomes the job's `result`.
     async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure>;
 }
@@ -226,28 +237,65 @@ impl KindRegistry {
     }
 
     /// Checks `payload` against the kind's schema; each error points into the
-    /// request body below `at` (e.g. `/payload`).
-    pub fn validate_payload(&self, kind: &str, payload: &Value, at: &str) -> Vec<FieldError> {
-        let Some(kind) = self.kinds.get(kind) else {
+    /// request body below `at` (e.g. `/payload`). Messages that quote a
+    /// secret value (schema errors quote the instance) show it masked.
+    pub fn validate_payload(&self, kind_name: &str, payload: &Value, at: &str) -> Vec<FieldError> {
+        let Some(kind) = self.kinds.get(kind_name) else {
             return Vec::new();
         };
         // The common case, a valid payload, without collecting anything.
-        if kind.validator.is_valid(payload) {
-            return kind
-                .handler
+        let errors: Vec<FieldError> = if kind.validator.is_valid(payload) {
+            kind.handler
                 .check_payload(payload)
                 .into_iter()
                 .map(|error| FieldError {
                     pointer: format!("{at}{}", error.pointer),
                     ..error
                 })
-                .collect();
+                .collect()
+        } else {
+            kind.validator
+                .iter_errors(payload)
+                .map(|error| {
+                    FieldError::new(format!("{at}{}", error.instance_path()), error.to_string())
+                })
+                .collect()
+        };
+        if errors.is_empty() {
+            return errors;
         }
-        kind.validator
-            .iter_errors(payload)
-            .map(|error| {
-                FieldError::new(format!("{at}{}", error.instance_path()), error.to_string())
+        let secrets = self.secrets(kind_name, payload);
+        errors
+            .into_iter()
+            .map(|error| FieldError {
+                message: secrets.mask_text(&error.message).into_owned(),
+                ..error
             })
             .collect()
+    }
+
+    /// Masks the secret values of a payload of `kind` (see [`JobKind::redact`]).
+    pub fn redact(&self, kind: &str, payload: &mut Value) {
+        if let Some(kind) = self.kinds.get(kind) {
+            kind.handler.redact(payload);
+        }
+    }
+
+    /// The secret values of a payload of `kind`: those its redaction masks.
+    pub fn secrets(&self, kind: &str, payload: &Value) -> Secrets {
+        let mut shown = payload.clone();
+        self.redact(kind, &mut shown);
+        Secrets::between(payload, &shown)
+    }
+
+    /// Masks a job's secret payload values, for showing it.
+    pub fn redact_job(&self, job: &mut Job) {
+        self.redact(&job.kind, &mut job.payload);
+    }
+
+    /// [`Self::redact_job`] for the store and the webhook deliverer.
+    pub fn redactor(&self) -> Redactor {
+        let kinds = self.clone();
+        Redactor::new(move |job| kinds.redact_job(job))
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::WebhookSecret;
-use crate::domain::Timestamp;
+use crate::domain::{Redactor, Timestamp};
 use crate::outbound::Outbound;
 use crate::store::{
     ClaimedWebhook, JobStore, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
@@ -87,6 +87,8 @@ pub struct Deliverer {
     pub webhooks: Webhooks,
     /// Poked when a job with a `callback_url` or a batch ends.
     pub wake: Arc<Notify>,
+    /// Masks a job's secret payload values in the body.
+    pub redactor: Redactor,
 }
 
 impl Deliverer {
@@ -217,7 +219,7 @@ impl Deliverer {
     async fn render(&self, hook: &ClaimedWebhook) -> Result<String, StoreError> {
         let data = match hook.owner {
             WebhookOwner::Job(id) => match self.store.get_job(&hook.tenant, id).await? {
-                Some(job) => serde_json::to_value(&job).unwrap_or(Value::Null),
+                Some(job) => serde_json::to_value(self.redactor.shown(job)).unwrap_or(Value::Null),
                 None => json!({ "id": id }),
             },
             WebhookOwner::Batch(id) => match self.store.get_batch(&hook.tenant, id).await? {

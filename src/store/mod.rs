@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::domain::{
     Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, KeyId, NewBatch, NewJob,
-    Progress, QueueConfig, QueueInfo, StoredKey, Timestamp, WebhookDelivery,
+    Progress, QueueConfig, QueueInfo, Redactor, StoredKey, Timestamp, WebhookDelivery,
 };
 
 pub use lists::LIST_WAIT;
@@ -58,6 +58,9 @@ pub struct Submission {
     /// Set for `POST /v1/batches`: the jobs belong to this batch.
     pub batch: Option<NewBatch>,
     pub idempotency: Option<IdempotencyKey>,
+    /// Masks the jobs in the body remembered for `idempotency`, which a
+    /// replay shows as it is (the engine's masks secret payload values).
+    pub redactor: Redactor,
 }
 
 /// What a write set in motion beyond the jobs it names: dependents released

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{Batch, ErrorInfo, Job, JobId, JobState, NewJob, Timestamp};
+use crate::domain::{Batch, ErrorInfo, Job, JobId, JobState, NewJob, Redactor, Timestamp};
 use crate::store::rows::{job_from_new, to_json};
 use crate::store::{Effects, StoreError, SubmitRejection};
 
@@ -107,12 +107,18 @@ pub fn submitted_jobs(
     jobs
 }
 
-/// The body an `Idempotency-Key` replays: the batch, the job, or the jobs.
-pub fn replay_body(batch: Option<&Batch>, jobs: &[Job]) -> String {
+/// The body an `Idempotency-Key` replays: the batch, the job, or the jobs,
+/// as `redactor` shows them (the body is replayed as it is).
+pub fn replay_body(batch: Option<&Batch>, jobs: &[Job], redactor: &Redactor) -> String {
     match (batch, jobs) {
         (Some(batch), _) => to_json(batch),
-        (None, [job]) => to_json(job),
-        (None, _) => to_json(&jobs),
+        (None, [job]) => to_json(&redactor.shown(job.clone())),
+        (None, _) => to_json(
+            &jobs
+                .iter()
+                .map(|job| redactor.shown(job.clone()))
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 

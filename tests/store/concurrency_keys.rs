@@ -124,6 +124,7 @@ pub async fn different_keys_and_tenants_are_counted_apart_and_queues_together(
             jobs: vec![foreign],
             batch: None,
             idempotency: None,
+            redactor: Default::default(),
         })
         .await
         .expect("storage works");

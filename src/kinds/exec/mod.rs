@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{JobContext, JobFailure, JobKind};
+use super::{JobContext, JobFailure, JobKind, MASK};
 use crate::config::ConfigError;
 use crate::domain::FieldError;
 
@@ -57,6 +57,11 @@ pub struct ExecCommand {
     /// directory the command means it to stay in.
     #[serde(default)]
     pub allow_dot_dot: bool,
+    /// Placeholders whose values are secret (a token, a password): the
+    /// command gets them, but the job is shown with `***` in their place,
+    /// and so is its output wherever it repeats them.
+    #[serde(default)]
+    pub secret_args: Vec<String>,
 }
 
 /// Part of one argv element.
@@ -79,6 +84,7 @@ struct Prepared {
     cwd: Option<PathBuf>,
     allow_leading_dash: bool,
     allow_dot_dot: bool,
+    secret_args: BTreeSet<String>,
 }
 
 /// Runs the commands of the config file; registered only when there are any.
@@ -179,7 +185,16 @@ impl Prepared {
                 Piece::Arg(name) => Some(name.clone()),
                 Piece::Text(_) => None,
             })
-            .collect();
+            .collect::<BTreeSet<String>>();
+        if let Some(unknown) = command
+            .secret_args
+            .iter()
+            .find(|name| !placeholders.contains(*name))
+        {
+            return Err(format!(
+                "secret_args names `{unknown}`, which is not a placeholder of argv"
+            ));
+        }
         for (name, value) in &command.env {
             if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(format!("env name `{name}` is not a variable name"));
@@ -224,6 +239,7 @@ impl Prepared {
             cwd: command.cwd.clone(),
             allow_leading_dash: command.allow_leading_dash,
             allow_dot_dot: command.allow_dot_dot,
+            secret_args: command.secret_args.iter().cloned().collect(),
         })
     }
 
@@ -252,7 +268,14 @@ impl Prepared {
         let properties: serde_json::Map<String, Value> = self
             .placeholders
             .iter()
-            .map(|p| (p.clone(), json!({"type": ["string", "number", "boolean"]})))
+            .map(|p| {
+                let mut property = json!({"type": ["string", "number", "boolean"]});
+                if self.secret_args.contains(p) {
+                    property["description"] =
+                        json!("Secret: the command gets it; the job shows \"***\".");
+                }
+                (p.clone(), property)
+            })
             .collect();
         let mut required = vec!["command"];
         if !self.placeholders.is_empty() {
@@ -416,6 +439,24 @@ impl JobKind for ExecKind {
             .collect()
     }
 
+    fn redact(&self, payload: &mut Value) {
+        let command = payload.get("command").and_then(Value::as_str);
+        let Some(command) = command.and_then(|name| self.commands.get(name)) else {
+            return;
+        };
+        if command.secret_args.is_empty() {
+            return;
+        }
+        let Some(args) = payload.get_mut("args").and_then(Value::as_object_mut) else {
+            return;
+        };
+        for (name, value) in args {
+            if command.secret_args.contains(name) {
+                *value = Value::String(MASK.to_owned());
+            }
+        }
+    }
+
     async fn run(&self, ctx: JobContext) -> Result<Value, JobFailure> {
         let payload: ExecPayload = serde_json::from_value(ctx.payload.clone())
             .map_err(|e| JobFailure::permanent("invalid_payload", e.to_string()))?;
@@ -445,6 +486,7 @@ mod tests {
             cwd: None,
             allow_leading_dash: false,
             allow_dot_dot: false,
+            secret_args: Vec::new(),
         }
     }
 
@@ -529,6 +571,39 @@ mod tests {
         assert_eq!(refused.code(), "argument_refused");
         assert!(!refused.is_retryable());
         assert_eq!(loose.render(&args(json!(-1))).unwrap(), ["-1"]);
+    }
+
+    #[test]
+    fn secret_args_are_masked_and_must_name_placeholders() {
+        let mut login = command(&["login", "--user={user}", "{token}"]);
+        login.secret_args = vec!["token".into()];
+        let kind = ExecKind::from_config(&BTreeMap::from([
+            ("login".to_owned(), login),
+            ("plain".to_owned(), command(&["echo", "{token}"])),
+        ]))
+        .unwrap()
+        .unwrap();
+        let mut payload = json!({"command": "login", "args": {"user": "ann", "token": 1234}});
+        kind.redact(&mut payload);
+        assert_eq!(payload["args"], json!({"user": "ann", "token": "***"}));
+        // Another command's argument of the same name is not secret.
+        let mut payload = json!({"command": "plain", "args": {"token": "t"}});
+        kind.redact(&mut payload);
+        assert_eq!(payload["args"]["token"], "t");
+        for mut odd in [json!(null), json!({"command": "login", "args": [1]})] {
+            kind.redact(&mut odd);
+        }
+
+        let mut unknown = command(&["login", "{user}"]);
+        unknown.secret_args = vec!["token".into()];
+        let message = ExecKind::from_config(&BTreeMap::from([("login".to_owned(), unknown)]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("secret_args") && message.contains("token"),
+            "{message}"
+        );
     }
 
     #[test]

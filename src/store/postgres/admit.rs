@@ -149,7 +149,7 @@ pub async fn submit(
         None => None,
     };
     if let Some(idempotency) = &submission.idempotency {
-        let body = plan::replay_body(batch.as_deref(), &jobs);
+        let body = plan::replay_body(batch.as_deref(), &jobs, &submission.redactor);
         let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
         // A concurrent submission with the same key that committed first
         // makes this fail with 23505; the rerun replays its response.

@@ -150,7 +150,7 @@ fn submit_in(
         None => None,
     };
     if let Some(idempotency) = &submission.idempotency {
-        let body = plan::replay_body(batch.as_deref(), &jobs);
+        let body = plan::replay_body(batch.as_deref(), &jobs, &submission.redactor);
         let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
