@@ -89,6 +89,51 @@ pub struct BenchArgs {
 
 const NOOP_JOB: &str = r#"{"kind":"noop","queue":"bench","payload":{"n":1}}"#;
 
+/// The admin key the benchmark's service requires: every figure is measured
+/// as clients call, with a key (the open-mode service of the comparison
+/// ignores it).
+const BENCH_KEY: &str = "spool-bench-admin-key-0123456789";
+
+/// A client that sends the benchmark's key with every request.
+fn keyed_client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_KEY}"))?,
+    );
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .default_headers(headers)
+        .build()?)
+}
+
+/// A fresh service on its own SQLite file, serving until `stop`.
+async fn start_service(
+    dir: &std::path::Path,
+    name: &str,
+    keyed: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<(
+    SocketAddr,
+    crate::engine::Engine,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let config = Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: format!("sqlite://{}", dir.join(name).display()),
+        api_keys: keyed
+            .then(|| crate::access::parse_api_keys(&format!("bench:admin:{BENCH_KEY}")))
+            .transpose()?
+            .map(crate::config::ApiKeysSetting),
+        ..Config::default()
+    };
+    let app = App::builder(config).build().await?;
+    let addr = app.local_addr()?;
+    let engine = app.engine().clone();
+    let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+    Ok((addr, engine, server))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(duration) = args.soak {
         return soak::run(&args, duration).await;
@@ -100,20 +145,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return shared::run(&args, url).await;
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let config = Config {
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-        ..Config::default()
-    };
-    let app = App::builder(config).build().await?;
-    let spool_addr = app.local_addr()?;
-    let engine = app.engine().clone();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+    let (spool_addr, engine, server) = start_service(dir.path(), "bench.db", true, &stop).await?;
     let bare_addr = start_bare_server().await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
+    let client = keyed_client(args.connections)?;
 
     let queue = |paused: bool| bench_queue(&args, paused);
     engine.put_queue("bench", &queue(true)).await?;
@@ -131,7 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     if !args.batches_only {
-        single_jobs(&args, &client, &engine, spool_addr, bare_addr).await?;
+        single_jobs(&args, &client, &engine, spool_addr, bare_addr, dir.path()).await?;
     }
 
     // 4. Accepted jobs/s through batches.
@@ -250,20 +285,40 @@ async fn single_jobs(
     engine: &crate::engine::Engine,
     spool_addr: SocketAddr,
     bare_addr: SocketAddr,
+    dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let queue = |paused: bool| bench_queue(args, paused);
-    // 1. Accepted submissions/s, against the bare handler, alternating rounds.
-    let (mut bare, mut durable) = (Vec::new(), Vec::new());
-    for _ in 0..args.rounds {
+    // 1. Accepted submissions/s, against the bare handler and a service in
+    // open mode (no key checked), alternating rounds.
+    let stop_open = CancellationToken::new();
+    let (open_addr, open_engine, open_server) =
+        start_service(dir, "open.db", false, &stop_open).await?;
+    open_engine.put_queue("bench", &queue(true)).await?;
+    let (mut bare, mut open, mut durable) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
         bare.push(post_load(client, &[bare_addr], "/bare", args).await?);
-        durable.push(post_load(client, &[spool_addr], "/v1/jobs", args).await?);
+        // Each goes first every other round: neither gets the warmer start.
+        if round % 2 == 0 {
+            open.push(post_load(client, &[open_addr], "/v1/jobs", args).await?);
+            durable.push(post_load(client, &[spool_addr], "/v1/jobs", args).await?);
+        } else {
+            durable.push(post_load(client, &[spool_addr], "/v1/jobs", args).await?);
+            open.push(post_load(client, &[open_addr], "/v1/jobs", args).await?);
+        }
     }
-    let (bare, durable) = (median(&mut bare), median(&mut durable));
+    stop_open.cancel();
+    open_server.await??;
+    let (bare, open, durable) = (median(&mut bare), median(&mut open), median(&mut durable));
     println!("bare axum POST (parse the same JSON, 202):  {bare:>10.0} req/s (median)");
-    println!("spool POST /v1/jobs (durable noop):         {durable:>10.0} req/s (median)");
+    println!("spool POST /v1/jobs, open mode (no key):    {open:>10.0} req/s (median)");
+    println!("spool POST /v1/jobs (durable noop, key):    {durable:>10.0} req/s (median)");
     println!(
         "ratio durable / bare:                       {:>10.2}",
         durable / bare
+    );
+    println!(
+        "ratio with a key / open mode:               {:>10.2}",
+        durable / open
     );
 
     // Drain what the submission rounds left, so later figures start idle.

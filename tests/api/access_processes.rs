@@ -122,3 +122,62 @@ async fn a_key_revoked_through_one_instance_is_refused_by_the_others_within_two_
         }
     }
 }
+
+#[tokio::test]
+async fn no_key_secret_reaches_the_log_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("spool.log");
+    let database_url = format!("sqlite://{}", dir.path().join("spool.db").display());
+    let file = std::fs::File::create(&log).unwrap();
+    let declared = format!("ops:admin:{ADMIN}");
+    let spool = SpoolProcess::start_configured(
+        &database_url,
+        &[("SPOOL_API_KEYS", declared.as_str()), ("RUST_LOG", "trace")],
+        |command| {
+            command
+                .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+                .stderr(std::process::Stdio::from(file));
+        },
+    );
+    let client = reqwest::Client::new();
+    let made: Value = client
+        .post(spool.url("/v1/keys"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "ci", "tenant": "acme", "role": "write"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = made["secret"].as_str().expect("a secret").to_owned();
+    let id = made["id"].as_str().expect("an id").to_owned();
+    let guess = "spool_acme_a-guess-that-is-not-a-key-0000";
+    for key in [secret.as_str(), guess, ADMIN] {
+        client
+            .post(spool.url("/v1/jobs"))
+            .bearer_auth(key)
+            .json(&json!({"kind": "noop"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let revoked = client
+        .delete(spool.url(&format!("/v1/keys/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    spool.sigterm();
+    let mut spool = spool;
+    let _ = spool.child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&id),
+        "the log does not name the key it made: too quiet to check"
+    );
+    for secret in [secret.as_str(), guess, ADMIN] {
+        assert!(!text.contains(secret), "the log holds a secret");
+    }
+}

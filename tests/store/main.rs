@@ -6,6 +6,7 @@
 //! Where PostgreSQL cannot be reached they are skipped with a loud line on
 //! stderr, unless `CI=true`, where they fail.
 
+mod api_keys;
 mod batches;
 mod completions;
 mod concurrency_keys;
@@ -36,6 +37,7 @@ pub async fn postgres_store() -> Option<(Arc<dyn JobStore>, pg::Schema)> {
 }
 
 // Every case, wherever it is written, under one name the suite macro uses.
+use api_keys::*;
 use batches::*;
 use completions::*;
 use concurrency_keys::*;
@@ -113,6 +115,7 @@ macro_rules! with_every_case {
             each_job_is_held_to_its_own_limit,
             metadata_filters_list_newest_first_and_pages_stitch_by_cursor,
             every_filter_lists_newest_first_across_states_and_pages_stitch_by_cursor,
+            stored_keys_are_hashed_listed_until_revoked_and_their_last_use_only_moves_forward,
         ]);
     };
 }
