@@ -74,6 +74,7 @@ impl Engine {
             jobs: vec![job],
             batch: None,
             idempotency,
+            limit_pending: self.limits_pending(tenant),
         };
         let outcome = self
             .inner

@@ -148,6 +148,7 @@ impl Engine {
             jobs,
             batch: Some(batch),
             idempotency,
+            limit_pending: self.limits_pending(tenant),
         };
         let outcome = self
             .inner

@@ -13,6 +13,7 @@ use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
 use super::jobs::{idempotency_key, replayed};
+use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};
 use crate::engine::BatchSubmitted;
 
@@ -64,11 +65,17 @@ pub async fn create_batch(
     body: JsonBody<BatchSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/batches"))?;
+    let jobs = body.value.jobs.len();
+    let rate = match take_rate(&state, &caller, jobs, idempotency.as_ref(), "/v1/batches").await? {
+        RateGate::Open(rate) => rate,
+        RateGate::Replayed(response) => return Ok(response),
+    };
     let submitted = state
         .engine
         .submit_batch(&caller.tenant, body.value, idempotency)
-        .await?;
-    Ok(match submitted {
+        .await
+        .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
+    let mut response = match submitted {
         BatchSubmitted::Created(batch) => {
             let location = format!("/v1/batches/{}", batch.id);
             (
@@ -79,7 +86,9 @@ pub async fn create_batch(
                 .into_response()
         }
         BatchSubmitted::Replayed(stored) => replayed(&stored, "/v1/batches"),
-    })
+    };
+    add_rate_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// Get a batch.

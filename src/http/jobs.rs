@@ -11,6 +11,7 @@ use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
+use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use crate::domain::{FieldError, Job, JobSpec, JobState, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
 use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
@@ -88,17 +89,24 @@ pub async fn create_job(
     body: JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/jobs"))?;
+    let rate = match take_rate(&state, &caller, 1, idempotency.as_ref(), "/v1/jobs").await? {
+        RateGate::Open(rate) => rate,
+        RateGate::Replayed(response) => return Ok(response),
+    };
     let submitted = state
         .engine
         .submit_job(&caller.tenant, body.value, idempotency)
-        .await?;
-    Ok(match submitted {
+        .await
+        .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
+    let mut response = match submitted {
         Submitted::Created(job) => {
             (StatusCode::ACCEPTED, [location(job.id)], Json(job)).into_response()
         }
         Submitted::Existing(job) => (StatusCode::OK, [location(job.id)], Json(job)).into_response(),
         Submitted::Replayed(stored) => replayed(&stored, "/v1/jobs"),
-    })
+    };
+    add_rate_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// The original response to a repeated request, marked as a replay.

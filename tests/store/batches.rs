@@ -66,6 +66,7 @@ async fn submit_batch(
             jobs,
             batch: Some(batch.clone()),
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .expect("storage works");
@@ -329,6 +330,7 @@ pub async fn a_failed_dependency_cancels_its_dependents_transitively(store: Arc<
             jobs: vec![late],
             batch: None,
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .unwrap();
@@ -369,6 +371,7 @@ pub async fn unknown_dependencies_are_refused_and_nothing_is_stored(store: Arc<d
             jobs: vec![fine, orphan],
             batch: None,
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .unwrap();

@@ -124,6 +124,7 @@ pub async fn different_keys_and_tenants_are_counted_apart_and_queues_together(
             jobs: vec![foreign],
             batch: None,
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .expect("storage works");

@@ -53,6 +53,7 @@ pub(crate) async fn submit(
             tenant: TENANT_DEFAULT.into(),
             jobs,
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .expect("storage works")
@@ -480,6 +481,7 @@ pub async fn keys_are_unique_among_active_jobs(store: Arc<dyn JobStore>) {
             tenant: "someone-else".into(),
             jobs: vec![other_tenant],
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .unwrap()
@@ -502,6 +504,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
             tenant: TENANT_DEFAULT.into(),
             jobs: vec![first],
             idempotency: key("h1"),
+            limit_pending: false,
         })
         .await
         .unwrap()
@@ -513,6 +516,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
             tenant: TENANT_DEFAULT.into(),
             jobs: vec![job("default", json!({}), at(1))],
             idempotency: key("h1"),
+            limit_pending: false,
         })
         .await
         .unwrap()
@@ -530,6 +534,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
             tenant: TENANT_DEFAULT.into(),
             jobs: vec![job("default", json!({}), at(1))],
             idempotency: key("h2"),
+            limit_pending: false,
         })
         .await
         .unwrap();

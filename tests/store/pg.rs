@@ -179,6 +179,7 @@ async fn concurrent_submissions_from_two_instances_never_exceed_capacity() {
                     jobs,
                     batch: None,
                     idempotency: None,
+                    limit_pending: false,
                 })
                 .await
                 .expect("storage works");
@@ -220,6 +221,7 @@ async fn plain_jobs_racing_for_the_last_places_from_two_instances_leave_no_refus
                     jobs: vec![job("small", json!({}), at(n))],
                     batch: None,
                     idempotency: None,
+                    limit_pending: false,
                 })
                 .await
                 .expect("storage works");
@@ -307,6 +309,7 @@ async fn concurrent_idempotent_submissions_from_two_instances_replay_the_first()
                 key: format!("request-{round}"),
                 request_hash: "same-body".into(),
             }),
+            limit_pending: false,
         };
         let (first, second) = futures::join!(
             a.submit(submission(queues.0)),

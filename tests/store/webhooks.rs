@@ -318,6 +318,7 @@ pub async fn a_batch_webhook_is_written_once_when_the_batch_finishes(store: Arc<
             jobs,
             batch: Some(batch.clone()),
             idempotency: None,
+            limit_pending: false,
         })
         .await
         .unwrap();

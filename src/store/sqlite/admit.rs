@@ -82,6 +82,13 @@ fn submit_in(
             return Ok(Err(rejection));
         }
     }
+    // Only for a tenant with a `max_pending`: no statement for the others.
+    if submission.limit_pending
+        && let Some(rejection) =
+            super::tenants::check_quota(conn, &tenant, submission.jobs.len() as u64)?
+    {
+        return Ok(Err(rejection));
+    }
 
     let mut replaced_running = Vec::new();
     let mut replaced_now: Vec<Job> = Vec::new();
