@@ -95,7 +95,11 @@ fn decide(tat: f64, now: f64, rate: Rate, jobs: u64) -> (RateDecision, f64) {
     let limit = f64::from(rate.burst) * interval;
     let start = tat.max(now);
     let after = start + jobs as f64 * interval;
-    let remaining = |tat: f64| ((limit - (tat - now)) / interval + EPSILON).floor().max(0.0) as u64;
+    let remaining = |tat: f64| {
+        ((limit - (tat - now)) / interval + EPSILON)
+            .floor()
+            .max(0.0) as u64
+    };
     if after - now <= limit + EPSILON {
         let decision = RateDecision {
             rate,

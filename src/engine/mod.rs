@@ -30,9 +30,9 @@ use crate::store::{
 
 pub use admission::Submitted;
 pub use batches::BatchSubmitted;
-pub use tenants::TENANT_QUOTA_RETRY_AFTER_S;
 use drain::DrainMeter;
 use shared::Shared;
+pub use tenants::TENANT_QUOTA_RETRY_AFTER_S;
 use waiters::Waiters;
 
 /// Timing of the engine. Every default is documented in `docs/operations.md`.

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Engine, EngineError};
-use crate::domain::{FieldError, TenantConfig, TenantInfo, TenantSettings, Timestamp, valid_tenant};
+use crate::domain::{
+    FieldError, TenantConfig, TenantInfo, TenantSettings, Timestamp, valid_tenant,
+};
 use crate::store::StoreError;
 
 /// How often a shared-mode instance re-reads the tenants without being
@@ -29,7 +31,10 @@ impl Engine {
     }
 
     fn write_tenants(&self) -> std::sync::RwLockWriteGuard<'_, TenantCache> {
-        self.inner.tenants.write().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The tenant's quotas as this instance knows them (none when unset).

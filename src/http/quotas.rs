@@ -44,9 +44,7 @@ pub(super) async fn take_rate(
         return Ok(RateGate::Open(None));
     };
     let rate = Rate { per_second, burst };
-    let decision = state
-        .limiter
-        .take(key, &caller.tenant, rate, jobs as u64);
+    let decision = state.limiter.take(key, &caller.tenant, rate, jobs as u64);
     if decision.allowed {
         return Ok(RateGate::Open(Some(decision)));
     }
@@ -97,10 +95,7 @@ fn rate_headers(decision: &RateDecision) -> (String, String) {
             decision.rate.burst,
             decision.rate.window_s()
         ),
-        format!(
-            "\"submit\";r={};t={}",
-            decision.remaining, decision.reset_s
-        ),
+        format!("\"submit\";r={};t={}", decision.remaining, decision.reset_s),
     )
 }
 

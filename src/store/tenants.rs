@@ -24,7 +24,9 @@ impl From<TenantRow> for TenantConfig {
             settings: TenantSettings {
                 max_pending: row.max_pending.map(|n| n.max(0) as u64),
                 submit_rate: row.submit_rate,
-                submit_burst: row.submit_burst.map(|n| n.clamp(1, i64::from(u32::MAX)) as u32),
+                submit_burst: row
+                    .submit_burst
+                    .map(|n| n.clamp(1, i64::from(u32::MAX)) as u32),
             },
             updated_at: Timestamp::from_millis(row.updated_at),
         }

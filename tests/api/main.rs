@@ -22,6 +22,7 @@ mod outage;
 mod outbound;
 mod pipelines;
 mod queues;
+mod quotas;
 mod shared;
 mod shared_events;
 mod shutdown;

@@ -47,7 +47,12 @@ pub async fn check_quota(
         .bind(own)
         .fetch_one(&mut *conn)
         .await?;
-    Ok(quota_rejection(tenant, Some(max_pending), pending, requested))
+    Ok(quota_rejection(
+        tenant,
+        Some(max_pending),
+        pending,
+        requested,
+    ))
 }
 
 /// A refusal when the tenant's waiting jobs as committed now leave no room

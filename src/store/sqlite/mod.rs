@@ -34,8 +34,8 @@ use self::writer::{Command, Op};
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
-    StoredResponse, SubmitRejection, WebhookAttempt, WebhookOwner,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, StoredResponse, Submission,
+    SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, KeyId, Progress, QueueConfig, QueueCounts,

@@ -62,7 +62,12 @@ pub fn check_quota(
     let pending: i64 = conn
         .prepare_cached(COUNT_PENDING)?
         .query_row(params![tenant], |row| row.get(0))?;
-    Ok(quota_rejection(tenant, Some(max_pending), pending, requested))
+    Ok(quota_rejection(
+        tenant,
+        Some(max_pending),
+        pending,
+        requested,
+    ))
 }
 
 pub async fn all(reads: &SqlitePool) -> Result<Vec<TenantConfig>, StoreError> {
