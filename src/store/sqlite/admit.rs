@@ -82,13 +82,6 @@ fn submit_in(
             return Ok(Err(rejection));
         }
     }
-    // Only for a tenant with a `max_pending`: no statement for the others.
-    if submission.limit_pending
-        && let Some(rejection) =
-            super::tenants::check_quota(conn, &tenant, submission.jobs.len() as u64)?
-    {
-        return Ok(Err(rejection));
-    }
 
     let mut replaced_running = Vec::new();
     let mut replaced_now: Vec<Job> = Vec::new();
@@ -113,6 +106,17 @@ fn submit_in(
                 }
             }
         }
+    }
+
+    // Only for a tenant with a `max_pending`: no statement for the others.
+    // After the replaced holders were cancelled (they wait no longer, as on
+    // PostgreSQL); a refusal rolls that back with the savepoint (a key makes
+    // the submission take one).
+    if submission.limit_pending
+        && let Some(rejection) =
+            super::tenants::check_quota(conn, &tenant, submission.jobs.len() as u64)?
+    {
+        return Ok(Err(rejection));
     }
 
     let mut jobs = submission.jobs;
