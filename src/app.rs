@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Keyring, OpenMode};
+use crate::access::{Keyring, OpenMode, RateLimiter};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::engine::Engine;
 use crate::http::serve::{self, ConnectionSettings, FdLimit};
@@ -73,6 +73,7 @@ impl AppBuilder {
         let file = config.file()?;
         let declared = config.declared_queues(&file)?;
         let declared_keys = config.declared_keys(&file)?;
+        let declared_tenants = config.declared_tenants(&file)?;
         let open_mode = match config.auth {
             AuthMode::None => OpenMode::Always,
             AuthMode::Keys if config.bind.ip().is_loopback() => OpenMode::Allowed,
@@ -124,6 +125,7 @@ impl AppBuilder {
             },
         });
         let engine = Engine::start(store, kinds, engine_settings, declared, webhooks).await?;
+        engine.declare_tenants(declared_tenants).await?;
         let keyring = Keyring::load(engine.clone(), declared_keys, open_mode).await?;
         keyring.spawn_upkeep();
         match open_mode {
@@ -146,6 +148,7 @@ impl AppBuilder {
             AppState {
                 engine: engine.clone(),
                 keyring,
+                limiter: Arc::new(RateLimiter::default()),
                 sse_keep_alive: config.sse_keep_alive,
             },
             &http_settings,

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::access::{DeclaredKey, parse_api_keys};
-use crate::domain::{QueueConfig, QueueSettings, StoredKey};
+use crate::domain::{QueueConfig, QueueSettings, StoredKey, TenantSettings, valid_tenant};
 use crate::engine::EngineSettings;
 use crate::http::HttpSettings;
 use crate::kinds::{ExecCommand, SecretHeaders};
@@ -231,6 +231,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("SPOOL_CONFIG: queue `{queue}`: {message}")]
     Queue { queue: String, message: String },
+    #[error("SPOOL_CONFIG: tenants.{tenant}: {message}")]
+    Tenant { tenant: String, message: String },
     #[error("SPOOL_CONFIG: exec.{command}: {message}")]
     Exec { command: String, message: String },
     #[error(transparent)]
@@ -255,6 +257,10 @@ pub struct FileConfig {
     /// `[[api_keys]]` tables: `name`, `tenant`, `role`, `secret`.
     #[serde(default)]
     pub api_keys: Vec<DeclaredKey>,
+    /// `[tenants.NAME]` tables with the fields of `PUT /v1/tenants/{tenant}`
+    /// (`max_pending`, `submit_rate`, `submit_burst`).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSettings>,
 }
 
 impl Default for Config {
@@ -332,6 +338,33 @@ impl Config {
                             .join("; "),
                     })?;
                 Ok(queue)
+            })
+            .collect()
+    }
+
+    /// The tenants' quotas the config file declares, checked.
+    pub fn declared_tenants(
+        &self,
+        file: &FileConfig,
+    ) -> Result<Vec<(String, TenantSettings)>, ConfigError> {
+        file.tenants
+            .iter()
+            .map(|(name, settings)| {
+                if !valid_tenant(name) {
+                    return Err(ConfigError::Tenant {
+                        tenant: name.clone(),
+                        message: "names are 1 to 64 of A-Z a-z 0-9 _ - .".into(),
+                    });
+                }
+                settings.validate().map_err(|errors| ConfigError::Tenant {
+                    tenant: name.clone(),
+                    message: errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.pointer.trim_start_matches('/'), e.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+                Ok((name.clone(), settings.clone()))
             })
             .collect()
     }

@@ -9,6 +9,7 @@
 //! about a second even when a bus message is lost.
 
 mod declared;
+mod rate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -20,6 +21,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 pub use declared::{DeclaredKey, DeclaredKeyError, parse_api_keys};
+pub use rate::{Rate, RateDecision, RateLimiter};
 
 use crate::domain::{
     ApiKey, Caller, KeyHash, KeyId, KeySource, KeySpec, Role, StoredKey, Timestamp, valid_tenant,

@@ -6,6 +6,7 @@ mod batch;
 mod job;
 mod queue;
 mod spec;
+mod tenant;
 mod time;
 mod webhook;
 
@@ -23,6 +24,9 @@ pub use queue::{
 pub use spec::{
     DependencyRef, FieldError, JobSpec, MAX_CONCURRENCY_LIMIT, MAX_DEPENDENCIES, NewJob,
     OnConflict, SpecContext, escape_pointer, valid_metadata_key,
+};
+pub use tenant::{
+    MAX_PENDING_LIMIT, MAX_SUBMIT_BURST, MAX_SUBMIT_RATE, TenantConfig, TenantInfo, TenantSettings,
 };
 pub use time::Timestamp;
 pub use webhook::{DeliveryStatus, WebhookDelivery};

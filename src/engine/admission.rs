@@ -75,6 +75,7 @@ impl Engine {
             batch: None,
             idempotency,
             redactor: self.inner.kinds.redactor(),
+            limit_pending: self.limits_pending(tenant),
         };
         let outcome = self
             .inner

@@ -149,6 +149,7 @@ impl Engine {
             batch: Some(batch),
             idempotency,
             redactor: self.inner.kinds.redactor(),
+            limit_pending: self.limits_pending(tenant),
         };
         let outcome = self
             .inner

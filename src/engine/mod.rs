@@ -7,6 +7,7 @@ mod drain;
 mod maintenance;
 mod queues;
 mod shared;
+mod tenants;
 mod waiters;
 mod worker;
 
@@ -31,6 +32,7 @@ pub use admission::Submitted;
 pub use batches::BatchSubmitted;
 use drain::DrainMeter;
 use shared::Shared;
+pub use tenants::TENANT_QUOTA_RETRY_AFTER_S;
 use waiters::Waiters;
 
 /// Timing of the engine. Every default is documented in `docs/operations.md`.
@@ -87,6 +89,17 @@ pub enum EngineError {
         queue: String,
         capacity: u64,
         pending: u64,
+        retry_after_s: u64,
+    },
+    #[error(
+        "tenant `{tenant}` may have {max_pending} jobs waiting (scheduled or queued); it has \
+         {pending}, and this request adds {requested}"
+    )]
+    TenantQuota {
+        tenant: String,
+        max_pending: u64,
+        pending: u64,
+        requested: u64,
         retry_after_s: u64,
     },
     #[error("key `{key}` is held by job {holder}")]
@@ -170,6 +183,11 @@ pub(crate) struct Inner {
     /// Another instance changed the API keys (or bus messages were lost):
     /// the keyring re-reads them.
     keys_heard: Notify,
+    /// Tenants with quotas, as stored (see `tenants.rs`).
+    tenants: RwLock<tenants::TenantCache>,
+    /// Another instance changed a tenant's quotas (or bus messages were
+    /// lost): the tenants are re-read.
+    tenants_heard: Notify,
     /// The last readiness probe: when it ran and what it found. Behind an
     /// async lock so that concurrent `/readyz` calls share one probe.
     readiness: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
@@ -277,9 +295,12 @@ impl Engine {
                 wake_webhooks: Arc::new(Notify::new()),
                 shared,
                 keys_heard: Notify::new(),
+                tenants: RwLock::new(tenants::TenantCache::new()),
+                tenants_heard: Notify::new(),
                 readiness: tokio::sync::Mutex::new(None),
             }),
         };
+        engine.refresh_tenants().await?;
         engine.spawn_loops();
         engine.spawn_shared_loops();
         tracing::info!(instance_id = %engine.inner.instance_id, "engine started");
@@ -704,6 +725,18 @@ impl Engine {
             SubmitRejection::KeyConflict { key, holder } => {
                 EngineError::KeyConflict { key, holder }
             }
+            SubmitRejection::TenantQuota {
+                tenant,
+                max_pending,
+                pending,
+                requested,
+            } => EngineError::TenantQuota {
+                tenant,
+                max_pending,
+                pending,
+                requested,
+                retry_after_s: TENANT_QUOTA_RETRY_AFTER_S,
+            },
             SubmitRejection::IdempotencyMismatch => EngineError::IdempotencyMismatch,
             SubmitRejection::UnknownDependency { job, dependency } => {
                 let pointer = if at.is_empty() {

@@ -38,6 +38,8 @@ enum Signal {
     Queues,
     /// An API key was created or revoked: re-read the keys.
     Keys,
+    /// A tenant's quotas changed: re-read the tenants.
+    Tenants,
     /// The sender has event streams or long-polls open until `until_ms`:
     /// relay events to it until then.
     Listening { until_ms: i64 },
@@ -170,6 +172,13 @@ impl Engine {
         &self.inner.keys_heard
     }
 
+    /// Tells the other instances that a tenant's quotas changed.
+    pub(super) fn tell_tenants_changed(&self) {
+        if let Some(shared) = self.shared() {
+            shared.send(&Signal::Tenants);
+        }
+    }
+
     pub(super) fn tell_queues_changed(&self) {
         if let Some(shared) = self.shared() {
             shared.send(&Signal::Queues);
@@ -209,6 +218,7 @@ impl Engine {
         let heard = shared.bus.subscribe();
         self.inner.loops.spawn(self.clone().hear_loop(heard));
         self.inner.loops.spawn(self.clone().refresh_loop());
+        self.inner.loops.spawn(self.clone().tenants_loop());
     }
 
     async fn hear_loop(self, mut heard: tokio::sync::broadcast::Receiver<Heard>) {
@@ -252,6 +262,7 @@ impl Engine {
                 tokio::spawn(async move { engine.refresh_queues().await });
             }
             Signal::Keys => self.inner.keys_heard.notify_one(),
+            Signal::Tenants => self.inner.tenants_heard.notify_one(),
             Signal::Listening { until_ms } => {
                 if let Some(shared) = self.shared() {
                     shared
@@ -290,6 +301,7 @@ impl Engine {
         self.inner.wake_promoter.notify_one();
         self.inner.wake_webhooks.notify_one();
         self.inner.keys_heard.notify_one();
+        self.inner.tenants_heard.notify_one();
         self.refresh_queues().await;
         if let Some(shared) = self.shared()
             && shared.announced_until_ms.load(Ordering::Acquire) > Timestamp::now().as_millis()

@@ -13,6 +13,7 @@ use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
 use super::jobs::{idempotency_key, replayed};
+use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};
 use crate::engine::BatchSubmitted;
 
@@ -45,15 +46,23 @@ pub struct ResultPage {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
     responses(
         (status = 202, description = "Accepted and stored.", body = Batch,
-            headers(("Location" = String, description = "The batch's URL"))),
+            headers(
+                ("Location" = String, description = "The batch's URL"),
+                ("RateLimit-Policy" = String, description = "When the tenant has a `submit_rate`: `\"submit\";q=<submit_burst>;w=<seconds>`"),
+                ("RateLimit" = String, description = "When the tenant has a `submit_rate`: `\"submit\";r=<jobs the key may submit now>;t=<seconds until the burst is back>`"),
+            )),
         (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "`body_timeout`: the body did not arrive within `SPOOL_BODY_READ_TIMEOUT`.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`key_conflict`: a job's key is held.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body, or the length it declares, is over the limit, or the batch has more jobs than `SPOOL_MAX_BATCH_SIZE`.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body, or the length it declares, is over the limit, or the batch has more jobs than `SPOOL_MAX_BATCH_SIZE`, or than the key's `submit_burst` lets in at once.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed` (with pointers into the body) or `idempotency_mismatch`.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`queue_full`: a queue the batch uses has no room for its share; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 429, description = "`queue_full`: a queue the batch uses has no room for its share; `tenant_quota`: the tenant's `max_pending` has no room for all its jobs; `rate_limited`: the key's `submit_rate` has no tokens for all its jobs now (a batch counts as its number of jobs, and is refused whole). See `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds"),
+                ("RateLimit-Policy" = String, description = "`tenant_quota` and `rate_limited`: the quotas in force (draft-ietf-httpapi-ratelimit-headers), `\"pending\";q=<max_pending>` and `\"submit\";q=<submit_burst>;w=<seconds>`"),
+                ("RateLimit" = String, description = "`tenant_quota` and `rate_limited`: what is left of them, `\"pending\";r=<room>;t=<seconds>`, `\"submit\";r=<jobs>;t=<seconds>`"),
+            )),
         (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -64,11 +73,17 @@ pub async fn create_batch(
     body: JsonBody<BatchSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/batches"))?;
+    let jobs = body.value.jobs.len();
+    let rate = match take_rate(&state, &caller, jobs, idempotency.as_ref(), "/v1/batches").await? {
+        RateGate::Open(rate) => rate,
+        RateGate::Replayed(response) => return Ok(response),
+    };
     let submitted = state
         .engine
         .submit_batch(&caller.tenant, body.value, idempotency)
-        .await?;
-    Ok(match submitted {
+        .await
+        .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
+    let mut response = match submitted {
         BatchSubmitted::Created(batch) => {
             let location = format!("/v1/batches/{}", batch.id);
             (
@@ -79,7 +94,9 @@ pub async fn create_batch(
                 .into_response()
         }
         BatchSubmitted::Replayed(stored) => replayed(&stored, "/v1/batches"),
-    })
+    };
+    add_rate_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// Get a batch.

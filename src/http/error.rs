@@ -10,6 +10,10 @@ use crate::domain::FieldError;
 use crate::engine::EngineError;
 use crate::store::StoreError;
 
+/// The quota headers of draft-ietf-httpapi-ratelimit-headers.
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATELIMIT: &str = "ratelimit";
+
 /// Problem details (RFC 9457), as every error response carries them.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
@@ -90,6 +94,19 @@ impl ApiError {
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.0.headers.push((name, value));
         self
+    }
+
+    /// Adds a quota policy and its state (`RateLimit-Policy` and `RateLimit`,
+    /// draft-ietf-httpapi-ratelimit-headers): one list member each, beside
+    /// any added before.
+    pub fn with_rate_limit(self, policy: String, state: String) -> Self {
+        let mut error = self;
+        for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, state)] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                error = error.with_header(HeaderName::from_static(name), value);
+            }
+        }
+        error
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
@@ -226,6 +243,20 @@ impl From<EngineError> for ApiError {
                 e.0.retry_after_s = Some(retry_after_s);
                 e
             }
+            EngineError::TenantQuota {
+                max_pending,
+                pending,
+                retry_after_s,
+                ..
+            } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "tenant_quota", detail);
+                e.0.retry_after_s = Some(retry_after_s);
+                let room = max_pending.saturating_sub(pending);
+                e.with_rate_limit(
+                    format!("\"pending\";q={max_pending}"),
+                    format!("\"pending\";r={room};t={retry_after_s}"),
+                )
+            }
             EngineError::KeyConflict { holder, .. } => {
                 Self::new(StatusCode::CONFLICT, "key_conflict", detail).with_job(holder)
             }
@@ -294,8 +325,9 @@ impl IntoResponse for ApiError {
         if error.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // Appended: a header given twice (two quota policies) is a list.
         for (name, value) in error.headers {
-            headers.insert(name, value);
+            headers.append(name, value);
         }
         if let Some(cause) = error.cause {
             response.extensions_mut().insert(ServerErrorCause(cause));

@@ -11,6 +11,7 @@ use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
+use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use crate::domain::{FieldError, Job, JobSpec, JobState, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
 use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
@@ -68,7 +69,11 @@ pub(super) fn idempotency_key(
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
     responses(
         (status = 202, description = "Accepted and stored.", body = Job,
-            headers(("Location" = String, description = "The job's URL"))),
+            headers(
+                ("Location" = String, description = "The job's URL"),
+                ("RateLimit-Policy" = String, description = "When the tenant has a `submit_rate`: `\"submit\";q=<submit_burst>;w=<seconds>`"),
+                ("RateLimit" = String, description = "When the tenant has a `submit_rate`: `\"submit\";r=<jobs the key may submit now>;t=<seconds until the burst is back>`"),
+            )),
         (status = 200, description = "`on_conflict: existing`: the job that holds the key.", body = Job),
         (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "`body_timeout`: the body did not arrive within `SPOOL_BODY_READ_TIMEOUT`.", body = Problem, content_type = "application/problem+json"),
@@ -76,8 +81,12 @@ pub(super) fn idempotency_key(
         (status = 413, description = "The body, or the length it declares, is over the limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid: `validation_failed`, `unknown_kind`, `unknown_queue`, `idempotency_mismatch`.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`queue_full`; see `Retry-After`.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 429, description = "`queue_full`: the queue has no room; `tenant_quota`: the tenant has `max_pending` jobs waiting; `rate_limited`: the key submits faster than its tenant's `submit_rate`. See `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds"),
+                ("RateLimit-Policy" = String, description = "`tenant_quota` and `rate_limited`: the quotas in force (draft-ietf-httpapi-ratelimit-headers), `\"pending\";q=<max_pending>` and `\"submit\";q=<submit_burst>;w=<seconds>`"),
+                ("RateLimit" = String, description = "`tenant_quota` and `rate_limited`: what is left of them, `\"pending\";r=<room>;t=<seconds>`, `\"submit\";r=<jobs>;t=<seconds>`"),
+            )),
         (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -88,17 +97,24 @@ pub async fn create_job(
     body: JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/jobs"))?;
+    let rate = match take_rate(&state, &caller, 1, idempotency.as_ref(), "/v1/jobs").await? {
+        RateGate::Open(rate) => rate,
+        RateGate::Replayed(response) => return Ok(response),
+    };
     let submitted = state
         .engine
         .submit_job(&caller.tenant, body.value, idempotency)
-        .await?;
-    Ok(match submitted {
+        .await
+        .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
+    let mut response = match submitted {
         Submitted::Created(job) => {
             (StatusCode::ACCEPTED, [location(job.id)], Json(job)).into_response()
         }
         Submitted::Existing(job) => (StatusCode::OK, [location(job.id)], Json(job)).into_response(),
         Submitted::Replayed(stored) => replayed(&stored, "/v1/jobs"),
-    })
+    };
+    add_rate_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// The original response to a repeated request, marked as a replay.

@@ -12,7 +12,9 @@ mod keys;
 mod kinds;
 mod openapi;
 mod queues;
+mod quotas;
 pub mod serve;
+mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +38,7 @@ pub use extract::parse_json;
 pub use health::OPENAPI_YAML;
 
 use self::openapi::BearerScheme;
-use crate::access::Keyring;
+use crate::access::{Keyring, RateLimiter};
 use crate::engine::Engine;
 
 /// What every handler can reach.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub engine: Engine,
     /// The API keys, and whether requests need one.
     pub keyring: Arc<Keyring>,
+    /// Each key's submission rate (`submit_rate`, `submit_burst`).
+    pub limiter: Arc<RateLimiter>,
     /// Interval of keep-alive comments on idle event streams.
     pub sse_keep_alive: Duration,
 }
@@ -117,6 +121,7 @@ fn body_limit(
         (name = "kinds", description = "The job kinds this service runs"),
         (name = "events", description = "Job and batch events as Server-Sent Events"),
         (name = "keys", description = "API keys: who may call, in which tenant, with which role"),
+        (name = "tenants", description = "Tenants' quotas: jobs waiting at once, and each key's submission rate"),
         (name = "operations", description = "Health and the API description"),
     )
 )]
@@ -142,7 +147,8 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
         .routes(routes!(kinds::list_kinds))
         .routes(routes!(events::stream_events))
         .routes(routes!(keys::create_key, keys::list_keys))
-        .routes(routes!(keys::revoke_key));
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(tenants::get_tenant, tenants::put_tenant));
     let public = OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -10,13 +10,15 @@ mod plan;
 mod postgres;
 mod rows;
 mod sqlite;
+mod tenants;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::{
     Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, KeyId, NewBatch, NewJob,
-    Progress, QueueConfig, QueueInfo, Redactor, StoredKey, Timestamp, WebhookDelivery,
+    Progress, QueueConfig, QueueInfo, Redactor, StoredKey, TenantConfig, Timestamp,
+    WebhookDelivery,
 };
 
 pub use lists::LIST_WAIT;
@@ -61,6 +63,10 @@ pub struct Submission {
     /// Masks the jobs in the body remembered for `idempotency`, which a
     /// replay shows as it is (the engine's masks secret payload values).
     pub redactor: Redactor,
+    /// The tenant has a `max_pending` (as the engine knows its settings):
+    /// the store checks it against the stored value in the admission's
+    /// transaction. `false` costs the admission nothing.
+    pub limit_pending: bool,
 }
 
 /// What a write set in motion beyond the jobs it names: dependents released
@@ -125,6 +131,13 @@ pub enum SubmitRejection {
         requested: u64,
     },
     UnknownQueue(String),
+    /// The tenant's `max_pending` has no room for the submission's jobs.
+    TenantQuota {
+        tenant: String,
+        max_pending: u64,
+        pending: u64,
+        requested: u64,
+    },
     KeyConflict {
         key: String,
         holder: JobId,
@@ -484,4 +497,19 @@ pub trait JobStore: Send + Sync + 'static {
     /// Records when keys were last used (a few writes a minute, not one
     /// per request: see `access::Keyring`).
     async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+
+    /// Every tenant with stored settings.
+    async fn tenants(&self) -> Result<Vec<TenantConfig>, StoreError>;
+    /// Creates or replaces a tenant's settings; `true` when it was created.
+    async fn upsert_tenant(&self, tenant: &TenantConfig) -> Result<bool, StoreError>;
+    /// The tenant's scheduled plus queued jobs, over all queues.
+    async fn tenant_pending(&self, tenant: &str) -> Result<u64, StoreError>;
+    /// The remembered request hash and response of an `Idempotency-Key`, read
+    /// without a write (for a request refused before admission, which still
+    /// replays an accepted one).
+    async fn idempotent_response(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(String, StoredResponse)>, StoreError>;
 }

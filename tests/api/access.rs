@@ -158,7 +158,10 @@ async fn concrete(
     } else {
         String::new()
     };
-    let path = template.replace("{id}", &id).replace("{name}", "default");
+    let path = template
+        .replace("{id}", &id)
+        .replace("{name}", "default")
+        .replace("{tenant}", "acme");
     let body = match (method.as_str(), template) {
         ("POST", "/v1/jobs") => Some(json!({"kind": "noop"})),
         ("POST", "/v1/batches") => Some(json!({"jobs": [{"kind": "noop"}]})),
@@ -247,6 +250,10 @@ async fn run_matrix(app: &TestApp) {
                 }
                 (false, _) => &[StatusCode::FORBIDDEN],
                 (true, "other tenant's write") if takes_id => &[StatusCode::NOT_FOUND],
+                // A key reads its own tenant's quotas, not another's.
+                (true, "other tenant's write") if template == "/v1/tenants/{tenant}" => {
+                    &[StatusCode::FORBIDDEN]
+                }
                 (true, _) => &[],
             };
             let right = if expected.is_empty() {

@@ -22,6 +22,7 @@ mod outage;
 mod outbound;
 mod pipelines;
 mod queues;
+mod quotas;
 mod secrets;
 mod shared;
 mod shared_events;

@@ -67,6 +67,7 @@ async fn submit_batch(
             batch: Some(batch.clone()),
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .expect("storage works");
@@ -331,6 +332,7 @@ pub async fn a_failed_dependency_cancels_its_dependents_transitively(store: Arc<
             batch: None,
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap();
@@ -372,6 +374,7 @@ pub async fn unknown_dependencies_are_refused_and_nothing_is_stored(store: Arc<d
             batch: None,
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap();

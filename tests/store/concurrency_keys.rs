@@ -125,6 +125,7 @@ pub async fn different_keys_and_tenants_are_counted_apart_and_queues_together(
             batch: None,
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .expect("storage works");

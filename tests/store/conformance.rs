@@ -54,6 +54,7 @@ pub(crate) async fn submit(
             jobs,
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .expect("storage works")
@@ -482,6 +483,7 @@ pub async fn keys_are_unique_among_active_jobs(store: Arc<dyn JobStore>) {
             jobs: vec![other_tenant],
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap()
@@ -505,6 +507,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
             jobs: vec![first],
             idempotency: key("h1"),
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap()
@@ -517,6 +520,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
             jobs: vec![job("default", json!({}), at(1))],
             idempotency: key("h1"),
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap()
@@ -535,6 +539,7 @@ pub async fn idempotency_keys_replay_or_refuse(store: Arc<dyn JobStore>) {
             jobs: vec![job("default", json!({}), at(1))],
             idempotency: key("h2"),
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap();

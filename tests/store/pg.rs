@@ -180,6 +180,7 @@ async fn concurrent_submissions_from_two_instances_never_exceed_capacity() {
                     batch: None,
                     idempotency: None,
                     redactor: Default::default(),
+                    limit_pending: false,
                 })
                 .await
                 .expect("storage works");
@@ -222,6 +223,7 @@ async fn plain_jobs_racing_for_the_last_places_from_two_instances_leave_no_refus
                     batch: None,
                     idempotency: None,
                     redactor: Default::default(),
+                    limit_pending: false,
                 })
                 .await
                 .expect("storage works");
@@ -310,6 +312,7 @@ async fn concurrent_idempotent_submissions_from_two_instances_replay_the_first()
                 request_hash: "same-body".into(),
             }),
             redactor: Default::default(),
+            limit_pending: false,
         };
         let (first, second) = futures::join!(
             a.submit(submission(queues.0)),

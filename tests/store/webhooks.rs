@@ -319,6 +319,7 @@ pub async fn a_batch_webhook_is_written_once_when_the_batch_finishes(store: Arc<
             batch: Some(batch.clone()),
             idempotency: None,
             redactor: Default::default(),
+            limit_pending: false,
         })
         .await
         .unwrap();

@@ -22,6 +22,7 @@ use super::counts::{self, Counts};
 use super::deps::{Ended, settle};
 use super::ops::cancel_now;
 use super::reads::SELECT_BATCH;
+use super::tenants;
 use crate::domain::{Batch, BatchId, Job, JobId, NewBatch};
 use crate::domain::{NewJob, OnConflict};
 use crate::store::plan;
@@ -65,6 +66,13 @@ pub async fn submit(
     // any row is written (clients that meet 429 tend to come back at once).
     let (capacities, pending) = glance(conn, &names).await?;
     if let Some(rejection) = overflow(&requested, &capacities, &pending) {
+        return Ok(Err(rejection));
+    }
+
+    if submission.limit_pending
+        && let Some(rejection) =
+            tenants::glance_quota(conn, tenant, submission.jobs.len() as u64).await?
+    {
         return Ok(Err(rejection));
     }
 
@@ -164,6 +172,15 @@ pub async fn submit(
         .bind(created_at)
         .execute(&mut *conn)
         .await?;
+    }
+    // The tenant's `max_pending`, under the tenant's row lock (see
+    // `tenants.rs`), before the queues' locks; only for a tenant with one.
+    if submission.limit_pending {
+        let own: Vec<String> = jobs.iter().map(|job| job.id.to_string()).collect();
+        let requested = submission.jobs.len() as u64;
+        if let Some(rejection) = tenants::check_quota(conn, tenant, &own, requested).await? {
+            return Ok(Err(rejection));
+        }
     }
     // The capacity check that counts, last (see the module's comment): the
     // queues' row locks are held from here to the commit only.

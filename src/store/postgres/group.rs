@@ -147,11 +147,14 @@ async fn in_transaction<T, R>(
     Ok(answers)
 }
 
-/// The job of `submission` when it may be admitted in a group.
+/// The job of `submission` when it may be admitted in a group. A tenant
+/// with a `max_pending` goes the general way (`admit::submit`), which
+/// takes the tenant's lock: groups then stay free of it.
 pub fn plain(submission: &Submission) -> Option<&NewJob> {
     match submission.jobs.as_slice() {
         [job]
             if submission.batch.is_none()
+                && !submission.limit_pending
                 && submission.idempotency.is_none()
                 && job.key.is_none()
                 && job.depends_on.is_empty() =>

@@ -20,6 +20,7 @@ mod maintenance;
 mod ops;
 mod plain;
 mod reads;
+mod tenants;
 mod webhooks;
 
 use std::str::FromStr;
@@ -33,12 +34,12 @@ use sqlx::{ConnectOptions, Connection};
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
-    SubmitRejection, WebhookAttempt, WebhookOwner,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, StoredResponse, Submission,
+    SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, KeyId, NewJob, Progress, QueueConfig, QueueInfo,
-    StoredKey, Timestamp, WebhookDelivery,
+    StoredKey, TenantConfig, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -527,5 +528,27 @@ impl JobStore for PgStore {
 
     async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         keys::record_use(&self.pool, used).await.map_err(classify)
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantConfig>, StoreError> {
+        tenants::all(&self.pool).await.map_err(classify)
+    }
+
+    async fn upsert_tenant(&self, tenant: &TenantConfig) -> Result<bool, StoreError> {
+        retrying!(tenants::upsert(&self.pool, tenant))
+    }
+
+    async fn tenant_pending(&self, tenant: &str) -> Result<u64, StoreError> {
+        tenants::pending(&self.pool, tenant).await.map_err(classify)
+    }
+
+    async fn idempotent_response(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(String, StoredResponse)>, StoreError> {
+        tenants::idempotent_response(&self.pool, tenant, key)
+            .await
+            .map_err(classify)
     }
 }

@@ -187,6 +187,13 @@ pub async fn retry(
             }
         }
     }
+    // A retry admits the job again: it counts against the tenant's
+    // `max_pending` as a submission does. The tenant's row lock comes after
+    // the jobs' and before the queue's, as in admissions (retries are rare:
+    // the tenant's row is read always).
+    if let Some(rejection) = super::tenants::check_quota(conn, tenant, &[], 1).await? {
+        return Ok(RetryOutcome::Rejected(rejection));
+    }
     // The queue's lock last, as admissions take it (after any job's), so
     // the two never wait for each other in opposite orders.
     let capacities = lock_queues(conn, std::slice::from_ref(&job.queue)).await?;

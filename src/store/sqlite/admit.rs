@@ -108,6 +108,17 @@ fn submit_in(
         }
     }
 
+    // Only for a tenant with a `max_pending`: no statement for the others.
+    // After the replaced holders were cancelled (they wait no longer, as on
+    // PostgreSQL); a refusal rolls that back with the savepoint (a key makes
+    // the submission take one).
+    if submission.limit_pending
+        && let Some(rejection) =
+            super::tenants::check_quota(conn, &tenant, submission.jobs.len() as u64)?
+    {
+        return Ok(Err(rejection));
+    }
+
     let mut jobs = submission.jobs;
     let dependencies = match link_dependencies(conn, &tenant, &mut jobs)? {
         Ok(dependencies) => dependencies,

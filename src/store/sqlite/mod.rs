@@ -8,6 +8,7 @@ mod keys;
 mod lists;
 mod ops;
 mod rows;
+mod tenants;
 mod webhooks;
 mod writer;
 
@@ -33,12 +34,12 @@ use self::writer::{Command, Op};
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, Submission, SubmitOutcome,
-    SubmitRejection, WebhookAttempt, WebhookOwner,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, StoredResponse, Submission,
+    SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, KeyId, Progress, QueueConfig, QueueCounts,
-    QueueInfo, StoredKey, Timestamp, WebhookDelivery,
+    QueueInfo, StoredKey, TenantConfig, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -585,6 +586,29 @@ impl JobStore for SqliteStore {
         self.write(Op::Keys(KeyWrite::RecordUse(used.to_vec())))
             .await?;
         Ok(())
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantConfig>, StoreError> {
+        tenants::all(&self.reads).await
+    }
+
+    async fn upsert_tenant(&self, tenant: &TenantConfig) -> Result<bool, StoreError> {
+        match self.write(Op::UpsertTenant(tenant.clone())).await? {
+            Done::Created(created) => Ok(created),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn tenant_pending(&self, tenant: &str) -> Result<u64, StoreError> {
+        tenants::pending(&self.reads, tenant).await
+    }
+
+    async fn idempotent_response(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(String, StoredResponse)>, StoreError> {
+        tenants::idempotent_response(&self.reads, tenant, key).await
     }
 }
 

@@ -88,6 +88,7 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
             keys_before,
         } => Done::Count(prune(conn, finished_before, keys_before)?),
         Op::UpsertQueue(config) => Done::Created(upsert_queue(conn, &config)?),
+        Op::UpsertTenant(tenant) => Done::Created(super::tenants::upsert(conn, &tenant)?),
         Op::Probe => {
             // The header's user version, which nothing else uses: a page
             // written and committed through the WAL like a job's row.
@@ -386,6 +387,11 @@ fn retry(
         }
     }
     if let Some(rejection) = check_capacity(conn, counts, &job.queue, 1)? {
+        return Ok(RetryOutcome::Rejected(rejection));
+    }
+    // A retry admits the job again: it counts against `max_pending` as a
+    // submission does (retries are rare: the tenant's row is read always).
+    if let Some(rejection) = super::tenants::check_quota(conn, tenant, 1)? {
         return Ok(RetryOutcome::Rejected(rejection));
     }
     if let Some(key) = &job.key

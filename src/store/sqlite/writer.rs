@@ -74,6 +74,7 @@ pub enum Op {
         keys_before: Timestamp,
     },
     UpsertQueue(QueueConfig),
+    UpsertTenant(crate::domain::TenantConfig),
     ClaimWebhooks {
         now: Timestamp,
         limit: u32,
