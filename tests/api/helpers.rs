@@ -349,16 +349,32 @@ fn pg_admin_blocking(sql: String) {
     .join();
 }
 
+/// One PostgreSQL test at a time in this binary. Each instance keeps up to
+/// 17 connections, and two tests of three instances each (with the other
+/// test binaries' connections) would take more than the 100 a default
+/// PostgreSQL allows: the loser fails with `too many clients already`.
+async fn pg_turn() -> tokio::sync::OwnedSemaphorePermit {
+    static TURN: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    TURN.get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)))
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed")
+}
+
 /// A fresh schema on the test PostgreSQL, dropped afterwards.
 pub struct PgSchema {
     /// Connects into the schema.
     pub url: String,
     name: String,
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PgSchema {
     /// `None` when PostgreSQL cannot be reached outside CI (see [`pg_admin`]).
     pub async fn create() -> Option<PgSchema> {
+        let turn = pg_turn().await;
         let mut admin = pg_admin().await?;
         let name = format!("spool_api_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
@@ -368,7 +384,11 @@ impl PgSchema {
         let base = pg_base_url();
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
-        Some(PgSchema { url, name })
+        Some(PgSchema {
+            url,
+            name,
+            _turn: turn,
+        })
     }
 }
 
@@ -385,11 +405,13 @@ pub struct PgDatabase {
     /// Connects into the database.
     pub url: String,
     name: String,
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PgDatabase {
     /// `None` when PostgreSQL cannot be reached outside CI (see [`pg_admin`]).
     pub async fn create() -> Option<PgDatabase> {
+        let turn = pg_turn().await;
         let mut admin = pg_admin().await?;
         let name = format!("spool_outage_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -399,7 +421,11 @@ impl PgDatabase {
         let base = pg_base_url();
         let (server, _) = base.rsplit_once('/').expect("a database URL");
         let url = format!("{server}/{name}");
-        Some(PgDatabase { url, name })
+        Some(PgDatabase {
+            url,
+            name,
+            _turn: turn,
+        })
     }
 
     async fn admin(&self, sql: String) {
