@@ -100,7 +100,8 @@ pub struct TenantConfig {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TenantInfo {
     pub name: String,
-    #[serde(flatten)]
+    /// The settings, as `PUT` takes them (a field of its own: flattened,
+    /// their schema's `additionalProperties: false` would forbid the rest).
     pub settings: TenantSettings,
     /// The tenant's `scheduled` plus `queued` jobs now, over all queues:
     /// what `max_pending` bounds.

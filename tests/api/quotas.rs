@@ -82,7 +82,7 @@ async fn max_pending_refuses_with_tenant_quota_and_headers_and_a_batch_whole() {
     let app = spawn_app_with(with_keys).await;
     held_queue(&app, true).await;
     let set = put_tenant(&app, "acme", json!({"max_pending": 3})).await;
-    assert_eq!(set["max_pending"], 3);
+    assert_eq!(set["settings"]["max_pending"], 3);
     assert_eq!(set["pending"], 0);
 
     for _ in 0..2 {
@@ -223,7 +223,7 @@ async fn put_tenants_takes_effect_at_once_and_null_lifts_the_limit() {
     let app = spawn_app_with(with_keys).await;
     held_queue(&app, true).await;
     let before = tenant(&app, "acme").await;
-    assert_eq!(before["max_pending"], Value::Null);
+    assert_eq!(before["settings"]["max_pending"], Value::Null);
     assert_eq!(before["updated_at"], Value::Null);
     for _ in 0..3 {
         let response = call(
@@ -268,7 +268,7 @@ async fn put_tenants_takes_effect_at_once_and_null_lifts_the_limit() {
     problem(response, 429, "tenant_quota").await;
 
     let lifted = put_tenant(&app, "acme", json!({"max_pending": null})).await;
-    assert_eq!(lifted["max_pending"], Value::Null);
+    assert_eq!(lifted["settings"]["max_pending"], Value::Null);
     assert_eq!(lifted["pending"], 3);
     assert!(lifted["updated_at"].is_string());
     let response = call(
@@ -485,9 +485,9 @@ async fn tenants_declared_in_the_config_file_apply_from_the_start() {
     })
     .await;
     let acme = tenant(&app, "acme").await;
-    assert_eq!(acme["max_pending"], 1);
-    assert_eq!(acme["submit_rate"], 100.0);
-    assert_eq!(acme["submit_burst"], Value::Null);
+    assert_eq!(acme["settings"]["max_pending"], 1);
+    assert_eq!(acme["settings"]["submit_rate"], 100.0);
+    assert_eq!(acme["settings"]["submit_burst"], Value::Null);
     let response = call(
         &app,
         Method::POST,
