@@ -102,7 +102,8 @@ pub struct JobSpec {
     /// A configured queue. Default `default`.
     #[serde(default)]
     pub queue: Option<String>,
-    /// −100..=100; higher runs first, FIFO among equals. Default 0.
+    /// −100..=100; higher runs first, FIFO among equals. Default 0. Among
+    /// several tenants' ready jobs, claims take turns by tenant first.
     #[serde(default)]
     #[schema(minimum = -100, maximum = 100)]
     pub priority: Option<i64>,

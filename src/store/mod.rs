@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod fair;
 mod keys;
 mod lists;
 mod plan;

@@ -3,7 +3,7 @@
 //! are each backend's own).
 
 use crate::domain::{TenantConfig, TenantSettings, Timestamp};
-use crate::store::SubmitRejection;
+use crate::store::{StoreError, StoredResponse, SubmitRejection};
 
 pub const SELECT_TENANTS: &str = "SELECT name, max_pending, submit_rate, submit_burst, updated_at \
     FROM tenants ORDER BY name";
@@ -62,4 +62,16 @@ pub fn quota_rejection(
         pending,
         requested,
     })
+}
+
+/// A remembered idempotent response as stored: `(request_hash, status,
+/// body)`, the body JSON text.
+pub fn remembered_response(
+    (hash, status, body): (String, i64, String),
+) -> Result<(String, StoredResponse), StoreError> {
+    let body = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
+    let status = u16::try_from(status)
+        .map_err(|_| StoreError::Corrupt(format!("idempotency status {status}")))?;
+    Ok((hash, StoredResponse { status, body }))
 }

@@ -274,3 +274,105 @@ async fn an_event_stream_shows_a_tenant_only_its_own_jobs_and_batches() {
         }
     }
 }
+
+/// Every job of `tenant` in `status`, paged through as an admin.
+async fn jobs_of(app: &crate::helpers::TestApp, tenant: &str, status: &str) -> Vec<Value> {
+    let mut jobs = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/jobs?tenant={tenant}&status={status}&limit=100");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = call(app, Method::GET, &path, Some(ADMIN), None)
+            .await
+            .json()
+            .await
+            .expect("a page");
+        jobs.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return jobs,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tenants_ten_jobs_behind_another_tenants_10_000_start_within_the_first_20_claims() {
+    let app = spawn_app_with(with_keys).await;
+    let queue = json!({"concurrency": 4, "capacity": 20_000});
+    let configured = call(
+        &app,
+        Method::PUT,
+        "/v1/queues/fair",
+        Some(ADMIN),
+        Some(&queue),
+    )
+    .await;
+    assert!(configured.status().is_success(), "{}", configured.status());
+    let job = json!({"kind": "sleep", "queue": "fair", "payload": {"ms": 10}});
+    for _ in 0..10 {
+        let batch = json!({"jobs": vec![job.clone(); 1_000]});
+        submitted(
+            call(
+                &app,
+                Method::POST,
+                "/v1/batches",
+                Some(WRITE_A),
+                Some(&batch),
+            )
+            .await,
+        )
+        .await;
+    }
+    let b = submitted(
+        call(
+            &app,
+            Method::POST,
+            "/v1/batches",
+            Some(WRITE_B),
+            Some(&json!({"jobs": vec![job; 10]})),
+        )
+        .await,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let b_jobs = loop {
+        let done = jobs_of(&app, "bolt", "succeeded").await;
+        if done.len() == 10 {
+            break done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bolt's jobs did not all finish: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let millis = |job: &Value, field: &str| crate::helpers::millis(&job[field]);
+    let arrived = millis(&b_jobs[0], "created_at");
+    let last_start = b_jobs
+        .iter()
+        .map(|job| millis(job, "started_at"))
+        .max()
+        .expect("ten jobs");
+    // Claims since bolt's jobs arrived: acme's jobs that started strictly
+    // between their arrival and the last of them to start, and bolt's ten.
+    let mut acme = jobs_of(&app, "acme", "succeeded").await;
+    acme.extend(jobs_of(&app, "acme", "running").await);
+    let acme_between = acme
+        .iter()
+        .filter(|job| (arrived + 1..last_start).contains(&millis(job, "started_at")))
+        .count();
+    assert!(
+        acme_between + 10 <= 20,
+        "{acme_between} of acme's jobs started between bolt's arrival and its last start"
+    );
+    // And acme's backlog was still there to compete: fair share, not an empty queue.
+    let tenant: Value = call(&app, Method::GET, "/v1/tenants/acme", Some(ADMIN), None)
+        .await
+        .json()
+        .await
+        .expect("a tenant");
+    let pending = tenant["pending"].as_u64().expect("a count");
+    assert!(pending > 1_000, "acme had only {pending} jobs left");
+}

@@ -11,6 +11,7 @@ mod batches;
 mod completions;
 mod concurrency_keys;
 mod conformance;
+mod fair_share;
 mod lists;
 mod pg;
 mod webhooks;
@@ -42,6 +43,7 @@ use batches::*;
 use completions::*;
 use concurrency_keys::*;
 use conformance::*;
+use fair_share::*;
 use lists::*;
 use webhooks::*;
 
@@ -116,6 +118,10 @@ macro_rules! with_every_case {
             metadata_filters_list_newest_first_and_pages_stitch_by_cursor,
             every_filter_lists_newest_first_across_states_and_pages_stitch_by_cursor,
             stored_keys_are_hashed_listed_until_revoked_and_their_last_use_only_moves_forward,
+            claims_serve_tenants_round_robin_then_priority_then_fifo,
+            a_tenant_behind_10_000_jobs_of_another_starts_within_20_claims,
+            a_tenants_full_key_passes_the_turn_without_holding_up_another_tenant,
+            a_queued_jobs_position_counts_the_rounds_before_it,
         ]);
     };
 }

@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
+use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
@@ -102,6 +103,8 @@ pub struct PgStore {
     completions: group::Grouper<Completion, CompletionResult>,
     /// Lists running at once (`store/lists.rs`).
     lists: ListBudget,
+    /// The tenant each queue's claims served last, in this instance.
+    turns: Turns,
 }
 
 impl PgStore {
@@ -158,6 +161,7 @@ impl PgStore {
             admissions,
             completions,
             lists: ListBudget::new(lists::list_permits(connections), LIST_WAIT),
+            turns: Turns::default(),
         })
     }
 
@@ -366,29 +370,37 @@ impl JobStore for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        if claim::has_keyed(&self.claims, queue)
-            .await
-            .map_err(classify)?
+        let probe = claim::probe(&self.claims, queue).await.map_err(classify)?;
+        if !probe.keyed
+            && let Some(tenant) = probe.one_tenant()
         {
-            transaction!(self.claims, |tx| claim::claim_keyed_counted(
-                &mut tx,
-                queue,
-                limit,
-                owner,
-                lease_until,
-                now
-            )
-            .await?)
-        } else {
-            retrying!(claim::claim_plain(
+            return retrying!(claim::claim_plain(
                 &self.claims,
                 queue,
+                tenant,
                 limit,
                 owner,
                 lease_until,
                 now
-            ))
+            ));
         }
+        if probe.first.is_none() {
+            return Ok(Vec::new());
+        }
+        let claimant = claim::Claimant {
+            owner,
+            lease_until,
+            now,
+        };
+        transaction!(self.claims, |tx| claim::claim_fair_counted(
+            &mut tx,
+            &self.turns,
+            queue,
+            &probe,
+            limit,
+            &claimant
+        )
+        .await?)
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {

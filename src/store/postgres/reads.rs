@@ -34,18 +34,25 @@ pub async fn get_job(pool: &PgPool, tenant: &str, id: JobId) -> Result<Option<Jo
 }
 
 pub async fn queue_position(pool: &PgPool, job: &Job) -> Result<u64, StoreError> {
-    // Walks jobs_ready up to the job: the same order claims take.
-    let ahead: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'queued' AND \
-         (priority > $2 OR (priority = $2 AND (run_at < $3 OR (run_at = $3 AND id < $4))))",
+    // Claims serve tenants round-robin (`store/fair.rs`): ahead of a job are
+    // its own tenant's jobs ahead of it in claim order, and as many of each
+    // other tenant's as it has rounds to wait, at most.
+    let (ahead, others): (i64, i64) = sqlx::query_as(
+        "WITH own AS (SELECT count(*) AS n FROM jobs WHERE queue = $1 AND tenant = $5 \
+             AND state = 'queued' AND (priority > $2 OR (priority = $2 AND \
+             (run_at < $3 OR (run_at = $3 AND id < $4))))) \
+         SELECT own.n, (SELECT coalesce(sum(least(n, own.n)), 0)::bigint FROM \
+             (SELECT count(*) AS n FROM jobs WHERE queue = $1 AND state = 'queued' \
+              AND tenant <> $5 GROUP BY tenant) AS other) FROM own",
     )
     .bind(&job.queue)
     .bind(i64::from(job.priority))
     .bind(job.run_at.as_millis())
     .bind(job.id.to_string())
+    .bind(&job.tenant)
     .fetch_one(pool)
     .await?;
-    Ok(ahead.max(0) as u64)
+    Ok((ahead + others).max(0) as u64)
 }
 
 pub async fn dependency_results(

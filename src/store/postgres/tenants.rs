@@ -17,7 +17,9 @@
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::TenantConfig;
-use crate::store::tenants::{SELECT_TENANTS, TenantRow, quota_rejection, upsert_values};
+use crate::store::tenants::{
+    SELECT_TENANTS, TenantRow, quota_rejection, remembered_response, upsert_values,
+};
 use crate::store::{StoreError, StoredResponse, SubmitRejection};
 
 /// The tenant's scheduled and queued jobs but those of `$2` (the
@@ -123,16 +125,5 @@ pub async fn idempotent_response(
     .bind(key)
     .fetch_optional(pool)
     .await?;
-    seen.map(|(hash, status, body)| {
-        let body = serde_json::from_str(&body)
-            .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
-        Ok((
-            hash,
-            StoredResponse {
-                status: status as u16,
-                body,
-            },
-        ))
-    })
-    .transpose()
+    seen.map(remembered_response).transpose()
 }

@@ -259,17 +259,25 @@ impl JobStore for SqliteStore {
     }
 
     async fn queue_position(&self, job: &Job) -> Result<u64, StoreError> {
-        let ahead: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'queued' AND \
-             (priority > ?2 OR (priority = ?2 AND (run_at < ?3 OR (run_at = ?3 AND id < ?4))))",
+        // Claims serve tenants round-robin (`store/fair.rs`): ahead of a job
+        // are its own tenant's jobs ahead of it in claim order, and as many
+        // of each other tenant's as it has rounds to wait, at most.
+        let (ahead, others): (i64, i64) = sqlx::query_as(
+            "WITH own AS (SELECT count(*) AS n FROM jobs WHERE queue = ?1 AND tenant = ?5 \
+                 AND state = 'queued' AND (priority > ?2 OR (priority = ?2 AND \
+                 (run_at < ?3 OR (run_at = ?3 AND id < ?4))))) \
+             SELECT own.n, (SELECT coalesce(sum(min(n, own.n)), 0) FROM \
+                 (SELECT count(*) AS n FROM jobs WHERE queue = ?1 AND state = 'queued' \
+                  AND tenant <> ?5 GROUP BY tenant)) FROM own",
         )
         .bind(&job.queue)
         .bind(i64::from(job.priority))
         .bind(job.run_at.as_millis())
         .bind(job.id.to_string())
+        .bind(&job.tenant)
         .fetch_one(&self.reads)
         .await?;
-        Ok(ahead.max(0) as u64)
+        Ok((ahead + others).max(0) as u64)
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {

@@ -11,6 +11,7 @@ use super::deps::{Ended, settle};
 use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
 use super::writer::Op;
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
+use crate::store::fair::{self, Turns};
 use crate::store::plan;
 use crate::store::rows::RescuedRow;
 use crate::store::{
@@ -36,7 +37,12 @@ pub enum Done {
     Webhooks(Vec<ClaimedWebhook>),
 }
 
-pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, StoreError> {
+pub fn apply(
+    conn: &Connection,
+    counts: &mut NewCounts,
+    turns: &Turns,
+    op: Op,
+) -> Result<Done, StoreError> {
     Ok(match op {
         Op::Submit(submission) => Done::Submit(super::admit::submit(conn, counts, submission)?),
         Op::Claim {
@@ -45,7 +51,7 @@ pub fn apply(conn: &Connection, counts: &mut NewCounts, op: Op) -> Result<Done, 
             owner,
             lease_until,
             now,
-        } => Done::Jobs(claim(conn, &queue, limit, &owner, lease_until, now)?),
+        } => Done::Jobs(claim(conn, turns, &queue, limit, &owner, lease_until, now)?),
         Op::Complete(completion) => Done::Completion(complete(conn, &completion)?),
         Op::ClaimWebhooks {
             now,
@@ -165,91 +171,166 @@ const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', attempt = attempt + 
 
 fn claim(
     conn: &Connection,
+    turns: &Turns,
     queue: &str,
     limit: u32,
     owner: &str,
     lease_until: Timestamp,
     now: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
+    // One probe: whether keyed jobs wait here, and the first and last
+    // tenant with ready jobs (two seeks of `jobs_ready_tenant`). INDEXED BY:
+    // otherwise SQLite may answer the first by walking the queue's entries
+    // in `jobs_ready_tenant`, every ready job per claim.
+    let (keyed_waiting, first, last): (bool, Option<String>, Option<String>) = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready_concurrency_key \
+             WHERE queue = ?1 AND state = 'queued' AND concurrency_key IS NOT NULL), \
+             (SELECT tenant FROM jobs WHERE queue = ?1 AND state = 'queued' \
+              ORDER BY tenant, priority DESC, run_at, id LIMIT 1), \
+             (SELECT tenant FROM jobs WHERE queue = ?1 AND state = 'queued' \
+              ORDER BY tenant DESC, priority, run_at DESC, id DESC LIMIT 1)",
+        )?
+        .query_row(params![queue], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+    let Some(first) = first else {
+        return Ok(Vec::new());
+    };
+    let one_tenant = last.as_deref() == Some(first.as_str());
     // `started_at` is never before `run_at`: `now` was read before the claim
     // reached the writer, and a job may have become ready (its dependency's
     // success stamped in `run_at`) in between.
-    let keyed_waiting: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ? AND state = 'queued' \
-             AND concurrency_key IS NOT NULL)",
-        )?
-        .query_row(params![queue], |row| row.get(0))?;
     let (lease_until, now) = (lease_until.as_millis(), now.as_millis());
-    if keyed_waiting {
-        let sql = format!("{CLAIM_SET} WHERE id = ? AND state = 'queued' RETURNING {JOB_COLUMNS}");
-        let mut jobs = Vec::new();
-        for id in claimable(conn, queue, limit)? {
-            jobs.extend(query_job(conn, &sql, params![owner, lease_until, now, id])?);
-        }
-        // Taken in claim order already.
+    if one_tenant && !keyed_waiting {
+        // One tenant and no keyed job: one UPDATE, as fast as before
+        // tenants and keys existed. `LIMIT CAST(? AS INTEGER)`: with a bare
+        // `LIMIT ?` SQLite re-prepares the statement at every execution
+        // (measured with its RePrepare counter).
+        let mut jobs = query_jobs(
+            conn,
+            &format!(
+                "{CLAIM_SET} WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND tenant = ? \
+                 AND state = 'queued' ORDER BY priority DESC, run_at, id \
+                 LIMIT CAST(? AS INTEGER)) RETURNING {JOB_COLUMNS}"
+            ),
+            params![owner, lease_until, now, queue, first, i64::from(limit)],
+        )?;
+        // RETURNING has no order: start the best job first.
+        plan::claim_order(&mut jobs);
         return Ok(jobs);
     }
-    // No keyed job waits here: one UPDATE, as fast as before keys existed.
-    // `LIMIT CAST(? AS INTEGER)`: with a bare `LIMIT ?` SQLite re-prepares
-    // the statement at every execution (measured with its RePrepare counter).
-    let mut jobs = query_jobs(
-        conn,
-        &format!(
-            "{CLAIM_SET} WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' \
-             ORDER BY priority DESC, run_at, id LIMIT CAST(? AS INTEGER)) \
-             RETURNING {JOB_COLUMNS}"
-        ),
-        params![owner, lease_until, now, queue, i64::from(limit)],
-    )?;
-    // RETURNING has no order: start the best job first.
-    plan::claim_order(&mut jobs);
+    let tenants = if one_tenant {
+        vec![first]
+    } else {
+        let last_served = turns.last_served(queue);
+        let after = tenants_after(conn, queue, last_served.as_deref().unwrap_or(""))?;
+        match last_served {
+            Some(_) if after.len() < fair::MAX_TENANTS => {
+                fair::rotation(after, tenants_after(conn, queue, "")?)
+            }
+            _ => after,
+        }
+    };
+    let share = fair::share(limit, tenants.len().min(limit as usize));
+    let mut picks = Vec::new();
+    for tenant in tenants {
+        if picks.len() >= limit as usize {
+            break;
+        }
+        let ids = claimable(conn, queue, &tenant, share)?;
+        if !ids.is_empty() {
+            picks.push((tenant, ids));
+        }
+    }
+    if fair::refill(&picks, share, limit) {
+        for (tenant, ids) in &mut picks {
+            if ids.len() >= share as usize {
+                *ids = claimable(conn, queue, tenant, limit)?;
+            }
+        }
+    }
+    let (ids, last_served) = fair::interleave(picks, limit);
+    if let Some(tenant) = last_served {
+        turns.served(queue, &tenant);
+    }
+    let sql = format!("{CLAIM_SET} WHERE id = ? AND state = 'queued' RETURNING {JOB_COLUMNS}");
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        jobs.extend(query_job(conn, &sql, params![owner, lease_until, now, id])?);
+    }
+    // Taken in claim order already: round-robin by tenant.
     Ok(jobs)
 }
 
-/// The ids of the jobs a claim of `queue` takes when keyed jobs wait there:
-/// in claim order (priority desc, run_at, id), the first `limit` queued jobs
-/// that have no concurrency key, or whose key (per tenant, across every
-/// queue) is held by fewer running jobs than the job's own
-/// `concurrency_limit`, jobs taken earlier in this claim included. A job
+/// Up to `fair::MAX_TENANTS` tenants with ready jobs in `queue` whose names
+/// come after `after`, in order: a skip-scan of `jobs_ready_tenant`, one
+/// seek per tenant however many jobs each has.
+fn tenants_after(conn: &Connection, queue: &str, after: &str) -> Result<Vec<String>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "WITH RECURSIVE ready(tenant) AS ( \
+             SELECT (SELECT tenant FROM jobs WHERE queue = ?1 AND state = 'queued' \
+                     AND tenant > ?2 ORDER BY tenant, priority DESC, run_at, id LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT tenant FROM jobs WHERE queue = ?1 AND state = 'queued' \
+                     AND tenant > ready.tenant ORDER BY tenant, priority DESC, run_at, id LIMIT 1) \
+             FROM ready WHERE ready.tenant IS NOT NULL) \
+         SELECT tenant FROM ready WHERE tenant IS NOT NULL LIMIT ?3",
+    )?;
+    let tenants = statement
+        .query_map(params![queue, after, fair::MAX_TENANTS as i64], |row| {
+            row.get(0)
+        })?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(tenants)
+}
+
+/// The ids of the next jobs of `tenant` a claim of `queue` may take, at
+/// most `limit`: in claim order (priority desc, run_at, id), the queued
+/// jobs that have no concurrency key, or whose key (per tenant, across
+/// every queue) is held by fewer running jobs than the job's own
+/// `concurrency_limit`, jobs taken earlier in this walk included. A job
 /// whose key is full is passed over; the jobs behind it are still taken.
-fn claimable(conn: &Connection, queue: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+fn claimable(
+    conn: &Connection,
+    queue: &str,
+    tenant: &str,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
     let mut held_by_running = conn.prepare_cached(
         "SELECT count(*) FROM jobs WHERE tenant = ? AND concurrency_key = ? \
          AND state = 'running' AND concurrency_key IS NOT NULL",
     )?;
     let mut queued = conn.prepare_cached(
-        "SELECT id, tenant, concurrency_key, concurrency_limit FROM jobs \
-         WHERE queue = ? AND state = 'queued' ORDER BY priority DESC, run_at, id",
+        "SELECT id, concurrency_key, concurrency_limit FROM jobs \
+         WHERE queue = ? AND tenant = ? AND state = 'queued' \
+         ORDER BY priority DESC, run_at, id",
     )?;
-    // Running jobs per tenant and key, read once per key and counted up as
-    // this claim takes jobs. Passing over a full key's job allocates nothing.
-    let mut held: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    // Running jobs per key, read once per key and counted up as this walk
+    // takes jobs. Passing over a full key's job allocates nothing.
+    let mut held: HashMap<String, i64> = HashMap::new();
     let mut ids = Vec::new();
-    let mut rows = queued.query(params![queue])?;
+    let mut rows = queued.query(params![queue, tenant])?;
     while ids.len() < limit as usize
         && let Some(row) = rows.next()?
     {
         let Some(key) = row
-            .get_ref(2)?
+            .get_ref(1)?
             .as_str_or_null()
             .map_err(rusqlite::Error::from)?
         else {
             ids.push(row.get(0)?);
             continue;
         };
-        let tenant = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-        let job_limit: i64 = row.get(3)?;
-        let known = held.get(tenant).and_then(|keys| keys.get(key)).copied();
+        let job_limit: i64 = row.get(2)?;
+        let known = held.get(key).copied();
         let running = match known {
             Some(running) => running,
             None => held_by_running.query_row(params![tenant, key], |row| row.get(0))?,
         };
         let take = running < job_limit;
         if take || known.is_none() {
-            held.entry(tenant.to_owned())
-                .or_default()
-                .insert(key.to_owned(), running + i64::from(take));
+            held.insert(key.to_owned(), running + i64::from(take));
         }
         if take {
             ids.push(row.get(0)?);

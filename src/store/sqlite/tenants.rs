@@ -5,7 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::SqlitePool;
 
 use crate::domain::TenantConfig;
-use crate::store::tenants::{SELECT_TENANTS, TenantRow, quota_rejection, upsert_values};
+use crate::store::tenants::{
+    SELECT_TENANTS, TenantRow, quota_rejection, remembered_response, upsert_values,
+};
 use crate::store::{StoreError, StoredResponse, SubmitRejection};
 
 /// The tenant's scheduled and queued jobs, through `jobs_tenant_pending`
@@ -95,16 +97,5 @@ pub async fn idempotent_response(
     .bind(key)
     .fetch_optional(reads)
     .await?;
-    seen.map(|(hash, status, body)| {
-        let body = serde_json::from_str(&body)
-            .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
-        Ok((
-            hash,
-            StoredResponse {
-                status: status as u16,
-                body,
-            },
-        ))
-    })
-    .transpose()
+    seen.map(remembered_response).transpose()
 }

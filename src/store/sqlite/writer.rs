@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counts::NewCounts;
 use super::ops::{self, Done};
 use crate::domain::{BatchId, JobId, Progress, QueueConfig, Timestamp};
+use crate::store::fair::Turns;
 use crate::store::{Completion, StoreError, Submission, WebhookAttempt};
 
 /// Most commands applied in one transaction: bounds the latency one batch
@@ -96,6 +97,9 @@ pub struct Command {
 /// thread's whole life.
 pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The writer is the only claimant of this database: its turns are
+    // the service's.
+    let turns = Turns::default();
     while let Some(first) = next_command(&mut commands) {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -104,7 +108,7 @@ pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        apply_batch(&mut conn, &mut batch);
+        apply_batch(&mut conn, &turns, &mut batch);
     }
 }
 
@@ -122,7 +126,7 @@ fn next_command(commands: &mut mpsc::Receiver<Command>) -> Option<Command> {
     commands.blocking_recv()
 }
 
-fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
+fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(error) => {
@@ -139,7 +143,12 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
     let mut counts = NewCounts::default();
     let replies: Vec<_> = batch
         .drain(..)
-        .map(|command| (command.reply, ops::apply(&tx, &mut counts, command.op)))
+        .map(|command| {
+            (
+                command.reply,
+                ops::apply(&tx, &mut counts, turns, command.op),
+            )
+        })
         .collect();
     let committed = counts.flush(&tx).and_then(|()| Ok(tx.commit()?));
     match committed {
