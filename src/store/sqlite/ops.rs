@@ -254,12 +254,23 @@ fn claim(
     if let Some(tenant) = last_served {
         turns.served(queue, &tenant);
     }
-    let sql = format!("{CLAIM_SET} WHERE id = ? AND state = 'queued' RETURNING {JOB_COLUMNS}");
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        jobs.extend(query_job(conn, &sql, params![owner, lease_until, now, id])?);
-    }
-    // Taken in claim order already: round-robin by tenant.
+    // One UPDATE for all of them (one per job measured 0.7× the drain rate
+    // of a single tenant's claims with two tenants).
+    let mut jobs = query_jobs(
+        conn,
+        &format!(
+            "{CLAIM_SET} WHERE id IN (SELECT value FROM json_each(?)) AND state = 'queued' \
+             RETURNING {JOB_COLUMNS}"
+        ),
+        params![owner, lease_until, now, to_json(&ids)],
+    )?;
+    // RETURNING has no order: start them in the round-robin's.
+    let order: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.as_str(), n))
+        .collect();
+    jobs.sort_by_cached_key(|job| order.get(job.id.to_string().as_str()).copied());
     Ok(jobs)
 }
 
