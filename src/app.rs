@@ -124,7 +124,10 @@ impl AppBuilder {
                 timeout: config.webhook_timeout,
             },
         });
+        // Before anything records: the recorder is the process's.
+        crate::telemetry::metrics::handle();
         let engine = Engine::start(store, kinds, engine_settings, declared, webhooks).await?;
+        tokio::spawn(crate::telemetry::metrics::upkeep(engine.stopping()));
         engine.declare_tenants(declared_tenants).await?;
         let keyring = Keyring::load(engine.clone(), declared_keys, open_mode).await?;
         keyring.spawn_upkeep();

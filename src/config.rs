@@ -210,6 +210,9 @@ pub struct Config {
     /// never ask for a key (behind a proxy that authenticates).
     #[arg(long, env = "SPOOL_AUTH", value_enum, default_value_t = AuthMode::Keys, global = true)]
     pub auth: AuthMode,
+    /// `GET /metrics` without a key. Default: an admin key is needed.
+    #[arg(long, env = "SPOOL_METRICS_PUBLIC", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub metrics_public: bool,
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -291,6 +294,7 @@ impl Default for Config {
             max_connections: None,
             api_keys: None,
             auth: AuthMode::Keys,
+            metrics_public: false,
             log_format: LogFormat::Text,
         }
     }
@@ -485,6 +489,7 @@ impl Config {
             body_read_timeout: self.body_read_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            metrics_public: self.metrics_public,
             ..defaults
         })
     }

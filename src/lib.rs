@@ -15,7 +15,7 @@
 //! - [`store`]: the [`store::JobStore`] trait and its SQLite backend.
 //! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up, and the Prometheus metrics every layer records.
 //!
 //! A custom kind is a type implementing [`kinds::JobKind`], registered with
 //! [`app::App::builder`]`(config).kind(MyKind)`; see `examples/custom_kind.rs`.

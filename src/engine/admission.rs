@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::{Engine, EngineError};
 use crate::domain::{FieldError, Job, JobId, JobSpec, JobState, SpecContext, Timestamp};
 use crate::store::{IdempotencyKey, StoredResponse, Submission, SubmitOutcome};
+use crate::telemetry::metrics;
 
 /// What a successful submission returns.
 #[derive(Debug)]
@@ -104,6 +105,10 @@ impl Engine {
     /// unpause wakes it), or the promoter for one that must wait, if it is
     /// due before anything it knows of.
     pub(super) fn admitted(&self, job: &Job, paused: bool) {
+        metrics::submitted(&job.queue, &job.kind, 1);
+        if job.status == JobState::Queued {
+            self.inner.ready_clock.ready([job.id]);
+        }
         self.publish_stored(job);
         match job.status {
             JobState::Queued if !paused => {

@@ -13,6 +13,7 @@ use crate::domain::{
 use crate::store::{
     BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome, WebhookOwner,
 };
+use crate::telemetry::metrics;
 
 /// Field errors reported for one batch at most: enough to fix a generator,
 /// not a megabyte of repeats.
@@ -183,6 +184,16 @@ impl Engine {
 
     /// One wake-up of the dispatcher and the promoter for a whole batch.
     fn batch_admitted(&self, jobs: &[Job]) {
+        // Counted per run of jobs of one queue and kind (a batch's jobs
+        // are usually all alike): one recorder call, not one per job.
+        for run in jobs.chunk_by(|a, b| a.queue == b.queue && a.kind == b.kind) {
+            metrics::submitted(&run[0].queue, &run[0].kind, run.len() as u64);
+        }
+        self.inner.ready_clock.ready(
+            jobs.iter()
+                .filter(|job| job.status == JobState::Queued)
+                .map(|job| job.id),
+        );
         let mut ready: Vec<&str> = Vec::new();
         let mut due: Option<Timestamp> = None;
         for job in jobs {

@@ -1,6 +1,7 @@
 //! Background loops: the promoter (scheduled → queued), the lease heartbeat,
 //! rescue of expired leases, and retention pruning.
 
+use crate::telemetry::metrics;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -131,6 +132,7 @@ impl Engine {
             match self.inner.store.rescue(Timestamp::now(), None).await {
                 Ok((rescued, effects)) => {
                     if !rescued.is_empty() {
+                        metrics::rescued(rescued.len() as u64);
                         for job in &rescued {
                             tracing::warn!(job_id = %job.id, queue = %job.queue, status = %job.state, "rescued a job whose lease expired");
                             if job.state == crate::domain::JobState::Queued {

@@ -6,6 +6,7 @@ mod batches;
 mod drain;
 mod maintenance;
 mod queues;
+mod ready_clock;
 mod shared;
 mod tenants;
 mod waiters;
@@ -20,13 +21,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{FieldError, Job, JobId, QueueConfig, Timestamp};
+use crate::domain::{FieldError, Job, JobId, QueueConfig, QueueInfo, Timestamp};
 use crate::kinds::KindRegistry;
 use crate::notify::{BatchSummary, EventHub, EventKind, Subject, Webhooks, job_summary};
 use crate::store::{
-    CancelOutcome, Effects, FinishedBatch, JobFilter, JobStore, Rescued, RetryOutcome, StoreError,
-    SubmitRejection, WebhookOwner,
+    CancelOutcome, Effects, FinishedBatch, JobFilter, JobStore, Rescued, RetryOutcome,
+    ServiceGauges, StoreError, SubmitRejection, WebhookOwner,
 };
+use crate::telemetry::metrics;
 
 pub use admission::Submitted;
 pub use batches::BatchSubmitted;
@@ -191,7 +193,30 @@ pub(crate) struct Inner {
     /// The last readiness probe: when it ran and what it found. Behind an
     /// async lock so that concurrent `/readyz` calls share one probe.
     readiness: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+    /// The last figures read for `/metrics`, reused for a second (see
+    /// `queues.rs`).
+    gauges: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<MetricsSnapshot>)>>,
+    /// When jobs admitted here became ready, for the queue-wait histogram.
+    ready_clock: ready_clock::ReadyClock,
 }
+
+/// What `/metrics` shows of the queues: the store's service-wide figures
+/// and this instance's running jobs.
+#[derive(Clone, Debug)]
+pub struct MetricsSnapshot {
+    /// Every queue with its service-wide counts.
+    pub queues: Vec<QueueInfo>,
+    pub gauges: ServiceGauges,
+    /// When the figures were read.
+    pub read_at: Timestamp,
+    /// Jobs of each queue running in this instance.
+    pub running_here: Vec<(String, u32)>,
+}
+
+/// How long the figures of `/metrics` are reused: every instance may be
+/// scraped by several Prometheus servers, and each read is a statement per
+/// figure over all queues.
+const GAUGES_TTL: Duration = Duration::from_secs(1);
 
 /// How long a readiness probe's answer is reused: load balancers may ask
 /// many times a second, and each probe is a durable write.
@@ -298,6 +323,8 @@ impl Engine {
                 tenants: RwLock::new(tenants::TenantCache::new()),
                 tenants_heard: Notify::new(),
                 readiness: tokio::sync::Mutex::new(None),
+                gauges: tokio::sync::Mutex::new(None),
+                ready_clock: ready_clock::ReadyClock::default(),
             }),
         };
         engine.refresh_tenants().await?;
@@ -571,6 +598,9 @@ impl Engine {
     /// Tells listeners of a job's new state; an end also wakes its long-polls.
     fn publish(&self, job: &Job) {
         if job.status.is_terminal() {
+            // Every transition to an end passes here once, on the instance
+            // that made it.
+            metrics::job_finished(&job.queue, &job.kind, job.status.as_str());
             self.inner.waiters.wake(job.id.as_uuid());
             if job.callback_url.is_some() {
                 self.inner.wake_webhooks.notify_one();

@@ -2,14 +2,41 @@
 //! at runtime, and the slots each has running here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::drain::DrainMeter;
-use super::{Engine, EngineError, QueueState};
-use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings};
+use super::{Engine, EngineError, GAUGES_TTL, MetricsSnapshot, QueueState};
+use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings, Timestamp};
 
 impl Engine {
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
         Ok(self.inner.store.list_queues().await?)
+    }
+
+    /// The figures `/metrics` shows, read at most once a second; concurrent
+    /// scrapes share one read.
+    pub async fn metrics_snapshot(&self) -> Result<Arc<MetricsSnapshot>, EngineError> {
+        let mut cached = self.inner.gauges.lock().await;
+        if let Some((read, snapshot)) = cached.as_ref()
+            && read.elapsed() < GAUGES_TTL
+        {
+            return Ok(snapshot.clone());
+        }
+        let queues = self.inner.store.list_queues().await?;
+        let gauges = self.inner.store.gauges().await?;
+        let running_here = self
+            .read_queues()
+            .values()
+            .map(|queue| (queue.config.name.clone(), queue.running))
+            .collect();
+        let snapshot = Arc::new(MetricsSnapshot {
+            queues,
+            gauges,
+            read_at: Timestamp::now(),
+            running_here,
+        });
+        *cached = Some((tokio::time::Instant::now(), snapshot.clone()));
+        Ok(snapshot)
     }
 
     pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, EngineError> {

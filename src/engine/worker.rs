@@ -18,6 +18,7 @@ use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
 use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink, Secrets};
 use crate::notify::{EventHub, EventKind, JobSummary, Subject, job_summary};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
+use crate::telemetry::metrics::{self, AttemptEnd};
 
 /// How long an attempt's outcome is retried while the store refuses it. The
 /// job stays this process's meanwhile (its slot taken, its lease renewed), so
@@ -106,12 +107,21 @@ impl Engine {
             self.inner.events.publish_admission(queued);
         }
         self.publish(&job);
+        let waited = self.inner.ready_clock.waited(&job);
+        metrics::attempt_started(&job.queue, &job.kind, waited);
         let engine = self.clone();
         self.inner.jobs.spawn(async move {
             // What the attempt produces is stored and shown: it must not
             // repeat a secret value of the payload (an echoed header).
             let secrets = engine.inner.kinds.secrets(&job.kind, &job.payload);
+            let began = std::time::Instant::now();
             let outcome = engine.execute(&job, token, &stop, &secrets).await;
+            metrics::attempt_finished(
+                &job.queue,
+                &job.kind,
+                attempt_end(&outcome),
+                began.elapsed(),
+            );
             engine.finish(job, masked(outcome, &secrets)).await;
         });
     }
@@ -331,6 +341,19 @@ impl Engine {
 
 /// `outcome` with the payload's secret values masked in its result or error
 /// (masking never makes a text longer, so the result still fits its cap).
+/// How an attempt ended, as `spool_job_attempts_total` counts it.
+fn attempt_end(outcome: &AttemptOutcome) -> AttemptEnd {
+    match outcome {
+        AttemptOutcome::Succeeded(_) => AttemptEnd::Succeeded,
+        AttemptOutcome::Failed {
+            retry_at: Some(_), ..
+        } => AttemptEnd::Retried,
+        AttemptOutcome::Failed { retry_at: None, .. } => AttemptEnd::Failed,
+        AttemptOutcome::Cancelled(_) => AttemptEnd::Cancelled,
+        AttemptOutcome::Released => AttemptEnd::Released,
+    }
+}
+
 fn masked(outcome: AttemptOutcome, secrets: &Secrets) -> AttemptOutcome {
     if secrets.is_empty() {
         return outcome;

@@ -58,6 +58,11 @@ struct ApiErrorInner {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// The `code` of a problem answer, carried to the metrics middleware in the
+/// response's extensions (a refused submission is counted by it).
+#[derive(Clone, Copy, Debug)]
+pub struct ProblemCode(pub &'static str);
+
 /// The cause of a 5xx, carried to the logging middleware in the response's
 /// extensions (never in its body).
 #[derive(Clone, Debug)]
@@ -332,6 +337,7 @@ impl IntoResponse for ApiError {
         if let Some(cause) = error.cause {
             response.extensions_mut().insert(ServerErrorCause(cause));
         }
+        response.extensions_mut().insert(ProblemCode(error.code));
         response
     }
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/events`: job and batch events as Server-Sent Events.
 
+use crate::telemetry::metrics;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -192,6 +193,7 @@ pub async fn stream_events(
         last_seen: last_event_id,
         stopping,
         ended: false,
+        _counted: metrics::EventStreamClient::open(),
     };
     Ok(Sse::new(stream.into_stream()).keep_alive(KeepAlive::new().interval(state.sse_keep_alive)))
 }
@@ -231,6 +233,8 @@ fn gap(reason: &str, details: serde_json::Value) -> Item {
 }
 
 struct EventStream {
+    /// Counts the stream in `spool_event_stream_clients` while it lives.
+    _counted: metrics::EventStreamClient,
     hub: EventHub,
     filter: Filter,
     /// Notices to send before anything else.
@@ -348,6 +352,7 @@ mod tests {
             last_seen: None,
             stopping: CancellationToken::new(),
             ended: false,
+            _counted: metrics::EventStreamClient::open(),
         }
     }
 

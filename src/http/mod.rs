@@ -10,6 +10,7 @@ mod health;
 mod jobs;
 mod keys;
 mod kinds;
+mod metrics;
 mod openapi;
 mod queues;
 mod quotas;
@@ -72,6 +73,9 @@ pub struct HttpSettings {
     /// Most connections open at once; `None`: derived from the file
     /// descriptor limit (see `serve::default_max_connections`).
     pub max_connections: Option<usize>,
+    /// `GET /metrics` without a key (`SPOOL_METRICS_PUBLIC`). Default false:
+    /// an admin key, as queue names and volumes are the operator's business.
+    pub metrics_public: bool,
 }
 
 impl Default for HttpSettings {
@@ -84,6 +88,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             max_connections: None,
+            metrics_public: false,
         }
     }
 }
@@ -153,7 +158,13 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi_yaml));
-    (keyed, public)
+    // The document describes the default, keyed scrape.
+    if settings.metrics_public {
+        let public = public.route("/metrics", axum::routing::get(metrics::scrape_public));
+        (keyed, public)
+    } else {
+        (keyed.routes(routes!(metrics::scrape)), public)
+    }
 }
 
 /// The OpenAPI description as the code makes it.
@@ -213,6 +224,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
                         .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(axum::middleware::from_fn(metrics::record))
                 .layer(CatchPanicLayer::custom(|_panic| {
                     ApiError::internal("a handler panicked").into_response()
                 }))

@@ -6,6 +6,7 @@
 //! deliverer that dies holding a claim lets it go when the claim expires, and
 //! the next attempt carries the same `webhook-id`, so receivers de-duplicate.
 
+use crate::telemetry::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,16 +189,19 @@ impl Deliverer {
         };
         match &outcome {
             WebhookOutcome::Delivered => {
+                metrics::webhook_delivery("delivered");
                 tracing::info!(webhook_id = %hook.id, event = %hook.event, attempt, "webhook delivered");
             }
             WebhookOutcome::Retry {
                 error,
                 next_attempt_at,
             } => {
+                metrics::webhook_delivery("retried");
                 tracing::info!(webhook_id = %hook.id, event = %hook.event, attempt, %error,
                     retry_in_ms = next_attempt_at.as_millis() - at.as_millis(), "webhook attempt failed");
             }
             WebhookOutcome::Failed { error } => {
+                metrics::webhook_delivery("failed");
                 tracing::warn!(webhook_id = %hook.id, event = %hook.event, attempt, %error, "webhook delivery failed for good");
             }
         }

@@ -98,6 +98,16 @@ impl Effects {
     }
 }
 
+/// What `/metrics` reads of the whole service besides the queues' counts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceGauges {
+    /// When each queue's oldest ready job became ready (queues with none
+    /// are left out).
+    pub oldest_ready: Vec<(String, Timestamp)>,
+    /// Webhooks not yet delivered nor given up.
+    pub webhooks_pending: u64,
+}
+
 /// The response a submission produced, as remembered for idempotent replay.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredResponse {
@@ -485,6 +495,10 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Option<WebhookDelivery>, StoreError>;
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+    /// The service-wide figures `/metrics` shows beyond the queues' counts.
+    /// One statement per figure for all queues: callers cache it (a scrape
+    /// of every instance must not cost a query per queue).
+    async fn gauges(&self) -> Result<ServiceGauges, StoreError>;
     async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError>;
     /// Creates or replaces a queue's settings; `true` when it was created.
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError>;

@@ -17,6 +17,7 @@ mod hostile;
 mod jobs;
 mod keys;
 mod lists;
+mod metrics;
 mod openapi;
 mod outage;
 mod outbound;

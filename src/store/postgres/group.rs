@@ -143,7 +143,9 @@ async fn in_transaction<T, R>(
 ) -> Result<Vec<R>, StoreError> {
     let mut tx = pool.begin().await?;
     let answers = work(&mut tx, requests).await?;
+    let committing = std::time::Instant::now();
     tx.commit().await?;
+    crate::telemetry::metrics::store_commit(committing.elapsed());
     Ok(answers)
 }
 

@@ -35,8 +35,8 @@ use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, StoredResponse, Submission,
-    SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, ServiceGauges, StoreError,
+    StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, KeyId, NewJob, Progress, QueueConfig, QueueInfo,
@@ -511,6 +511,10 @@ impl JobStore for PgStore {
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         reads::queues(&self.pool, None).await.map_err(classify)
+    }
+
+    async fn gauges(&self) -> Result<ServiceGauges, StoreError> {
+        reads::gauges(&self.pool).await.map_err(classify)
     }
 
     async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError> {

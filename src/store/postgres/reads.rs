@@ -6,11 +6,12 @@ use sqlx::{AssertSqlSafe, PgPool};
 use super::counts;
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, QueueConfig, QueueCounts, QueueInfo,
+    Timestamp,
 };
-use crate::store::StoreError;
 use crate::store::rows::{
     BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow, parse_ids,
 };
+use crate::store::{ServiceGauges, StoreError};
 
 /// A batch with its scheduled, queued and running jobs counted now: its row
 /// keeps only the ends (`migrations/postgres/0006_batch_ends.sql`). Followed
@@ -53,6 +54,29 @@ pub async fn queue_position(pool: &PgPool, job: &Job) -> Result<u64, StoreError>
     .fetch_one(pool)
     .await?;
     Ok((ahead + others).max(0) as u64)
+}
+
+pub async fn gauges(pool: &PgPool) -> Result<ServiceGauges, StoreError> {
+    // One statement: the oldest ready job of every queue (a walk of
+    // `jobs_ready_tenant`, which holds only ready jobs) and the webhooks
+    // waiting (`webhooks_due`).
+    let rows: Vec<(Option<String>, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT queue, min(run_at), 0::bigint FROM jobs WHERE state = 'queued' GROUP BY queue \
+         UNION ALL SELECT NULL, NULL, count(*) FROM webhooks WHERE status = 'pending'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut gauges = ServiceGauges::default();
+    for row in rows {
+        match row {
+            (Some(queue), Some(at), _) => gauges
+                .oldest_ready
+                .push((queue, Timestamp::from_millis(at))),
+            (None, _, pending) => gauges.webhooks_pending = pending.max(0) as u64,
+            _ => {}
+        }
+    }
+    Ok(gauges)
 }
 
 pub async fn dependency_results(

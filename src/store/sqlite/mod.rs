@@ -34,8 +34,8 @@ use self::writer::{Command, Op};
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, StoreError, StoredResponse, Submission,
-    SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
+    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, ServiceGauges, StoreError,
+    StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, KeyId, Progress, QueueConfig, QueueCounts,
@@ -525,6 +525,26 @@ impl JobStore for SqliteStore {
         owner: WebhookOwner,
     ) -> Result<Option<WebhookDelivery>, StoreError> {
         webhooks::latest(&self.reads, tenant, owner).await
+    }
+
+    async fn gauges(&self) -> Result<ServiceGauges, StoreError> {
+        // A walk of `jobs_ready_tenant`, which holds only ready jobs.
+        let oldest: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT queue, min(run_at) FROM jobs WHERE state = 'queued' GROUP BY queue",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE status = 'pending'")
+                .fetch_one(&self.reads)
+                .await?;
+        Ok(ServiceGauges {
+            oldest_ready: oldest
+                .into_iter()
+                .map(|(queue, at)| (queue, Timestamp::from_millis(at)))
+                .collect(),
+            webhooks_pending: pending.max(0) as u64,
+        })
     }
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {

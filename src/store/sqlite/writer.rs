@@ -150,7 +150,9 @@ fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
             )
         })
         .collect();
+    let committing = std::time::Instant::now();
     let committed = counts.flush(&tx).and_then(|()| Ok(tx.commit()?));
+    crate::telemetry::metrics::store_commit(committing.elapsed());
     match committed {
         Ok(()) => {
             for (reply, result) in replies {

@@ -1,4 +1,7 @@
-//! Structured logs with `tracing`: text for people, JSON for collectors.
+//! Structured logs with `tracing` (text for people, JSON for collectors),
+//! and the Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
