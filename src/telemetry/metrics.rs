@@ -6,11 +6,14 @@
 //! outcomes and reasons — never an id, a key, a tenant or a URL — so the
 //! number of series does not grow with the traffic.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    SharedString, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -40,6 +43,42 @@ pub const BUCKETS_SECONDS: &[f64] = &[
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Whether the recording functions record. Always on in a service; `spool
+/// bench` switches it off for some rounds to measure what recording costs.
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Switches recording on or off, process-wide (for `spool bench`).
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// Most distinct label values kept shared; more are allocated per use.
+const MAX_INTERNED: usize = 10_000;
+
+/// A queue, kind or route as a label value, shared rather than copied: the
+/// recorder keeps label values as owned strings, and these few names recur
+/// on every request and job.
+fn label(value: &str) -> SharedString {
+    static INTERNED: OnceLock<RwLock<HashMap<Box<str>, Arc<str>>>> = OnceLock::new();
+    let interned = INTERNED.get_or_init(Default::default);
+    if let Ok(known) = interned.read()
+        && let Some(shared) = known.get(value)
+    {
+        return SharedString::from(shared.clone());
+    }
+    let shared: Arc<str> = Arc::from(value);
+    if let Ok(mut known) = interned.write()
+        && known.len() < MAX_INTERNED
+    {
+        known.insert(Box::from(value), shared.clone());
+    }
+    SharedString::from(shared)
+}
 
 /// The process's recorder, installed on first use. One per process: the
 /// `metrics` facade has one global recorder, so several services in one
@@ -127,12 +166,18 @@ pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
 
 /// `n` jobs admitted to `queue`.
 pub fn submitted(queue: &str, kind: &str, n: u64) {
-    counter!(JOBS_SUBMITTED, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(n);
+    if !recording() {
+        return;
+    }
+    counter!(JOBS_SUBMITTED, "queue" => label(queue), "kind" => label(kind)).increment(n);
 }
 
 /// An attempt started `waited` after its job became ready.
 pub fn attempt_started(queue: &str, kind: &str, waited: Duration) {
-    histogram!(JOB_QUEUE_WAIT, "queue" => queue.to_owned(), "kind" => kind.to_owned())
+    if !recording() {
+        return;
+    }
+    histogram!(JOB_QUEUE_WAIT, "queue" => label(queue), "kind" => label(kind))
         .record(waited.as_secs_f64());
 }
 
@@ -163,7 +208,10 @@ impl AttemptEnd {
 
 /// An attempt ended after running for `ran`.
 pub fn attempt_finished(queue: &str, kind: &str, end: AttemptEnd, ran: Duration) {
-    let (queue, kind) = (queue.to_owned(), kind.to_owned());
+    if !recording() {
+        return;
+    }
+    let (queue, kind) = (label(queue), label(kind));
     counter!(JOB_ATTEMPTS, "queue" => queue.clone(), "kind" => kind.clone(), "outcome" => end.as_str())
         .increment(1);
     histogram!(JOB_RUN, "queue" => queue, "kind" => kind).record(ran.as_secs_f64());
@@ -171,22 +219,31 @@ pub fn attempt_finished(queue: &str, kind: &str, end: AttemptEnd, ran: Duration)
 
 /// A job reached `outcome` (`succeeded`, `failed` or `cancelled`).
 pub fn job_finished(queue: &str, kind: &str, outcome: &'static str) {
-    counter!(JOBS_FINISHED, "queue" => queue.to_owned(), "kind" => kind.to_owned(), "outcome" => outcome)
+    if !recording() {
+        return;
+    }
+    counter!(JOBS_FINISHED, "queue" => label(queue), "kind" => label(kind), "outcome" => outcome)
         .increment(1);
 }
 
 /// A submission refused for `reason` (a stable problem `code`).
 pub fn admission_refused(reason: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!(ADMISSION_REFUSED, "reason" => reason).increment(1);
 }
 
 /// An HTTP request answered. `route` is the matched template (or
 /// `unmatched`), never the path itself.
 pub fn http_request(route: &str, method: &'static str, status: u16, took: Duration) {
-    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status_label(status))
+    if !recording() {
+        return;
+    }
+    let route = label(route);
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status_label(status))
         .increment(1);
-    histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method)
-        .record(took.as_secs_f64());
+    histogram!(HTTP_DURATION, "route" => route, "method" => method).record(took.as_secs_f64());
 }
 
 /// Status codes as static labels: the set is small, and a label that needs
@@ -228,16 +285,25 @@ fn status_label(status: u16) -> &'static str {
 
 /// A webhook delivery attempt ended: `delivered`, `retried` or `failed`.
 pub fn webhook_delivery(outcome: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
 }
 
 /// Running jobs taken back by rescue.
 pub fn rescued(n: u64) {
+    if !recording() {
+        return;
+    }
     counter!(JOBS_RESCUED).increment(n);
 }
 
 /// A write transaction's commit took `took`.
 pub fn store_commit(took: Duration) {
+    if !recording() {
+        return;
+    }
     histogram!(STORE_COMMIT).record(took.as_secs_f64());
 }
 
