@@ -167,7 +167,7 @@ export function queuesScreen(ctx) {
 
   function settingsForm(queue) {
     const concurrency = h('input', {
-      type: 'number', name: 'concurrency', min: 0, required: true, value: queue.concurrency,
+      type: 'number', name: 'concurrency', min: 1, required: true, value: queue.concurrency,
       id: `concurrency-${queue.name}`,
     });
     const capacity = h('input', {
