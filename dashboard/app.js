@@ -42,8 +42,9 @@ function notify(message, kind = 'info') {
   notice.hidden = false;
 }
 
+/** The event stream's state; '' for a screen that follows none. */
 function setLive(state) {
-  live.textContent = state === 'live' ? '● live' : `○ ${state}`;
+  live.textContent = state === 'live' ? '● live' : state ? `○ ${state}` : '';
   live.dataset.state = state;
 }
 
@@ -115,7 +116,7 @@ function route() {
     current = null;
   }
   notice.hidden = true;
-  setLive('connecting');
+  setLive('');
   const match = ROUTES.map((r) => ({ r, m: r.pattern.exec(path) })).find(({ m }) => m);
   for (const link of document.querySelectorAll('nav a[data-nav]')) {
     if (match && link.dataset.nav === match.r.nav) link.setAttribute('aria-current', 'page');

@@ -8,7 +8,7 @@ import {
 
 // There is no list of batches in the API: the screen offers the batches of
 // the newest jobs (one page), and a field to open any batch by id.
-const RECENT_JOBS = 200;
+const RECENT_JOBS = 50;
 // Results are followed live up to this many rows; past it, on request.
 const LIVE_RESULTS = 200;
 const RESULTS_PAGE = 100;
@@ -77,6 +77,7 @@ export function batchScreen(ctx) {
   let cursor = '';
   let finishedReading = false;
   let reading = false;
+  let readAgain = false; // asked while a read ran: read once more after it
   let shownActions = null;
 
   function render() {
@@ -121,12 +122,16 @@ export function batchScreen(ctx) {
       ctx.fail(error);
     }
   }
-  const reload = throttle(load, 500);
+  const reload = throttle(load, 1000);
 
   // The results cursor reads each result once: pages are appended, and
   // reading stops at LIVE_RESULTS rows until asked for more.
   async function readResults(onRequest = false) {
-    if (reading || finishedReading) return;
+    if (finishedReading) return;
+    if (reading) {
+      readAgain = true;
+      return;
+    }
     reading = true;
     try {
       for (;;) {
@@ -155,6 +160,10 @@ export function batchScreen(ctx) {
       ctx.fail(error);
     } finally {
       reading = false;
+      if (readAgain && !finishedReading && tbody.children.length < LIVE_RESULTS) {
+        readAgain = false;
+        readResults();
+      }
       fill(more, !finishedReading && tbody.children.length >= LIVE_RESULTS
         ? h('button', { type: 'button', 'data-action': 'more-results', onclick: () => readResults(true) }, 'More results')
         : null);

@@ -14,7 +14,7 @@ const BUCKET_MS = 10 * 1000;
 // last item of a page holding all of them: looked up while a queue has at
 // most this many queued jobs, and not shown beyond (never paging through
 // thousands of jobs for one figure).
-const OLDEST_LOOKUP_MAX = 100;
+const OLDEST_LOOKUP_MAX = 50;
 const OLDEST_REFRESH_MS = 5000;
 
 class Throughput {
