@@ -29,14 +29,14 @@ struct Asset {
     body: &'static str,
 }
 
-const INDEX: Asset = Asset {
+static INDEX: Asset = Asset {
     name: "index.html",
     content_type: "text/html; charset=utf-8",
     body: include_str!("../../dashboard/index.html"),
 };
 
 /// Served under `/dashboard/{name}`.
-const ASSETS: [Asset; 8] = [
+static ASSETS: [Asset; 8] = [
     Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",

@@ -154,7 +154,8 @@ describe('the dashboard', () => {
   before(async () => {
     mkdirSync(SCREENSHOTS, { recursive: true });
     await startSpool();
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+    // A container's /dev/shm is small: Chromium's shared memory goes to /tmp.
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--disable-dev-shm-usage'] });
   });
 
   after(async () => {
