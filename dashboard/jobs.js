@@ -198,10 +198,8 @@ export function jobsScreen(ctx) {
       for (const id of [...rows.keys()]) if (!ids.has(id)) remove(id);
       let anchor = tbody.firstChild;
       for (const job of page.items) {
-        const known = rows.has(job.id);
-        const row = upsert(job, known ? null : anchor);
-        if (known) anchor = row.tr.nextSibling;
-        else anchor = row.tr.nextSibling;
+        const row = upsert(job, rows.has(job.id) ? null : anchor);
+        anchor = row.tr.nextSibling;
       }
       empty.hidden = rows.size > 0;
       fill(pager,
@@ -338,19 +336,22 @@ export function jobScreen(ctx) {
       ['Finished', time(job.finished_at)],
     ]));
     // Re-rendered only when changed, so "show all" stays open.
-    const resultKey = JSON.stringify(job.result ?? null);
+    const resultKey = `${isTerminal(job.status)}|${JSON.stringify(job.result ?? null)}`;
     if (shown.result !== resultKey) {
       shown.result = resultKey;
       fill(result, job.result === undefined || job.result === null
         ? h('p', { class: 'muted' }, isTerminal(job.status) ? 'none' : 'not yet')
         : jsonBlock(job.result, 'result'));
     }
-    const errorsKey = JSON.stringify(job.errors || []);
+    // `errors` has one entry per failed attempt; `error` is the last one,
+    // also when no attempt failed (a cancellation, a failed dependency).
+    const errors = job.errors && job.errors.length ? job.errors : (job.error ? [job.error] : []);
+    const errorsKey = JSON.stringify(errors);
     if (shown.errors !== errorsKey) {
       shown.errors = errorsKey;
-      fill(attempts, job.errors && job.errors.length
-        ? h('ol', { class: 'attempts' }, job.errors.map((error) => h('li', {},
-          h('strong', {}, `Attempt ${error.attempt ?? '?'}`), ' ', time(error.at), ' ',
+      fill(attempts, errors.length
+        ? h('ol', { class: 'attempts' }, errors.map((error) => h('li', {},
+          h('strong', {}, error.attempt ? `Attempt ${error.attempt}` : 'Error'), ' ', time(error.at), ' ',
           h('code', {}, error.code), ' ', h('span', { class: 'error-message' }, error.message))))
         : h('p', { class: 'muted' }, `${job.attempt} attempt(s), no error.`));
     }

@@ -300,8 +300,8 @@ describe('the dashboard', () => {
     const screens = [
       ['#/queues', '.queue[data-queue="default"]', 'phone-queues'],
       ['#/jobs', '#jobs tbody tr', 'phone-jobs'],
-      [`#/jobs/${big.id}`, '#job[data-status="succeeded"]', 'phone-job'],
       ['#/batches', '#batches-title', 'phone-batches'],
+      [`#/jobs/${big.id}`, '#job[data-status="succeeded"]', 'phone-job'],
     ];
     for (const [hash, ready, name] of screens) {
       await page.goto(`${base}/${hash}`);
