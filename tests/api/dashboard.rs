@@ -34,7 +34,10 @@ async fn the_page_is_served_without_a_key_with_a_strict_content_security_policy(
     let page = response.text().await.unwrap();
     assert!(page.contains(r#"<script type="module" src="/dashboard/app.js">"#));
     // No inline script: every <script> names its source.
-    assert_eq!(page.matches("<script").count(), page.matches("<script type=\"module\" src=").count());
+    assert_eq!(
+        page.matches("<script").count(),
+        page.matches("<script type=\"module\" src=").count()
+    );
 }
 
 #[tokio::test]
@@ -47,11 +50,9 @@ async fn every_dashboard_file_is_served_with_its_content_type() {
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
         assert!(response.headers().contains_key("etag"), "{name}");
         let served = response.text().await.unwrap();
-        let source = std::fs::read_to_string(format!(
-            "{}/dashboard/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let source =
+            std::fs::read_to_string(format!("{}/dashboard/{name}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
         assert_eq!(served, source, "{name} is served as written");
     }
 }
@@ -74,7 +75,11 @@ async fn a_file_asked_for_again_with_its_etag_is_not_sent_again() {
 #[tokio::test]
 async fn an_unknown_dashboard_file_is_a_404_problem() {
     let app = spawn_app().await;
-    for path in ["/dashboard/nope.js", "/dashboard/..%2FCargo.toml", "/dashboard/"] {
+    for path in [
+        "/dashboard/nope.js",
+        "/dashboard/..%2FCargo.toml",
+        "/dashboard/",
+    ] {
         let response = app.get(path).await;
         assert_eq!(response.status(), 404, "{path}");
         assert_eq!(
@@ -111,7 +116,14 @@ async fn whoami_answers_the_tenant_and_role_of_each_key() {
         assert_eq!(caller["role"], role);
     }
     // An admin acting in another tenant is told so.
-    let response = call(&app, Method::GET, "/v1/whoami?tenant=acme", Some(ADMIN), None).await;
+    let response = call(
+        &app,
+        Method::GET,
+        "/v1/whoami?tenant=acme",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     let caller: Value = response.json().await.unwrap();
     assert_eq!(caller["tenant"], "acme");
     assert_eq!(caller["role"], "admin");
