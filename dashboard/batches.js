@@ -3,7 +3,7 @@
 
 import { api, AuthRequired, EventFeed } from './api.js';
 import {
-  facts, fill, h, jsonInline, progressBar, shortId, statusBadge, throttle, time,
+  facts, fill, h, jsonInline, progressBar, shortId, statusBadge, serial, throttle, time,
 } from './view.js';
 
 // There is no list of batches in the API: the screen offers the batches of
@@ -113,7 +113,7 @@ export function batchScreen(ctx) {
     }
   }
 
-  async function load() {
+  const load = serial(async () => {
     try {
       batch = await api('GET', `/v1/batches/${encodeURIComponent(id)}`);
       render();
@@ -121,7 +121,7 @@ export function batchScreen(ctx) {
     } catch (error) {
       ctx.fail(error);
     }
-  }
+  });
   const reload = throttle(load, 1000);
 
   // The results cursor reads each result once: pages are appended, and

@@ -3,7 +3,7 @@
 
 import { api, AuthRequired, EventFeed, queryString } from './api.js';
 import {
-  ago, facts, fill, h, isTerminal, jobProgress, jsonBlock, shortId, statusBadge, throttle, time,
+  ago, facts, fill, h, isTerminal, jobProgress, jsonBlock, shortId, statusBadge, serial, throttle, time,
 } from './view.js';
 
 const STATUSES = ['scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled'];
@@ -190,7 +190,7 @@ export function jobsScreen(ctx) {
     rows.delete(id);
   }
 
-  async function load() {
+  const load = serial(async () => {
     try {
       const page = await api('GET', `/v1/jobs${queryString({ ...filters, limit: PAGE_SIZE, cursor })}`);
       // New rows go on top in the page's order; rows no longer on the page go.
@@ -210,7 +210,7 @@ export function jobsScreen(ctx) {
     } catch (error) {
       ctx.fail(error);
     }
-  }
+  });
   const reload = throttle(load, 1000);
 
   async function loadChoices() {
@@ -374,7 +374,7 @@ export function jobScreen(ctx) {
       jsonBlock(job.payload, 'payload'));
   }
 
-  async function load() {
+  const load = serial(async () => {
     try {
       const first = job === null;
       job = await api('GET', `/v1/jobs/${encodeURIComponent(id)}`);
@@ -383,7 +383,7 @@ export function jobScreen(ctx) {
     } catch (error) {
       ctx.fail(error);
     }
-  }
+  });
   const reload = throttle(load, 500);
 
   // An id of no running instance ("0-0") makes the server replay every

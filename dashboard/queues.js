@@ -2,7 +2,7 @@
 // and (admin keys) pause/resume and concurrency/capacity.
 
 import { api, AuthRequired, EventFeed } from './api.js';
-import { duration, facts, fill, h, throttle } from './view.js';
+import { duration, facts, fill, h, serial, throttle } from './view.js';
 
 // Throughput is counted here, from the job.succeeded and job.failed events
 // this page receives, in a rolling window: the API keeps no history of it,
@@ -102,7 +102,7 @@ export function queuesScreen(ctx) {
   let queues = [];
   let editing = null; // the queue whose settings form is open
 
-  async function load() {
+  const load = serial(async () => {
     try {
       const page = await api('GET', '/v1/queues');
       queues = page.items;
@@ -111,7 +111,7 @@ export function queuesScreen(ctx) {
     } catch (error) {
       ctx.fail(error);
     }
-  }
+  });
   const reload = throttle(load, 1000);
 
   async function lookUpOldest() {

@@ -147,6 +147,32 @@ export function jsonInline(value, max = 120) {
   return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
+/**
+ * An async `fn` that never runs twice at once: a call made while it runs
+ * runs it once more afterwards. So reads of the same thing answer in the
+ * order they were asked, and a slow answer never overwrites a newer one.
+ */
+export function serial(fn) {
+  let running = false;
+  let again = false;
+  const run = async () => {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      do {
+        again = false;
+        await fn();
+      } while (again);
+    } finally {
+      running = false;
+    }
+  };
+  return run;
+}
+
 /** Calls `fn` at most once per `ms`, the last call winning. */
 export function throttle(fn, ms) {
   let timer = null;

@@ -331,4 +331,36 @@ describe('the dashboard', () => {
     assert.deepEqual(page.problems, []);
     await page.context().close();
   });
+
+  test('10 000 queued jobs keep every screen paged and in shape, and a batch is cancelled with its button', async () => {
+    await api('PUT', '/v1/queues/bulk', { paused: true, capacity: 20_000 });
+    const jobs = Array.from({ length: 10_000 }, (_, i) => ({ kind: 'noop', queue: 'bulk', payload: { i } }));
+    const batch = await api('POST', '/v1/batches', { jobs });
+    const page = await openDashboard(ADMIN_KEY, '#/queues');
+    const overflow = () => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    const card = '.queue[data-queue="bulk"]';
+    await page.waitForSelector(`${card} [data-count="queued"]:text-is("10000")`);
+    await page.waitForSelector(`${card} [data-oldest]:text-is("not shown")`);
+    assert.ok((await overflow()) <= 0);
+
+    await page.goto(`${base}/#/jobs?queue=bulk`);
+    await page.waitForSelector('#jobs tbody tr[data-status="queued"]');
+    await page.waitForSelector('.pager a[data-action="older"]');
+    assert.equal((await page.$$('#jobs tbody tr')).length, 50, 'one page, not every job');
+    await page.click('.pager a[data-action="older"]');
+    await eventually('the second page', async () => (await page.evaluate(() => location.hash)).includes('cursor='));
+    await page.waitForSelector('#jobs tbody tr');
+    assert.ok((await overflow()) <= 0);
+
+    await page.goto(`${base}/#/batches/${batch.id}`);
+    await page.waitForSelector('#batch [data-count="queued"]:text-is("10000")');
+    assert.equal(await page.getAttribute('#batch .progress-text', 'data-percent'), '0');
+    await shot(page, 'batch-10000');
+    await page.click('#batch button[data-action="cancel-batch"]');
+    await page.waitForSelector('#batch[data-status="cancelled"]', { timeout: 20_000 });
+    await page.waitForSelector('#batch [data-count="cancelled"]:text-is("10000")');
+    assert.ok((await overflow()) <= 0);
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
 });
