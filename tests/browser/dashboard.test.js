@@ -3,7 +3,8 @@
 // `bash .ci/run browser` from the repository root.
 //
 // Environment: SPOOL_BIN (default ../../target/debug/spool), CHROMIUM
-// (default /usr/bin/chromium), SCREENSHOT_DIR (default ../../target/screenshots).
+// (default /usr/bin/chromium), SCREENSHOT_DIR (default ../../target/screenshots;
+// the servers' logs go beside it, in browser-logs/).
 // UPDATE_SCREENSHOT=1 also writes the jobs screen to docs/dashboard.png,
 // the picture the README shows.
 
@@ -22,6 +23,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const SPOOL_BIN = process.env.SPOOL_BIN || join(ROOT, 'target/debug/spool');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOTS = process.env.SCREENSHOT_DIR || join(ROOT, 'target/screenshots');
+const LOGS = join(SCREENSHOTS, '..', 'browser-logs');
 
 const ADMIN_KEY = 'browser-admin-secret-0123456789';
 const READ_KEY = 'browser-read-secret-0123456789';
@@ -57,9 +59,70 @@ async function eventually(what, check, ms = 15_000) {
   }
 }
 
-let dir;
-let spool;
-let base;
+// Every spool started here, so none outlives the tests, whatever happens.
+const started = [];
+process.on('exit', () => {
+  for (const server of started) {
+    if (server.child.exitCode === null && server.child.signalCode === null) server.child.kill('SIGKILL');
+  }
+});
+
+/** The real binary on a free port and a fresh SQLite file, once /readyz answers. */
+async function startSpool(env) {
+  const dir = mkdtempSync(join(tmpdir(), 'spool-browser-'));
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  // Kept after the run (the database directory is not), to read when a test fails.
+  mkdirSync(LOGS, { recursive: true });
+  const logPath = join(LOGS, `spool-${started.length + 1}.log`);
+  const log = openSync(logPath, 'w');
+  // None of the caller's SPOOL_* settings: each instance is configured here only.
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('SPOOL_')));
+  const child = spawn(SPOOL_BIN, [], {
+    env: {
+      ...inherited,
+      SPOOL_BIND: `127.0.0.1:${port}`,
+      SPOOL_DATABASE_URL: `sqlite://${join(dir, 'spool.db')}`,
+      SPOOL_SHUTDOWN_GRACE: '2s',
+      SPOOL_CANCEL_GRACE: '1s',
+      ...env,
+    },
+    stdio: ['ignore', log, log],
+  });
+  const server = { child, dir, url };
+  started.push(server);
+  const exited = new Promise((ok) => child.once('exit', (code, signal) => ok({ code, signal })));
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const gone = await Promise.race([exited, pause(200).then(() => null)]);
+    if (gone) {
+      assert.fail(`spool exited (${JSON.stringify(gone)}) before /readyz answered:\n${readFileSync(logPath, 'utf8')}`);
+    }
+    try {
+      if ((await fetch(`${url}/readyz`)).ok) return server;
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) assert.fail(`spool at ${url} was not ready within 30 s`);
+  }
+}
+
+async function stopSpool(server) {
+  if (!server) return;
+  const { child } = server;
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise((ok) => child.once('exit', ok));
+    child.kill('SIGTERM');
+    if (!(await Promise.race([exited.then(() => true), pause(5000).then(() => false)]))) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  }
+  rmSync(server.dir, { recursive: true, force: true });
+}
+
+let spool; // the instance with keys, which most tests use
+let base; // its URL
 let browser;
 
 async function api(method, path, body, key = ADMIN_KEY) {
@@ -74,53 +137,6 @@ async function api(method, path, body, key = ADMIN_KEY) {
 }
 
 const sleepJob = (ms, payload = {}) => ({ kind: 'sleep', payload: { ms, ...payload } });
-
-async function startSpool() {
-  dir = mkdtempSync(join(tmpdir(), 'spool-browser-'));
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  const log = openSync(join(dir, 'spool.log'), 'a');
-  spool = spawn(SPOOL_BIN, [], {
-    env: {
-      ...process.env,
-      SPOOL_BIND: `127.0.0.1:${port}`,
-      SPOOL_DATABASE_URL: `sqlite://${join(dir, 'spool.db')}`,
-      SPOOL_API_KEYS: `ops:admin:${ADMIN_KEY},ops:read:${READ_KEY}`,
-      SPOOL_SHUTDOWN_GRACE: '2s',
-      SPOOL_CANCEL_GRACE: '1s',
-    },
-    stdio: ['ignore', log, log],
-  });
-  const exited = new Promise((ok) => spool.once('exit', (code, signal) => ok({ code, signal })));
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const gone = await Promise.race([exited, pause(200).then(() => null)]);
-    if (gone) {
-      assert.fail(`spool exited (${JSON.stringify(gone)}) before /readyz answered:\n${readFileSync(join(dir, 'spool.log'), 'utf8')}`);
-    }
-    try {
-      if ((await fetch(`${base}/readyz`)).ok) return;
-    } catch {
-      // Not listening yet.
-    }
-    if (Date.now() > deadline) assert.fail(`spool at ${base} was not ready within 30 s`);
-  }
-}
-
-async function stopSpool() {
-  if (!spool || spool.exitCode !== null || spool.signalCode !== null) return;
-  const exited = new Promise((ok) => spool.once('exit', ok));
-  spool.kill('SIGTERM');
-  if (!(await Promise.race([exited.then(() => true), pause(5000).then(() => false)]))) {
-    spool.kill('SIGKILL');
-    await exited;
-  }
-}
-
-// Whatever happens to the tests, the binary does not outlive them.
-process.on('exit', () => {
-  if (spool && spool.exitCode === null && spool.signalCode === null) spool.kill('SIGKILL');
-});
 
 /** A page of a fresh context (its own sessionStorage), logged in with `key`. */
 async function openDashboard(key, hash = '#/jobs', viewport = { width: 1280, height: 860 }) {
@@ -153,15 +169,15 @@ const statusOf = (page, id) => page.getAttribute(`tr[data-job-id="${id}"]`, 'dat
 describe('the dashboard', () => {
   before(async () => {
     mkdirSync(SCREENSHOTS, { recursive: true });
-    await startSpool();
+    spool = await startSpool({ SPOOL_API_KEYS: `ops:admin:${ADMIN_KEY},ops:read:${READ_KEY}` });
+    base = spool.url;
     // A container's /dev/shm is small: Chromium's shared memory goes to /tmp.
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--disable-dev-shm-usage'] });
   });
 
   after(async () => {
     await browser?.close();
-    await stopSpool();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await stopSpool(spool);
   });
 
   test('asks for a key, then shows submitted jobs moving from queued to succeeded without a reload', async () => {
@@ -189,7 +205,13 @@ describe('the dashboard', () => {
     const job = await api('POST', '/v1/jobs', sleepJob(60_000, { steps: 60 }));
     const page = await openDashboard(ADMIN_KEY, `#/jobs/${job.id}`);
     await page.waitForSelector('#job[data-status="running"]', { timeout: 15_000 });
-    await page.click('#job button[data-action="cancel"]');
+    // Keyboard only: Tab reaches the button, with a visible focus, and Enter presses it.
+    await eventually('the cancel button reached with Tab', async () => {
+      await page.keyboard.press('Tab');
+      return page.evaluate(() => document.activeElement?.dataset.action === 'cancel');
+    });
+    assert.notEqual(await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle), 'none');
+    await page.keyboard.press('Enter');
     await page.waitForSelector('#job[data-status="cancelled"]', { timeout: 15_000 });
     await page.waitForSelector('#timeline li[data-event="job.cancelled"]');
     await page.waitForSelector('#timeline li[data-event="job.started"]');
@@ -330,6 +352,20 @@ describe('the dashboard', () => {
     }
     assert.deepEqual(page.problems, []);
     await page.context().close();
+  });
+
+  test('in open mode asks for no key and offers the buttons of an admin', async () => {
+    const open = await startSpool({});
+    try {
+      const page = await (await browser.newContext()).newPage();
+      await page.goto(`${open.url}/#/queues`);
+      await page.waitForSelector('.queue[data-queue="default"] button[data-action="pause"]');
+      assert.equal(await page.isHidden('#key-prompt'), true);
+      assert.equal(await page.textContent('#who'), 'default · admin');
+      await page.context().close();
+    } finally {
+      await stopSpool(open);
+    }
   });
 
   test('10 000 queued jobs keep every screen paged and in shape, and a batch is cancelled with its button', async () => {
