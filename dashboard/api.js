@@ -83,6 +83,12 @@ export function queryString(params) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Every event type but `job.progress`: for screens that show counts only. */
+export const STATE_CHANGES = [
+  'job.scheduled', 'job.queued', 'job.started', 'job.retrying',
+  'job.succeeded', 'job.failed', 'job.cancelled', 'batch.finished',
+].join(',');
+
 /**
  * `GET /v1/events`, read with fetch rather than EventSource, which cannot
  * send the Authorization header. Reconnects after a drop with

@@ -1,7 +1,7 @@
 // The batches screens: open a batch, and one batch with its progress,
 // counts and results as they arrive.
 
-import { api, AuthRequired, EventFeed } from './api.js';
+import { api, AuthRequired, EventFeed, STATE_CHANGES } from './api.js';
 import {
   facts, fill, h, jsonInline, progressBar, shortId, statusBadge, serial, throttle, time,
 } from './view.js';
@@ -170,7 +170,7 @@ export function batchScreen(ctx) {
     }
   }
 
-  const feed = new EventFeed({ batch_id: id }, {
+  const feed = new EventFeed({ batch_id: id, types: STATE_CHANGES }, {
     onEvent: () => reload(),
     onGap: () => reload(),
     onState: ctx.setLive,

@@ -1,7 +1,7 @@
 // The queues screen: live counts, throughput, the oldest ready job's age,
 // and (admin keys) pause/resume and concurrency/capacity.
 
-import { api, AuthRequired, EventFeed } from './api.js';
+import { api, AuthRequired, EventFeed, STATE_CHANGES } from './api.js';
 import { duration, facts, fill, h, serial, throttle } from './view.js';
 
 // Throughput is counted here, from the job.succeeded and job.failed events
@@ -257,7 +257,8 @@ export function queuesScreen(ctx) {
     }
   }
 
-  const feed = new EventFeed({}, {
+  // Progress events change no count: a busy service sends many.
+  const feed = new EventFeed({ types: STATE_CHANGES }, {
     onEvent: (event) => {
       if (event.job && ['job.succeeded', 'job.failed'].includes(event.type)) {
         throughput.count(event.job.queue, Date.parse(event.at) || Date.now());
