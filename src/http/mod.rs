@@ -2,6 +2,7 @@
 
 mod access;
 mod batches;
+mod dashboard;
 mod error;
 mod events;
 mod extract;
@@ -16,6 +17,7 @@ mod queues;
 mod quotas;
 pub mod serve;
 mod tenants;
+mod whoami;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,7 +155,8 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
         .routes(routes!(events::stream_events))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
-        .routes(routes!(tenants::get_tenant, tenants::put_tenant));
+        .routes(routes!(tenants::get_tenant, tenants::put_tenant))
+        .routes(routes!(whoami::whoami));
     let public = OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -197,6 +200,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
         .split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     router
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -9,6 +9,7 @@ mod concurrency_keys;
 mod config;
 mod connections;
 mod custom_kinds;
+mod dashboard;
 mod durability;
 mod events;
 mod exec;
