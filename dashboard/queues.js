@@ -9,13 +9,9 @@ import { duration, facts, fill, h, serial, throttle } from './view.js';
 // so the figure covers at most the last WINDOW_MS since the page opened.
 const WINDOW_MS = 5 * 60 * 1000;
 const BUCKET_MS = 10 * 1000;
+// How often the queues are read again without an event.
+const TICK_MS = 5 * 1000;
 
-// The job list pages newest first only, so the oldest queued job is the
-// last item of a page holding all of them: looked up while a queue has at
-// most this many queued jobs, and not shown beyond (never paging through
-// thousands of jobs for one figure).
-const OLDEST_LOOKUP_MAX = 50;
-const OLDEST_REFRESH_MS = 5000;
 
 class Throughput {
   constructor() {
@@ -86,7 +82,6 @@ function sparkline(values, label) {
 
 export function queuesScreen(ctx) {
   const throughput = new Throughput();
-  const oldest = new Map(); // queue -> {checked, text}
   const list = h('div', { class: 'cards', id: 'queues' }, h('p', { class: 'muted' }, 'Loading…'));
   const node = h(
     'section',
@@ -107,51 +102,18 @@ export function queuesScreen(ctx) {
       const page = await api('GET', '/v1/queues');
       queues = page.items;
       render();
-      lookUpOldest();
     } catch (error) {
       ctx.fail(error);
     }
   });
   const reload = throttle(load, 1000);
 
-  async function lookUpOldest() {
-    const now = Date.now();
-    for (const queue of queues) {
-      const known = oldest.get(queue.name);
-      if (known && now - known.checked < OLDEST_REFRESH_MS) continue;
-      const queued = queue.counts.queued;
-      if (queued === 0) {
-        oldest.set(queue.name, { checked: now, text: '—', title: 'no job is ready' });
-        continue;
-      }
-      if (queued > OLDEST_LOOKUP_MAX) {
-        oldest.set(queue.name, {
-          checked: now,
-          text: 'not shown',
-          title: `over ${OLDEST_LOOKUP_MAX} jobs are queued; the job list pages newest first, so finding the oldest would read them all`,
-        });
-        continue;
-      }
-      try {
-        const page = await api(
-          'GET',
-          `/v1/jobs?status=queued&queue=${encodeURIComponent(queue.name)}&limit=${OLDEST_LOOKUP_MAX}`,
-        );
-        const last = page.items[page.items.length - 1];
-        // Ready since it was due: run_at (a delay or backoff), never before creation.
-        const readySince = last ? Math.max(Date.parse(last.run_at), Date.parse(last.created_at)) : null;
-        oldest.set(queue.name, {
-          checked: now,
-          text: readySince ? duration(Date.now() - readySince) : '—',
-          title: last ? `job ${last.id}` : 'no job is ready',
-          jobId: last?.id,
-        });
-      } catch (error) {
-        ctx.fail(error);
-        return;
-      }
-    }
-    render();
+  // `oldest_ready_at` comes with each queue (service-wide, up to a second
+  // old); the age is worked out at each render, so it grows between loads.
+  function oldestReady(queue) {
+    if (!queue.oldest_ready_at) return { text: '—', title: 'no job is ready' };
+    const since = Date.parse(queue.oldest_ready_at);
+    return { text: duration(Date.now() - since), title: `ready since ${queue.oldest_ready_at}` };
   }
 
   async function change(queue, settings) {
@@ -195,7 +157,7 @@ export function queuesScreen(ctx) {
 
   function card(queue) {
     const rate = throughput.perMinute(queue.name);
-    const age = oldest.get(queue.name);
+    const age = oldestReady(queue);
     const jobsOf = (status) => `#/jobs?queue=${encodeURIComponent(queue.name)}&status=${status}`;
     const actions = [];
     if (ctx.can('admin')) {
@@ -225,11 +187,7 @@ export function queuesScreen(ctx) {
         ['Scheduled', h('a', { href: jobsOf('scheduled'), 'data-count': 'scheduled' }, String(queue.counts.scheduled))],
         ['Concurrency', String(queue.concurrency)],
         ['Capacity', String(queue.capacity)],
-        ['Oldest ready', age
-          ? (age.jobId
-            ? h('a', { href: `#/jobs/${age.jobId}`, title: age.title, 'data-oldest': '' }, age.text)
-            : h('span', { title: age.title, 'data-oldest': '' }, age.text))
-          : '…'],
+        ['Oldest ready', h('span', { title: age.title, 'data-oldest': '' }, age.text)],
         ['Finished / min', h('span', { 'data-throughput': '' }, rate.toFixed(rate < 10 ? 1 : 0),
           sparkline(throughput.series(queue.name), `jobs of ${queue.name} finished per 10 s, last 5 minutes`))],
       ]),
@@ -270,13 +228,13 @@ export function queuesScreen(ctx) {
     onState: ctx.setLive,
     onAuth: () => ctx.fail(new AuthRequired()),
   }).start();
-  // Ages and rates move with time even when no event comes.
+  // Ages and rates move with time even when no event comes, and the oldest
+  // ready job changes when it starts: the queues are read again now and then.
   const ticker = setInterval(() => {
     if (editing === null) {
-      render();
-      lookUpOldest();
+      reload();
     }
-  }, OLDEST_REFRESH_MS);
+  }, TICK_MS);
 
   load();
   return {

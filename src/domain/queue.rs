@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::FieldError;
+use super::{FieldError, Timestamp};
 
 /// Retry delay: exponential from `base_ms`, capped at `max_ms`, full jitter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -194,6 +194,11 @@ pub struct QueueInfo {
     pub paused: bool,
     pub defaults: QueueDefaults,
     pub counts: QueueCounts,
+    /// Since when the queue's oldest ready job has waited for a slot
+    /// (service-wide; read at most once a second, so up to a second old);
+    /// `null` when no job is ready.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub oldest_ready_at: Option<Timestamp>,
 }
 
 impl QueueInfo {
@@ -205,6 +210,7 @@ impl QueueInfo {
             paused: config.paused,
             defaults: config.defaults,
             counts,
+            oldest_ready_at: None,
         }
     }
 }

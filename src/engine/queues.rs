@@ -10,7 +10,27 @@ use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings, Timestamp
 
 impl Engine {
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
-        Ok(self.inner.store.list_queues().await?)
+        let mut queues = self.inner.store.list_queues().await?;
+        self.add_oldest_ready(&mut queues).await?;
+        Ok(queues)
+    }
+
+    /// Sets each queue's `oldest_ready_at` from the figures `/metrics` reads
+    /// (at most once a second); the counts stay as fresh as the store's.
+    async fn add_oldest_ready(&self, queues: &mut [QueueInfo]) -> Result<(), EngineError> {
+        let snapshot = self.metrics_snapshot().await?;
+        for queue in queues {
+            queue.oldest_ready_at = match queue.counts.queued {
+                0 => None,
+                _ => snapshot
+                    .gauges
+                    .oldest_ready
+                    .iter()
+                    .find(|(name, _)| *name == queue.name)
+                    .map(|(_, at)| *at),
+            };
+        }
+        Ok(())
     }
 
     /// The figures `/metrics` shows, read at most once a second; concurrent
@@ -40,11 +60,15 @@ impl Engine {
     }
 
     pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, EngineError> {
-        self.inner
+        let mut queue = self
+            .inner
             .store
             .get_queue(name)
             .await?
-            .ok_or(EngineError::NotFound)
+            .ok_or(EngineError::NotFound)?;
+        self.add_oldest_ready(std::slice::from_mut(&mut queue))
+            .await?;
+        Ok(queue)
     }
 
     /// Creates or changes a queue; effective at once. `true` when created.

@@ -153,3 +153,50 @@ async fn a_full_queue_answers_429_loses_nothing_and_reopens_as_it_drains() {
         "only accepted jobs exist"
     );
 }
+
+#[tokio::test]
+async fn a_queue_shows_since_when_its_oldest_ready_job_waits_and_null_when_none_does() {
+    let app = spawn_app().await;
+    app.configure_queue("held", json!({"paused": true})).await;
+    let first = app.submit(json!({"kind": "noop", "queue": "held"})).await;
+    app.submit(json!({"kind": "noop", "queue": "held"})).await;
+    // A delayed job is not ready: it does not count.
+    app.submit(json!({"kind": "noop", "queue": "held", "delay_ms": 60_000}))
+        .await;
+    let read = |path: &'static str| {
+        let app = &app;
+        async move { app.get(path).await.json::<Value>().await.expect("a queue") }
+    };
+    // Read at most once a second: wait for the figure to include the jobs.
+    let deadline = std::time::Instant::now() + SOON;
+    let queue = loop {
+        let queue = read("/v1/queues/held").await;
+        if !queue["oldest_ready_at"].is_null() {
+            break queue;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(queue["oldest_ready_at"], first["run_at"], "{queue}");
+    let listed = read("/v1/queues").await;
+    let held = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|queue| queue["name"] == "held")
+        .expect("listed")
+        .clone();
+    assert_eq!(held["oldest_ready_at"], first["run_at"]);
+
+    app.configure_queue("held", json!({"paused": false})).await;
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let queue = read("/v1/queues/held").await;
+        if queue["counts"]["queued"] == 0 {
+            assert!(queue["oldest_ready_at"].is_null(), "{queue}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queue}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
