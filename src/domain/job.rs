@@ -181,6 +181,11 @@ pub struct Job {
     pub cancel_requested: bool,
     /// Receives the job's terminal event as a signed webhook.
     pub callback_url: Option<String>,
+    /// The W3C `traceparent` of the submission that created the job (its
+    /// `traceparent` header), `null` when it carried none.
+    pub traceparent: Option<String>,
+    /// The submission's W3C `tracestate`, kept with its `traceparent`.
+    pub tracestate: Option<String>,
     /// The delivery of the webhook of the job's latest end (`null` before
     /// it first ended, or without `callback_url`; a retried job shows its
     /// previous end's until it ends again).

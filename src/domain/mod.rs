@@ -8,6 +8,7 @@ mod queue;
 mod spec;
 mod tenant;
 mod time;
+mod trace;
 mod webhook;
 
 pub use access::{
@@ -29,4 +30,5 @@ pub use tenant::{
     MAX_PENDING_LIMIT, MAX_SUBMIT_BURST, MAX_SUBMIT_RATE, TenantConfig, TenantInfo, TenantSettings,
 };
 pub use time::Timestamp;
+pub use trace::TraceContext;
 pub use webhook::{DeliveryStatus, WebhookDelivery};

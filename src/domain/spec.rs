@@ -186,6 +186,8 @@ pub struct NewJob {
     /// Resolved dependency ids, in the order given, without repeats.
     pub depends_on: Vec<JobId>,
     pub callback_url: Option<String>,
+    /// The submission's W3C trace context, if it carried one.
+    pub trace: Option<super::TraceContext>,
 }
 
 /// Metadata keys become filter parameters (`metadata.K=V`) and JSON paths:
@@ -386,6 +388,7 @@ impl JobSpec {
             batch_index: ctx.batch.map(|(_, index, _)| index as u32),
             depends_on,
             callback_url: self.callback_url,
+            trace: None,
         })
     }
 }

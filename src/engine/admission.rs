@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use super::{Engine, EngineError};
-use crate::domain::{FieldError, Job, JobId, JobSpec, JobState, SpecContext, Timestamp};
+use crate::domain::{
+    FieldError, Job, JobId, JobSpec, JobState, SpecContext, Timestamp, TraceContext,
+};
 use crate::store::{IdempotencyKey, StoredResponse, Submission, SubmitOutcome};
 use crate::telemetry::metrics;
 
@@ -26,6 +28,7 @@ impl Engine {
         tenant: &str,
         spec: JobSpec,
         idempotency: Option<IdempotencyKey>,
+        trace: Option<TraceContext>,
     ) -> Result<Submitted, EngineError> {
         if !self.is_admitting() {
             return Err(EngineError::ShuttingDown);
@@ -49,7 +52,7 @@ impl Engine {
                 known: self.queue_names(),
             });
         };
-        let job = spec
+        let mut job = spec
             .validate(
                 tenant,
                 &queue,
@@ -60,6 +63,7 @@ impl Engine {
                 },
             )
             .map_err(EngineError::Validation)?;
+        job.trace = trace;
         let mut payload_errors: Vec<FieldError> =
             self.inner
                 .kinds

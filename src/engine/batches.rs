@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Engine, EngineError};
 use crate::domain::{
     Batch, BatchId, BatchResult, BatchSpec, FieldError, Job, JobId, JobState, OnConflict,
-    QueueConfig, SpecContext, Timestamp, job_pointer,
+    QueueConfig, SpecContext, Timestamp, TraceContext, job_pointer,
 };
 use crate::store::{
     BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome, WebhookOwner,
@@ -35,6 +35,7 @@ impl Engine {
         tenant: &str,
         spec: BatchSpec,
         idempotency: Option<IdempotencyKey>,
+        trace: Option<TraceContext>,
     ) -> Result<BatchSubmitted, EngineError> {
         if !self.is_admitting() {
             return Err(EngineError::ShuttingDown);
@@ -121,7 +122,8 @@ impl Engine {
                     batch: Some((batch_id, index, &ids)),
                 };
                 match job.validate(tenant, &queue, now, ctx) {
-                    Ok(job) if problems.is_empty() => {
+                    Ok(mut job) if problems.is_empty() => {
+                        job.trace = trace.clone();
                         problems = self.inner.kinds.validate_payload(
                             &job.kind,
                             &job.payload,

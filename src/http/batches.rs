@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
-use super::jobs::{idempotency_key, replayed};
+use super::jobs::{idempotency_key, replayed, trace_context};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};
 use crate::engine::BatchSubmitted;
@@ -43,7 +43,11 @@ pub struct ResultPage {
     post, path = "/v1/batches", tag = "batches",
     security(("bearer" = ["write"])),
     request_body = BatchSpec,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: kept with the jobs and returned on them as `traceparent` (a malformed one is ignored)."),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state, kept with a valid `traceparent`."),
+    ),
     responses(
         (status = 202, description = "Accepted and stored.", body = Batch,
             headers(
@@ -70,6 +74,7 @@ pub async fn create_batch(
     WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     IdempotencyHeader(header): IdempotencyHeader,
+    headers: HeaderMap,
     body: JsonBody<BatchSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/batches"))?;
@@ -80,7 +85,12 @@ pub async fn create_batch(
     };
     let submitted = state
         .engine
-        .submit_batch(&caller.tenant, body.value, idempotency)
+        .submit_batch(
+            &caller.tenant,
+            body.value,
+            idempotency,
+            trace_context(&headers),
+        )
         .await
         .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
     let mut response = match submitted {

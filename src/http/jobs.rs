@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
-use crate::domain::{FieldError, Job, JobSpec, JobState, valid_metadata_key};
+use crate::domain::{FieldError, Job, JobSpec, JobState, TraceContext, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
 use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
 
@@ -66,7 +66,11 @@ pub(super) fn idempotency_key(
     post, path = "/v1/jobs", tag = "jobs",
     security(("bearer" = ["write"])),
     request_body = JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours.")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: kept with the jobs and returned on them as `traceparent` (a malformed one is ignored)."),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state, kept with a valid `traceparent`."),
+    ),
     responses(
         (status = 202, description = "Accepted and stored.", body = Job,
             headers(
@@ -94,6 +98,7 @@ pub async fn create_job(
     WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     IdempotencyHeader(header): IdempotencyHeader,
+    headers: HeaderMap,
     body: JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/jobs"))?;
@@ -103,7 +108,12 @@ pub async fn create_job(
     };
     let submitted = state
         .engine
-        .submit_job(&caller.tenant, body.value, idempotency)
+        .submit_job(
+            &caller.tenant,
+            body.value,
+            idempotency,
+            trace_context(&headers),
+        )
         .await
         .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
     let mut response = match submitted {
@@ -115,6 +125,13 @@ pub async fn create_job(
     };
     add_rate_headers(&mut response, rate.as_ref());
     Ok(response)
+}
+
+/// The W3C trace context a submission carries, if any (a malformed
+/// `traceparent` is ignored, as the W3C recommendation asks).
+pub(super) fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    TraceContext::from_headers(text("traceparent"), text("tracestate"))
 }
 
 /// The original response to a repeated request, marked as a replay.

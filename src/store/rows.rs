@@ -18,7 +18,7 @@ use crate::store::{
 pub const JOB_COLUMNS: &str = "id, tenant, queue, kind, payload, state, priority, attempt, \
     max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, progress, result, \
     error, errors, cancel_requested, created_at, run_at, started_at, finished_at, batch_id, \
-    depends_on, callback_url, concurrency_key, concurrency_limit";
+    depends_on, callback_url, concurrency_key, concurrency_limit, traceparent, tracestate";
 
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -50,6 +50,8 @@ pub struct JobRow {
     pub(super) callback_url: Option<String>,
     pub(super) concurrency_key: Option<String>,
     pub(super) concurrency_limit: Option<i64>,
+    pub(super) traceparent: Option<String>,
+    pub(super) tracestate: Option<String>,
 }
 
 fn corrupt(what: &str, id: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -129,6 +131,8 @@ impl TryFrom<JobRow> for Job {
             finished_at: row.finished_at.map(Timestamp::from_millis),
             callback_url: row.callback_url,
             webhook: None,
+            traceparent: row.traceparent,
+            tracestate: row.tracestate,
         })
     }
 }
@@ -314,6 +318,8 @@ pub fn job_from_new(job: NewJob) -> Job {
         finished_at: None,
         callback_url: job.callback_url,
         webhook: None,
+        traceparent: job.trace.as_ref().map(|trace| trace.traceparent.clone()),
+        tracestate: job.trace.and_then(|trace| trace.tracestate),
     }
 }
 

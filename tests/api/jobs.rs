@@ -380,3 +380,49 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(echoed.status(), 404);
     assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
 }
+
+#[tokio::test]
+async fn a_submissions_trace_context_is_kept_with_its_jobs_and_a_malformed_one_ignored() {
+    let app = crate::helpers::spawn_app().await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let send = |path: &'static str, body: serde_json::Value, parent: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(app.url(path))
+                .header("traceparent", parent)
+                .header("tracestate", "rojo=00f067aa0ba902b7")
+                .json(&body)
+                .send()
+                .await
+                .expect("sent");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<serde_json::Value>().await.expect("a body")
+        }
+    };
+    let job = send("/v1/jobs", serde_json::json!({"kind": "noop"}), traceparent).await;
+    assert_eq!(job["traceparent"], traceparent);
+    assert_eq!(job["tracestate"], "rojo=00f067aa0ba902b7");
+    let read = app.job(job["id"].as_str().expect("an id")).await;
+    assert_eq!(read["traceparent"], traceparent);
+
+    let batch = send(
+        "/v1/batches",
+        serde_json::json!({"jobs": [{"kind": "noop"}, {"kind": "noop"}]}),
+        traceparent,
+    )
+    .await;
+    for id in crate::helpers::job_ids(&batch) {
+        assert_eq!(app.job(&id).await["traceparent"], traceparent);
+    }
+
+    let untraced = send(
+        "/v1/jobs",
+        serde_json::json!({"kind": "noop"}),
+        "00-not-a-trace-01",
+    )
+    .await;
+    assert!(untraced["traceparent"].is_null(), "{untraced}");
+    assert!(untraced["tracestate"].is_null(), "{untraced}");
+}

@@ -967,3 +967,36 @@ pub async fn queue_counts_match_the_jobs_after_every_kind_of_transition(store: A
         .unwrap();
     assert_counts_match(&store, q, "a retried job").await;
 }
+
+pub async fn a_jobs_trace_context_is_stored_and_read_back(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100)]).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = job("default", json!({}), at(0));
+    traced.trace = spool::domain::TraceContext::from_headers(Some(traceparent), Some("congo=t61"));
+    assert!(traced.trace.is_some());
+    let traced_id = submit_one(&store, traced).await;
+    let plain_id = submit_one(&store, job("default", json!({}), at(1))).await;
+    let read = store
+        .get_job(TENANT_DEFAULT, traced_id)
+        .await
+        .unwrap()
+        .expect("exists");
+    assert_eq!(read.traceparent.as_deref(), Some(traceparent));
+    assert_eq!(read.tracestate.as_deref(), Some("congo=t61"));
+    let plain = store
+        .get_job(TENANT_DEFAULT, plain_id)
+        .await
+        .unwrap()
+        .expect("exists");
+    assert_eq!((plain.traceparent, plain.tracestate), (None, None));
+    // Claims return it too: the worker hands it on.
+    let claimed = store
+        .claim("default", 10, OWNER, at(60_000), at(10))
+        .await
+        .expect("claimed");
+    let traced = claimed
+        .iter()
+        .find(|job| job.id == traced_id)
+        .expect("claimed");
+    assert_eq!(traced.traceparent.as_deref(), Some(traceparent));
+}

@@ -363,23 +363,24 @@ async fn stored_batch(
     row.into_batch(jobs.iter().map(|job| job.id).collect())
 }
 
-/// Inserts jobs, one array per column unnested into rows (`$1` … `$23`).
+/// Inserts jobs, one array per column unnested into rows (`$1` … `$25`).
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
          batch_id, batch_index, depends_on, deps_pending, callback_url, has_dependents, \
-         concurrency_key, concurrency_limit) \
+         concurrency_key, concurrency_limit, traceparent, tracestate) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
          $12::text[], $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], \
-         $18::text[], $19::bigint[], $20::text[], $21::boolean[], $22::text[], $23::bigint[])";
+         $18::text[], $19::bigint[], $20::text[], $21::boolean[], $22::text[], $23::bigint[], \
+         $24::text[], $25::text[])";
 
-/// `INSERT_JOBS` on the condition that each queue of `$24` has room for the
-/// matching number of `$25` by its counts as committed when the statement
+/// `INSERT_JOBS` on the condition that each queue of `$26` has room for the
+/// matching number of `$27` by its counts as committed when the statement
 /// starts: the glance of `plain.rs`, without a round trip of its own.
 static INSERT_JOBS_IF_ROOM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{INSERT_JOBS} WHERE NOT EXISTS (SELECT 1 \
-             FROM unnest($24::text[], $25::bigint[]) AS r(r_queue, r_n) \
+             FROM unnest($26::text[], $27::bigint[]) AS r(r_queue, r_n) \
              LEFT JOIN queues ON queues.name = r_queue \
              WHERE queues.name IS NULL OR r_n + {} > greatest(queues.capacity, 0))",
         counts::pending_of("r_queue")
@@ -456,7 +457,15 @@ pub async fn insert_jobs(
             jobs.iter()
                 .map(|job| job.concurrency.as_ref().map(|(_, limit)| i64::from(*limit)))
                 .collect::<Vec<Option<i64>>>(),
-        );
+        )
+        .bind(optional(&|job| {
+            job.trace.as_ref().map(|trace| trace.traceparent.clone())
+        }))
+        .bind(optional(&|job| {
+            job.trace
+                .as_ref()
+                .and_then(|trace| trace.tracestate.clone())
+        }));
     let query = match room {
         Some(room) => query
             .bind(

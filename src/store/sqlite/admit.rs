@@ -289,8 +289,8 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
         "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
          batch_id, batch_index, depends_on, deps_pending, callback_url, concurrency_key, \
-         concurrency_limit) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         concurrency_limit, traceparent, tracestate) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     for (job, pending) in jobs.iter().zip(pending) {
         let depends_on = if job.depends_on.is_empty() {
@@ -321,6 +321,10 @@ fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<()
             job.callback_url,
             job.concurrency.as_ref().map(|(key, _)| key),
             job.concurrency.as_ref().map(|(_, limit)| i64::from(*limit)),
+            job.trace.as_ref().map(|trace| &trace.traceparent),
+            job.trace
+                .as_ref()
+                .and_then(|trace| trace.tracestate.as_ref()),
         ])?;
     }
     Ok(())

@@ -39,6 +39,8 @@ impl JobRow {
             callback_url: row.get(25)?,
             concurrency_key: row.get(26)?,
             concurrency_limit: row.get(27)?,
+            traceparent: row.get(28)?,
+            tracestate: row.get(29)?,
         })
     }
 }

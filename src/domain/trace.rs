@@ -1,0 +1,113 @@
+//! W3C trace context (`traceparent`, `tracestate`): what a submission
+//! brings is kept with its jobs and returned on them.
+
+/// A submission's trace context, as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `version-trace_id-parent_id-flags`, lowercase hex.
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+/// Longest `tracestate` kept: the W3C limit of 32 members fits in 512
+/// characters in practice, which is what vendors are asked to propagate.
+const MAX_TRACESTATE: usize = 512;
+
+impl TraceContext {
+    /// The context of a request's headers, or `None` when `traceparent` is
+    /// absent or malformed. A malformed one is ignored, not refused: the
+    /// W3C recommendation asks a receiver to start a new trace rather than
+    /// fail the request. `tracestate` is kept only with a valid parent and
+    /// when it is short printable ASCII.
+    pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Self> {
+        let traceparent = traceparent?.trim();
+        if !valid_traceparent(traceparent) {
+            return None;
+        }
+        let tracestate = tracestate
+            .map(str::trim)
+            .filter(|state| {
+                !state.is_empty()
+                    && state.len() <= MAX_TRACESTATE
+                    && state.bytes().all(|b| (0x20..0x7f).contains(&b))
+            })
+            .map(str::to_owned);
+        Some(Self {
+            traceparent: traceparent.to_owned(),
+            tracestate,
+        })
+    }
+
+    /// The 32-hex-digit trace id.
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+}
+
+/// Version 00's shape (`00-<32 hex>-<16 hex>-<2 hex>`), or a later version's
+/// first four fields (later versions may append fields); never version
+/// `ff`, an all-zero trace id or an all-zero parent id; lowercase only.
+fn valid_traceparent(value: &str) -> bool {
+    let fields: Vec<&str> = value.split('-').collect();
+    let hex = |field: &str, len: usize| {
+        field.len() == len
+            && field
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let [version, trace_id, parent_id, flags, rest @ ..] = fields.as_slice() else {
+        return false;
+    };
+    hex(version, 2)
+        && *version != "ff"
+        && (rest.is_empty() || *version != "00")
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_kept_with_its_tracestate() {
+        let context =
+            TraceContext::from_headers(Some(VALID), Some("congo=t61rcWkgMzE")).expect("valid");
+        assert_eq!(context.traceparent, VALID);
+        assert_eq!(context.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::from_headers(Some(bad), None), None, "{bad}");
+        }
+        assert_eq!(TraceContext::from_headers(None, Some("a=b")), None);
+    }
+
+    #[test]
+    fn a_later_version_may_carry_more_fields_and_a_bad_tracestate_is_dropped() {
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
+        assert!(TraceContext::from_headers(Some(later), None).is_some());
+        let context = TraceContext::from_headers(Some(VALID), Some("a=\u{1}")).expect("valid");
+        assert_eq!(context.tracestate, None);
+        let long = "a=".to_owned() + &"b".repeat(600);
+        let context = TraceContext::from_headers(Some(VALID), Some(&long)).expect("valid");
+        assert_eq!(context.tracestate, None);
+    }
+}
