@@ -197,6 +197,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The trace context the job was submitted with, if any.
+    pub fn trace_context(&self) -> Option<super::TraceContext> {
+        super::TraceContext::from_headers(self.traceparent.as_deref(), self.tracestate.as_deref())
+    }
+
     /// Whether the job has been ready since its creation: no delay and no
     /// dependency held it, and it was not retried by hand (a retry sets
     /// `run_at` to its own time). Its admission published its `job.queued`.

@@ -42,6 +42,23 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+
+    /// The context of a step of this trace (an attempt): the same trace id
+    /// and flags under a new parent id, so what the step calls is seen as
+    /// its child. Always version 00, which is what this service speaks.
+    pub fn child(&self) -> Self {
+        let span_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let flags = &self.traceparent[53..55];
+        Self {
+            traceparent: format!("00-{}-{span_id:016x}-{flags}", self.trace_id()),
+            tracestate: self.tracestate.clone(),
+        }
+    }
 }
 
 /// Version 00's shape (`00-<32 hex>-<16 hex>-<2 hex>`), or a later version's
@@ -81,6 +98,21 @@ mod tests {
         assert_eq!(context.traceparent, VALID);
         assert_eq!(context.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
         assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_flags_under_a_new_parent() {
+        let context = TraceContext::from_headers(Some(VALID), Some("a=b")).expect("valid");
+        let child = context.child();
+        assert!(
+            valid_traceparent(&child.traceparent),
+            "{}",
+            child.traceparent
+        );
+        assert_eq!(child.trace_id(), context.trace_id());
+        assert_eq!(&child.traceparent[53..], "01");
+        assert_ne!(child.traceparent, context.traceparent);
+        assert_eq!(child.tracestate.as_deref(), Some("a=b"));
     }
 
     #[test]

@@ -178,7 +178,8 @@ impl Engine {
             token.clone(),
             progress,
         )
-        .with_dependencies(dependencies);
+        .with_dependencies(dependencies)
+        .with_trace(job.trace_context().map(|trace| trace.child()));
         // Polled in this task; dropping it is the abort. A panic inside is
         // caught and fails the attempt instead of the worker.
         let mut run = std::pin::pin!(AssertUnwindSafe(handler.run(ctx)).catch_unwind());

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::{JobContext, JobFailure, JobKind, MASK};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, TraceContext};
 use crate::outbound::{MAX_REDIRECTS, Outbound};
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -242,7 +242,7 @@ impl JobKind for HttpKind {
         let payload: HttpPayload = serde_json::from_value(ctx.payload)
             .map_err(|e| JobFailure::permanent("invalid_payload", e.to_string()))?;
         let timeout = Duration::from_millis(payload.timeout_ms);
-        let exchange = tokio::time::timeout(timeout, self.exchange(&payload));
+        let exchange = tokio::time::timeout(timeout, self.exchange(&payload, ctx.trace.as_ref()));
         let answer = tokio::select! {
             outcome = exchange => outcome.map_err(|_| {
                 JobFailure::retryable(
@@ -277,7 +277,11 @@ impl Answer {
 impl HttpKind {
     /// Sends the request and reads the answer; a status that is not expected
     /// is a failure, and its body is not read.
-    async fn exchange(&self, payload: &HttpPayload) -> Result<Answer, JobFailure> {
+    async fn exchange(
+        &self,
+        payload: &HttpPayload,
+        trace: Option<&TraceContext>,
+    ) -> Result<Answer, JobFailure> {
         let url = Url::parse(&payload.url)
             .map_err(|e| JobFailure::permanent("invalid_payload", format!("url: {e}")))?;
         // Checked again at run time: the allow list may have changed since
@@ -293,6 +297,19 @@ impl HttpKind {
                 JobFailure::permanent("invalid_payload", format!("header {name}: {message}"))
             })?;
             headers.append(name, value);
+        }
+        // The attempt's trace context, unless the payload sets its own.
+        if let Some(trace) = trace
+            && !headers.contains_key("traceparent")
+        {
+            for (name, value) in [
+                ("traceparent", Some(&trace.traceparent)),
+                ("tracestate", trace.tracestate.as_ref()),
+            ] {
+                if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                    headers.insert(name, value);
+                }
+            }
         }
         let mut request = self
             .outbound

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-use crate::domain::{FieldError, Job, JobId, Progress, Redactor};
+use crate::domain::{FieldError, Job, JobId, Progress, Redactor, TraceContext};
 
 pub use builtin::{EchoKind, NoopKind, SleepKind};
 pub use exec::{ExecCommand, ExecKind};
@@ -89,6 +89,10 @@ pub struct JobContext {
     /// Fires when the job is cancelled, times out, or the service shuts down.
     /// Handlers should stop promptly; after a grace period the task is aborted.
     pub cancel: CancellationToken,
+    /// This attempt's W3C trace context: a child of the submission's, when
+    /// it carried one. The `http` kind sends it on as `traceparent`, `exec`
+    /// commands get it as `TRACEPARENT`.
+    pub trace: Option<TraceContext>,
     progress: Arc<dyn ProgressSink>,
 }
 
@@ -106,8 +110,15 @@ impl JobContext {
             payload,
             dependencies: Vec::new(),
             cancel,
+            trace: None,
             progress,
         }
+    }
+
+    /// Runs the attempt within `trace`.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// Hands the job its dependencies' results.

@@ -156,7 +156,14 @@ async fn the_command_gets_a_clean_environment_plus_its_configured_variables() {
     let (app, _dir) =
         spawn_with_commands("[exec.env]\nargv = [\"env\"]\nenv = { GREETING = \"hi there\" }\n")
             .await;
-    let allowed = ["PATH", "LANG", "HOME", "GREETING"];
+    let allowed = [
+        "PATH",
+        "LANG",
+        "HOME",
+        "GREETING",
+        "TRACEPARENT",
+        "TRACESTATE",
+    ];
     // Spool runs in this process: everything here besides the allowed names
     // (cargo's variables at least, secrets in production) must stay hidden.
     let hidden: Vec<String> = std::env::vars_os()
@@ -654,4 +661,49 @@ argv = ["ls", "--", "{dir}"]
         assert!(line.contains("argv_index=2"), "{line}");
         assert!(line.contains("can run code"), "{line}");
     }
+}
+
+#[tokio::test]
+async fn a_traced_submissions_command_gets_the_attempts_traceparent() {
+    let (app, _dir) = spawn_with_commands("[exec.env]\nargv = [\"env\"]\n").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&exec("env", json!({})))
+        .send()
+        .await
+        .expect("submitted");
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.expect("a job");
+    let done = app
+        .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+        .await;
+    let env = done["result"]["stdout"].as_str().unwrap();
+    let traceparent = env
+        .lines()
+        .find_map(|line| line.strip_prefix("TRACEPARENT="))
+        .unwrap_or_else(|| panic!("no TRACEPARENT in {env}"));
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("b7ad6b7169203331"),
+        "the attempt's own span"
+    );
+    assert!(!env.contains("TRACESTATE="), "none was submitted");
+
+    // An untraced job's command sees neither.
+    let job = app.submit(exec("env", json!({}))).await;
+    let done = app
+        .wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+        .await;
+    assert!(
+        !done["result"]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("TRACEPARENT")
+    );
 }

@@ -561,3 +561,64 @@ async fn a_refused_connection_is_a_retried_network_error_that_does_not_repeat_th
     assert!(message.contains("connect"), "{message}");
     assert!(!message.contains("secret-token"), "{message}");
 }
+
+#[tokio::test]
+async fn each_attempt_of_an_http_job_sends_the_submissions_trace_on_as_its_child() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let target = MockServer::start().await;
+    // The first attempt fails (503), the second succeeds: both carry it.
+    Mock::given(method("GET"))
+        .and(path("/traced"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&target)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/traced"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&target)
+        .await;
+    let app = loopback_app().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let submitted_parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let response = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("traceparent", &submitted_parent)
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .json(&http_job(
+            json!({"method": "GET", "url": format!("{}/traced", target.uri())}),
+        ))
+        .send()
+        .await
+        .expect("submitted");
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.expect("a job");
+    app.wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)
+        .await;
+
+    let requests = target.received_requests().await.expect("recorded");
+    assert_eq!(requests.len(), 2);
+    let parents: Vec<String> = requests
+        .iter()
+        .map(|request| {
+            let traceparent = request.headers["traceparent"].to_str().unwrap().to_owned();
+            assert_eq!(request.headers["tracestate"], "congo=t61rcWkgMzE");
+            traceparent
+        })
+        .collect();
+    for parent in &parents {
+        let fields: Vec<&str> = parent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{parent}");
+        assert_eq!(
+            (fields[0], fields[1], fields[3]),
+            ("00", trace_id, "01"),
+            "{parent}"
+        );
+        assert_eq!(fields[2].len(), 16);
+        assert_ne!(parent, &submitted_parent, "each attempt is a child span");
+    }
+    assert_ne!(parents[0], parents[1], "each attempt has its own span");
+}

@@ -130,6 +130,14 @@ pub(super) async fn execute(
             process.env(key, value);
         }
     }
+    // The attempt's trace context, as OpenTelemetry's environment carriers
+    // name it.
+    if let Some(trace) = &ctx.trace {
+        process.env("TRACEPARENT", &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            process.env("TRACESTATE", state);
+        }
+    }
     process
         .envs(&command.env)
         .stdin(Stdio::null())
