@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::WebhookSecret;
-use crate::domain::{Redactor, Timestamp};
+use crate::domain::{Redactor, Timestamp, TraceContext};
 use crate::outbound::Outbound;
 use crate::store::{
     ClaimedWebhook, JobStore, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
@@ -239,6 +239,19 @@ impl Deliverer {
         Ok(body.to_string())
     }
 
+    /// A child of the job's trace context for this delivery, when its
+    /// submission carried one. Read per attempt (a point read): the row
+    /// keeps only the rendered body, and deliveries are few.
+    async fn trace_of(&self, hook: &ClaimedWebhook) -> Option<TraceContext> {
+        let WebhookOwner::Job(id) = hook.owner else {
+            return None;
+        };
+        match self.store.get_job(&hook.tenant, id).await {
+            Ok(Some(job)) => job.trace_context().map(|trace| trace.child()),
+            _ => None,
+        }
+    }
+
     async fn send(&self, hook: &ClaimedWebhook, body: &str, at: Timestamp) -> Result<(), Failure> {
         let url = Url::parse(&hook.url).map_err(|e| Failure::Final(format!("bad URL: {e}")))?;
         self.webhooks
@@ -250,7 +263,7 @@ impl Deliverer {
             .webhooks
             .secret
             .sign(&hook.id, timestamp_s, body.as_bytes());
-        let response = self
+        let mut request = self
             .webhooks
             .outbound
             .webhook_client()
@@ -259,7 +272,14 @@ impl Deliverer {
             .header("content-type", "application/json")
             .header("webhook-id", &hook.id)
             .header("webhook-timestamp", timestamp_s.to_string())
-            .header("webhook-signature", signature)
+            .header("webhook-signature", signature);
+        if let Some(trace) = self.trace_of(hook).await {
+            request = request.header("traceparent", trace.traceparent);
+            if let Some(state) = trace.tracestate {
+                request = request.header("tracestate", state);
+            }
+        }
+        let response = request
             .body(body.to_owned())
             .send()
             .await

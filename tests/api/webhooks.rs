@@ -1208,3 +1208,41 @@ async fn a_redirect_is_not_followed_but_counted_as_a_failed_attempt() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(target.received().is_empty(), "the redirect was followed");
 }
+
+#[tokio::test]
+async fn a_traced_jobs_webhook_carries_its_trace_and_an_untraced_ones_none() {
+    let receiver = Receiver::start([]).await;
+    let app = hooks_app(Duration::from_millis(100), |_| {}).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let submitted = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let response = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("traceparent", &submitted)
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .json(&json!({"kind": "noop", "callback_url": receiver.url("/traced")}))
+        .send()
+        .await
+        .expect("submitted");
+    assert_eq!(response.status(), 202);
+    let received = receiver.wait_for(1, SOON).await;
+    let traceparent = received[0].header("traceparent");
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")),
+        "{traceparent}"
+    );
+    assert!(
+        traceparent.ends_with("-01") && traceparent != submitted,
+        "{traceparent}"
+    );
+    assert_eq!(received[0].header("tracestate"), "congo=t61rcWkgMzE");
+
+    app.submit(json!({"kind": "noop", "callback_url": receiver.url("/untraced")}))
+        .await;
+    let received = receiver.wait_for(2, SOON).await;
+    let untraced = received
+        .iter()
+        .find(|hook| hook.path == "/untraced")
+        .expect("delivered");
+    assert!(untraced.headers.get("traceparent").is_none());
+}
