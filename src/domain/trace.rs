@@ -38,9 +38,10 @@ impl TraceContext {
         })
     }
 
-    /// The 32-hex-digit trace id.
+    /// The 32-hex-digit trace id (empty for a context not made by
+    /// `from_headers`, whose fields are public).
     pub fn trace_id(&self) -> &str {
-        &self.traceparent[3..35]
+        self.traceparent.get(3..35).unwrap_or_default()
     }
 
     /// The context of a step of this trace (an attempt): the same trace id
@@ -53,7 +54,7 @@ impl TraceContext {
                 break id;
             }
         };
-        let flags = &self.traceparent[53..55];
+        let flags = self.traceparent.get(53..55).unwrap_or("00");
         Self {
             traceparent: format!("00-{}-{span_id:016x}-{flags}", self.trace_id()),
             tracestate: self.tracestate.clone(),

@@ -29,54 +29,31 @@ struct Asset {
     body: &'static str,
 }
 
-static INDEX: Asset = Asset {
-    name: "index.html",
-    content_type: "text/html; charset=utf-8",
-    body: include_str!("../../dashboard/index.html"),
-};
+/// An embedded file of `dashboard/`, by name and content type.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_str!(concat!("../../dashboard/", $name)),
+        }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+static INDEX: Asset = asset!("index.html", "text/html; charset=utf-8");
 
 /// Served under `/dashboard/{name}`.
 static ASSETS: [Asset; 8] = [
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../dashboard/style.css"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../dashboard/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../dashboard/api.js"),
-    },
-    Asset {
-        name: "view.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../dashboard/view.js"),
-    },
-    Asset {
-        name: "queues.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../dashboard/queues.js"),
-    },
-    Asset {
-        name: "jobs.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../dashboard/jobs.js"),
-    },
-    Asset {
-        name: "batches.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../dashboard/batches.js"),
-    },
-    Asset {
-        name: "favicon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../../dashboard/favicon.svg"),
-    },
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("view.js", JS),
+    asset!("queues.js", JS),
+    asset!("jobs.js", JS),
+    asset!("batches.js", JS),
+    asset!("favicon.svg", "image/svg+xml"),
 ];
 
 /// Each file's ETag, so a browser revalidates (`no-cache`) for the price

@@ -117,6 +117,82 @@ pub fn interleave<T>(picks: Vec<(String, Vec<T>)>, limit: u32) -> (Vec<T>, Optio
     (taken, last)
 }
 
+/// One fair claim's reads and its decision, for both backends: they read
+/// what `next_read` asks (a tenant's next claimable jobs, at most a
+/// number) and hand the ids to `found`, until there is nothing more to
+/// read; `finish` then interleaves them and records the turn.
+pub struct Rounds {
+    limit: u32,
+    share: u32,
+    tenants: std::vec::IntoIter<String>,
+    picks: Vec<(String, Vec<String>)>,
+    /// The read in flight: a new tenant's, or a refill of `picks[n]`.
+    reading: Option<Read>,
+    /// Second pass: the picks still to read again in full.
+    refills: Option<std::vec::IntoIter<usize>>,
+}
+
+enum Read {
+    Tenant(String),
+    Refill(usize),
+}
+
+impl Rounds {
+    /// The tenants in the order the claim visits them (`rotation`).
+    pub fn new(tenants: Vec<String>, limit: u32) -> Self {
+        let share = share(limit, tenants.len().min(limit as usize));
+        Self {
+            limit,
+            share,
+            tenants: tenants.into_iter(),
+            picks: Vec::new(),
+            reading: None,
+            refills: None,
+        }
+    }
+
+    /// The next read: whose jobs, and at most how many.
+    pub fn next_read(&mut self) -> Option<(String, u32)> {
+        if self.refills.is_none() {
+            if self.picks.len() < self.limit as usize
+                && let Some(tenant) = self.tenants.next()
+            {
+                self.reading = Some(Read::Tenant(tenant.clone()));
+                return Some((tenant, self.share));
+            }
+            let full: Vec<usize> = if refill(&self.picks, self.share, self.limit) {
+                (0..self.picks.len())
+                    .filter(|n| self.picks[*n].1.len() >= self.share as usize)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.refills = Some(full.into_iter());
+        }
+        let n = self.refills.as_mut()?.next()?;
+        self.reading = Some(Read::Refill(n));
+        Some((self.picks[n].0.clone(), self.limit))
+    }
+
+    /// What the last read found, in claim order.
+    pub fn found(&mut self, ids: Vec<String>) {
+        match self.reading.take() {
+            Some(Read::Tenant(tenant)) if !ids.is_empty() => self.picks.push((tenant, ids)),
+            Some(Read::Refill(n)) => self.picks[n].1 = ids,
+            _ => {}
+        }
+    }
+
+    /// The jobs to take, round-robin; records the tenant served last.
+    pub fn finish(self, turns: &Turns, queue: &str) -> Vec<String> {
+        let (ids, last_served) = interleave(self.picks, self.limit);
+        if let Some(tenant) = last_served {
+            turns.served(queue, &tenant);
+        }
+        ids
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +241,35 @@ mod tests {
             interleave(Vec::<(String, Vec<u8>)>::new(), 3),
             (vec![], None)
         );
+    }
+
+    #[test]
+    fn rounds_read_each_tenants_share_then_refill_those_that_may_have_more() {
+        let mut rounds = Rounds::new(names(&["a", "b"]), 4);
+        let mut reads = Vec::new();
+        let have: std::collections::HashMap<&str, Vec<String>> =
+            [("a", names(&["a1"])), ("b", names(&["b1", "b2", "b3"]))]
+                .into_iter()
+                .collect();
+        while let Some((tenant, at_most)) = rounds.next_read() {
+            reads.push((tenant.clone(), at_most));
+            let ids: Vec<String> = have
+                .get(tenant.as_str())
+                .map(|ids| ids.iter().take(at_most as usize).cloned().collect())
+                .unwrap_or_default();
+            rounds.found(ids);
+        }
+        assert_eq!(
+            reads,
+            [
+                ("a".to_owned(), 2),
+                ("b".to_owned(), 2),
+                ("b".to_owned(), 4)
+            ]
+        );
+        let turns = Turns::default();
+        assert_eq!(rounds.finish(&turns, "q"), names(&["a1", "b1", "b2", "b3"]));
+        assert_eq!(turns.last_served("q").as_deref(), Some("b"));
     }
 
     #[test]

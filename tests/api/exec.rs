@@ -667,14 +667,10 @@ argv = ["ls", "--", "{dir}"]
 async fn a_traced_submissions_command_gets_the_attempts_traceparent() {
     let (app, _dir) = spawn_with_commands("[exec.env]\nargv = [\"env\"]\n").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
     let response = app
-        .client
-        .post(app.url("/v1/jobs"))
-        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
-        .json(&exec("env", json!({})))
-        .send()
-        .await
-        .expect("submitted");
+        .post_traced("/v1/jobs", &exec("env", json!({})), &traceparent, None)
+        .await;
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.expect("a job");
     let done = app

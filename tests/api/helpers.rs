@@ -82,6 +82,24 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// A POST carrying W3C trace context headers.
+    pub async fn post_traced(
+        &self,
+        path: &str,
+        body: &Value,
+        traceparent: &str,
+        tracestate: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("traceparent", traceparent);
+        if let Some(state) = tracestate {
+            request = request.header("tracestate", state);
+        }
+        request.json(body).send().await.expect("request sent")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))

@@ -389,14 +389,8 @@ async fn a_submissions_trace_context_is_kept_with_its_jobs_and_a_malformed_one_i
         let app = &app;
         async move {
             let response = app
-                .client
-                .post(app.url(path))
-                .header("traceparent", parent)
-                .header("tracestate", "rojo=00f067aa0ba902b7")
-                .json(&body)
-                .send()
-                .await
-                .expect("sent");
+                .post_traced(path, &body, parent, Some("rojo=00f067aa0ba902b7"))
+                .await;
             assert!(response.status().is_success(), "{}", response.status());
             response.json::<serde_json::Value>().await.expect("a body")
         }

@@ -583,17 +583,15 @@ async fn each_attempt_of_an_http_job_sends_the_submissions_trace_on_as_its_child
     let app = loopback_app().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let submitted_parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let job = http_job(json!({"method": "GET", "url": format!("{}/traced", target.uri())}));
     let response = app
-        .client
-        .post(app.url("/v1/jobs"))
-        .header("traceparent", &submitted_parent)
-        .header("tracestate", "congo=t61rcWkgMzE")
-        .json(&http_job(
-            json!({"method": "GET", "url": format!("{}/traced", target.uri())}),
-        ))
-        .send()
-        .await
-        .expect("submitted");
+        .post_traced(
+            "/v1/jobs",
+            &job,
+            &submitted_parent,
+            Some("congo=t61rcWkgMzE"),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.expect("a job");
     app.wait_for_status(job["id"].as_str().unwrap(), "succeeded", SOON)

@@ -1215,15 +1215,10 @@ async fn a_traced_jobs_webhook_carries_its_trace_and_an_untraced_ones_none() {
     let app = hooks_app(Duration::from_millis(100), |_| {}).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let submitted = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let job = json!({"kind": "noop", "callback_url": receiver.url("/traced")});
     let response = app
-        .client
-        .post(app.url("/v1/jobs"))
-        .header("traceparent", &submitted)
-        .header("tracestate", "congo=t61rcWkgMzE")
-        .json(&json!({"kind": "noop", "callback_url": receiver.url("/traced")}))
-        .send()
-        .await
-        .expect("submitted");
+        .post_traced("/v1/jobs", &job, &submitted, Some("congo=t61rcWkgMzE"))
+        .await;
     assert_eq!(response.status(), 202);
     let received = receiver.wait_for(1, SOON).await;
     let traceparent = received[0].header("traceparent");

@@ -155,30 +155,13 @@ pub async fn claim_fair_counted(
             }
         }
     };
-    let share = fair::share(limit, tenants.len().min(limit as usize));
-    let mut picks = Vec::new();
-    for tenant in tenants {
-        if picks.len() >= limit as usize {
-            break;
-        }
-        let ids = claimable(conn, queue, &tenant, share, probe.keyed).await?;
-        if !ids.is_empty() {
-            picks.push((tenant, ids));
-        }
+    let mut rounds = fair::Rounds::new(tenants, limit);
+    while let Some((tenant, at_most)) = rounds.next_read() {
+        rounds.found(claimable(conn, queue, &tenant, at_most, probe.keyed).await?);
     }
-    if fair::refill(&picks, share, limit) {
-        for (tenant, ids) in &mut picks {
-            if ids.len() >= share as usize {
-                *ids = claimable(conn, queue, tenant, limit, probe.keyed).await?;
-            }
-        }
-    }
-    let (picked, last_served) = fair::interleave(picks, limit);
+    let picked = rounds.finish(turns, queue);
     if picked.is_empty() {
         return Ok(Vec::new());
-    }
-    if let Some(tenant) = last_served {
-        turns.served(queue, &tenant);
     }
     // `state = 'queued'` again: another instance may have taken some since
     // (they are then left out; the next claim looks further).

@@ -232,28 +232,11 @@ fn claim(
             _ => after,
         }
     };
-    let share = fair::share(limit, tenants.len().min(limit as usize));
-    let mut picks = Vec::new();
-    for tenant in tenants {
-        if picks.len() >= limit as usize {
-            break;
-        }
-        let ids = claimable(conn, queue, &tenant, share)?;
-        if !ids.is_empty() {
-            picks.push((tenant, ids));
-        }
+    let mut rounds = fair::Rounds::new(tenants, limit);
+    while let Some((tenant, at_most)) = rounds.next_read() {
+        rounds.found(claimable(conn, queue, &tenant, at_most)?);
     }
-    if fair::refill(&picks, share, limit) {
-        for (tenant, ids) in &mut picks {
-            if ids.len() >= share as usize {
-                *ids = claimable(conn, queue, tenant, limit)?;
-            }
-        }
-    }
-    let (ids, last_served) = fair::interleave(picks, limit);
-    if let Some(tenant) = last_served {
-        turns.served(queue, &tenant);
-    }
+    let ids = rounds.finish(turns, queue);
     // One UPDATE for all of them (one per job measured 0.7× the drain rate
     // of a single tenant's claims with two tenants).
     let mut jobs = query_jobs(
