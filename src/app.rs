@@ -18,6 +18,7 @@ use crate::kinds::{ExecKind, HttpKind, JobKind, KindRegistry, RegistryError};
 use crate::notify::{DeliverySettings, Webhooks};
 use crate::outbound::{Lookup, Outbound, OutboundError, SystemLookup};
 use crate::store::{JobStore, PgStore, SqliteStore, StoreError};
+use crate::telemetry::traces::Tracer;
 
 /// Time in-flight requests get to finish after the engine stopped.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -79,7 +80,7 @@ impl AppBuilder {
             AuthMode::Keys if config.bind.ip().is_loopback() => OpenMode::Allowed,
             AuthMode::Keys => OpenMode::Refused,
         };
-        let engine_settings = config.engine_settings()?;
+        let mut engine_settings = config.engine_settings()?;
         let http_settings = config.http_settings()?;
         // Before anything opens a descriptor, so that all of them count
         // against the raised limit.
@@ -115,7 +116,20 @@ impl AppBuilder {
         {
             return Err(StartError::OpenOnNetwork { addr: config.bind });
         }
+        let tracer = match config.otlp_endpoint.as_deref() {
+            Some(endpoint) if !endpoint.trim().is_empty() => {
+                Tracer::otlp(endpoint, &config.otel_service_name).map_err(|error| {
+                    ConfigError::Invalid {
+                        setting: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        message: error.to_string(),
+                    }
+                })?
+            }
+            _ => Tracer::disabled(),
+        };
+        engine_settings.tracer = tracer.clone();
         let webhooks = config.webhook_secret.clone().map(|secret| Webhooks {
+            tracer: tracer.clone(),
             outbound: outbound.clone(),
             secret,
             settings: DeliverySettings {
@@ -160,6 +174,7 @@ impl AppBuilder {
             listener,
             router,
             engine,
+            tracer,
             connections,
             fd_limit,
         })
@@ -207,6 +222,7 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     engine: Engine,
+    tracer: Tracer,
     connections: ConnectionSettings,
     fd_limit: Option<FdLimit>,
 }
@@ -246,6 +262,7 @@ impl App {
             listener,
             router,
             engine,
+            tracer,
             connections,
             fd_limit: _,
         } = self;
@@ -260,14 +277,17 @@ impl App {
         // Keep answering while jobs drain: reads work, submissions get 503.
         engine.shutdown().await;
         stop_http.cancel();
-        match tokio::time::timeout(HTTP_DRAIN, server).await {
+        let served = match tokio::time::timeout(HTTP_DRAIN, server).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(join_error)) => Err(std::io::Error::other(join_error)),
             Err(_) => {
                 tracing::warn!("in-flight requests did not finish in time; closing");
                 Ok(())
             }
-        }
+        };
+        // Last: the spans of the drained jobs and requests go out too.
+        tracer.shutdown().await;
+        served
     }
 }
 

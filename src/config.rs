@@ -216,6 +216,19 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Export spans of requests, attempts and webhook deliveries over
+    /// OTLP/HTTP (protobuf) to `<URL>/v1/traces`, e.g.
+    /// `http://otel-collector:4318`. Default: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` exported spans carry.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "spool",
+        global = true
+    )]
+    pub otel_service_name: String,
 }
 
 /// Shortest header, body and idle timeout: below it ordinary clients on a
@@ -296,6 +309,8 @@ impl Default for Config {
             auth: AuthMode::Keys,
             metrics_public: false,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            otel_service_name: "spool".into(),
         }
     }
 }

@@ -12,10 +12,11 @@
 //! - [`notify`]: job lifecycle events.
 //! - [`outbound`]: which destinations outbound requests may reach (the
 //!   private-address rule and `SPOOL_OUTBOUND_ALLOW`).
-//! - [`store`]: the [`store::JobStore`] trait and its SQLite backend.
+//! - [`store`]: the [`store::JobStore`] trait and its SQLite and PostgreSQL backends.
 //! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
-//! - [`telemetry`]: logging set-up, and the Prometheus metrics every layer records.
+//! - [`telemetry`]: logging set-up, the Prometheus metrics every layer records,
+//!   and the spans of requests and attempts (OTLP export).
 //!
 //! A custom kind is a type implementing [`kinds::JobKind`], registered with
 //! [`app::App::builder`]`(config).kind(MyKind)`; see `examples/custom_kind.rs`.

@@ -44,20 +44,65 @@ impl TraceContext {
         self.traceparent.get(3..35).unwrap_or_default()
     }
 
+    /// The 16-hex-digit id of the span this context names as parent.
+    pub fn span_id(&self) -> &str {
+        self.traceparent.get(36..52).unwrap_or_default()
+    }
+
+    /// Whether the caller may have recorded its span (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        self.traceparent
+            .get(53..55)
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1)
+    }
+
+    /// A context made of ids (a span's, as the exporter chose them).
+    /// `None` when an id is zero, which W3C forbids.
+    pub fn from_ids(
+        trace_id: u128,
+        span_id: u64,
+        sampled: bool,
+        tracestate: Option<String>,
+    ) -> Option<Self> {
+        (trace_id != 0 && span_id != 0).then(|| Self {
+            traceparent: format!("00-{trace_id:032x}-{span_id:016x}-0{}", u8::from(sampled)),
+            tracestate,
+        })
+    }
+
+    /// The context of a new trace, for a request or an attempt that came
+    /// with none: its log lines still share one `trace_id`.
+    pub fn root() -> Self {
+        let trace_id = nonzero(rand::random::<u128>);
+        Self {
+            traceparent: format!(
+                "00-{trace_id:032x}-{:016x}-01",
+                nonzero(rand::random::<u64>)
+            ),
+            tracestate: None,
+        }
+    }
+
     /// The context of a step of this trace (an attempt): the same trace id
     /// and flags under a new parent id, so what the step calls is seen as
     /// its child. Always version 00, which is what this service speaks.
     pub fn child(&self) -> Self {
-        let span_id = loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                break id;
-            }
-        };
+        let span_id = nonzero(rand::random::<u64>);
         let flags = self.traceparent.get(53..55).unwrap_or("00");
         Self {
             traceparent: format!("00-{}-{span_id:016x}-{flags}", self.trace_id()),
             tracestate: self.tracestate.clone(),
+        }
+    }
+}
+
+/// A random id that is not zero (zero means "no id" in W3C trace context).
+fn nonzero<T: PartialEq + Default>(random: impl Fn() -> T) -> T {
+    loop {
+        let id = random();
+        if id != T::default() {
+            return id;
         }
     }
 }
@@ -114,6 +159,22 @@ mod tests {
         assert_eq!(&child.traceparent[53..], "01");
         assert_ne!(child.traceparent, context.traceparent);
         assert_eq!(child.tracestate.as_deref(), Some("a=b"));
+    }
+
+    #[test]
+    fn a_root_and_a_context_made_of_ids_are_valid_and_say_their_ids() {
+        let root = TraceContext::root();
+        assert!(valid_traceparent(&root.traceparent), "{}", root.traceparent);
+        assert!(root.sampled());
+        let made = TraceContext::from_ids(0xabc, 0x12, false, None).expect("non-zero ids");
+        assert_eq!(
+            made.traceparent,
+            "00-00000000000000000000000000000abc-0000000000000012-00"
+        );
+        assert_eq!(made.span_id(), "0000000000000012");
+        assert!(!made.sampled());
+        assert_eq!(TraceContext::from_ids(0, 1, true, None), None);
+        assert_eq!(TraceContext::from_ids(1, 0, true, None), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::store::{
     ServiceGauges, StoreError, SubmitRejection, WebhookOwner,
 };
 use crate::telemetry::metrics;
+use crate::telemetry::traces::Tracer;
 
 pub use admission::Submitted;
 pub use batches::BatchSubmitted;
@@ -59,6 +60,9 @@ pub struct EngineSettings {
     pub max_batch_size: usize,
     /// Events kept for resuming event streams. Default 10 000.
     pub event_replay: usize,
+    /// Where attempts' spans go. Default: nowhere (their ids are still
+    /// made, for the log lines' `trace_id`).
+    pub tracer: Tracer,
 }
 
 impl Default for EngineSettings {
@@ -73,6 +77,7 @@ impl Default for EngineSettings {
             max_result_bytes: 256 * 1024,
             max_batch_size: 10_000,
             event_replay: 10_000,
+            tracer: Tracer::disabled(),
         }
     }
 }
@@ -366,6 +371,11 @@ impl Engine {
     }
 
     /// Fires when shutdown begins: long-polls end then.
+    /// Where spans go (the request spans use it too).
+    pub fn tracer(&self) -> &Tracer {
+        &self.inner.settings.tracer
+    }
+
     pub fn stopping(&self) -> CancellationToken {
         self.inner.stopping.clone()
     }

@@ -9,12 +9,15 @@ use std::panic::AssertUnwindSafe;
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{Engine, RunningJob, STOP_CANCEL, STOP_SHUTDOWN};
-use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp};
+use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp, TraceContext};
 use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink, Secrets};
 use crate::notify::{EventHub, EventKind, JobSummary, Subject, job_summary};
 use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
@@ -109,21 +112,53 @@ impl Engine {
         self.publish(&job);
         let waited = self.inner.ready_clock.waited(&job);
         metrics::attempt_started(&job.queue, &job.kind, waited);
+        // Each attempt is a span under the submission's trace (retries
+        // too: siblings under the same parent), or the root of its own.
+        let stored = job.trace_context();
+        let tracer = &self.inner.settings.tracer;
+        let mut span = tracer.start(
+            format!("run {}", job.kind),
+            SpanKind::Consumer,
+            stored.as_ref(),
+            vec![
+                KeyValue::new("messaging.system", "spool"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", job.queue.clone()),
+                KeyValue::new("messaging.message.id", job.id.to_string()),
+                KeyValue::new("spool.job.kind", job.kind.clone()),
+                KeyValue::new("spool.job.attempt", i64::from(job.attempt)),
+            ],
+        );
+        // Sent on (`traceparent` of `http`, `TRACEPARENT` of `exec`) only
+        // within a trace someone follows: one the submission brought, or
+        // one this service exports.
+        let onward = (stored.is_some() || tracer.is_exporting()).then(|| span.context().clone());
+        let log_span = tracing::info_span!(
+            "attempt",
+            job_id = %job.id,
+            attempt = job.attempt,
+            trace_id = %span.trace_id(),
+        );
         let engine = self.clone();
-        self.inner.jobs.spawn(async move {
+        let attempt = async move {
             // What the attempt produces is stored and shown: it must not
             // repeat a secret value of the payload (an echoed header).
             let secrets = engine.inner.kinds.secrets(&job.kind, &job.payload);
             let began = std::time::Instant::now();
-            let outcome = engine.execute(&job, token, &stop, &secrets).await;
-            metrics::attempt_finished(
-                &job.queue,
-                &job.kind,
-                attempt_end(&outcome),
-                began.elapsed(),
-            );
-            engine.finish(job, masked(outcome, &secrets)).await;
-        });
+            let outcome = engine.execute(&job, token, &stop, &secrets, onward).await;
+            let end = attempt_end(&outcome);
+            metrics::attempt_finished(&job.queue, &job.kind, end, began.elapsed());
+            let outcome = masked(outcome, &secrets);
+            span.set_attribute(KeyValue::new("spool.job.outcome", end.as_str()));
+            if let AttemptOutcome::Failed { error, .. } | AttemptOutcome::Cancelled(error) =
+                &outcome
+            {
+                span.fail(format!("{}: {}", error.code, error.message));
+            }
+            engine.finish(job, outcome).await;
+            drop(span);
+        };
+        self.inner.jobs.spawn(attempt.instrument(log_span));
     }
 
     /// Runs one attempt to its outcome. Never fails: every way an attempt can
@@ -134,6 +169,7 @@ impl Engine {
         token: CancellationToken,
         stop: &AtomicU8,
         secrets: &Secrets,
+        trace: Option<TraceContext>,
     ) -> AttemptOutcome {
         let Some(handler) = self.inner.kinds.get(&job.kind) else {
             return self.failure(
@@ -179,7 +215,7 @@ impl Engine {
             progress,
         )
         .with_dependencies(dependencies)
-        .with_trace(job.trace_context().map(|trace| trace.child()));
+        .with_trace(trace);
         // Polled in this task; dropping it is the abort. A panic inside is
         // caught and fails the attempt instead of the worker.
         let mut run = std::pin::pin!(AssertUnwindSafe(handler.run(ctx)).catch_unwind());

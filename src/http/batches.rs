@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -12,10 +12,12 @@ use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
-use super::jobs::{idempotency_key, replayed, trace_context};
+use super::jobs::{idempotency_key, replayed};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
+use super::traces::RequestTrace;
 use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};
 use crate::engine::BatchSubmitted;
+use axum::Extension;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;
@@ -74,7 +76,7 @@ pub async fn create_batch(
     WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     IdempotencyHeader(header): IdempotencyHeader,
-    headers: HeaderMap,
+    trace: Option<Extension<RequestTrace>>,
     body: JsonBody<BatchSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/batches"))?;
@@ -89,7 +91,7 @@ pub async fn create_batch(
             &caller.tenant,
             body.value,
             idempotency,
-            trace_context(&headers),
+            trace.and_then(|Extension(trace)| trace.for_jobs),
         )
         .await
         .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;

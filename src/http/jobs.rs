@@ -1,9 +1,9 @@
 //! `/v1/jobs`: submit, read, list, cancel and retry jobs.
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -12,7 +12,8 @@ use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
-use crate::domain::{FieldError, Job, JobSpec, JobState, TraceContext, valid_metadata_key};
+use super::traces::RequestTrace;
+use crate::domain::{FieldError, Job, JobSpec, JobState, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
 use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
 
@@ -98,7 +99,7 @@ pub async fn create_job(
     WriteAccess(caller): WriteAccess,
     State(state): State<AppState>,
     IdempotencyHeader(header): IdempotencyHeader,
-    headers: HeaderMap,
+    trace: Option<Extension<RequestTrace>>,
     body: JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(header.as_ref(), || body.fingerprint("POST /v1/jobs"))?;
@@ -112,7 +113,7 @@ pub async fn create_job(
             &caller.tenant,
             body.value,
             idempotency,
-            trace_context(&headers),
+            trace.and_then(|Extension(trace)| trace.for_jobs),
         )
         .await
         .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
@@ -125,13 +126,6 @@ pub async fn create_job(
     };
     add_rate_headers(&mut response, rate.as_ref());
     Ok(response)
-}
-
-/// The W3C trace context a submission carries, if any (a malformed
-/// `traceparent` is ignored, as the W3C recommendation asks).
-pub(super) fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
-    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    TraceContext::from_headers(text("traceparent"), text("tracestate"))
 }
 
 /// The original response to a repeated request, marked as a replay.

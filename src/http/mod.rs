@@ -17,6 +17,7 @@ mod queues;
 mod quotas;
 pub mod serve;
 mod tenants;
+mod traces;
 mod whoami;
 
 use std::sync::Arc;
@@ -199,6 +200,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
         .merge(public)
         .split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
+    let tracer = state.engine.tracer().clone();
     router
         .merge(dashboard::routes())
         .fallback(not_found)
@@ -208,6 +210,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(axum::middleware::from_fn_with_state(tracer, traces::record))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|request: &Request| {
@@ -216,11 +219,17 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
                                 .get("x-request-id")
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or_default();
+                            let trace_id = request
+                                .extensions()
+                                .get::<traces::RequestTrace>()
+                                .map(|trace| trace.trace_id.as_str())
+                                .unwrap_or_default();
                             tracing::info_span!(
                                 "request",
                                 method = %request.method(),
                                 path = %request.uri().path(),
                                 request_id = %request_id,
+                                trace_id = %trace_id,
                             )
                         })
                         .on_response(log_response)

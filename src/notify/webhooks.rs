@@ -22,6 +22,9 @@ use crate::outbound::Outbound;
 use crate::store::{
     ClaimedWebhook, JobStore, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
 };
+use crate::telemetry::traces::Tracer;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Webhooks sent at once; more wait for the next round.
 const CONCURRENCY: u32 = 16;
@@ -71,6 +74,8 @@ pub struct Webhooks {
     pub outbound: Outbound,
     pub secret: WebhookSecret,
     pub settings: DeliverySettings,
+    /// Where delivery spans go.
+    pub tracer: Tracer,
 }
 
 impl Webhooks {
@@ -170,7 +175,26 @@ impl Deliverer {
         };
         let at = Timestamp::now();
         let attempt = hook.attempts + 1;
-        let outcome = match self.send(&hook, &body, at).await {
+        let stored = self.stored_trace(&hook).await;
+        let tracer = &self.webhooks.tracer;
+        let mut span = tracer.start(
+            format!("webhook {}", hook.event),
+            SpanKind::Client,
+            stored.as_ref(),
+            vec![
+                KeyValue::new("spool.webhook.id", hook.id.clone()),
+                KeyValue::new("spool.webhook.attempt", i64::from(attempt)),
+            ],
+        );
+        // Sent on only within a trace someone follows: one the submission
+        // brought, or one this service exports.
+        let onward = (stored.is_some() || tracer.is_exporting()).then(|| span.context().clone());
+        let sent = self.send(&hook, &body, at, onward).await;
+        if let Err(Failure::Final(error) | Failure::Passing(error)) = &sent {
+            span.fail(error.clone());
+        }
+        drop(span);
+        let outcome = match sent {
             Ok(()) => WebhookOutcome::Delivered,
             Err(Failure::Final(error)) => WebhookOutcome::Failed { error },
             Err(Failure::Passing(error)) if attempt >= self.webhooks.settings.max_attempts => {
@@ -239,20 +263,26 @@ impl Deliverer {
         Ok(body.to_string())
     }
 
-    /// A child of the job's trace context for this delivery, when its
-    /// submission carried one. Read per attempt (a point read): the row
-    /// keeps only the rendered body, and deliveries are few.
-    async fn trace_of(&self, hook: &ClaimedWebhook) -> Option<TraceContext> {
+    /// The job's trace context, the parent of each delivery's span. Read
+    /// per attempt (a point read): the row keeps only the rendered body,
+    /// and deliveries are few.
+    async fn stored_trace(&self, hook: &ClaimedWebhook) -> Option<TraceContext> {
         let WebhookOwner::Job(id) = hook.owner else {
             return None;
         };
         match self.store.get_job(&hook.tenant, id).await {
-            Ok(Some(job)) => job.trace_context().map(|trace| trace.child()),
+            Ok(Some(job)) => job.trace_context(),
             _ => None,
         }
     }
 
-    async fn send(&self, hook: &ClaimedWebhook, body: &str, at: Timestamp) -> Result<(), Failure> {
+    async fn send(
+        &self,
+        hook: &ClaimedWebhook,
+        body: &str,
+        at: Timestamp,
+        trace: Option<TraceContext>,
+    ) -> Result<(), Failure> {
         let url = Url::parse(&hook.url).map_err(|e| Failure::Final(format!("bad URL: {e}")))?;
         self.webhooks
             .outbound
@@ -273,7 +303,7 @@ impl Deliverer {
             .header("webhook-id", &hook.id)
             .header("webhook-timestamp", timestamp_s.to_string())
             .header("webhook-signature", signature);
-        if let Some(trace) = self.trace_of(hook).await {
+        if let Some(trace) = trace {
             request = request.header("traceparent", trace.traceparent);
             if let Some(state) = trace.tracestate {
                 request = request.header("tracestate", state);

@@ -51,6 +51,10 @@ fn bad_settings_stop_start_up_naming_the_setting() {
     assert!(!ok);
     assert!(stderr.contains("SPOOL_DATABASE_URL"), "{stderr}");
 
+    let (ok, stderr) = start_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")]);
+    assert!(!ok);
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{stderr}");
+
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("spool.toml");
     std::fs::write(&file, "[queues.mail]\nconcurrency = 0\n").unwrap();

@@ -485,7 +485,7 @@ async fn the_start_up_log_reports_the_descriptor_limit_raised_to_the_hard_one_an
             command.stdout(Stdio::piped());
         },
     );
-    let log = log_lines(&mut spool);
+    let log = spool.log_lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     let listening = loop {
         let entry = log
@@ -498,23 +498,6 @@ async fn the_start_up_log_reports_the_descriptor_limit_raised_to_the_hard_one_an
     assert_eq!(listening["fd_limit_at_start"], 1_024, "{listening}");
     assert_eq!(listening["fd_limit"], hard, "{listening}");
     assert_eq!(listening["max_connections"], hard - hard / 4, "{listening}");
-}
-
-/// The binary's log lines (JSON), as they come.
-fn log_lines(spool: &mut SpoolProcess) -> std::sync::mpsc::Receiver<Value> {
-    let stdout = spool.child.stdout.take().expect("piped stdout");
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let entry = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if lines.send(entry).is_err() {
-                return;
-            }
-        }
-    });
-    received
 }
 
 #[tokio::test]
@@ -538,7 +521,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_logs_rarely_and_recovers()
             command.stdout(Stdio::piped());
         },
     );
-    let log = log_lines(&mut spool);
+    let log = spool.log_lines();
     let mut silent = Vec::new();
     for n in 0..400 {
         let stream = tokio::time::timeout(Duration::from_secs(10), connect(spool.addr))

@@ -13,6 +13,10 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 /// The webhook secret of test apps (`whsec_` + base64 of 24 bytes).
+/// How long a test waits for what should happen at once on an idle
+/// machine: generous, since CI machines are shared and slow.
+pub const SOON: Duration = Duration::from_secs(20);
+
 pub const TEST_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 pub struct TestApp {
@@ -263,6 +267,23 @@ impl SpoolProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The binary's log lines (JSON on a piped stdout), as they come.
+    pub fn log_lines(&mut self) -> std::sync::mpsc::Receiver<Value> {
+        let stdout = self.child.stdout.take().expect("piped stdout");
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let entry = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if lines.send(entry).is_err() {
+                    return;
+                }
+            }
+        });
+        received
     }
 
     pub fn kill_9(&mut self) {

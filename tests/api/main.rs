@@ -30,4 +30,5 @@ mod shared;
 mod shared_events;
 mod shutdown;
 mod tenancy;
+mod traces;
 mod webhooks;
