@@ -107,6 +107,14 @@ impl AppBuilder {
             kinds.push(Arc::new(exec));
         }
         let kinds = KindRegistry::new(kinds)?;
+        // Before the store and the engine start: a taken port stops
+        // start-up before anything runs or is logged as started.
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         let store = open_store(&config.database_url).await?;
         // Before the engine starts work: a service that would be open to the
         // network does not start at all.
@@ -155,12 +163,6 @@ impl AppBuilder {
             ),
             _ => {}
         }
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind,
-                source,
-            })?;
         let router = router(
             AppState {
                 engine: engine.clone(),
@@ -172,12 +174,27 @@ impl AppBuilder {
         );
         Ok(App {
             listener,
+            database: without_credentials(&config.database_url),
             router,
             engine,
             tracer,
             connections,
             fd_limit,
         })
+    }
+}
+
+/// A database URL fit for a log line: no user, no password, no query (which
+/// may carry either).
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.scheme() != "sqlite" => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -220,6 +237,8 @@ async fn open_store(url: &str) -> Result<Arc<dyn JobStore>, StartError> {
 /// A started service: listening, engine running, not yet serving requests.
 pub struct App {
     listener: TcpListener,
+    /// The database URL without credentials, for the start-up line.
+    database: String,
     router: axum::Router,
     engine: Engine,
     tracer: Tracer,
@@ -244,6 +263,20 @@ impl App {
         &self.engine
     }
 
+    /// The database it runs on, without user or password.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// `embedded` (SQLite, one instance) or `shared` (PostgreSQL, several).
+    pub fn mode(&self) -> &'static str {
+        if self.database.starts_with("sqlite:") {
+            "embedded"
+        } else {
+            "shared"
+        }
+    }
+
     /// The connection cap and deadlines this service will serve with.
     pub fn connection_settings(&self) -> ConnectionSettings {
         self.connections
@@ -260,6 +293,7 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let App {
             listener,
+            database: _,
             router,
             engine,
             tracer,

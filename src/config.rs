@@ -13,12 +13,17 @@ use crate::access::{DeclaredKey, parse_api_keys};
 use crate::domain::{QueueConfig, QueueSettings, StoredKey, TenantSettings, valid_tenant};
 use crate::engine::EngineSettings;
 use crate::http::HttpSettings;
+use crate::http::cors::CorsOrigins;
 use crate::kinds::{ExecCommand, SecretHeaders};
 use crate::notify::WebhookSecret;
 use crate::outbound::OutboundAllow;
 
 #[derive(Parser, Debug)]
-#[command(name = "spool", version, about = "An HTTP job-submission service.")]
+#[command(
+    name = "spool",
+    version = crate::VERSION,
+    about = "An HTTP job-submission service."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -216,6 +221,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Origins browsers may call the API from: comma-separated
+    /// (`https://app.example.com,https://ops.example.com`) or `*`.
+    /// Default: none, and no CORS headers are sent.
+    #[arg(long, env = "SPOOL_CORS_ORIGINS", global = true)]
+    pub cors_origins: Option<String>,
     /// Export spans of requests, attempts and webhook deliveries over
     /// OTLP/HTTP (protobuf) to `<URL>/v1/traces`, e.g.
     /// `http://otel-collector:4318`. Default: no export.
@@ -309,6 +319,7 @@ impl Default for Config {
             auth: AuthMode::Keys,
             metrics_public: false,
             log_format: LogFormat::Text,
+            cors_origins: None,
             otlp_endpoint: None,
             otel_service_name: "spool".into(),
         }
@@ -505,6 +516,16 @@ impl Config {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             metrics_public: self.metrics_public,
+            cors_origins: self
+                .cors_origins
+                .as_deref()
+                .map(CorsOrigins::parse)
+                .transpose()
+                .map_err(|message| ConfigError::Invalid {
+                    setting: "SPOOL_CORS_ORIGINS",
+                    message,
+                })?
+                .flatten(),
             ..defaults
         })
     }

@@ -33,3 +33,6 @@ pub mod notify;
 pub mod outbound;
 pub mod store;
 pub mod telemetry;
+
+/// The version and the commit this binary was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPOOL_COMMIT"), ")");

@@ -36,7 +36,7 @@ async fn serve(config: spool::config::Config) -> ExitCode {
     let app = match App::builder(config).build().await {
         Ok(app) => app,
         Err(error) => {
-            tracing::error!(%error, "cannot start");
+            // Said once, on stderr, where a failed start is looked for.
             eprintln!("spool: cannot start: {error}");
             return ExitCode::FAILURE;
         }
@@ -48,6 +48,10 @@ async fn serve(config: spool::config::Config) -> ExitCode {
     match app.local_addr() {
         Ok(addr) => tracing::info!(
             %addr,
+            version = spool::VERSION,
+            mode = app.mode(),
+            database = app.database(),
+            queues = %app.engine().queue_names().join(","),
             max_connections = connections.max_connections,
             fd_limit = fd_limit.map(|limit| limit.soft),
             fd_limit_at_start = fd_limit.map(|limit| limit.before),

@@ -252,7 +252,7 @@ impl Engine {
                 .store
                 .get_batch(tenant, id)
                 .await?
-                .ok_or(EngineError::NotFound)?;
+                .ok_or(EngineError::NotFound("batch"))?;
             if batch.callback_url.is_some() {
                 batch.webhook = self
                     .inner
@@ -270,7 +270,7 @@ impl Engine {
                         .store
                         .get_batch(tenant, id)
                         .await?
-                        .ok_or(EngineError::NotFound)?;
+                        .ok_or(EngineError::NotFound("batch"))?;
                     batch.webhook = webhook;
                 }
             }
@@ -338,21 +338,32 @@ impl Engine {
     /// Finished jobs of a batch after the `after`-th, in finishing order,
     /// with the batch as it was just before they were read (so a batch seen
     /// finished has every result readable).
+    ///
+    /// With `wait`, answers as soon as there is a result after `after` (or
+    /// the batch finished, or `wait` passed): woken by each end of one of
+    /// its jobs.
     pub async fn batch_results(
         &self,
         tenant: &str,
         id: BatchId,
         after: u64,
         limit: u32,
+        wait: Duration,
     ) -> Result<(Batch, Vec<BatchResult>), EngineError> {
-        let batch = self
-            .inner
-            .store
-            .get_batch(tenant, id)
-            .await?
-            .ok_or(EngineError::NotFound)?;
-        let results = self.inner.store.batch_results(id, after, limit).await?;
-        Ok((batch, results))
+        let read = || async {
+            let batch = self
+                .inner
+                .store
+                .get_batch(tenant, id)
+                .await?
+                .ok_or(EngineError::NotFound("batch"))?;
+            let results = self.inner.store.batch_results(id, after, limit).await?;
+            Ok((batch, results))
+        };
+        self.long_poll(results_waiter(id), wait, read, |(batch, results)| {
+            !results.is_empty() || batch.finished_at.is_some()
+        })
+        .await
     }
 
     /// Cancels every unfinished job of a batch.
@@ -363,7 +374,7 @@ impl Engine {
             .cancel_batch(tenant, id, Timestamp::now())
             .await?
         {
-            BatchCancelOutcome::NotFound => Err(EngineError::NotFound),
+            BatchCancelOutcome::NotFound => Err(EngineError::NotFound("batch")),
             BatchCancelOutcome::AlreadyFinished(batch) => {
                 Err(EngineError::BatchAlreadyFinished(Box::new(batch)))
             }
@@ -374,4 +385,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// The waiter key of a batch's results: woken by every end of one of its
+/// jobs, and distinct from the batch's own key (woken once, at its end) so
+/// that a long-poll of the batch is not woken by each job.
+pub(super) fn results_waiter(id: BatchId) -> uuid::Uuid {
+    uuid::Uuid::from_u128(id.as_uuid().as_u128() ^ 1)
 }

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{FieldError, Job, JobId, QueueConfig, QueueInfo, Timestamp};
+use crate::domain::{FieldError, Job, JobId, JobState, QueueConfig, QueueInfo, Timestamp};
 use crate::kinds::KindRegistry;
 use crate::notify::{BatchSummary, EventHub, EventKind, Subject, Webhooks, job_summary};
 use crate::store::{
@@ -125,8 +125,9 @@ pub enum EngineError {
     DependencyFailed { job: Box<Job>, dependency: JobId },
     #[error("the batch already finished")]
     BatchAlreadyFinished(Box<crate::domain::Batch>),
-    #[error("not found")]
-    NotFound,
+    /// No such job, batch or queue (which one is named).
+    #[error("no such {0}")]
+    NotFound(&'static str),
     #[error("the service is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -428,7 +429,7 @@ impl Engine {
             .store
             .get_job(tenant, id)
             .await?
-            .ok_or(EngineError::NotFound)?;
+            .ok_or(EngineError::NotFound("job"))?;
         self.with_webhook(&mut job).await?;
         if job.webhook.is_some() && !job.status.is_terminal() {
             // The job and its webhook are two reads: a job that ended in
@@ -441,7 +442,7 @@ impl Engine {
                 .store
                 .get_job(tenant, id)
                 .await?
-                .ok_or(EngineError::NotFound)?;
+                .ok_or(EngineError::NotFound("job"))?;
             job.webhook = webhook;
         }
         if job.status == crate::domain::JobState::Queued {
@@ -492,7 +493,7 @@ impl Engine {
             .cancel_job(tenant, id, Timestamp::now())
             .await?
         {
-            CancelOutcome::NotFound => Err(EngineError::NotFound),
+            CancelOutcome::NotFound => Err(EngineError::NotFound("job")),
             CancelOutcome::AlreadyFinished(job) => {
                 Err(EngineError::AlreadyFinished(Box::new(self.shown(job))))
             }
@@ -519,7 +520,7 @@ impl Engine {
             .retry_job(tenant, id, Timestamp::now())
             .await?
         {
-            RetryOutcome::NotFound => Err(EngineError::NotFound),
+            RetryOutcome::NotFound => Err(EngineError::NotFound("job")),
             RetryOutcome::NotRetryable(job) => {
                 Err(EngineError::NotRetryable(Box::new(self.shown(job))))
             }
@@ -561,6 +562,7 @@ impl Engine {
             grace_ms = grace.as_millis() as u64,
             "shutting down"
         );
+        let mut handed_back = 0;
         if tokio::time::timeout(patience, inner.jobs.wait())
             .await
             .is_err()
@@ -570,6 +572,7 @@ impl Engine {
                 .lock()
                 .map(|r| r.keys().copied().collect())
                 .unwrap_or_default();
+            handed_back = ids.len();
             tracing::warn!(
                 jobs = ids.len(),
                 "grace period over: handing running jobs back to their queues"
@@ -590,7 +593,11 @@ impl Engine {
         inner.loops.close();
         inner.stopped.cancel();
         inner.loops.wait().await;
-        tracing::info!("engine stopped");
+        tracing::info!(
+            jobs_finished = running.saturating_sub(handed_back),
+            jobs_handed_back = handed_back,
+            "engine stopped"
+        );
     }
 
     fn stop_running(&self, id: JobId, reason: u8) {
@@ -611,7 +618,11 @@ impl Engine {
             // Every transition to an end passes here once, on the instance
             // that made it.
             metrics::job_finished(&job.queue, &job.kind, job.status.as_str());
+            log_end(job);
             self.inner.waiters.wake(job.id.as_uuid());
+            if let Some(batch_id) = job.batch_id {
+                self.inner.waiters.wake(batches::results_waiter(batch_id));
+            }
             if job.callback_url.is_some() {
                 self.inner.wake_webhooks.notify_one();
             }
@@ -623,6 +634,7 @@ impl Engine {
     }
 
     /// Tells listeners of a job just stored by a submission or a retry request.
+    /// (See `publish` for ends.)
     fn publish_stored(&self, job: &Job) {
         if job.status.is_terminal() {
             self.publish(job);
@@ -790,5 +802,22 @@ impl Engine {
                 )])
             }
         }
+    }
+}
+
+/// One line per job that ends other than by succeeding: failed is a
+/// warning (someone may need to act), cancelled is information.
+fn log_end(job: &Job) {
+    let error_code = job.error.as_ref().map(|error| error.code.as_str());
+    match job.status {
+        JobState::Failed => tracing::warn!(
+            job_id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempt,
+            error_code, "job failed"
+        ),
+        JobState::Cancelled => tracing::info!(
+            job_id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempt,
+            error_code, "job cancelled"
+        ),
+        _ => {}
     }
 }

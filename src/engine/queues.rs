@@ -65,7 +65,7 @@ impl Engine {
             .store
             .get_queue(name)
             .await?
-            .ok_or(EngineError::NotFound)?;
+            .ok_or(EngineError::NotFound("queue"))?;
         self.add_oldest_ready(std::slice::from_mut(&mut queue))
             .await?;
         Ok(queue)
@@ -169,7 +169,7 @@ impl Engine {
         self.read_queues().get(name).map(|q| q.config.clone())
     }
 
-    pub(super) fn queue_names(&self) -> Vec<String> {
+    pub fn queue_names(&self) -> Vec<String> {
         self.read_queues().keys().cloned().collect()
     }
 

@@ -283,7 +283,14 @@ impl Engine {
                         EventKind::Succeeded | EventKind::Failed | EventKind::Cancelled,
                         Some(job),
                         _,
-                    ) => self.inner.waiters.wake(job.id.as_uuid()),
+                    ) => {
+                        self.inner.waiters.wake(job.id.as_uuid());
+                        if let Some(batch_id) = job.batch_id {
+                            self.inner
+                                .waiters
+                                .wake(super::batches::results_waiter(batch_id));
+                        }
+                    }
                     (EventKind::BatchFinished, _, Some(batch)) => {
                         self.inner.waiters.wake(batch.id.as_uuid());
                     }

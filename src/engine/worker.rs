@@ -116,19 +116,19 @@ impl Engine {
         // too: siblings under the same parent), or the root of its own.
         let stored = job.trace_context();
         let tracer = &self.inner.settings.tracer;
-        let mut span = tracer.start(
-            format!("run {}", job.kind),
-            SpanKind::Consumer,
-            stored.as_ref(),
-            vec![
-                KeyValue::new("messaging.system", "spool"),
-                KeyValue::new("messaging.operation.type", "process"),
-                KeyValue::new("messaging.destination.name", job.queue.clone()),
-                KeyValue::new("messaging.message.id", job.id.to_string()),
-                KeyValue::new("spool.job.kind", job.kind.clone()),
-                KeyValue::new("spool.job.attempt", i64::from(job.attempt)),
-            ],
-        );
+        let mut span = tracer.start(SpanKind::Consumer, stored.as_ref(), || {
+            (
+                format!("run {}", job.kind),
+                vec![
+                    KeyValue::new("messaging.system", "spool"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.destination.name", job.queue.clone()),
+                    KeyValue::new("messaging.message.id", job.id.to_string()),
+                    KeyValue::new("spool.job.kind", job.kind.clone()),
+                    KeyValue::new("spool.job.attempt", i64::from(job.attempt)),
+                ],
+            )
+        });
         // Sent on (`traceparent` of `http`, `TRACEPARENT` of `exec`) only
         // within a trace someone follows: one the submission brought, or
         // one this service exports.

@@ -52,6 +52,8 @@ pub async fn authenticate(
         }
         Err(error) => return error.into_response(),
     }
+    // The request's log line says whose it was.
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
     request.extensions_mut().insert(caller);
     next.run(request).await
 }

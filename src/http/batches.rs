@@ -1,6 +1,8 @@
 //! `/v1/batches`: submit many jobs at once, follow them, read their results
 //! as they finish, cancel them.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -11,7 +13,9 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
-use super::extract::{BatchIdPath, IdempotencyHeader, JsonBody, QueryPairs, parse_wait};
+use super::extract::{
+    BatchIdPath, IdempotencyHeader, JsonBody, MAX_WAIT_S, QueryPairs, parse_wait,
+};
 use super::jobs::{idempotency_key, replayed};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use super::traces::RequestTrace;
@@ -155,6 +159,7 @@ pub async fn get_batch(
         ("id" = String, Path, description = "Batch id"),
         ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 100", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("wait" = Option<u64>, Query, description = "Seconds (0..=60) to wait for a result after `cursor` when there is none yet; the page comes as soon as one is there or the batch finished. Default 0", minimum = 0, maximum = 60),
     ),
     responses(
         (status = 200, description = "A page of results.", body = ResultPage),
@@ -172,6 +177,7 @@ pub async fn batch_results(
 ) -> Result<Json<ResultPage>, ApiError> {
     let mut limit = DEFAULT_PAGE;
     let mut after = 0u64;
+    let mut wait = Duration::ZERO;
     let mut errors = Vec::new();
     for (name, value) in pairs {
         match name.as_str() {
@@ -186,6 +192,13 @@ pub async fn batch_results(
                 Ok(n) if n <= i64::MAX as u64 => after = n,
                 _ => errors.push(FieldError::parameter(name, "not a cursor from this API")),
             },
+            "wait" => match value.parse::<u64>() {
+                Ok(seconds) if seconds <= MAX_WAIT_S => wait = Duration::from_secs(seconds),
+                _ => errors.push(FieldError::parameter(
+                    name,
+                    format!("must be a whole number of seconds from 0 to {MAX_WAIT_S}"),
+                )),
+            },
             _ => errors.push(FieldError::parameter(name, "unknown parameter")),
         }
     }
@@ -194,7 +207,7 @@ pub async fn batch_results(
     }
     let (batch, items) = state
         .engine
-        .batch_results(&caller.tenant, id, after, limit)
+        .batch_results(&caller.tenant, id, after, limit, wait)
         .await?;
     // The batch was read first: seen finished, all its results were there.
     let exhausted = batch.finished_at.is_some() && items.len() < limit as usize;

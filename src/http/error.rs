@@ -288,7 +288,7 @@ impl From<EngineError> for ApiError {
             EngineError::BatchAlreadyFinished(_) => {
                 Self::new(StatusCode::CONFLICT, "already_finished", detail)
             }
-            EngineError::NotFound => Self::not_found("resource"),
+            EngineError::NotFound(what) => Self::not_found(what),
             EngineError::ShuttingDown => {
                 let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail);
                 e.0.retry_after_s = Some(5);

@@ -2,6 +2,7 @@
 
 mod access;
 mod batches;
+pub mod cors;
 mod dashboard;
 mod error;
 mod events;
@@ -79,6 +80,9 @@ pub struct HttpSettings {
     /// `GET /metrics` without a key (`SPOOL_METRICS_PUBLIC`). Default false:
     /// an admin key, as queue names and volumes are the operator's business.
     pub metrics_public: bool,
+    /// Origins browsers may call the API from (`SPOOL_CORS_ORIGINS`).
+    /// Default: none (no CORS headers; the dashboard is same-origin).
+    pub cors_origins: Option<cors::CorsOrigins>,
 }
 
 impl Default for HttpSettings {
@@ -92,6 +96,7 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(75),
             max_connections: None,
             metrics_public: false,
+            cors_origins: None,
         }
     }
 }
@@ -207,31 +212,18 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(body_limit(settings.max_body_bytes))
+        // Around the routes, so before the key check (a route layer): a
+        // browser's preflight carries no key.
+        .layer(tower::util::option_layer(
+            settings.cors_origins.as_ref().map(cors::layer),
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(axum::middleware::from_fn_with_state(tracer, traces::record))
                 .layer(
                     TraceLayer::new_for_http()
-                        .make_span_with(|request: &Request| {
-                            let request_id = request
-                                .headers()
-                                .get("x-request-id")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default();
-                            let trace_id = request
-                                .extensions()
-                                .get::<traces::RequestTrace>()
-                                .map(|trace| trace.trace_id.as_str())
-                                .unwrap_or_default();
-                            tracing::info_span!(
-                                "request",
-                                method = %request.method(),
-                                path = %request.uri().path(),
-                                request_id = %request_id,
-                                trace_id = %trace_id,
-                            )
-                        })
+                        .make_span_with(request_span)
                         .on_response(log_response)
                         // 5xx are logged once, with their cause, by `log_response`.
                         .on_failure(()),
@@ -249,20 +241,71 @@ pub fn router(state: AppState, settings: &HttpSettings) -> axum::Router {
         )
 }
 
-/// Logs the cause of every 5xx once, inside the request's span (so with its
-/// request id); the body the client gets stays opaque. Other responses are
-/// logged at debug level.
-fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+/// The span of a request: every line logged while it is served carries its
+/// fields. `tenant` is filled in once the caller is known. Probes and
+/// scrapes get a span of their own name, so that their lines stay at debug.
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let trace_id = request
+        .extensions()
+        .get::<traces::RequestTrace>()
+        .map(|trace| trace.trace_id.as_str())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str());
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if matches!(route, Some("/healthz" | "/readyz" | "/metrics")) {
+        return tracing::info_span!(
+            "probe",
+            method = %request.method(),
+            route,
+            request_id = %request_id,
+            trace_id = %trace_id,
+        );
+    }
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = route.unwrap_or("(unmatched)"),
+        path = %request.uri().path(),
+        request_id = %request_id,
+        trace_id = %trace_id,
+        tenant = tracing::field::Empty,
+        client = client.map(tracing::field::display),
+    )
+}
+
+/// One line per request, when it is answered: at info (probes and scrapes
+/// at debug), with the problem's `code` when it is an error. A 5xx other
+/// than 503 is an error: logged with its cause (the body the client gets
+/// stays opaque). A 503 (shutting down, the store out of reach) is
+/// expected and said where it happens.
+fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, span: &tracing::Span) {
     let status = response.status().as_u16();
     let latency_ms = latency.as_secs_f64() * 1000.0;
-    if response.status().is_server_error() {
+    let code = response
+        .extensions()
+        .get::<error::ProblemCode>()
+        .map(|code| code.0);
+    if response.status().is_server_error() && status != 503 {
         let cause = response
             .extensions()
             .get::<ServerErrorCause>()
             .map_or("no cause recorded", |cause| cause.0.as_str());
-        tracing::error!(status, latency_ms, cause, "request failed");
+        tracing::error!(status, latency_ms, code, cause, "request failed");
+    } else if span.metadata().map(|meta| meta.name()) == Some("probe") {
+        tracing::debug!(status, latency_ms, "probe answered");
     } else {
-        tracing::debug!(status, latency_ms, "request finished");
+        tracing::info!(status, latency_ms, code, "request");
     }
 }
 

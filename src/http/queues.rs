@@ -57,7 +57,7 @@ pub async fn get_queue(
         .await
         .map(Json)
         .map_err(|e| match e {
-            crate::engine::EngineError::NotFound => ApiError::not_found("queue"),
+            crate::engine::EngineError::NotFound(what) => ApiError::not_found(what),
             other => other.into(),
         })
 }

@@ -9,7 +9,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 use crate::domain::TraceContext;
-use crate::telemetry::traces::Tracer;
+use crate::telemetry::traces::{Span, Tracer};
 
 /// What a request's handlers and log lines know of its trace.
 #[derive(Clone, Debug)]
@@ -32,35 +32,8 @@ pub struct RequestTrace {
 /// a trace nobody records.
 pub async fn record(State(tracer): State<Tracer>, mut request: Request, next: Next) -> Response {
     let received = received_context(request.headers());
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned());
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", method.clone()),
-        KeyValue::new("url.path", request.uri().path().to_owned()),
-    ];
-    // Probes and scrapes come every few seconds and tell nothing a trace
-    // would: their lines still get a trace id, but no span is exported.
-    let probe = matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics"));
-    let disabled;
-    let tracer = if probe {
-        disabled = Tracer::disabled();
-        &disabled
-    } else {
-        &tracer
-    };
-    let name = match route {
-        Some(route) => {
-            let name = format!("{method} {route}");
-            attributes.push(KeyValue::new("http.route", route));
-            name
-        }
-        None => method,
-    };
-    let mut span = tracer.start(name, SpanKind::Server, received.as_ref(), attributes);
-    let for_jobs = received.or_else(|| tracer.is_exporting().then(|| span.context().clone()));
+    let (mut span, exporting) = start_span(&tracer, &request, received.as_ref());
+    let for_jobs = received.or_else(|| exporting.then(|| span.context().clone()));
     request.extensions_mut().insert(RequestTrace {
         trace_id: span.trace_id().to_owned(),
         for_jobs,
@@ -75,6 +48,39 @@ pub async fn record(State(tracer): State<Tracer>, mut request: Request, next: Ne
         span.fail(status.to_string());
     }
     response
+}
+
+/// The request's span, and whether it is exported. Probes and scrapes come
+/// every few seconds and tell nothing a trace would: their lines still get
+/// a trace id, but no span is exported.
+fn start_span(tracer: &Tracer, request: &Request, received: Option<&TraceContext>) -> (Span, bool) {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str());
+    if matches!(route, Some("/healthz" | "/readyz" | "/metrics")) {
+        return (
+            Tracer::disabled().start(SpanKind::Server, received, || ("", Vec::new())),
+            false,
+        );
+    }
+    let span = tracer.start(SpanKind::Server, received, || {
+        let method = request.method().as_str().to_owned();
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("url.path", request.uri().path().to_owned()),
+        ];
+        let name = match route {
+            Some(route) => {
+                let name = format!("{method} {route}");
+                attributes.push(KeyValue::new("http.route", route.to_owned()));
+                name
+            }
+            None => method,
+        };
+        (name, attributes)
+    });
+    (span, tracer.is_exporting())
 }
 
 /// The context the request brought (a malformed `traceparent` is ignored,

@@ -177,15 +177,15 @@ impl Deliverer {
         let attempt = hook.attempts + 1;
         let stored = self.stored_trace(&hook).await;
         let tracer = &self.webhooks.tracer;
-        let mut span = tracer.start(
-            format!("webhook {}", hook.event),
-            SpanKind::Client,
-            stored.as_ref(),
-            vec![
-                KeyValue::new("spool.webhook.id", hook.id.clone()),
-                KeyValue::new("spool.webhook.attempt", i64::from(attempt)),
-            ],
-        );
+        let mut span = tracer.start(SpanKind::Client, stored.as_ref(), || {
+            (
+                format!("webhook {}", hook.event),
+                vec![
+                    KeyValue::new("spool.webhook.id", hook.id.clone()),
+                    KeyValue::new("spool.webhook.attempt", i64::from(attempt)),
+                ],
+            )
+        });
         // Sent on only within a trace someone follows: one the submission
         // brought, or one this service exports.
         let onward = (stored.is_some() || tracer.is_exporting()).then(|| span.context().clone());

@@ -4,6 +4,8 @@
 pub mod metrics;
 pub mod traces;
 
+use std::io::IsTerminal as _;
+
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::EnvFilter;
@@ -20,7 +22,11 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        // Colour only for a person at a terminal: `docker logs` and files
+        // would show the escape codes.
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
         LogFormat::Json => registry.with(TraceIds).with(json_layer()).try_init(),
     };
 }

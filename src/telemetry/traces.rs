@@ -38,7 +38,7 @@ impl std::fmt::Debug for Tracer {
 
 /// The exporter could not be built (a bad endpoint).
 #[derive(Debug, thiserror::Error)]
-#[error("OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
+#[error("{0}")]
 pub struct TraceExportError(String);
 
 impl Tracer {
@@ -86,13 +86,14 @@ impl Tracer {
     }
 
     /// Starts a span under `parent` (a context received or stored), or as
-    /// the root of a new trace. Without an exporter only the ids are made.
-    pub fn start(
+    /// the root of a new trace. Without an exporter only the ids are made:
+    /// `describe` (the span's name and attributes) is called only when
+    /// exporting, so that describing costs nothing otherwise.
+    pub fn start<Name: Into<Cow<'static, str>>>(
         &self,
-        name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
         parent: Option<&TraceContext>,
-        attributes: Vec<KeyValue>,
+        describe: impl FnOnce() -> (Name, Vec<KeyValue>),
     ) -> Span {
         let Some(exporting) = &self.exporting else {
             let context = parent.map_or_else(TraceContext::root, TraceContext::child);
@@ -106,6 +107,7 @@ impl Tracer {
             .map_or_else(Context::new, |remote| {
                 Context::new().with_remote_span_context(remote)
             });
+        let (name, attributes) = describe();
         let span = exporting
             .tracer
             .span_builder(name)

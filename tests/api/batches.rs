@@ -843,6 +843,59 @@ async fn a_long_poll_on_a_batch_returns_as_soon_as_it_finishes() {
 }
 
 #[tokio::test]
+async fn a_long_poll_on_results_returns_as_soon_as_a_new_result_exists() {
+    let app = spawn_app().await;
+    // One quick job and one that outlasts the test (cancelled at its end).
+    let submitted = submit_batch(&app, &json!({"jobs": [sleep_ms(200), sleep_ms(60_000)]})).await;
+    let id = submitted["id"].as_str().unwrap();
+    let response = app
+        .get(&format!("/v1/batches/{id}/results?cursor=0&wait=30"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let page: Value = response.json().await.unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "came with the first result: {page}");
+    assert_eq!(items[0]["job_id"], submitted["job_ids"][0]);
+    assert_eq!(page["batch_status"], "running", "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+
+    // Nothing new: it waits its whole wait, then answers an empty page.
+    let response = app
+        .get(&format!("/v1/batches/{id}/results?cursor={cursor}&wait=1"))
+        .await;
+    let page: Value = response.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+    assert_eq!(page["next_cursor"], cursor.as_str());
+
+    // The batch's end answers a waiting reader too, with the last result.
+    let reader = {
+        let app_url = app.url(&format!("/v1/batches/{id}/results?cursor={cursor}&wait=30"));
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            client
+                .get(app_url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cancelled = app
+        .post(&format!("/v1/batches/{id}/cancel"), &json!({}))
+        .await;
+    assert!(cancelled.status().is_success(), "{}", cancelled.status());
+    let page = reader.await.unwrap().unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!(items[0]["job_id"], submitted["job_ids"][1]);
+
+    let bad = app.get(&format!("/v1/batches/{id}/results?wait=61")).await;
+    assert_eq!(refused_parameters(bad).await, ["wait"]);
+}
+
+#[tokio::test]
 async fn a_long_poll_on_something_unfinished_ends_after_its_wait() {
     let app = spawn_app().await;
     let job = app.submit(json!({"kind": "noop", "delay_ms": 60000})).await;

@@ -269,6 +269,29 @@ impl SpoolProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `POST path` with a JSON body, answered with JSON (any status).
+    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
+        reqwest::Client::new()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
+    /// `GET path`, answered with JSON (any status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        reqwest::get(self.url(path))
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     /// The binary's log lines (JSON on a piped stdout), as they come.
     pub fn log_lines(&mut self) -> std::sync::mpsc::Receiver<Value> {
         let stdout = self.child.stdout.take().expect("piped stdout");

@@ -113,7 +113,7 @@ async fn a_delayed_job_waits_for_its_time() {
 }
 
 #[tokio::test]
-async fn a_failing_job_is_retried_with_backoff_until_it_succeeds() {
+async fn a_failing_job_is_retried_with_backoff_until_it_succeeds_its_failures_kept_as_history() {
     let app = spawn_app().await;
     let job = app
         .submit(json!({
@@ -129,6 +129,10 @@ async fn a_failing_job_is_retried_with_backoff_until_it_succeeds() {
     assert_eq!(errors.len(), 2);
     assert_eq!(errors[0]["attempt"], 1);
     assert_eq!(errors[1]["code"], "requested_failure");
+    assert!(
+        done["error"].is_null(),
+        "a succeeded job shows no error: {done}"
+    );
 }
 
 #[tokio::test]
@@ -238,17 +242,25 @@ async fn failed_and_cancelled_jobs_can_be_retried_as_a_new_attempt_series() {
 }
 
 #[tokio::test]
-async fn unknown_and_malformed_job_ids_are_not_found() {
+async fn unknown_and_malformed_ids_are_not_found_in_the_same_words() {
     let app = spawn_app().await;
-    for path in [
-        "/v1/jobs/01a21126-b81d-72f8-b1e2-31ceef3e87b7",
-        "/v1/jobs/not-an-id",
-        "/v1/jobs/%FF%FE",
+    for (path, what) in [
+        ("/v1/jobs/01a21126-b81d-72f8-b1e2-31ceef3e87b7", "job"),
+        ("/v1/jobs/not-an-id", "job"),
+        ("/v1/jobs/%FF%FE", "job"),
+        (
+            "/v1/jobs/01a21126-b81d-72f8-b1e2-31ceef3e87b7?wait=1",
+            "job",
+        ),
+        ("/v1/batches/01a21126-b81d-72f8-b1e2-31ceef3e87b7", "batch"),
+        ("/v1/batches/not-an-id", "batch"),
+        ("/v1/queues/nope", "queue"),
     ] {
         let response = app.get(path).await;
         assert_eq!(response.status(), 404, "{path}");
         let problem: Value = response.json().await.unwrap();
-        assert_eq!(problem["code"], "not_found");
+        assert_eq!(problem["code"], "not_found", "{path}");
+        assert_eq!(problem["detail"], format!("no such {what}"), "{path}");
     }
     let cancel = app
         .post(
@@ -257,6 +269,8 @@ async fn unknown_and_malformed_job_ids_are_not_found() {
         )
         .await;
     assert_eq!(cancel.status(), 404);
+    let problem: Value = cancel.json().await.unwrap();
+    assert_eq!(problem["detail"], "no such job");
 }
 
 #[tokio::test]

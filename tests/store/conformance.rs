@@ -322,6 +322,43 @@ pub async fn a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error
     );
 }
 
+pub async fn a_job_that_succeeds_after_a_failure_shows_no_error_and_keeps_its_history(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let id = running_job(&store).await;
+    let failed = AttemptOutcome::Failed {
+        error: error("boom", 1, at(2)),
+        retry_at: Some(at(500)),
+    };
+    store
+        .complete(completion(id, 1, OWNER, failed))
+        .await
+        .unwrap();
+    store.promote_due(at(500)).await.unwrap();
+    store
+        .claim("default", 1, OWNER, at(30_000), at(501))
+        .await
+        .unwrap();
+    let CompletionResult::Applied { job, .. } = store
+        .complete(completion(
+            id,
+            2,
+            OWNER,
+            AttemptOutcome::Succeeded(json!({"ok": true})),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(job.status, JobState::Succeeded);
+    assert!(job.error.is_none(), "{:?}", job.error);
+    assert_eq!(job.errors.len(), 1);
+    let stored = store.get_job(TENANT_DEFAULT, id).await.unwrap().unwrap();
+    assert!(stored.error.is_none(), "{:?}", stored.error);
+}
+
 pub async fn released_jobs_go_back_to_the_queue_without_counting_the_attempt(
     store: Arc<dyn JobStore>,
 ) {

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,7 @@ use super::ConnectionSettings;
 /// `stop` (the request in progress is answered, then it closes).
 pub(super) async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     router: Router,
     http: Arc<http1::Builder>,
@@ -47,7 +49,14 @@ pub(super) async fn serve(
         write_timer: None,
         write_stalled_since: None,
     });
-    let connection = http.serve_connection(io, Requests { router, activity });
+    let connection = http.serve_connection(
+        io,
+        Requests {
+            router,
+            activity,
+            peer,
+        },
+    );
     let mut connection = std::pin::pin!(connection);
     let mut draining = false;
     let outcome = loop {
@@ -169,6 +178,8 @@ impl Drop for InFlight {
 struct Requests {
     router: Router,
     activity: Arc<Activity>,
+    /// The client's address, for the request's log line.
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Requests {
@@ -176,7 +187,10 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
     type Error = Infallible;
     type Future = Tracked;
 
-    fn call(&self, request: Request<Incoming>) -> Tracked {
+    fn call(&self, mut request: Request<Incoming>) -> Tracked {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let in_flight = InFlight::begin(self.activity.clone());
         let mut router = self.router.clone();
         Tracked {

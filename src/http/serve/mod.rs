@@ -93,10 +93,10 @@ pub async fn serve(
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
                 backoff = ACCEPT_BACKOFF_FIRST;
-                stream
+                accepted
             }
             Err(error) if gone_before_accepted(&error) => continue,
             Err(error) => {
@@ -122,6 +122,7 @@ pub async fn serve(
             Ok(slot) => {
                 connections.spawn(conn::serve(
                     stream,
+                    peer,
                     slot,
                     router.clone(),
                     http.clone(),

@@ -60,7 +60,7 @@ const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
          SELECT t_id, t_result, t_at, b_ended, \
              b_base + row_number() OVER (PARTITION BY t_batch ORDER BY t_at, t_id) AS n_seq \
          FROM target LEFT JOIN bumped ON b_id = t_batch) \
-     UPDATE jobs SET state = 'succeeded', result = t_result, finished_at = t_at, \
+     UPDATE jobs SET state = 'succeeded', result = t_result, error = NULL, finished_at = t_at, \
          batch_seq = n_seq, lease_owner = NULL, lease_expires_at = NULL \
      FROM numbered WHERE jobs.id = t_id";
 
@@ -105,7 +105,7 @@ pub async fn complete(
     let (sql, text, finished_at, run_at) = match &completion.outcome {
         AttemptOutcome::Succeeded(result) => (
             format!(
-                "UPDATE jobs SET state = 'succeeded', result = $4, finished_at = $5, {UNLEASE} \
+                "UPDATE jobs SET state = 'succeeded', result = $4, error = NULL, finished_at = $5, {UNLEASE} \
                  {FENCE} {returning}"
             ),
             Some(to_json(result)),

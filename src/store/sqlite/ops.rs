@@ -347,7 +347,7 @@ fn complete(conn: &Connection, completion: &Completion) -> Result<CompletionResu
         AttemptOutcome::Succeeded(result) => query_job(
             conn,
             &format!(
-                "UPDATE jobs SET state = 'succeeded', result = ?, finished_at = ?, {UNLEASE} \
+                "UPDATE jobs SET state = 'succeeded', result = ?, error = NULL, finished_at = ?, {UNLEASE} \
                  {FENCE} RETURNING {JOB_COLUMNS}"
             ),
             params![to_json(result), at, id, attempt, owner],
