@@ -34,14 +34,18 @@ COPY --from=builder /usr/local/bin/spool /usr/local/bin/spool
 ENV SPOOL_BIND=0.0.0.0:8080 \
     SPOOL_DATABASE_URL=sqlite:///data/spool.db
 
-# A new named volume is seeded from the image's /data, ownership included.
-VOLUME ["/data"]
+# /data holds the SQLite file in embedded mode: mount a volume there (a new
+# named volume is seeded from the image's /data, ownership included). No
+# VOLUME line: in shared mode (PostgreSQL) it would only leave an unused
+# anonymous volume behind each replica.
 WORKDIR /data
 USER 10001:10001
 EXPOSE 8080
 
+# Readiness, not liveness: healthy once it serves and its database answers;
+# unhealthy while it drains at shutdown. The port is SPOOL_BIND's.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+    CMD ["sh", "-c", "curl -fsS \"http://127.0.0.1:${SPOOL_BIND##*:}/readyz\" > /dev/null"]
 
 # Spool handles SIGTERM itself: it stops admitting, lets running jobs finish
 # within SPOOL_SHUTDOWN_GRACE, hands the rest back to the queue and exits 0.

@@ -98,7 +98,9 @@ pub struct Config {
         global = true
     )]
     pub bind: SocketAddr,
-    /// `sqlite://FILE` (embedded, created when missing).
+    /// `sqlite://FILE` (embedded mode: one instance, the file created when
+    /// missing) or `postgres://USER:PASSWORD@HOST:PORT/DB` (shared mode:
+    /// several instances on one database).
     #[arg(
         long,
         env = "SPOOL_DATABASE_URL",
