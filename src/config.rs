@@ -18,11 +18,15 @@ use crate::kinds::{ExecCommand, SecretHeaders};
 use crate::notify::WebhookSecret;
 use crate::outbound::OutboundAllow;
 
+/// `spool [SETTINGS]` or `spool serve [SETTINGS]` serves; the other
+/// commands take only their own flags (the service's settings would be
+/// ignored by them, so they are not offered).
 #[derive(Parser, Debug)]
 #[command(
     name = "spool",
     version = crate::VERSION,
-    about = "An HTTP job-submission service."
+    about = "An HTTP job-submission service.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,7 +38,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the API (the default).
-    Serve,
+    Serve(Box<Config>),
     /// Print the OpenAPI document the code describes.
     Openapi,
     /// Start the service on a fresh database and measure it over loopback HTTP.
@@ -91,155 +95,120 @@ fn duration(text: &str) -> Result<Duration, String> {
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "SPOOL_BIND",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "SPOOL_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// `sqlite://FILE` (embedded mode: one instance, the file created when
     /// missing) or `postgres://USER:PASSWORD@HOST:PORT/DB` (shared mode:
     /// several instances on one database).
-    #[arg(
-        long,
-        env = "SPOOL_DATABASE_URL",
-        default_value = "sqlite://spool.db",
-        global = true
-    )]
+    #[arg(long, env = "SPOOL_DATABASE_URL", default_value = "sqlite://spool.db")]
     pub database_url: String,
     /// Optional TOML file declaring queues.
-    #[arg(long = "config", env = "SPOOL_CONFIG", global = true)]
+    #[arg(long = "config", env = "SPOOL_CONFIG")]
     pub config_file: Option<PathBuf>,
     /// Time running jobs get to finish on SIGTERM/SIGINT before they are handed back.
-    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
     /// Time a cancelled or timed-out handler gets to stop before it is aborted.
-    #[arg(long, env = "SPOOL_CANCEL_GRACE", default_value = "5s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_CANCEL_GRACE", default_value = "5s", value_parser = duration)]
     pub cancel_grace: Duration,
     /// Lease of a running job (renewed every third of it); a job whose process
     /// died is rescued once it expires.
-    #[arg(long, env = "SPOOL_LEASE_TTL", default_value = "30s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_LEASE_TTL", default_value = "30s", value_parser = duration)]
     pub lease_ttl: Duration,
     /// How long terminal jobs are kept.
-    #[arg(long, env = "SPOOL_RETENTION", default_value = "7d", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_RETENTION", default_value = "7d", value_parser = duration)]
     pub retention: Duration,
     /// Largest request body in bytes.
-    #[arg(long, env = "SPOOL_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    #[arg(long, env = "SPOOL_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Most jobs in one batch; a larger batch is refused with 413.
-    #[arg(
-        long,
-        env = "SPOOL_MAX_BATCH_SIZE",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "SPOOL_MAX_BATCH_SIZE", default_value_t = 10_000)]
     pub max_batch_size: usize,
     /// Largest `POST /v1/batches` body in bytes (a batch of 10 000 jobs with
     /// small payloads needs a few MiB).
-    #[arg(long, env = "SPOOL_MAX_BATCH_BODY_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    #[arg(long, env = "SPOOL_MAX_BATCH_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_batch_body_bytes: usize,
     /// Key that signs webhooks (Standard Webhooks `whsec_<base64>` form).
     /// Without one, submissions with a `callback_url` are refused.
-    #[arg(long, env = "SPOOL_WEBHOOK_SECRET", value_parser = webhook_secret, global = true)]
+    #[arg(long, env = "SPOOL_WEBHOOK_SECRET", value_parser = webhook_secret)]
     pub webhook_secret: Option<WebhookSecret>,
     /// Delay before the second delivery attempt of a webhook; each further
     /// delay is four times longer, capped at one hour.
-    #[arg(long, env = "SPOOL_WEBHOOK_RETRY_BASE", default_value = "2s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_WEBHOOK_RETRY_BASE", default_value = "2s", value_parser = duration)]
     pub webhook_retry_base: Duration,
     /// Delivery attempts before a webhook is marked `failed` (with the
     /// defaults, the last attempt comes about 4 hours after the first).
-    #[arg(
-        long,
-        env = "SPOOL_WEBHOOK_MAX_ATTEMPTS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "SPOOL_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10)]
     pub webhook_max_attempts: u32,
     /// Time one webhook delivery attempt may take.
-    #[arg(long, env = "SPOOL_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub webhook_timeout: Duration,
     /// Hosts or CIDRs that outbound requests (`http` jobs, webhooks) may reach
     /// despite the rule against loopback, private and metadata addresses.
-    #[arg(long, env = "SPOOL_OUTBOUND_ALLOW", default_value = "", global = true)]
+    #[arg(long, env = "SPOOL_OUTBOUND_ALLOW", default_value = "")]
     pub outbound_allow: OutboundAllow,
     /// Largest response body an `http` job keeps in its result, in bytes
     /// (results are capped at 256 KiB in all).
-    #[arg(long, env = "SPOOL_HTTP_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "SPOOL_HTTP_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024)]
     pub http_max_response_bytes: usize,
     /// Comma-separated header names whose values in an `http` job's payload
     /// are secret, besides Authorization, Cookie and Proxy-Authorization
     /// (always secret): sent, but shown as `***` (any case matches).
-    #[arg(
-        long,
-        env = "SPOOL_HTTP_SECRET_HEADERS",
-        default_value = "",
-        global = true
-    )]
+    #[arg(long, env = "SPOOL_HTTP_SECRET_HEADERS", default_value = "")]
     pub http_secret_headers: SecretHeaders,
     /// Events kept for `GET /v1/events` clients resuming with `Last-Event-ID`.
-    #[arg(
-        long,
-        env = "SPOOL_EVENT_REPLAY",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "SPOOL_EVENT_REPLAY", default_value_t = 10_000)]
     pub event_replay: usize,
     /// Interval of keep-alive comments on idle event streams.
-    #[arg(long, env = "SPOOL_SSE_KEEP_ALIVE", default_value = "15s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_SSE_KEEP_ALIVE", default_value = "15s", value_parser = duration)]
     pub sse_keep_alive: Duration,
     /// Time a client gets to send a request's head (line and headers), from
     /// its first byte, or from connecting for a connection's first request;
     /// then the connection is closed.
-    #[arg(long, env = "SPOOL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
     /// Time a client gets to send a request's whole body; a slower one gets
     /// 408 `body_timeout`.
-    #[arg(long, env = "SPOOL_BODY_READ_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_BODY_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub body_read_timeout: Duration,
     /// Time a keep-alive connection may sit between requests, and a response
     /// may wait on a client that reads none of it, before the connection is
     /// closed.
-    #[arg(long, env = "SPOOL_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, global = true)]
+    #[arg(long, env = "SPOOL_IDLE_TIMEOUT", default_value = "75s", value_parser = duration)]
     pub idle_timeout: Duration,
     /// Most connections open at once; one more gets 503
     /// `too_many_connections`. Default: three quarters of the open-file
     /// limit, at most 65536.
-    #[arg(long, env = "SPOOL_MAX_CONNECTIONS", global = true)]
+    #[arg(long, env = "SPOOL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// API keys: comma-separated `TENANT:ROLE:SECRET` (ROLE is admin, write
     /// or read; SECRET may be `sha256:<hex>` of the secret). More in the
     /// config file's `[[api_keys]]`, and through `POST /v1/keys`.
-    #[arg(long, env = "SPOOL_API_KEYS", value_parser = api_keys, hide_env_values = true, global = true)]
+    #[arg(long, env = "SPOOL_API_KEYS", value_parser = api_keys, hide_env_values = true)]
     pub api_keys: Option<ApiKeysSetting>,
     /// `keys`: requests need an API key once any exists, and a service bound
     /// to a non-loopback address refuses to start without one. `none`:
     /// never ask for a key (behind a proxy that authenticates).
-    #[arg(long, env = "SPOOL_AUTH", value_enum, default_value_t = AuthMode::Keys, global = true)]
+    #[arg(long, env = "SPOOL_AUTH", value_enum, default_value_t = AuthMode::Keys)]
     pub auth: AuthMode,
     /// `GET /metrics` without a key. Default: an admin key is needed.
-    #[arg(long, env = "SPOOL_METRICS_PUBLIC", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "SPOOL_METRICS_PUBLIC", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_public: bool,
     /// Log format.
-    #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Origins browsers may call the API from: comma-separated
     /// (`https://app.example.com,https://ops.example.com`) or `*`.
     /// Default: none, and no CORS headers are sent.
-    #[arg(long, env = "SPOOL_CORS_ORIGINS", global = true)]
+    #[arg(long, env = "SPOOL_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
     /// Export spans of requests, attempts and webhook deliveries over
     /// OTLP/HTTP (protobuf) to `<URL>/v1/traces`, e.g.
     /// `http://otel-collector:4318`. Default: no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// The `service.name` exported spans carry.
-    #[arg(
-        long,
-        env = "OTEL_SERVICE_NAME",
-        default_value = "spool",
-        global = true
-    )]
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "spool")]
     pub otel_service_name: String,
 }
 

@@ -27,7 +27,8 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Serve) | None => serve(cli.config).await,
+        Some(Command::Serve(config)) => serve(*config).await,
+        None => serve(cli.config).await,
     }
 }
 

@@ -93,3 +93,55 @@ async fn queues_declared_in_the_config_file_exist_at_start_up() {
     assert_eq!(queue["capacity"], 100);
     assert_eq!(queue["defaults"]["max_attempts"], 5);
 }
+
+/// The binary with `args`, to its end: (success, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
+    command.args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn commands_offer_only_the_flags_they_use_and_the_version_names_its_commit() {
+    let (ok, bench_help, _) = run(&["bench", "--help"], &[]);
+    assert!(ok);
+    assert!(bench_help.contains("--rounds"), "{bench_help}");
+    assert!(!bench_help.contains("--database-url"), "{bench_help}");
+    let (ok, openapi_help, _) = run(&["openapi", "--help"], &[]);
+    assert!(ok);
+    assert!(!openapi_help.contains("--bind"), "{openapi_help}");
+    let (ok, serve_help, _) = run(&["serve", "--help"], &[]);
+    assert!(ok);
+    assert!(
+        serve_help.contains("--bind") && serve_help.contains("postgres://"),
+        "{serve_help}"
+    );
+
+    // The service's settings in the environment (as in the image) do not
+    // get in the way of the other commands.
+    let (ok, document, stderr) = run(
+        &["openapi"],
+        &[("SPOOL_BIND", "0.0.0.0:8080"), ("SPOOL_AUTH", "none")],
+    );
+    assert!(ok, "{stderr}");
+    assert!(document.starts_with("openapi:"), "{document}");
+    // A service flag given to another command is refused, not ignored.
+    let (ok, _, stderr) = run(&["--bind", "127.0.0.1:0", "openapi"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("--bind"), "{stderr}");
+
+    let (ok, version, _) = run(&["--version"], &[]);
+    assert!(ok);
+    assert!(
+        version.starts_with(&format!("spool {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+}

@@ -359,6 +359,27 @@ pub async fn a_job_that_succeeds_after_a_failure_shows_no_error_and_keeps_its_hi
     assert!(stored.error.is_none(), "{:?}", stored.error);
 }
 
+pub async fn a_queue_paused_in_the_store_gives_no_claims_until_resumed(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100)]).await;
+    submit_one(&store, job("default", json!({}), at(1))).await;
+    let mut paused = QueueConfig::new("default");
+    paused.capacity = 100;
+    paused.paused = true;
+    store.upsert_queue(&paused).await.unwrap();
+    let claimed = store
+        .claim("default", 10, OWNER, at(30_000), at(2))
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "{claimed:?}");
+    paused.paused = false;
+    store.upsert_queue(&paused).await.unwrap();
+    let claimed = store
+        .claim("default", 10, OWNER, at(30_000), at(3))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+}
+
 pub async fn released_jobs_go_back_to_the_queue_without_counting_the_attempt(
     store: Arc<dyn JobStore>,
 ) {

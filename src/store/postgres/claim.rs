@@ -29,6 +29,9 @@ const TAKE: &str = "state = 'running', attempt = attempt + 1, lease_owner = $1, 
 /// trip, one commit.
 #[derive(sqlx::FromRow)]
 pub struct Probe {
+    /// The queue is paused in the store: another instance may have paused
+    /// it a moment ago, before its word reached this one.
+    pub paused: bool,
     pub keyed: bool,
     pub first: Option<String>,
     pub last: Option<String>,
@@ -51,7 +54,8 @@ pub async fn probe(pool: &PgPool, queue: &str) -> Result<Probe, StoreError> {
     // walks other queues' jobs (seen with EXPLAIN on 60 000 jobs). The same
     // holds for `tenants_after`.
     Ok(sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
+        "SELECT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) AS paused, \
+         EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
              AND concurrency_key IS NOT NULL) AS keyed, \
          (SELECT tenant FROM jobs WHERE queue = $1 AND state = 'queued' \
              ORDER BY tenant, priority DESC, run_at, id LIMIT 1) AS first, \

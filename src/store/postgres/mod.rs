@@ -371,6 +371,11 @@ impl JobStore for PgStore {
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
         let probe = claim::probe(&self.claims, queue).await.map_err(classify)?;
+        // A pause is service-wide from the moment it is stored, whether or
+        // not this instance has heard of it yet.
+        if probe.paused {
+            return Ok(Vec::new());
+        }
         if !probe.keyed
             && let Some(tenant) = probe.one_tenant()
         {

@@ -182,9 +182,12 @@ fn claim(
     // tenant with ready jobs (two seeks of `jobs_ready_tenant`). INDEXED BY:
     // otherwise SQLite may answer the first by walking the queue's entries
     // in `jobs_ready_tenant`, every ready job per claim.
-    let (keyed_waiting, first, last): (bool, Option<String>, Option<String>) = conn
+    // A queue paused in the store gives nothing, as on PostgreSQL (where
+    // another instance may have paused it).
+    let (paused, keyed_waiting, first, last): (bool, bool, Option<String>, Option<String>) = conn
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready_concurrency_key \
+            "SELECT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused), \
+             EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready_concurrency_key \
              WHERE queue = ?1 AND state = 'queued' AND concurrency_key IS NOT NULL), \
              (SELECT tenant FROM jobs WHERE queue = ?1 AND state = 'queued' \
               ORDER BY tenant, priority DESC, run_at, id LIMIT 1), \
@@ -192,9 +195,9 @@ fn claim(
               ORDER BY tenant DESC, priority, run_at DESC, id DESC LIMIT 1)",
         )?
         .query_row(params![queue], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?;
-    let Some(first) = first else {
+    let Some(first) = first.filter(|_| !paused) else {
         return Ok(Vec::new());
     };
     let one_tenant = last.as_deref() == Some(first.as_str());
