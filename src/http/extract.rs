@@ -170,7 +170,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if inner.classify() != serde_json::error::Category::Data {
         return Err(malformed(inner));
     }
-    let message = strip_position(&inner.to_string());
+    let serde_message = strip_position(&inner.to_string());
+    let message = plain_words(&serde_message);
     let mut pointer = String::new();
     for segment in error.path().iter() {
         pointer.push('/');
@@ -184,7 +185,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     }
     // A missing field is named in the message; the path stops at its parent.
-    if let Some(rest) = message.strip_prefix("missing field `")
+    if let Some(rest) = serde_message.strip_prefix("missing field `")
         && let Some(field) = rest.split('`').next()
     {
         pointer.push('/');
@@ -193,6 +194,76 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Err(ApiError::validation(vec![FieldError::new(
         pointer, message,
     )]))
+}
+
+/// serde's message about a value of the wrong shape, in the words of the
+/// API (JSON's types, not Rust's); one it does not know is kept as is.
+fn plain_words(message: &str) -> String {
+    if message.starts_with("missing field `") {
+        return "is required".to_owned();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once("`, expected ")
+    {
+        return format!("`{field}` is not a field here; expected {expected}");
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((value, expected)) = rest.split_once("`, expected ")
+    {
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+        return format!("`{value}` is not allowed; use {expected}");
+    }
+    let (got, expected) = if let Some(rest) = message.strip_prefix("invalid type: ") {
+        match rest.split_once(", expected ") {
+            Some((got, expected)) => (json_kind(got), expected),
+            None => return message.to_owned(),
+        }
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        match rest.split_once(", expected ") {
+            Some((got, expected)) => (got.replace('`', ""), expected),
+            None => return message.to_owned(),
+        }
+    } else if message.starts_with("number out of range") {
+        return "is a number out of range".to_owned();
+    } else {
+        return message.to_owned();
+    };
+    format!("must be {}, not {got}", expected_kind(expected))
+}
+
+/// What serde says it found, as a JSON type.
+fn json_kind(found: &str) -> String {
+    let kind = found.split([' ', '`']).next().unwrap_or(found);
+    match kind {
+        "string" => "a string",
+        "integer" | "floating" => "a number",
+        "boolean" => "a boolean",
+        "map" => "an object",
+        "sequence" => "an array",
+        "null" | "unit" => "null",
+        _ => return found.to_owned(),
+    }
+    .to_owned()
+}
+
+/// What serde expected, as a JSON type (Rust's integer names become a
+/// range, since JSON has one number type).
+fn expected_kind(expected: &str) -> String {
+    match expected {
+        "i64" | "i32" | "isize" => "an integer".to_owned(),
+        "u64" | "u32" | "usize" => "a whole number (0 or more)".to_owned(),
+        "u16" => "a whole number from 0 to 65535".to_owned(),
+        "u8" => "a whole number from 0 to 255".to_owned(),
+        "f64" | "f32" => "a number".to_owned(),
+        "a boolean" | "bool" => "true or false".to_owned(),
+        "a string" | "string" | "a borrowed string" => "a string".to_owned(),
+        "a sequence" => "an array".to_owned(),
+        "a map" => "an object".to_owned(),
+        other if other.starts_with("struct ") || other.starts_with("a JSON object") => {
+            "an object".to_owned()
+        }
+        other => other.to_owned(),
+    }
 }
 
 fn malformed(error: &serde_json::Error) -> ApiError {
@@ -344,6 +415,37 @@ mod tests {
         assert_eq!(error.code(), "malformed_json");
         let error = parse_json::<JobSpec>(br#"{"kind": "noop"} trailing"#).unwrap_err();
         assert_eq!(error.code(), "malformed_json");
+    }
+
+    /// serde's message for `body`, in the API's words.
+    fn said(body: &str) -> String {
+        let error = serde_json::from_str::<JobSpec>(body).unwrap_err();
+        plain_words(&strip_position(&error.to_string()))
+    }
+
+    #[test]
+    fn shape_errors_are_said_in_json_words_not_rusts() {
+        assert_eq!(
+            said(r#"{"kind": "noop", "priority": "high"}"#),
+            "must be an integer, not a string"
+        );
+        assert_eq!(
+            said(r#"{"kind": "noop", "metadata": []}"#),
+            "must be an object, not an array"
+        );
+        assert_eq!(
+            plain_words("invalid value: integer `-1`, expected u32"),
+            "must be a whole number (0 or more), not integer -1"
+        );
+        assert_eq!(said(r#"{"kind": 7}"#), "must be a string, not a number");
+        assert_eq!(said(r#"{"payload": {}}"#), "is required");
+        assert!(
+            said(r#"{"kind": "noop", "prority": 1}"#)
+                .starts_with("`prority` is not a field here; expected one of"),
+            "{}",
+            said(r#"{"kind": "noop", "prority": 1}"#)
+        );
+        assert_eq!(plain_words("something else"), "something else");
     }
 
     #[test]

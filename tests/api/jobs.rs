@@ -434,3 +434,28 @@ async fn a_submissions_trace_context_is_kept_with_its_jobs_and_a_malformed_one_i
     assert!(untraced["traceparent"].is_null(), "{untraced}");
     assert!(untraced["tracestate"].is_null(), "{untraced}");
 }
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_is_refused_in_json_words_with_its_pointer() {
+    let app = spawn_app().await;
+    for (body, pointer, message) in [
+        (
+            json!({"kind": "noop", "priority": "high"}),
+            "/priority",
+            "must be an integer, not a string",
+        ),
+        (
+            json!({"kind": "noop", "metadata": ["a"]}),
+            "/metadata",
+            "must be an object, not an array",
+        ),
+        (json!({"payload": {}}), "/kind", "is required"),
+    ] {
+        let response = app.post("/v1/jobs", &body).await;
+        assert_eq!(response.status(), 422, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "validation_failed", "{problem}");
+        assert_eq!(problem["errors"][0]["pointer"], pointer, "{problem}");
+        assert_eq!(problem["errors"][0]["message"], message, "{problem}");
+    }
+}

@@ -88,7 +88,7 @@ impl SqliteStore {
                 "embedded mode needs a database file, e.g. sqlite://spool.db".into(),
             ));
         }
-        let lock = lock_database(path.clone())?;
+        let lock = lock_database_when_free(path.clone()).await?;
 
         // Migrations through sqlx (one migrations folder per database), then
         // the writer's own connection.
@@ -181,22 +181,34 @@ fn spawn_checkpointer(path: &std::path::Path) -> Result<std::sync::mpsc::Sender<
     Ok(stop)
 }
 
-/// Takes an exclusive lock on `<file>.lock`.
-fn lock_database(path: PathBuf) -> Result<File, StoreError> {
+/// How long a start waits for the database's lock: a previous instance may
+/// still be letting go of it (a restart, or a service stopped and started
+/// again within one process while its last connections close).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Takes an exclusive lock on `<file>.lock`, waiting up to [`LOCK_WAIT`]
+/// while another holds it.
+async fn lock_database_when_free(path: PathBuf) -> Result<File, StoreError> {
     let mut lock_path = path.into_os_string();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
     let file = File::create(&lock_path).map_err(|e| {
         StoreError::Unavailable(format!("cannot create {}: {e}", lock_path.display()))
     })?;
-    file.try_lock().map_err(|_| {
-        StoreError::Unavailable(format!(
-            "another Spool process uses this database ({} is locked); \
-             use PostgreSQL to run several instances",
-            lock_path.display()
-        ))
-    })?;
-    Ok(file)
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        if file.try_lock().is_ok() {
+            return Ok(file);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Unavailable(format!(
+                "another Spool process uses this database ({} is locked); \
+                 use PostgreSQL to run several instances",
+                lock_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Bytes an unprivileged writer may still use on the file system holding `path`.
