@@ -107,14 +107,6 @@ impl AppBuilder {
             kinds.push(Arc::new(exec));
         }
         let kinds = KindRegistry::new(kinds)?;
-        // Before the store and the engine start: a taken port stops
-        // start-up before anything runs or is logged as started.
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind,
-                source,
-            })?;
         let store = open_store(&config.database_url).await?;
         // Before the engine starts work: a service that would be open to the
         // network does not start at all.
@@ -163,6 +155,14 @@ impl AppBuilder {
             ),
             _ => {}
         }
+        // Bound once the engine runs: callers (and tests) that wait for the
+        // port to accept may then count on a started service.
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         let router = router(
             AppState {
                 engine: engine.clone(),
