@@ -212,6 +212,11 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.0.code
     }
+
+    /// The offending fields of a `validation_failed`.
+    pub fn field_errors(&self) -> Option<&[FieldError]> {
+        self.0.errors.as_deref()
+    }
 }
 
 impl From<StoreError> for ApiError {

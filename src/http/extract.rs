@@ -170,10 +170,66 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if inner.classify() != serde_json::error::Category::Data {
         return Err(malformed(inner));
     }
-    let serde_message = strip_position(&inner.to_string());
+    // serde stops at the first bad field; the others are found on the
+    // parsed document, so a client fixes them all in one round.
+    let errors = match serde_json::from_slice::<Value>(bytes) {
+        Ok(document) => shape_errors::<T>(document),
+        Err(_) => Vec::new(),
+    };
+    let errors = if errors.is_empty() {
+        vec![field_error(error.path(), inner)]
+    } else {
+        errors
+    };
+    Err(ApiError::validation(errors))
+}
+
+/// At most this many shape errors are reported in one answer.
+const MAX_SHAPE_ERRORS: usize = 20;
+
+/// Every shape error of `document` as a `T`: each bad field is reported,
+/// set aside, and the rest tried again.
+fn shape_errors<T: DeserializeOwned>(mut document: Value) -> Vec<FieldError> {
+    let mut errors: Vec<FieldError> = Vec::new();
+    while errors.len() < MAX_SHAPE_ERRORS {
+        let error = match serde_path_to_error::deserialize::<_, T>(document.clone()) {
+            Ok(_) => break,
+            Err(error) => error,
+        };
+        let found = field_error(error.path(), error.inner());
+        // A field set aside may then be missing: it was reported already.
+        if errors.iter().any(|known| known.pointer == found.pointer) {
+            break;
+        }
+        let set_aside = found.message != "is required" && remove_at(&mut document, &found.pointer);
+        errors.push(found);
+        if !set_aside {
+            break;
+        }
+    }
+    errors
+}
+
+/// Removes the object member at `pointer`; false when it is not one (an
+/// array element: removing it would shift the pointers after it).
+fn remove_at(document: &mut Value, pointer: &str) -> bool {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return false;
+    };
+    let key = last.replace("~1", "/").replace("~0", "~");
+    match document.pointer_mut(parent) {
+        Some(Value::Object(members)) => members.remove(&key).is_some(),
+        _ => false,
+    }
+}
+
+/// A shape error as a field error: the pointer to the field, the message
+/// in JSON's words.
+fn field_error(path: &serde_path_to_error::Path, error: &serde_json::Error) -> FieldError {
+    let serde_message = strip_position(&error.to_string());
     let message = plain_words(&serde_message);
     let mut pointer = String::new();
-    for segment in error.path().iter() {
+    for segment in path.iter() {
         pointer.push('/');
         match segment {
             serde_path_to_error::Segment::Seq { index } => pointer.push_str(&index.to_string()),
@@ -191,9 +247,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         pointer.push('/');
         pointer.push_str(&crate::domain::escape_pointer(field));
     }
-    Err(ApiError::validation(vec![FieldError::new(
-        pointer, message,
-    )]))
+    FieldError::new(pointer, message)
 }
 
 /// serde's message about a value of the wrong shape, in the words of the
@@ -446,6 +500,36 @@ mod tests {
             said(r#"{"kind": "noop", "prority": 1}"#)
         );
         assert_eq!(plain_words("something else"), "something else");
+    }
+
+    #[test]
+    fn every_shape_error_is_reported_at_once_with_its_pointer() {
+        let error = parse_json::<JobSpec>(
+            br#"{"kind": 7, "priority": "high", "prority": 1, "metadata": [], "delay_ms": true}"#,
+        )
+        .unwrap_err();
+        let problem = error.field_errors().expect("field errors");
+        let mut pointers: Vec<&str> = problem.iter().map(|e| e.pointer.as_str()).collect();
+        pointers.sort();
+        assert_eq!(
+            pointers,
+            ["/delay_ms", "/kind", "/metadata", "/priority", "/prority"],
+            "{problem:?}"
+        );
+        // A missing field after bad ones is reported too, once.
+        let error = parse_json::<JobSpec>(br#"{"priority": "high"}"#).unwrap_err();
+        let problem = error.field_errors().expect("field errors");
+        let messages: Vec<(&str, &str)> = problem
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                ("/priority", "must be an integer, not a string"),
+                ("/kind", "is required")
+            ]
+        );
     }
 
     #[test]

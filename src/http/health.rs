@@ -1,7 +1,7 @@
 //! Liveness, readiness and the API description.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -34,16 +34,28 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 }
 
 /// This API's OpenAPI 3.1 description.
+///
+/// As `application/yaml`, or as `text/plain` when `Accept` names
+/// `text/plain` and not `application/yaml` (for clients that read only
+/// text types as strings).
 #[utoipa::path(
     get, path = "/openapi.yaml", tag = "operations",
     responses((status = 200, description = "The OpenAPI document.", body = String, content_type = "application/yaml"))
 )]
-pub async fn openapi_yaml() -> Response {
+pub async fn openapi_yaml(headers: HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let media_type = if accept.contains("text/plain") && !accept.contains("application/yaml") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/yaml"
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/yaml"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(media_type))],
         OPENAPI_YAML,
     )
         .into_response()

@@ -178,7 +178,8 @@ pub async fn get_job(
 
 /// List jobs, newest first.
 ///
-/// Filters combine with AND; `metadata.K=V` matches a metadata label. Each
+/// Filters combine with AND; `metadata=K=V` (repeatable) or `metadata.K=V`
+/// matches a metadata label. Each
 /// filter is served by an index, so a page costs about what it returns.
 /// Lists run a few at a time: when too many are running for
 /// seconds, a list is refused with 503 `busy` and `Retry-After`, while
@@ -192,6 +193,8 @@ pub async fn get_job(
         ("kind" = Option<String>, Query, description = "Only this kind"),
         ("key" = Option<String>, Query, description = "Only jobs with this key"),
         ("batch_id" = Option<String>, Query, description = "Only the jobs of this batch"),
+        ("metadata" = Option<Vec<String>>, Query, style = Form, explode, example = json!(["user=42"]),
+            description = "Only jobs with this metadata label, as `K=V`; repeat it for several (all must match). `metadata.K=V` is the same filter for hand-written URLs"),
         ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
@@ -251,6 +254,15 @@ fn parse_filter(pairs: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
             "cursor" => match value.parse() {
                 Ok(id) => filter.before = Some(id),
                 Err(_) => errors.push(FieldError::parameter(name, "not a cursor from this API")),
+            },
+            "metadata" => match value.split_once('=') {
+                Some((label, value)) if valid_metadata_key(label) => {
+                    filter.metadata.push((label.to_owned(), value.to_owned()))
+                }
+                _ => errors.push(FieldError::parameter(
+                    name,
+                    "must be K=V, with K a valid metadata key",
+                )),
             },
             _ => match name.strip_prefix("metadata.") {
                 Some(label) if valid_metadata_key(label) => {

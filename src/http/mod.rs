@@ -185,6 +185,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").to_owned();
     openapi::document_access(&mut api);
+    openapi::shape_for_clients(&mut api);
     api
 }
 

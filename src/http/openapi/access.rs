@@ -36,19 +36,9 @@ const TENANT_TAGS: [&str; 3] = ["jobs", "batches", "events"];
 
 /// Adds to every keyed operation what access control answers and takes.
 pub fn document_access(openapi: &mut OpenApi) {
-    for item in openapi.paths.paths.values_mut() {
-        for operation in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                document_operation(operation);
-            }
+    for operation in super::operations_mut(openapi) {
+        if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+            document_operation(operation);
         }
     }
 }
