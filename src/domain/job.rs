@@ -168,7 +168,10 @@ pub struct Job {
     pub error: Option<ErrorInfo>,
     /// One entry per failed attempt, oldest first.
     pub errors: Vec<ErrorInfo>,
-    /// Place among the queued jobs of the queue (0 = next); `null` unless `queued`.
+    /// Place among the queued jobs of the queue (0 = next) on reads and in
+    /// lists; `null` unless `queued`, and in the answer to a submission:
+    /// counting the jobs ahead scans the queue, a cost submissions do not
+    /// pay (a backlog would slow every one). Read the job for it.
     pub position: Option<u64>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,

@@ -128,6 +128,13 @@ pub enum EngineError {
     /// No such job, batch or queue (which one is named).
     #[error("no such {0}")]
     NotFound(&'static str),
+    #[error(
+        "queue `{queue}` has {unfinished} unfinished jobs (scheduled, queued or running): \
+         cancel them or let them finish first"
+    )]
+    QueueNotEmpty { queue: String, unfinished: u64 },
+    #[error("`{0}` is the default queue, where jobs that name none go; it cannot be deleted")]
+    DefaultQueue(String),
     #[error("the service is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -459,6 +466,12 @@ impl Engine {
         let mut jobs = self.inner.store.list_jobs(tenant, filter).await?;
         for job in &mut jobs {
             self.with_webhook(job).await?;
+            // As on a read of the job alone. A count per queued job of the
+            // page: lists run a few at a time (`busy` beyond), so this
+            // cost is bounded where a submission's would not be.
+            if job.status == crate::domain::JobState::Queued {
+                job.position = Some(self.inner.store.queue_position(job).await?);
+            }
             self.inner.kinds.redact_job(job);
         }
         Ok(jobs)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::drain::DrainMeter;
 use super::{Engine, EngineError, GAUGES_TTL, MetricsSnapshot, QueueState};
 use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings, Timestamp};
+use crate::store::QueueDeletion;
 
 impl Engine {
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
@@ -107,6 +108,27 @@ impl Engine {
         Ok((self.get_queue(name).await?, created))
     }
 
+    /// Deletes a queue with no unfinished jobs; its finished jobs stay. The
+    /// default queue stays: submissions that name no queue need it.
+    pub async fn delete_queue(&self, name: &str) -> Result<(), EngineError> {
+        if name == QueueConfig::DEFAULT_NAME {
+            return Err(EngineError::DefaultQueue(name.to_owned()));
+        }
+        match self.inner.store.delete_queue(name).await? {
+            QueueDeletion::NotFound => Err(EngineError::NotFound("queue")),
+            QueueDeletion::Unfinished(unfinished) => Err(EngineError::QueueNotEmpty {
+                queue: name.to_owned(),
+                unfinished,
+            }),
+            QueueDeletion::Deleted => {
+                self.write_queues().remove(name);
+                self.tell_queues_changed();
+                tracing::info!(queue = name, "queue deleted");
+                Ok(())
+            }
+        }
+    }
+
     /// Takes the queues' settings as stored (changed or created through
     /// another instance), keeping this instance's running counts.
     pub(super) async fn refresh_queues(&self) {
@@ -120,6 +142,13 @@ impl Engine {
         let mut changed = false;
         {
             let mut queues = self.write_queues();
+            // Deleted through another instance: a deleted queue had no
+            // running job, so none of this instance's is dropped.
+            let before = queues.len();
+            queues.retain(|name, state| {
+                state.running > 0 || stored.iter().any(|info| &info.name == name)
+            });
+            changed |= queues.len() != before;
             for info in stored {
                 let config = QueueConfig {
                     name: info.name.clone(),

@@ -294,6 +294,12 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "already_finished", detail)
             }
             EngineError::NotFound(what) => Self::not_found(what),
+            EngineError::QueueNotEmpty { .. } => {
+                Self::new(StatusCode::CONFLICT, "queue_not_empty", detail)
+            }
+            EngineError::DefaultQueue(_) => {
+                Self::new(StatusCode::CONFLICT, "default_queue", detail)
+            }
             EngineError::ShuttingDown => {
                 let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail);
                 e.0.retry_after_s = Some(5);

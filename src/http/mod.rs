@@ -156,7 +156,11 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
         .routes(routes!(queues::list_queues))
-        .routes(routes!(queues::get_queue, queues::put_queue))
+        .routes(routes!(
+            queues::get_queue,
+            queues::put_queue,
+            queues::delete_queue
+        ))
         .routes(routes!(kinds::list_kinds))
         .routes(routes!(events::stream_events))
         .routes(routes!(keys::create_key, keys::list_keys))

@@ -98,3 +98,31 @@ pub async fn put_queue(
     };
     Ok((status, Json(queue)))
 }
+
+/// Delete a queue.
+///
+/// Only a queue with no unfinished job (scheduled, queued or running): 409
+/// `queue_not_empty` otherwise, saying how many. Its finished jobs stay,
+/// readable as before and still naming it; submissions to it are refused
+/// as `unknown_queue` until a `PUT` creates it again. The default queue
+/// cannot be deleted (409 `default_queue`). A queue declared in the config
+/// file comes back at the next start.
+#[utoipa::path(
+    delete, path = "/v1/queues/{name}", tag = "queues",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such queue.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`queue_not_empty` (it has unfinished jobs) or `default_queue`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_queue(
+    AdminAccess(_caller): AdminAccess,
+    State(state): State<AppState>,
+    NamePath(name): NamePath,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_queue(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

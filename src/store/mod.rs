@@ -132,6 +132,15 @@ pub enum SubmitOutcome {
     Replayed(StoredResponse),
 }
 
+/// What `delete_queue` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueDeletion {
+    Deleted,
+    NotFound,
+    /// Not deleted: this many of its jobs are scheduled, queued or running.
+    Unfinished(u64),
+}
+
 /// Why a submission was refused. Nothing of it was stored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SubmitRejection {
@@ -502,6 +511,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError>;
     /// Creates or replaces a queue's settings; `true` when it was created.
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError>;
+    /// Deletes a queue that has no unfinished job, atomically with respect
+    /// to admissions to it. Its finished jobs stay, naming it.
+    async fn delete_queue(&self, name: &str) -> Result<QueueDeletion, StoreError>;
 
     /// Stores a key made by `POST /v1/keys` (its hash, never its secret).
     async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError>;

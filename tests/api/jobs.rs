@@ -67,6 +67,13 @@ async fn queued_jobs_are_ordered_by_priority_then_submission() {
     let high_later = app.submit(spec(10)).await;
 
     let expected = [&high, &high_later, &middle, &low];
+    // A list shows the same positions as reads of each job.
+    let listed: Value = app
+        .get("/v1/jobs?queue=ordered")
+        .await
+        .json()
+        .await
+        .unwrap();
     for (position, job) in expected.iter().enumerate() {
         let seen = app.job(job["id"].as_str().unwrap()).await;
         assert_eq!(seen["status"], "queued");
@@ -75,6 +82,13 @@ async fn queued_jobs_are_ordered_by_priority_then_submission() {
             "position of {}",
             seen["priority"]
         );
+        let in_list = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|item| item["id"] == job["id"])
+            .expect("the job is listed");
+        assert_eq!(in_list["position"], position, "listed position");
     }
 
     app.configure_queue("ordered", json!({"paused": false}))

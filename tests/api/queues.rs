@@ -200,3 +200,77 @@ async fn a_queue_shows_since_when_its_oldest_ready_job_waits_and_null_when_none_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_queue_is_deleted_once_its_jobs_finished_and_its_finished_jobs_stay_readable() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    let delete = |name: &str| client.delete(app.url(&format!("/v1/queues/{name}"))).send();
+
+    let missing = delete("ghost").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let problem: Value = missing.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+
+    app.configure_queue("brief", json!({"concurrency": 2}))
+        .await;
+    let done = app.submit(json!({"kind": "noop", "queue": "brief"})).await;
+    let done_id = done["id"].as_str().unwrap();
+    app.wait_for_status(done_id, "succeeded", SOON).await;
+    let later = app
+        .submit(json!({"kind": "noop", "queue": "brief", "delay_ms": 600_000}))
+        .await;
+
+    let refused = delete("brief").await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "queue_not_empty");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1 unfinished"),
+        "{problem}"
+    );
+
+    let cancel = app
+        .post(
+            &format!("/v1/jobs/{}/cancel", later["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status(), 200);
+    let deleted = delete("brief").await.unwrap();
+    assert_eq!(deleted.status(), 204);
+
+    assert_eq!(app.get("/v1/queues/brief").await.status(), 404);
+    let queues: Value = app.get("/v1/queues").await.json().await.unwrap();
+    assert!(
+        queues["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|queue| queue["name"] != "brief"),
+        "{queues}"
+    );
+    let kept = app.job(done_id).await;
+    assert_eq!(
+        (kept["queue"].as_str(), kept["status"].as_str()),
+        (Some("brief"), Some("succeeded"))
+    );
+    let submitted = app
+        .post("/v1/jobs", &json!({"kind": "noop", "queue": "brief"}))
+        .await;
+    assert_eq!(submitted.status(), 422);
+    let problem: Value = submitted.json().await.unwrap();
+    assert_eq!(problem["code"], "unknown_queue");
+
+    // The default queue stays: jobs that name no queue go there.
+    let default = delete("default").await.unwrap();
+    assert_eq!(default.status(), 409);
+    let problem: Value = default.json().await.unwrap();
+    assert_eq!(problem["code"], "default_queue");
+
+    // Created again, it runs jobs.
+    app.configure_queue("brief", json!({})).await;
+    let again = app.submit(json!({"kind": "noop", "queue": "brief"})).await;
+    app.wait_for_status(again["id"].as_str().unwrap(), "succeeded", SOON)
+        .await;
+}

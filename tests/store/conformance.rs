@@ -9,7 +9,7 @@ use spool::domain::{
 };
 use spool::store::{
     AttemptOutcome, CancelOutcome, Completion, CompletionResult, IdempotencyKey, JobFilter,
-    JobStore, RetryOutcome, Submission, SubmitOutcome, SubmitRejection,
+    JobStore, QueueDeletion, RetryOutcome, Submission, SubmitOutcome, SubmitRejection,
 };
 
 pub(crate) const OWNER: &str = "owner-a";
@@ -1057,4 +1057,90 @@ pub async fn a_jobs_trace_context_is_stored_and_read_back(store: Arc<dyn JobStor
         .find(|job| job.id == traced_id)
         .expect("claimed");
     assert_eq!(traced.traceparent.as_deref(), Some(traceparent));
+}
+
+pub async fn a_queue_is_deleted_only_without_unfinished_jobs_and_keeps_its_finished_ones(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100), ("brief", 100)]).await;
+    assert_eq!(
+        store.delete_queue("ghost").await.unwrap(),
+        QueueDeletion::NotFound
+    );
+    // Queued, then running: unfinished either way.
+    let id = submit_one(&store, job("brief", json!({}), at(0))).await;
+    let waiting = submit_one(&store, job("brief", json!({"delay_ms": 60_000}), at(0))).await;
+    assert_eq!(
+        store.delete_queue("brief").await.unwrap(),
+        QueueDeletion::Unfinished(2)
+    );
+    let claimed = store
+        .claim("brief", 1, OWNER, at(30_000), at(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        store.delete_queue("brief").await.unwrap(),
+        QueueDeletion::Unfinished(2)
+    );
+    store
+        .complete(completion(
+            id,
+            1,
+            OWNER,
+            AttemptOutcome::Succeeded(json!(1)),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .cancel_job(TENANT_DEFAULT, waiting, at(2))
+            .await
+            .unwrap(),
+        CancelOutcome::Cancelled(..)
+    ));
+
+    assert_eq!(
+        store.delete_queue("brief").await.unwrap(),
+        QueueDeletion::Deleted
+    );
+    assert!(store.get_queue("brief").await.unwrap().is_none());
+    assert!(
+        store
+            .list_queues()
+            .await
+            .unwrap()
+            .iter()
+            .all(|queue| queue.name != "brief")
+    );
+    // Its finished jobs stay, naming it; new ones are refused.
+    let kept = store
+        .get_job(TENANT_DEFAULT, id)
+        .await
+        .unwrap()
+        .expect("kept");
+    assert_eq!(
+        (kept.queue.as_str(), kept.status),
+        ("brief", JobState::Succeeded)
+    );
+    let refused = submit(&store, vec![job("brief", json!({}), at(3))]).await;
+    assert_eq!(
+        refused.unwrap_err(),
+        SubmitRejection::UnknownQueue("brief".into())
+    );
+    // Created again, it starts empty.
+    with_queues(&store, &[("brief", 100)]).await;
+    let again = store
+        .get_queue("brief")
+        .await
+        .unwrap()
+        .expect("created again");
+    assert_eq!(
+        (
+            again.counts.scheduled,
+            again.counts.queued,
+            again.counts.running
+        ),
+        (0, 0, 0)
+    );
 }

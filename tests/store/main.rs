@@ -77,6 +77,7 @@ macro_rules! with_every_case {
             a_job_that_succeeds_after_a_failure_shows_no_error_and_keeps_its_history,
             released_jobs_go_back_to_the_queue_without_counting_the_attempt,
             a_queue_paused_in_the_store_gives_no_claims_until_resumed,
+            a_queue_is_deleted_only_without_unfinished_jobs_and_keeps_its_finished_ones,
             due_jobs_are_promoted_and_the_next_due_time_is_reported,
             capacity_counts_scheduled_and_queued_jobs_only,
             a_submission_is_all_or_nothing,

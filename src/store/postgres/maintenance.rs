@@ -12,7 +12,7 @@ use super::counts::Counts;
 use super::deps::{Ended, settle};
 use crate::domain::{JobId, JobState, QueueConfig, Timestamp};
 use crate::store::rows::RescuedRow;
-use crate::store::{Effects, Promoted, Rescued, StoreError};
+use crate::store::{Effects, Promoted, QueueDeletion, Rescued, StoreError};
 
 /// One statement: extends the leases `owner` holds on `ids`.
 pub async fn renew(
@@ -204,4 +204,37 @@ pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, S
     .fetch_one(pool)
     .await?;
     Ok(created)
+}
+
+/// Deletes the queue unless jobs of it are unfinished. The queue's row lock
+/// is what every admission to it takes before it commits (`admit.rs`): an
+/// admission that committed first is counted here, one that commits after
+/// finds no row and is refused as an unknown queue.
+pub async fn delete_queue(pool: &PgPool, name: &str) -> Result<QueueDeletion, StoreError> {
+    let mut tx = pool.begin().await?;
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT name FROM queues WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Ok(QueueDeletion::NotFound);
+    }
+    // Scheduled and queued from the counters, running from its index.
+    let unfinished: i64 = sqlx::query_scalar(
+        "SELECT coalesce((SELECT sum(n) FROM queue_counts WHERE queue = $1), 0)::bigint \
+         + (SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'running')",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if unfinished > 0 {
+        return Ok(QueueDeletion::Unfinished(unfinished as u64));
+    }
+    sqlx::query("DELETE FROM queues WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(QueueDeletion::Deleted)
 }

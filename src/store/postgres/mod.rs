@@ -35,7 +35,7 @@ use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, ServiceGauges, StoreError,
+    JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
     StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
@@ -531,6 +531,12 @@ impl JobStore for PgStore {
 
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError> {
         maintenance::upsert_queue(&self.pool, config)
+            .await
+            .map_err(classify)
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<QueueDeletion, StoreError> {
+        maintenance::delete_queue(&self.pool, name)
             .await
             .map_err(classify)
     }

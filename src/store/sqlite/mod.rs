@@ -34,7 +34,7 @@ use self::writer::{Command, Op};
 use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, Rescued, RetryOutcome, ServiceGauges, StoreError,
+    JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
     StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
@@ -95,10 +95,13 @@ impl SqliteStore {
         let mut migrating = options.connect().await?;
         MIGRATOR.run(&mut migrating).await?;
         migrating.close().await?;
+        // The writer leaves `jobs.queue REFERENCES queues` unenforced (as
+        // PostgreSQL has no such key): admission checks the queue in its
+        // transaction, and a deleted queue's finished jobs keep its name.
         let writer = rusqlite::Connection::open(&path)?;
         writer.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
-             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
+             PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
              PRAGMA wal_autocheckpoint = 0;",
         )?;
         writer.set_prepared_statement_cache_capacity(64);
@@ -601,6 +604,13 @@ impl JobStore for SqliteStore {
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError> {
         match self.write(Op::UpsertQueue(config.clone())).await? {
             Done::Created(created) => Ok(created),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<QueueDeletion, StoreError> {
+        match self.write(Op::DeleteQueue(name.to_owned())).await? {
+            Done::QueueDeletion(deletion) => Ok(deletion),
             _ => Err(unexpected()),
         }
     }

@@ -16,8 +16,8 @@ use crate::store::plan;
 use crate::store::rows::RescuedRow;
 use crate::store::{
     AttemptOutcome, BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion,
-    CompletionResult, Effects, Promoted, Rescued, RetryOutcome, StoreError, SubmitOutcome,
-    SubmitRejection,
+    CompletionResult, Effects, Promoted, QueueDeletion, Rescued, RetryOutcome, StoreError,
+    SubmitOutcome, SubmitRejection,
 };
 
 /// What a write produced; the store's methods unpack the variant they expect.
@@ -35,6 +35,7 @@ pub enum Done {
     Promoted(Promoted),
     Created(bool),
     Webhooks(Vec<ClaimedWebhook>),
+    QueueDeletion(QueueDeletion),
 }
 
 pub fn apply(
@@ -94,6 +95,7 @@ pub fn apply(
             keys_before,
         } => Done::Count(prune(conn, finished_before, keys_before)?),
         Op::UpsertQueue(config) => Done::Created(upsert_queue(conn, &config)?),
+        Op::DeleteQueue(name) => Done::QueueDeletion(delete_queue(conn, counts, &name)?),
         Op::UpsertTenant(tenant) => Done::Created(super::tenants::upsert(conn, &tenant)?),
         Op::Probe => {
             // The header's user version, which nothing else uses: a page
@@ -706,6 +708,34 @@ fn prune(
     )?
     .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
     Ok(jobs as u64)
+}
+
+/// Deletes the queue unless jobs of it are unfinished; in the writer, so
+/// no admission to it can come between the count and the delete.
+fn delete_queue(
+    conn: &Connection,
+    counts: &NewCounts,
+    name: &str,
+) -> Result<QueueDeletion, StoreError> {
+    let stored: Option<i64> = conn
+        .prepare_cached(
+            "SELECT (SELECT coalesce(sum(n), 0) FROM queue_counts WHERE queue = ?1 \
+             AND state IN ('scheduled', 'queued', 'running')) FROM queues WHERE name = ?1",
+        )?
+        .query_row(params![name], |row| row.get(0))
+        .optional()?;
+    let Some(stored) = stored else {
+        return Ok(QueueDeletion::NotFound);
+    };
+    // Admissions of this group commit not yet in `queue_counts`.
+    let unfinished =
+        stored + counts.pending(name, JobState::Scheduled) + counts.pending(name, JobState::Queued);
+    if unfinished > 0 {
+        return Ok(QueueDeletion::Unfinished(unfinished as u64));
+    }
+    conn.prepare_cached("DELETE FROM queues WHERE name = ?")?
+        .execute(params![name])?;
+    Ok(QueueDeletion::Deleted)
 }
 
 fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bool, StoreError> {

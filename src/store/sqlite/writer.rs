@@ -75,6 +75,7 @@ pub enum Op {
         keys_before: Timestamp,
     },
     UpsertQueue(QueueConfig),
+    DeleteQueue(String),
     UpsertTenant(crate::domain::TenantConfig),
     ClaimWebhooks {
         now: Timestamp,
