@@ -45,13 +45,13 @@ pub enum Command {
     /// Start the service on a fresh database and measure it over loopback HTTP.
     Bench(crate::bench::BenchArgs),
     /// Client: submit, show, wait for, cancel, retry and list jobs.
-    Job(crate::cli::JobArgs),
+    Job(Box<crate::cli::JobArgs>),
     /// Client: submit a batch, wait for it, read its results, cancel it.
-    Batch(crate::cli::BatchArgs),
+    Batch(Box<crate::cli::BatchArgs>),
     /// Client: list, show, change, pause and resume queues.
-    Queue(crate::cli::QueueArgs),
+    Queue(Box<crate::cli::QueueArgs>),
     /// Client: follow the event stream, one line per event, until interrupted.
-    Events(crate::cli::EventsArgs),
+    Events(Box<crate::cli::EventsArgs>),
 }
 
 /// `SPOOL_AUTH`: whether requests need an API key.

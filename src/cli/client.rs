@@ -50,10 +50,11 @@ pub struct FieldError {
 pub enum CliError {
     /// Bad input found before any request.
     Usage(String),
-    /// The service answered with an error status.
+    /// The service answered with an error status. (Boxed: the problem is
+    /// large, and every `Result` of the client carries this type.)
     Api {
         status: StatusCode,
-        problem: Problem,
+        problem: Box<Problem>,
         retry_after: Option<String>,
     },
     /// No answer: refused connection, DNS, timeout, a cut stream.
@@ -228,7 +229,7 @@ impl Client {
         });
         Err(CliError::Api {
             status,
-            problem,
+            problem: Box::new(problem),
             retry_after,
         })
     }

@@ -71,10 +71,10 @@ Environment: SPOOL_URL (default http://127.0.0.1:8080), SPOOL_API_KEY.";
 /// once, on stderr; what was asked for goes to stdout.
 pub async fn run(command: Command) -> ExitCode {
     let outcome = match command {
-        Command::Job(args) => jobs::run(args).await,
-        Command::Batch(args) => batches::run(args).await,
-        Command::Queue(args) => queues::run(args).await,
-        Command::Events(args) => events::run(args).await,
+        Command::Job(args) => jobs::run(*args).await,
+        Command::Batch(args) => batches::run(*args).await,
+        Command::Queue(args) => queues::run(*args).await,
+        Command::Events(args) => events::run(*args).await,
         // main dispatches only the client commands here.
         Command::Serve(_) | Command::Openapi | Command::Bench(_) => {
             Err(CliError::Usage("not a client command".into()))
