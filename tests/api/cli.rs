@@ -280,6 +280,35 @@ fn a_batch_from_stdin_is_waited_for_and_its_results_read() {
 }
 
 #[test]
+fn a_cancelled_batch_exits_its_waiter_with_the_cancelled_code() {
+    let service = Service::start(&[]);
+    let jobs = r#"{"jobs": [{"kind": "noop", "delay_ms": 600000}], "metadata": {"run": "7"}}"#;
+    let ran = run(
+        client(
+            &service.url(),
+            None,
+            &["batch", "submit", "--file", "-", "--json"],
+        ),
+        Some(jobs),
+    );
+    let id = id_of(&ran.assert_code(0).json());
+
+    let ran = service.spool(&["batch", "get", &id]);
+    assert!(ran.assert_code(0).stdout.contains("run=7"), "{ran}");
+    service
+        .spool(&["batch", "cancel", &id, "--json"])
+        .assert_code(0);
+    let ran = service.spool(&["batch", "wait", &id, "--timeout", "20", "--json"]);
+    assert_eq!(ran.assert_code(3).json()["status"], "cancelled", "{ran}");
+
+    // Followed to the end: the one result, and no cursor left.
+    let ran = service.spool(&["batch", "results", &id, "--follow", "--json"]);
+    let page = ran.assert_code(0).json();
+    assert_eq!(page["items"][0]["status"], "cancelled", "{ran}");
+    assert!(page["next_cursor"].is_null(), "{ran}");
+}
+
+#[test]
 fn queues_are_set_paused_and_resumed_and_a_full_one_is_the_busy_code() {
     let service = Service::start(&[]);
     let ran = service.spool(&[
