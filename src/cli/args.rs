@@ -11,8 +11,8 @@ use super::EXIT_CODES_HELP;
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
 /// Where the service is and how to print: on every client command, before
-/// or after its subcommand.
-#[derive(Args, Clone, Debug)]
+/// or after its subcommand. Its `Debug` never shows the key.
+#[derive(Args, Clone)]
 pub struct ClientArgs {
     /// The service's base URL.
     #[arg(long, env = "SPOOL_URL", default_value = DEFAULT_URL, global = true)]
@@ -30,6 +30,16 @@ pub struct ClientArgs {
     /// for a stream) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("json", &self.json)
+            .finish()
+    }
 }
 
 /// `K=V`, as `--meta` takes it.
