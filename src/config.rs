@@ -20,7 +20,8 @@ use crate::outbound::OutboundAllow;
 
 /// `spool [SETTINGS]` or `spool serve [SETTINGS]` serves; the other
 /// commands take only their own flags (the service's settings would be
-/// ignored by them, so they are not offered).
+/// ignored by them, so they are not offered). `job`, `batch`, `queue` and
+/// `events` are the client of a running service ([`crate::cli`]).
 #[derive(Parser, Debug)]
 #[command(
     name = "spool",
@@ -43,6 +44,14 @@ pub enum Command {
     Openapi,
     /// Start the service on a fresh database and measure it over loopback HTTP.
     Bench(crate::bench::BenchArgs),
+    /// Client: submit, show, wait for, cancel, retry and list jobs.
+    Job(Box<crate::cli::JobArgs>),
+    /// Client: submit a batch, wait for it, read its results, cancel it.
+    Batch(Box<crate::cli::BatchArgs>),
+    /// Client: list, show, change, pause and resume queues.
+    Queue(Box<crate::cli::QueueArgs>),
+    /// Client: follow the event stream, one line per event, until interrupted.
+    Events(Box<crate::cli::EventsArgs>),
 }
 
 /// `SPOOL_AUTH`: whether requests need an API key.

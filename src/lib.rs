@@ -15,6 +15,8 @@
 //! - [`store`]: the [`store::JobStore`] trait and its SQLite and PostgreSQL backends.
 //! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
+//! - [`cli`]: the command-line client (`spool job|batch|queue|events`) of a
+//!   running service.
 //! - [`telemetry`]: logging set-up, the Prometheus metrics every layer records,
 //!   and the spans of requests and attempts (OTLP export).
 //!
@@ -24,6 +26,7 @@
 pub mod access;
 pub mod app;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;

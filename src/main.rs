@@ -1,4 +1,5 @@
-//! The `spool` binary: configuration → telemetry → App::build → run until stopped.
+//! The `spool` binary: configuration → telemetry → App::build → run until
+//! stopped; or one of its other commands (bench, openapi, the client).
 
 use std::process::ExitCode;
 
@@ -28,6 +29,10 @@ async fn main() -> ExitCode {
             }
         },
         Some(Command::Serve(config)) => serve(*config).await,
+        Some(
+            command
+            @ (Command::Job(_) | Command::Batch(_) | Command::Queue(_) | Command::Events(_)),
+        ) => spool::cli::run(command).await,
         None => serve(cli.config).await,
     }
 }

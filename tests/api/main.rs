@@ -4,6 +4,7 @@
 mod access;
 mod access_processes;
 mod batches;
+mod cli;
 mod cluster;
 mod concurrency_keys;
 mod config;
