@@ -300,6 +300,13 @@ pub enum QueueCommand {
         /// Queue name.
         name: String,
     },
+    /// Delete a queue none of whose jobs is unfinished (refused, exit 4,
+    /// otherwise); its finished jobs stay readable.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Delete {
+        /// Queue name.
+        name: String,
+    },
 }
 
 /// `spool events`: one line per event until interrupted.

@@ -249,6 +249,12 @@ impl Client {
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.call(self.request(Method::PUT, path).json(body)).await
     }
+
+    /// A `DELETE`, whose success has no body.
+    pub async fn delete(&self, path: &str) -> Result<(), CliError> {
+        let request = self.request(Method::DELETE, path).timeout(REQUEST_TIMEOUT);
+        self.send(request).await.map(drop)
+    }
 }
 
 /// `id` as one path segment: an id typed with a slash or `?` must not

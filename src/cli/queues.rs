@@ -1,4 +1,4 @@
-//! `spool queue list|get|set|pause|resume`.
+//! `spool queue list|get|set|pause|resume|delete`.
 
 use serde_json::{Map, Value, json};
 
@@ -20,6 +20,15 @@ pub async fn run(args: QueueArgs) -> Result<Exit, CliError> {
             return Ok(Exit::Success);
         }
         QueueCommand::Get { name } => client.get(&queue_path(&name), &[]).await?,
+        QueueCommand::Delete { name } => {
+            client.delete(&queue_path(&name)).await?;
+            if json {
+                output::json(&json!({"deleted": name}));
+            } else {
+                println!("deleted queue {name}");
+            }
+            return Ok(Exit::Success);
+        }
         QueueCommand::Set {
             name,
             concurrency,

@@ -357,10 +357,16 @@ fn queues_are_set_paused_and_resumed_and_a_full_one_is_the_busy_code() {
             .any(|l| l.starts_with("mail")),
         "{ran}"
     );
+    // Deleting it is refused while it holds a job, then done.
+    let ran = service.spool(&["queue", "delete", "mail"]);
+    ran.assert_code(4);
+    assert!(ran.stderr.contains("unfinished"), "{ran}");
     service.spool(&["queue", "resume", "mail"]).assert_code(0);
     service
         .spool(&["job", "wait", &id_of(&job), "--timeout", "20"])
         .assert_code(0);
+    service.spool(&["queue", "delete", "mail"]).assert_code(0);
+    service.spool(&["queue", "get", "mail"]).assert_code(4);
 }
 
 /// Kills the follower when the test ends, whatever happened.
