@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Keyring, OpenMode, RateLimiter};
@@ -107,6 +107,13 @@ impl AppBuilder {
             kinds.push(Arc::new(exec));
         }
         let kinds = KindRegistry::new(kinds)?;
+        // The port is taken first, so a port in use stops the start before
+        // anything else is opened; it listens once the engine runs (below).
+        let bind_error = |source| StartError::Bind {
+            addr: config.bind,
+            source,
+        };
+        let socket = reserve_port(config.bind).map_err(bind_error)?;
         let store = open_store(&config.database_url).await?;
         // Before the engine starts work: a service that would be open to the
         // network does not start at all.
@@ -155,14 +162,9 @@ impl AppBuilder {
             ),
             _ => {}
         }
-        // Bound once the engine runs: callers (and tests) that wait for the
-        // port to accept may then count on a started service.
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        // Listening once the engine runs: callers (and tests) that wait for
+        // the port to accept may then count on a started service.
+        let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
         let router = router(
             AppState {
                 engine: engine.clone(),
@@ -182,6 +184,24 @@ impl AppBuilder {
             fd_limit,
         })
     }
+}
+
+/// Connections the kernel queues before they are accepted (tokio's own
+/// `TcpListener::bind` default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr` but not yet listening: connections to it are
+/// refused until [`TcpSocket::listen`].
+fn reserve_port(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restart may bind while the previous
+    // process's connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// A database URL fit for a log line: no user, no password, no query (which

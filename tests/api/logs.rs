@@ -232,9 +232,11 @@ fn a_bad_setting_and_a_taken_port_are_each_said_once() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (_, stderr) = run_to_exit(&[("SPOOL_BIND", addr.as_str())]);
+    let (stdout, stderr) = run_to_exit(&[("SPOOL_BIND", addr.as_str())]);
     assert!(stderr.contains(&addr), "names the address: {stderr}");
     assert_eq!(stderr.matches(&addr).count(), 1, "said once: {stderr}");
+    // Before anything started: no engine, no database opened for nothing.
+    assert!(!stdout.contains("engine started"), "{stdout}");
 }
 
 #[test]
