@@ -4,6 +4,7 @@ mod builtin;
 mod exec;
 mod http;
 mod secrets;
+mod words;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -265,12 +266,7 @@ impl KindRegistry {
                 })
                 .collect()
         } else {
-            kind.validator
-                .iter_errors(payload)
-                .map(|error| {
-                    FieldError::new(format!("{at}{}", error.instance_path()), error.to_string())
-                })
-                .collect()
+            words::field_errors(kind.validator.iter_errors(payload), at)
         };
         if errors.is_empty() {
             return errors;

@@ -74,7 +74,21 @@ async fn a_custom_kind_is_listed_and_its_schema_enforced() {
         .await;
     assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
-    assert_eq!(problem["errors"][0]["pointer"], "/payload");
+    // The missing field, named at its own pointer in plain words.
+    assert_eq!(problem["errors"][0]["pointer"], "/payload/n");
+    assert_eq!(problem["errors"][0]["message"], "is required");
+    let response = app
+        .post(
+            "/v1/jobs",
+            &json!({"kind": "panicky", "payload": {"n": "one"}}),
+        )
+        .await;
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/payload/n");
+    assert_eq!(
+        problem["errors"][0]["message"],
+        "must be an integer, not a string"
+    );
 }
 
 #[tokio::test]

@@ -196,11 +196,11 @@ async fn unknown_commands_and_missing_or_extra_arguments_are_refused() {
     .await;
     for (payload, pointer) in [
         (json!({"command": "rm"}), "/payload/command"),
-        (json!({"command": "say"}), "/payload"),
-        (json!({"command": "say", "args": {}}), "/payload/args"),
+        (json!({"command": "say"}), "/payload/args"),
+        (json!({"command": "say", "args": {}}), "/payload/args/text"),
         (
             json!({"command": "say", "args": {"text": "a", "more": "b"}}),
-            "/payload/args",
+            "/payload/args/more",
         ),
         (
             json!({"command": "say", "args": {"text": ["a"]}}),
@@ -208,9 +208,9 @@ async fn unknown_commands_and_missing_or_extra_arguments_are_refused() {
         ),
         (
             json!({"command": "ok", "args": {"text": "a"}}),
-            "/payload/args",
+            "/payload/args/text",
         ),
-        (json!({"command": "ok", "shell": true}), "/payload"),
+        (json!({"command": "ok", "shell": true}), "/payload/shell"),
     ] {
         let response = app
             .post("/v1/jobs", &json!({"kind": "exec", "payload": payload}))
