@@ -21,7 +21,8 @@
 //!   and the spans of requests and attempts (OTLP export).
 //!
 //! A custom kind is a type implementing [`kinds::JobKind`], registered with
-//! [`app::App::builder`]`(config).kind(MyKind)`; see `examples/custom_kind.rs`.
+//! [`app::App::builder`]`(config).kind(MyKind)`; see the crate
+//! `examples/custom-kind` (`cargo run -p spool-example-custom-kind`).
 
 pub mod access;
 pub mod app;

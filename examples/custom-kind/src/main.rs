@@ -1,8 +1,9 @@
-//! Serves Spool with a job kind of its own: `word_count` counts the words of
-//! a text, reporting progress line by line and stopping when cancelled.
+//! Spool used as a library: serves Spool with a job kind of its own.
+//! `word_count` counts the words of a text, reporting progress line by line
+//! and stopping when cancelled.
 //!
 //! ```sh
-//! cargo run --example custom_kind
+//! cargo run -p spool-example-custom-kind
 //! curl -s localhost:8080/v1/jobs -H 'content-type: application/json' \
 //!   -d '{"kind": "word_count", "payload": {"text": "one two\nthree"}}'
 //! ```
@@ -11,7 +12,7 @@ use async_trait::async_trait;
 use clap::Parser;
 use serde_json::{Value, json};
 use spool::app::{App, shutdown_signal};
-use spool::config::Cli;
+use spool::config::{Cli, Command};
 use spool::kinds::{JobContext, JobFailure, JobKind};
 
 struct WordCount;
@@ -54,10 +55,16 @@ impl JobKind for WordCount {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The same flags and SPOOL_* variables as the `spool` binary.
+    // The same flags and SPOOL_* variables as the `spool` binary, with or
+    // without its `serve` command; this program has no other command.
     let cli = Cli::parse();
-    spool::telemetry::init(cli.config.log_format);
-    let app = App::builder(cli.config).kind(WordCount).build().await?;
+    let config = match cli.command {
+        None => cli.config,
+        Some(Command::Serve(config)) => *config,
+        Some(_) => anyhow::bail!("this example only serves (no `openapi` or `bench`)"),
+    };
+    spool::telemetry::init(config.log_format);
+    let app = App::builder(config).kind(WordCount).build().await?;
     tracing::info!(addr = %app.local_addr()?, "serving with the word_count kind");
     app.run_until(shutdown_signal()).await?;
     Ok(())
