@@ -506,7 +506,8 @@ async fn the_http_kind_is_listed_with_its_schema_and_the_schema_is_enforced() {
     );
 
     for (payload, pointer) in [
-        (json!({"url": "https://example.com/"}), "/payload"),
+        // Missing and unknown fields are named at their own pointer.
+        (json!({"url": "https://example.com/"}), "/payload/method"),
         (
             json!({"method": "TRACE", "url": "https://example.com/"}),
             "/payload/method",
@@ -525,7 +526,7 @@ async fn the_http_kind_is_listed_with_its_schema_and_the_schema_is_enforced() {
         ),
         (
             json!({"method": "GET", "url": "https://example.com/", "follow": true}),
-            "/payload",
+            "/payload/follow",
         ),
         (
             json!({"method": "GET", "url": "https://example.com/", "headers": {"content-length": "1"}}),
