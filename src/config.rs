@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::access::{DeclaredKey, parse_api_keys};
@@ -99,8 +99,10 @@ fn duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 7d: {e}"))
 }
 
-/// Everything the service needs to start. Each default is documented here
-/// and in `docs/operations.md`.
+/// Everything the service needs to start. Each default is declared once,
+/// on its flag (`Config::default` reads them there), and documented in the
+/// README's and `docs/operations.md`'s settings tables, which a test holds
+/// to the flags.
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Address to listen on.
@@ -270,39 +272,18 @@ pub struct FileConfig {
 }
 
 impl Default for Config {
+    /// The defaults the flags above declare, whatever the environment says:
+    /// the binary and the library (tests, `spool bench`, an embedding crate)
+    /// start from the same values, written once.
     fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database_url: "sqlite://spool.db".into(),
-            config_file: None,
-            shutdown_grace: Duration::from_secs(30),
-            cancel_grace: Duration::from_secs(5),
-            lease_ttl: Duration::from_secs(30),
-            retention: Duration::from_secs(7 * 24 * 3600),
-            max_body_bytes: 1024 * 1024,
-            max_batch_size: 10_000,
-            max_batch_body_bytes: 16 * 1024 * 1024,
-            webhook_secret: None,
-            webhook_retry_base: Duration::from_secs(2),
-            webhook_max_attempts: 10,
-            webhook_timeout: Duration::from_secs(10),
-            outbound_allow: OutboundAllow::default(),
-            http_max_response_bytes: 64 * 1024,
-            http_secret_headers: SecretHeaders::default(),
-            event_replay: 10_000,
-            sse_keep_alive: Duration::from_secs(15),
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(75),
-            max_connections: None,
-            api_keys: None,
-            auth: AuthMode::Keys,
-            metrics_public: false,
-            log_format: LogFormat::Text,
-            cors_origins: None,
-            otlp_endpoint: None,
-            otel_service_name: "spool".into(),
-        }
+        let flags = Config::augment_args(clap::Command::new("spool"))
+            .mut_args(|arg| arg.env(None::<&str>))
+            .no_binary_name(true);
+        let declared = flags
+            .try_get_matches_from(std::iter::empty::<String>())
+            .and_then(|matches| Config::from_arg_matches(&matches));
+        // Only the declarations above decide this (a unit test parses them).
+        declared.unwrap_or_else(|error| panic!("the flags' defaults do not parse: {error}"))
     }
 }
 
@@ -516,6 +497,81 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    /// A document's settings table (the one whose header row starts with
+    /// `header`): variable → default cell.
+    fn documented_defaults(document: &str, header: &str) -> BTreeMap<String, String> {
+        document
+            .lines()
+            .skip_while(|line| !line.starts_with(header))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let name = cells.get(1)?.trim_matches('`').to_owned();
+                Some((name, cells.get(2)?.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_is_documented_with_the_default_its_flag_declares() {
+        for (name, documented) in [
+            (
+                "README.md",
+                documented_defaults(include_str!("../README.md"), "| variable | default"),
+            ),
+            (
+                "docs/operations.md",
+                documented_defaults(include_str!("../docs/operations.md"), "| setting | default"),
+            ),
+        ] {
+            assert!(documented.len() > 20, "{name}: {documented:?}");
+            agrees_with_the_flags(name, &documented);
+        }
+    }
+
+    fn agrees_with_the_flags(name: &str, documented: &BTreeMap<String, String>) {
+        let flags = Config::augment_args(clap::Command::new("spool"));
+        for arg in flags.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|env| env.to_str()) else {
+                continue;
+            };
+            let cell = documented
+                .get(env)
+                .unwrap_or_else(|| panic!("{env} is not in {name}'s settings table"));
+            let declared: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|value| value.to_string_lossy().into_owned())
+                .collect();
+            match declared.as_slice() {
+                [] => assert!(
+                    !cell.starts_with('`'),
+                    "{env} has no default, {name} says {cell}"
+                ),
+                [empty] if empty.is_empty() => assert_eq!(cell, "empty", "{name}: {env}"),
+                [value] => assert_eq!(cell, &format!("`{value}`"), "{name}: {env}"),
+                many => panic!("{env} declares several defaults: {many:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_library_starts_from_the_flags_defaults_whatever_the_environment() {
+        let config = Config::default();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://spool.db");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.auth, AuthMode::Keys);
+        assert!(config.api_keys.is_none() && config.webhook_secret.is_none());
+        // As the binary parses an empty command line (the environment of a
+        // test run sets no SPOOL_* variable).
+        let parsed = Cli::try_parse_from(["spool"]).expect("parses");
+        assert_eq!(format!("{:?}", parsed.config), format!("{config:?}"));
+    }
 
     fn refused_setting(config: Config) -> &'static str {
         match config.http_settings() {

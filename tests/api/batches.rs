@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spool::domain::Timestamp;
 
-use crate::helpers::{TestApp, job_ids, millis, noop, sleep_ms, spawn_app, spawn_app_with};
-
-const SOON: Duration = Duration::from_secs(20);
+use crate::helpers::{SOON, TestApp, job_ids, millis, noop, sleep_ms, spawn_app, spawn_app_with};
 
 /// Submits a batch, asserting a 202 with its Location; returns the batch.
 pub(crate) async fn submit_batch(app: &TestApp, body: &Value) -> Value {

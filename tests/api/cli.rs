@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::{SOON, SpoolProcess, db_path};
+use crate::helpers::{SOON, SpoolProcess, db_path, id_of};
 
 const KEY: &str = "cli-test-secret-long-enough-0123456789";
 
@@ -100,13 +100,6 @@ fn run(mut command: Command, stdin: Option<&str>) -> Ran {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
-}
-
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {value}"))
-        .to_owned()
 }
 
 const FAILING: &str = r#"{"ms": 0, "fail": true, "permanent": true}"#;

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::batches::submit_batch;
-use crate::helpers::{TestApp, job_ids, spawn_app};
-
-const SOON: Duration = Duration::from_secs(10);
+use crate::helpers::{SOON, TestApp, job_ids, spawn_app};
 
 fn keyed_sleep(ms: u64, key: &str, limit: u32) -> Value {
     json!({"kind": "sleep", "payload": {"ms": ms}, "concurrency_key": key, "concurrency_limit": limit})

@@ -4,13 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{SpoolProcess, db_path};
-
-async fn get_json(client: &reqwest::Client, url: String) -> (u16, Value) {
-    let response = client.get(url).send().await.expect("sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::helpers::{SpoolProcess, db_path, fetch_json};
 
 async fn wait_for_status(
     client: &reqwest::Client,
@@ -21,7 +15,7 @@ async fn wait_for_status(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let (_, job) = get_json(client, spool.url(&format!("/v1/jobs/{id}"))).await;
+        let (_, job) = fetch_json(client, spool.url(&format!("/v1/jobs/{id}"))).await;
         if job["status"] == status {
             return job;
         }

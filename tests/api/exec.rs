@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 use spool::app::App;
 use tempfile::TempDir;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with, test_config};
-
-const SOON: Duration = Duration::from_secs(10);
+use crate::helpers::{SOON, TestApp, spawn_app, spawn_app_with, test_config};
 
 /// Starts the app with `toml` as its config file, in a scratch directory the
 /// test can use too.

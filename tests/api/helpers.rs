@@ -201,6 +201,9 @@ pub fn sleep_ms(ms: u64) -> Value {
 pub struct SpoolProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where its output goes unless the test takes it: shown when the test
+    /// fails, removed when the process is dropped.
+    log: PathBuf,
 }
 
 impl SpoolProcess {
@@ -236,20 +239,24 @@ impl SpoolProcess {
     ) -> SpoolProcess {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log =
+            std::env::temp_dir().join(format!("spool-test-{}-{port}.log", std::process::id()));
+        let output = std::fs::File::create(&log).expect("a log file");
+        let errors = output.try_clone().expect("a second handle on the log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
         command
             .env("SPOOL_BIND", addr.to_string())
             .env("SPOOL_DATABASE_URL", database_url)
             .env("SPOOL_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::from(errors));
         for (name, value) in extra_env {
             command.env(name, value);
         }
         configure(&mut command);
         let child = command.spawn().expect("the spool binary starts");
-        let process = SpoolProcess { child, addr };
+        let process = SpoolProcess { child, addr, log };
         process.wait_ready();
         process
     }
@@ -326,6 +333,20 @@ impl Drop for SpoolProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the process said (the test harness
+        // prints a failed test's stderr).
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- the last {} lines of spool on {} ---\n{}",
+                tail.len(),
+                self.addr,
+                tail.join("\n")
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -334,6 +355,22 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("a free port")
+}
+
+/// The `id` of a job or batch as the API answered it.
+pub fn id_of(value: &Value) -> String {
+    value["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {value}"))
+        .to_owned()
+}
+
+/// `GET url` with `client`: the status and the JSON body (`null` when
+/// there is none), for tests that talk to a spawned process.
+pub async fn fetch_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> (u16, Value) {
+    let response = client.get(url).send().await.expect("request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 pub fn db_path(dir: &TempDir) -> PathBuf {

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{noop, sleep_ms, spawn_app};
-
-const SOON: Duration = Duration::from_secs(10);
+use crate::helpers::{SOON, noop, sleep_ms, spawn_app};
 
 #[tokio::test]
 async fn a_submitted_job_runs_and_its_result_is_kept() {

@@ -15,9 +15,8 @@ use serde_json::{Value, json};
 use spool::app::AppBuilder;
 use spool::outbound::StaticLookup;
 
-use crate::helpers::{TestApp, spawn_app_with, spawn_app_with_kinds};
+use crate::helpers::{SOON, TestApp, spawn_app_with, spawn_app_with_kinds};
 
-const SOON: Duration = Duration::from_secs(10);
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Serves `router` on 127.0.0.1 on a port of its own.

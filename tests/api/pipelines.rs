@@ -14,10 +14,9 @@ use spool::kinds::{JobContext, JobFailure, JobKind};
 use tokio::sync::watch;
 
 use crate::helpers::{
-    SpoolProcess, TestApp, db_path, job_ids, millis, noop, spawn_app, spawn_app_with_kinds,
+    SOON, SpoolProcess, TestApp, db_path, fetch_json, id_of, job_ids, millis, noop, spawn_app,
+    spawn_app_with_kinds,
 };
-
-const SOON: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------
 // Kinds of the tests' own
@@ -123,12 +122,6 @@ async fn spawn_with_collect() -> (TestApp, Arc<Controls>) {
 // ---------------------------------------------------------------------------
 // Helpers
 
-async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
-    let response = client.get(url).send().await.expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let response = client
         .post(url)
@@ -160,7 +153,7 @@ async fn finished_batch_at(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let (status, batch) = get_json(client, &format!("{base}/v1/batches/{id}?wait=60")).await;
+        let (status, batch) = fetch_json(client, &format!("{base}/v1/batches/{id}?wait=60")).await;
         assert_eq!(status, 200, "{batch}");
         if batch["finished_at"].is_string() {
             return batch;
@@ -181,7 +174,7 @@ async fn finished_job(app: &TestApp, id: &str) -> Value {
     let deadline = Instant::now() + SOON;
     loop {
         let (status, job) =
-            get_json(&app.client, &app.url(&format!("/v1/jobs/{id}?wait=10"))).await;
+            fetch_json(&app.client, &app.url(&format!("/v1/jobs/{id}?wait=10"))).await;
         assert_eq!(status, 200, "{job}");
         if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
             return job;
@@ -203,7 +196,7 @@ async fn jobs_of_batch_at(
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let (status, page) = get_json(client, &url).await;
+        let (status, page) = fetch_json(client, &url).await;
         assert_eq!(status, 200, "{page}");
         for job in page["items"].as_array().unwrap() {
             let id = job["id"].as_str().unwrap().to_owned();
@@ -233,7 +226,7 @@ async fn results_from(
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let (status, page) = get_json(client, &url).await;
+        let (status, page) = fetch_json(client, &url).await;
         assert_eq!(status, 200, "{page}");
         items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
@@ -242,10 +235,6 @@ async fn results_from(
         }
         assert!(Instant::now() < deadline, "next_cursor never became null");
     }
-}
-
-fn id_of(job: &Value) -> String {
-    job["id"].as_str().unwrap().to_owned()
 }
 
 fn counts(
@@ -941,7 +930,7 @@ async fn a_batch_interrupted_by_a_sigkill_finishes_consistently_after_restart() 
     // Kill it once part of the batch is done; read the results so far first.
     let deadline = Instant::now() + SOON;
     let before = loop {
-        let (_, batch) = get_json(&client, &format!("{base}/v1/batches/{batch_id}")).await;
+        let (_, batch) = fetch_json(&client, &format!("{base}/v1/batches/{batch_id}")).await;
         let c = &batch["counts"];
         let finished = c["succeeded"].as_u64().unwrap()
             + c["failed"].as_u64().unwrap()
@@ -955,7 +944,7 @@ async fn a_batch_interrupted_by_a_sigkill_finishes_consistently_after_restart() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let (_, first_page) = get_json(
+    let (_, first_page) = fetch_json(
         &client,
         &format!("{base}/v1/batches/{batch_id}/results?limit=1000"),
     )

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
-
-const SOON: Duration = Duration::from_secs(10);
+use crate::helpers::{SOON, spawn_app};
 
 #[tokio::test]
 async fn a_queue_is_created_changed_and_read_back() {

@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -18,10 +17,8 @@ use spool::config::Config;
 use spool::kinds::{JobContext, JobFailure, JobKind, MASK};
 
 use crate::events::EventStream;
-use crate::helpers::{SpoolProcess, TestApp, job_ids, spawn_app_with, spawn_app_with_kinds};
+use crate::helpers::{SOON, SpoolProcess, TestApp, job_ids, spawn_app_with, spawn_app_with_kinds};
 use crate::webhooks::Receiver;
-
-const SOON: Duration = Duration::from_secs(15);
 
 const AUTHORIZATION: &str = "Bearer sk-live-AUTH-7f3a9c";
 const COOKIE: &str = "session=COOKIE-51d2e8";

@@ -24,11 +24,9 @@ use spool::outbound::StaticLookup;
 use tokio::sync::Notify;
 
 use crate::helpers::{
-    SpoolProcess, TEST_WEBHOOK_SECRET, TestApp, db_path, job_ids, spawn_app_with,
-    spawn_app_with_kinds,
+    SOON, SpoolProcess, TEST_WEBHOOK_SECRET, TestApp, db_path, fetch_json, id_of, job_ids,
+    spawn_app_with, spawn_app_with_kinds,
 };
-
-const SOON: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------
 // The receiver
@@ -227,13 +225,6 @@ async fn hooks_app(retry_base: Duration, adjust: impl FnOnce(&mut Config)) -> Te
         adjust(config);
     })
     .await
-}
-
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {value}"))
-        .to_owned()
 }
 
 /// Standard Webhooks verification, written here without Spool's code: the
@@ -631,11 +622,6 @@ async fn many_jobs_ending_together_each_get_exactly_one_delivery() {
 // 3. Crashes
 // ---------------------------------------------------------------------------
 
-async fn get_json(client: &reqwest::Client, url: String) -> Value {
-    let response = client.get(url).send().await.expect("sent");
-    response.json().await.unwrap_or(Value::Null)
-}
-
 async fn wait_on_process(
     client: &reqwest::Client,
     spool: &SpoolProcess,
@@ -645,7 +631,7 @@ async fn wait_on_process(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let job = get_json(client, spool.url(&format!("/v1/jobs/{id}"))).await;
+        let (_, job) = fetch_json(client, spool.url(&format!("/v1/jobs/{id}"))).await;
         if done(&job) {
             return job;
         }
