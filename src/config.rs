@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 use serde::Deserialize;
 
 use crate::access::{DeclaredKey, parse_api_keys};
@@ -17,42 +17,6 @@ use crate::http::cors::CorsOrigins;
 use crate::kinds::{ExecCommand, SecretHeaders};
 use crate::notify::WebhookSecret;
 use crate::outbound::OutboundAllow;
-
-/// `spool [SETTINGS]` or `spool serve [SETTINGS]` serves; the other
-/// commands take only their own flags (the service's settings would be
-/// ignored by them, so they are not offered). `job`, `batch`, `queue` and
-/// `events` are the client of a running service ([`crate::cli`]).
-#[derive(Parser, Debug)]
-#[command(
-    name = "spool",
-    version = crate::VERSION,
-    about = "An HTTP job-submission service.",
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub config: Config,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Serve the API (the default).
-    Serve(Box<Config>),
-    /// Print the OpenAPI document the code describes.
-    Openapi,
-    /// Start the service on a fresh database and measure it over loopback HTTP.
-    Bench(crate::bench::BenchArgs),
-    /// Client: submit, show, wait for, cancel, retry and list jobs.
-    Job(Box<crate::cli::JobArgs>),
-    /// Client: submit a batch, wait for it, read its results, cancel it.
-    Batch(Box<crate::cli::BatchArgs>),
-    /// Client: list, show, change, pause and resume queues.
-    Queue(Box<crate::cli::QueueArgs>),
-    /// Client: follow the event stream, one line per event, until interrupted.
-    Events(Box<crate::cli::EventsArgs>),
-}
 
 /// `SPOOL_AUTH`: whether requests need an API key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -495,6 +459,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+
+    use crate::cli::Cli;
 
     use super::*;
 

@@ -15,8 +15,8 @@
 //! - [`store`]: the [`store::JobStore`] trait and its SQLite and PostgreSQL backends.
 //! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
-//! - [`cli`]: the command-line client (`spool job|batch|queue|events`) of a
-//!   running service.
+//! - [`cli`]: the binary's command line ([`cli::Cli`]: serve, `openapi`,
+//!   `bench`) and its client of a running service (`spool job|batch|queue|events`).
 //! - [`telemetry`]: logging set-up, the Prometheus metrics every layer records,
 //!   and the spans of requests and attempts (OTLP export).
 //!

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use spool::app::App;
-use spool::config::{Cli, Command};
+use spool::cli::{Cli, Command};
 
 /// mimalloc: the service allocates many small, short-lived buffers across
 /// threads (requests, rows, JSON), where glibc's allocator spends a fifth of

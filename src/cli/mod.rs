@@ -7,6 +7,7 @@
 mod args;
 mod batches;
 mod client;
+mod command_line;
 mod events;
 mod jobs;
 mod output;
@@ -18,8 +19,7 @@ pub use args::{
     BatchArgs, BatchCommand, ClientArgs, EventsArgs, JobArgs, JobCommand, QueueArgs, QueueCommand,
 };
 pub use client::CliError;
-
-use crate::config::Command;
+pub use command_line::{Cli, Command};
 
 /// What the client's exit status means. Stable: scripts branch on it, and
 /// `docs/cli.md` and every client command's `--help` list it.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use clap::Parser;
 use serde_json::{Value, json};
 use spool::app::{App, shutdown_signal};
-use spool::config::{Cli, Command};
+use spool::cli::{Cli, Command};
 use spool::kinds::{JobContext, JobFailure, JobKind};
 
 struct WordCount;
