@@ -103,7 +103,7 @@ impl AppBuilder {
                 .with_secret_headers(config.http_secret_headers.clone()),
         ));
         // Off unless the config file names commands: absent from /v1/kinds.
-        if let Some(exec) = ExecKind::from_config(&file.exec)? {
+        if let Some(exec) = ExecKind::from_config(&file.exec).map_err(ConfigError::from)? {
             kinds.push(Arc::new(exec));
         }
         let kinds = KindRegistry::new(kinds)?;

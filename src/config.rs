@@ -47,12 +47,8 @@ fn api_keys(text: &str) -> Result<ApiKeysSetting, String> {
         .map_err(|e| e.to_string())
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+/// `SPOOL_LOG_FORMAT`; declared by telemetry, which depends on no setting.
+pub use crate::telemetry::LogFormat;
 
 fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
     text.parse()
@@ -205,8 +201,8 @@ pub enum ConfigError {
     Queue { queue: String, message: String },
     #[error("SPOOL_CONFIG: tenants.{tenant}: {message}")]
     Tenant { tenant: String, message: String },
-    #[error("SPOOL_CONFIG: exec.{command}: {message}")]
-    Exec { command: String, message: String },
+    #[error("SPOOL_CONFIG: {0}")]
+    Exec(#[from] crate::kinds::ExecConfigError),
     #[error(transparent)]
     Key(#[from] crate::access::DeclaredKeyError),
     #[error("{setting}: {message}")]

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use crate::domain::{FieldError, Job, JobId, Progress, Redactor, TraceContext};
 
 pub use builtin::{EchoKind, NoopKind, SleepKind};
-pub use exec::{ExecCommand, ExecKind};
+pub use exec::{ExecCommand, ExecConfigError, ExecKind};
 pub use http::{HttpKind, SecretHeaders};
 pub use secrets::{MASK, MIN_MASKED_IN_OUTPUT, Secrets};
 

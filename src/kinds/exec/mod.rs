@@ -13,7 +13,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JobContext, JobFailure, JobKind, MASK};
-use crate::config::ConfigError;
 use crate::domain::FieldError;
 
 const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -336,17 +335,26 @@ impl Prepared {
     }
 }
 
+/// An `[exec.NAME]` table that cannot run: its own error, so that the kind
+/// depends on no configuration module (which wraps it).
+#[derive(Debug, thiserror::Error)]
+#[error("exec.{command}: {message}")]
+pub struct ExecConfigError {
+    pub command: String,
+    pub message: String,
+}
+
 impl ExecKind {
     /// Checks the `[exec.NAME]` tables; `None` when there are none.
     pub fn from_config(
         commands: &BTreeMap<String, ExecCommand>,
-    ) -> Result<Option<Self>, ConfigError> {
+    ) -> Result<Option<Self>, ExecConfigError> {
         if commands.is_empty() {
             return Ok(None);
         }
         let mut prepared = BTreeMap::new();
         for (name, command) in commands {
-            let invalid = |message: String| ConfigError::Exec {
+            let invalid = |message: String| ExecConfigError {
                 command: name.clone(),
                 message,
             };
