@@ -464,33 +464,17 @@ impl Engine {
         filter: &JobFilter,
     ) -> Result<Vec<Job>, EngineError> {
         let mut jobs = self.inner.store.list_jobs(tenant, filter).await?;
-        self.with_positions(tenant, &mut jobs).await?;
         for job in &mut jobs {
             self.with_webhook(job).await?;
+            // As on a read of the job alone. A count per queued job of the
+            // page: lists run a few at a time (`busy` beyond), so this
+            // cost is bounded where a submission's would not be.
+            if job.status == crate::domain::JobState::Queued {
+                job.position = Some(self.inner.store.queue_position(job).await?);
+            }
             self.inner.kinds.redact_job(job);
         }
         Ok(jobs)
-    }
-
-    /// The `position` of each queued job of a list, as a read of the job
-    /// alone shows it: one pass per queue of the page (lists run a few at
-    /// a time, `busy` beyond, so this cost is bounded where a submission's
-    /// would not be).
-    async fn with_positions(&self, tenant: &str, jobs: &mut [Job]) -> Result<(), EngineError> {
-        let mut by_queue: std::collections::BTreeMap<String, Vec<JobId>> = Default::default();
-        for job in jobs.iter().filter(|job| job.status == JobState::Queued) {
-            by_queue.entry(job.queue.clone()).or_default().push(job.id);
-        }
-        let mut found = std::collections::HashMap::new();
-        for (queue, ids) in &by_queue {
-            found.extend(self.inner.store.queue_positions(tenant, queue, ids).await?);
-        }
-        for job in jobs {
-            if let Some(position) = found.get(&job.id) {
-                job.position = Some(*position);
-            }
-        }
-        Ok(())
     }
 
     /// A job as it leaves the engine: its kind's secret payload values

@@ -66,30 +66,6 @@ pub enum Dialect {
     Postgres,
 }
 
-/// The statement of `JobStore::queue_positions`, binding the queue, the
-/// tenant and the ids as a JSON array: the tenant's queued jobs ranked in
-/// claim order once, and each other tenant's counted once, capped at the
-/// rounds before the job (as `queue_position` counts for one job).
-pub fn positions_query(dialect: Dialect) -> String {
-    let (queue, tenant, least, ids) = match dialect {
-        Dialect::Sqlite => ("?1", "?2", "min", "SELECT value FROM json_each(?3)"),
-        Dialect::Postgres => (
-            "$1",
-            "$2",
-            "least",
-            "SELECT jsonb_array_elements_text($3::jsonb)",
-        ),
-    };
-    format!(
-        "WITH ranked AS (SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) - 1 \
-             AS own FROM jobs WHERE queue = {queue} AND tenant = {tenant} AND state = 'queued'), \
-         other AS (SELECT count(*) AS n FROM jobs WHERE queue = {queue} AND state = 'queued' \
-             AND tenant <> {tenant} GROUP BY tenant) \
-         SELECT ranked.id, CAST(ranked.own + (SELECT coalesce(sum({least}(other.n, ranked.own)), 0) \
-             FROM other) AS BIGINT) FROM ranked WHERE ranked.id IN ({ids})"
-    )
-}
-
 /// `$statement` (a `sqlx::query…` of a [`ListQuery`]'s text) with `$binds`
 /// bound in order.
 macro_rules! bind_all {

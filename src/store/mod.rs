@@ -395,15 +395,6 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError>;
     /// Place of a queued job among its queue's queued jobs (0 = next).
     async fn queue_position(&self, job: &Job) -> Result<u64, StoreError>;
-    /// `queue_position` of several queued jobs of one tenant and queue, in
-    /// one pass over the queue (a page of a list); jobs no longer queued
-    /// are missing from the answer.
-    async fn queue_positions(
-        &self,
-        tenant: &str,
-        queue: &str,
-        ids: &[JobId],
-    ) -> Result<Vec<(JobId, u64)>, StoreError>;
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
     /// The results of the jobs a job depends on, in `ids` order; `None` for
     /// one that is gone (pruned) or has none.

@@ -462,17 +462,3 @@ impl RescuedRow {
         Ok((job, batch_id))
     }
 }
-
-/// Rows of (id, position) as the store's answer; an unreadable id (none
-/// the store wrote) is left out.
-pub(crate) fn positions(rows: Vec<(String, i64)>) -> Vec<(JobId, u64)> {
-    rows.into_iter()
-        .filter_map(|(id, position)| Some((id.parse().ok()?, position.max(0) as u64)))
-        .collect()
-}
-
-/// Job ids as a JSON array of strings, one bind for a list of them.
-pub(crate) fn ids_json(ids: &[JobId]) -> String {
-    let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
-    serde_json::to_string(&ids).unwrap_or_default()
-}

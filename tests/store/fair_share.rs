@@ -143,31 +143,3 @@ pub async fn a_queued_jobs_position_counts_the_rounds_before_it(store: Arc<dyn J
     assert_eq!(position("a", a[3]).await, 5);
     assert_eq!(position("a", a[0]).await, 0);
 }
-
-pub async fn positions_of_a_page_match_each_jobs_own_position(store: Arc<dyn JobStore>) {
-    with_queues(&store, &[("default", 100)]).await;
-    let specs = [
-        json!({}),
-        json!({"priority": 5}),
-        json!({}),
-        json!({"priority": -3}),
-        json!({"priority": 5}),
-    ];
-    let a = submit_for(&store, "a", 0, &specs).await;
-    submit_for(&store, "b", 10, &vec![json!({}); 3]).await;
-    let unknown = JobId::new();
-    let mut asked = a.clone();
-    asked.push(unknown);
-    let mut positions = store.queue_positions("a", "default", &asked).await.unwrap();
-    positions.sort();
-    let mut expected = Vec::new();
-    for id in &a {
-        let job = store.get_job("a", *id).await.unwrap().expect("exists");
-        expected.push((*id, store.queue_position(&job).await.unwrap()));
-    }
-    expected.sort();
-    assert_eq!(positions, expected);
-    // Not one of `b`'s, nor an unknown id, is answered for `a`.
-    let others = store.queue_positions("b", "default", &a).await.unwrap();
-    assert!(others.is_empty(), "{others:?}");
-}

@@ -125,7 +125,6 @@ macro_rules! with_every_case {
             a_tenant_behind_10_000_jobs_of_another_starts_within_20_claims,
             a_tenants_full_key_passes_the_turn_without_holding_up_another_tenant,
             a_queued_jobs_position_counts_the_rounds_before_it,
-            positions_of_a_page_match_each_jobs_own_position,
             a_jobs_trace_context_is_stored_and_read_back,
         ]);
     };

@@ -320,17 +320,6 @@ impl JobStore for PgStore {
             .map_err(classify)
     }
 
-    async fn queue_positions(
-        &self,
-        tenant: &str,
-        queue: &str,
-        ids: &[JobId],
-    ) -> Result<Vec<(JobId, u64)>, StoreError> {
-        reads::queue_positions(&self.pool, tenant, queue, ids)
-            .await
-            .map_err(classify)
-    }
-
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         lists::list_jobs(&self.pool, &self.lists, tenant, filter)
             .await

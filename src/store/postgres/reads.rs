@@ -1,8 +1,6 @@
 //! Reads of the PostgreSQL store: jobs, batches, results and queues, each
 //! one statement on the pool (or one transaction where two must agree).
 
-use std::sync::LazyLock;
-
 use sqlx::{AssertSqlSafe, PgPool};
 
 use super::counts;
@@ -10,10 +8,8 @@ use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, QueueConfig, QueueCounts, QueueInfo,
     Timestamp,
 };
-use crate::store::lists::{Dialect, positions_query};
 use crate::store::rows::{
-    BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow, ids_json,
-    parse_ids, positions,
+    BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow, parse_ids,
 };
 use crate::store::{ServiceGauges, StoreError};
 
@@ -58,23 +54,6 @@ pub async fn queue_position(pool: &PgPool, job: &Job) -> Result<u64, StoreError>
     .fetch_one(pool)
     .await?;
     Ok((ahead + others).max(0) as u64)
-}
-
-/// See `JobStore::queue_positions`.
-pub async fn queue_positions(
-    pool: &PgPool,
-    tenant: &str,
-    queue: &str,
-    ids: &[JobId],
-) -> Result<Vec<(JobId, u64)>, StoreError> {
-    static QUERY: LazyLock<String> = LazyLock::new(|| positions_query(Dialect::Postgres));
-    let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(QUERY.as_str()))
-        .bind(queue)
-        .bind(tenant)
-        .bind(ids_json(ids))
-        .fetch_all(pool)
-        .await?;
-    Ok(positions(rows))
 }
 
 pub async fn gauges(pool: &PgPool) -> Result<ServiceGauges, StoreError> {

@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use std::sync::LazyLock;
-
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -33,7 +31,7 @@ use self::rows::{
     ResultRow, parse_ids,
 };
 use self::writer::{Command, Op};
-use super::lists::{Dialect, LIST_WAIT, ListBudget, positions_query};
+use super::lists::{LIST_WAIT, ListBudget};
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
@@ -295,22 +293,6 @@ impl JobStore for SqliteStore {
         .fetch_one(&self.reads)
         .await?;
         Ok((ahead + others).max(0) as u64)
-    }
-
-    async fn queue_positions(
-        &self,
-        tenant: &str,
-        queue: &str,
-        ids: &[JobId],
-    ) -> Result<Vec<(JobId, u64)>, StoreError> {
-        static QUERY: LazyLock<String> = LazyLock::new(|| positions_query(Dialect::Sqlite));
-        let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(QUERY.as_str()))
-            .bind(queue)
-            .bind(tenant)
-            .bind(crate::store::rows::ids_json(ids))
-            .fetch_all(&self.reads)
-            .await?;
-        Ok(crate::store::rows::positions(rows))
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
