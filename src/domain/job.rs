@@ -168,10 +168,10 @@ pub struct Job {
     pub error: Option<ErrorInfo>,
     /// One entry per failed attempt, oldest first.
     pub errors: Vec<ErrorInfo>,
-    /// Place among the queued jobs of the queue (0 = next) on reads and in
-    /// lists; `null` unless `queued`, and in the answer to a submission:
-    /// counting the jobs ahead scans the queue, a cost submissions do not
-    /// pay (a backlog would slow every one). Read the job for it.
+    /// Place among the queued jobs of the queue (0 = next) on a read of the
+    /// job (`GET /v1/jobs/{id}`); `null` unless `queued`, and in lists and
+    /// the answer to a submission: counting the jobs ahead scans the queue,
+    /// a cost that would grow with the backlog on every list and submission.
     pub position: Option<u64>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,

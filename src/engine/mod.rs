@@ -464,14 +464,11 @@ impl Engine {
         filter: &JobFilter,
     ) -> Result<Vec<Job>, EngineError> {
         let mut jobs = self.inner.store.list_jobs(tenant, filter).await?;
+        // No `position`: counting the jobs ahead of each queued job scans
+        // its queue, which turned a filtered list over a 100 000-job backlog
+        // from under a millisecond into 650 ms (`spool bench --lists`).
         for job in &mut jobs {
             self.with_webhook(job).await?;
-            // As on a read of the job alone. A count per queued job of the
-            // page: lists run a few at a time (`busy` beyond), so this
-            // cost is bounded where a submission's would not be.
-            if job.status == crate::domain::JobState::Queued {
-                job.position = Some(self.inner.store.queue_position(job).await?);
-            }
             self.inner.kinds.redact_job(job);
         }
         Ok(jobs)
