@@ -1,13 +1,11 @@
 //! `spool batch submit|get|wait|results|cancel`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::args::{BatchArgs, BatchCommand};
 use super::client::{CliError, Client, MAX_WAIT_S, read_json, segment};
-use super::jobs::poll_seconds;
 use super::{Exit, exit_for_status, output};
 
 pub async fn run(args: BatchArgs) -> Result<Exit, CliError> {
@@ -99,18 +97,11 @@ fn finish(batch: Value, json: bool) -> Result<Exit, CliError> {
 
 /// Long-polls the batch until it finished or `timeout` seconds passed.
 async fn wait_batch(client: &Client, id: &str, timeout: Option<u64>) -> Result<Value, CliError> {
-    let path = batch_path(id);
-    let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
-    loop {
-        let wait = poll_seconds(deadline);
-        let batch = client
-            .get(&path, &[("wait".into(), wait.to_string())])
-            .await?;
-        let finished = batch["status"].as_str().is_some_and(|s| s != "running");
-        if finished || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return Ok(batch);
-        }
-    }
+    client
+        .long_poll(&batch_path(id), timeout, |batch| {
+            batch["status"].as_str().is_some_and(|s| s != "running")
+        })
+        .await
 }
 
 /// How `batch results` reads.

@@ -250,10 +250,43 @@ impl Client {
         self.call(self.request(Method::PUT, path).json(body)).await
     }
 
+    /// Long-polls `path` (`?wait=`, the longest the service holds) until
+    /// `done` says the answer is final or `timeout` seconds passed, and
+    /// returns the last answer.
+    pub async fn long_poll(
+        &self,
+        path: &str,
+        timeout: Option<u64>,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value, CliError> {
+        let deadline = timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+        loop {
+            let wait = poll_seconds(deadline);
+            let answer = self.get(path, &[("wait".into(), wait.to_string())]).await?;
+            if done(&answer) || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(answer);
+            }
+        }
+    }
+
     /// A `DELETE`, whose success has no body.
     pub async fn delete(&self, path: &str) -> Result<(), CliError> {
         let request = self.request(Method::DELETE, path).timeout(REQUEST_TIMEOUT);
         self.send(request).await.map(drop)
+    }
+}
+
+/// The `wait` of the next long-poll: the longest the service holds, or
+/// what is left before the deadline (rounded up, so that the last poll
+/// does not end early and spin).
+fn poll_seconds(deadline: Option<std::time::Instant>) -> u64 {
+    match deadline {
+        None => MAX_WAIT_S,
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            seconds.min(MAX_WAIT_S)
+        }
     }
 }
 

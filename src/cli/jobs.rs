@@ -1,12 +1,10 @@
 //! `spool job submit|get|wait|cancel|retry|list`.
 
-use std::time::{Duration, Instant};
-
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::args::{JobArgs, JobCommand, ListArgs, SubmitArgs};
-use super::client::{CliError, Client, MAX_WAIT_S, parse_json, read_json, segment};
+use super::client::{CliError, Client, parse_json, read_json, segment};
 use super::{Exit, exit_for_status, output};
 
 pub async fn run(args: JobArgs) -> Result<Exit, CliError> {
@@ -140,35 +138,11 @@ async fn submit_job(client: &Client, submit: SubmitArgs) -> Result<Value, CliErr
 /// Long-polls the job until it is terminal or `timeout` seconds passed,
 /// and returns it as it is then.
 pub async fn wait_job(client: &Client, id: &str, timeout: Option<u64>) -> Result<Value, CliError> {
-    let path = job_path(id);
-    let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
-    loop {
-        let wait = poll_seconds(deadline);
-        let job = client
-            .get(&path, &[("wait".into(), wait.to_string())])
-            .await?;
-        let status = output::text(&job["status"]);
-        if exit_for_status(&status) != Exit::TimedOut {
-            return Ok(job);
-        }
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return Ok(job);
-        }
-    }
-}
-
-/// The `wait` of the next long-poll: the longest the service holds, or
-/// what is left before the deadline (rounded up, so that the last poll
-/// does not end early and spin).
-pub fn poll_seconds(deadline: Option<Instant>) -> u64 {
-    match deadline {
-        None => MAX_WAIT_S,
-        Some(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            seconds.min(MAX_WAIT_S)
-        }
-    }
+    client
+        .long_poll(&job_path(id), timeout, |job| {
+            exit_for_status(&output::text(&job["status"])) != Exit::TimedOut
+        })
+        .await
 }
 
 async fn list_jobs(client: &Client, list: ListArgs, json: bool) -> Result<Exit, CliError> {

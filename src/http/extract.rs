@@ -172,9 +172,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     // serde stops at the first bad field; the others are found on the
     // parsed document, so a client fixes them all in one round.
-    let errors = match serde_json::from_slice::<Value>(bytes) {
-        Ok(document) => shape_errors::<T>(document),
-        Err(_) => Vec::new(),
+    // Each further error costs a parse of the document: bodies up to
+    // `SHAPE_ERRORS_MAX_BYTES` get them all, larger ones the first only.
+    let errors = if bytes.len() <= SHAPE_ERRORS_MAX_BYTES {
+        serde_json::from_slice::<Value>(bytes)
+            .map(shape_errors::<T>)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
     };
     let errors = if errors.is_empty() {
         vec![field_error(error.path(), inner)]
@@ -183,6 +188,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     };
     Err(ApiError::validation(errors))
 }
+
+/// The largest body whose every shape error is looked for (a single job's
+/// limit): a 16 MiB batch is not parsed twenty times over for its errors.
+const SHAPE_ERRORS_MAX_BYTES: usize = 1024 * 1024;
 
 /// At most this many shape errors are reported in one answer.
 const MAX_SHAPE_ERRORS: usize = 20;
