@@ -20,6 +20,10 @@
 //! - [`telemetry`]: logging set-up, the Prometheus metrics every layer records,
 //!   and the spans of requests and attempts (OTLP export).
 //!
+//! Dependencies between modules go one way: at every level of the tree, no
+//! module depends (even through others) on a sibling that depends on it.
+//! A test (`layering.rs`) reads the sources and fails on a cycle.
+//!
 //! A custom kind is a type implementing [`kinds::JobKind`], registered with
 //! [`app::App::builder`]`(config).kind(MyKind)`; see the crate
 //! `examples/custom-kind` (`cargo run -p spool-example-custom-kind`).
@@ -42,88 +46,4 @@ pub mod telemetry;
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPOOL_COMMIT"), ")");
 
 #[cfg(test)]
-mod layering {
-    //! The map above holds in the code: no top-level module depends, even
-    //! through others, on one that depends on it.
-
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::path::Path;
-
-    /// Top-level module → the top-level modules its non-test code names.
-    fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut pending = vec![src.clone()];
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(&dir).expect("src/ reads").flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    pending.push(path);
-                    continue;
-                }
-                let relative = path.strip_prefix(&src).expect("under src/");
-                let top = relative
-                    .components()
-                    .next()
-                    .and_then(|c| c.as_os_str().to_str())
-                    .unwrap_or_default()
-                    .trim_end_matches(".rs")
-                    .to_owned();
-                if path.extension().is_none_or(|e| e != "rs") || top == "lib" || top == "main" {
-                    continue;
-                }
-                let text = std::fs::read_to_string(&path).expect("a source file");
-                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-                let named = found.entry(top.clone()).or_default();
-                for (at, _) in code.match_indices("crate::") {
-                    let name: String = code[at + "crate::".len()..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if name != top {
-                        named.insert(name);
-                    }
-                }
-            }
-        }
-        let modules: BTreeSet<String> = found.keys().cloned().collect();
-        for named in found.values_mut() {
-            named.retain(|name| modules.contains(name));
-        }
-        found
-    }
-
-    /// Whether `to` is reachable from `from`.
-    fn reaches(graph: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str) -> bool {
-        let mut seen = BTreeSet::new();
-        let mut pending = vec![from.to_owned()];
-        while let Some(module) = pending.pop() {
-            for next in graph.get(&module).into_iter().flatten() {
-                if next == to {
-                    return true;
-                }
-                if seen.insert(next.clone()) {
-                    pending.push(next.clone());
-                }
-            }
-        }
-        false
-    }
-
-    #[test]
-    fn no_top_level_module_depends_on_one_that_depends_on_it() {
-        let graph = dependencies();
-        assert!(graph.len() > 10, "{graph:?}");
-        assert!(
-            graph["engine"].contains("store"),
-            "the scan sees `use crate::…`"
-        );
-        let cycles: Vec<String> = graph
-            .iter()
-            .flat_map(|(module, named)| named.iter().map(move |next| (module, next)))
-            .filter(|(module, next)| reaches(&graph, next, module))
-            .map(|(module, next)| format!("{module} -> {next} -> … -> {module}"))
-            .collect();
-        assert!(cycles.is_empty(), "{cycles:#?}");
-    }
-}
+mod layering;

@@ -257,11 +257,6 @@ pub fn success_required(threshold: f64, total: u64) -> u64 {
     ((exact - 1e-9).ceil().max(0.0) as u64).min(total)
 }
 
-/// The pointer of a job inside a batch body.
-pub fn job_pointer(index: usize) -> String {
-    format!("/jobs/{index}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

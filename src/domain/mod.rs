@@ -5,6 +5,7 @@ mod access;
 mod batch;
 mod job;
 mod queue;
+mod request;
 mod spec;
 mod tenant;
 mod time;
@@ -16,15 +17,16 @@ pub use access::{
 };
 pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
-    job_pointer, success_required,
+    success_required,
 };
 pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
+pub use request::{IdempotencyKey, JobFilter, StoredResponse};
 pub use spec::{
     DependencyRef, FieldError, JobSpec, MAX_CONCURRENCY_LIMIT, MAX_DEPENDENCIES, NewJob,
-    OnConflict, SpecContext, escape_pointer, valid_metadata_key,
+    OnConflict, SpecContext, escape_pointer, job_pointer, valid_metadata_key,
 };
 pub use tenant::{
     MAX_PENDING_LIMIT, MAX_SUBMIT_BURST, MAX_SUBMIT_RATE, TenantConfig, TenantInfo, TenantSettings,

@@ -8,6 +8,11 @@ use utoipa::ToSchema;
 
 use super::{Backoff, BatchId, JobId, JobState, QueueConfig, Timestamp};
 
+/// The pointer of a job inside a batch body.
+pub fn job_pointer(index: usize) -> String {
+    format!("/jobs/{index}")
+}
+
 pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// How far ahead `run_at`/`delay_ms` may point: one year.
 const MAX_DELAY_MS: u64 = 366 * 24 * 3_600_000;
@@ -238,7 +243,7 @@ impl JobSpec {
         ctx: SpecContext<'_>,
     ) -> Result<NewJob, Vec<FieldError>> {
         let at = match ctx.batch {
-            Some((_, index, _)) => super::batch::job_pointer(index),
+            Some((_, index, _)) => job_pointer(index),
             None => String::new(),
         };
         let mut errors = Vec::new();

@@ -16,7 +16,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{
     BatchIdPath, IdempotencyHeader, JsonBody, MAX_WAIT_S, QueryPairs, parse_wait,
 };
-use super::jobs::{idempotency_key, replayed};
+use super::idempotency::{idempotency_key, replayed};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use super::traces::RequestTrace;
 use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};

@@ -222,7 +222,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) | StoreError::Database(_) | StoreError::Sqlite(_) => {
+            StoreError::Unavailable(_) | StoreError::Database { .. } => {
                 Self::storage_unavailable(error)
             }
             StoreError::Busy(_) => Self::busy(error),

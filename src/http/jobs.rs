@@ -1,7 +1,7 @@
 //! `/v1/jobs`: submit, read, list, cancel and retry jobs.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
@@ -11,11 +11,12 @@ use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{IdempotencyHeader, JobIdPath, JsonBody, QueryPairs, parse_wait};
+use super::idempotency::{idempotency_key, replayed};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use super::traces::RequestTrace;
+use crate::domain::JobFilter;
 use crate::domain::{FieldError, Job, JobSpec, JobState, valid_metadata_key};
 use crate::engine::{Cancelled, Submitted};
-use crate::store::{IdempotencyKey, JobFilter, StoredResponse};
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1_000;
@@ -30,30 +31,6 @@ pub struct JobPage {
 
 fn location(id: impl std::fmt::Display) -> (header::HeaderName, String) {
     (header::LOCATION, format!("/v1/jobs/{id}"))
-}
-
-/// The `Idempotency-Key` header, if any, checked for shape.
-pub(super) fn idempotency_key(
-    header: Option<&HeaderValue>,
-    fingerprint: impl FnOnce() -> String,
-) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = header else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|key| !key.is_empty() && key.len() <= 255)
-        .ok_or_else(|| {
-            ApiError::validation(vec![FieldError::new(
-                "",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            )])
-        })?;
-    Ok(Some(IdempotencyKey {
-        key: key.to_owned(),
-        request_hash: fingerprint(),
-    }))
 }
 
 /// Submit a job.
@@ -126,21 +103,6 @@ pub async fn create_job(
     };
     add_rate_headers(&mut response, rate.as_ref());
     Ok(response)
-}
-
-/// The original response to a repeated request, marked as a replay.
-pub(super) fn replayed(stored: &StoredResponse, collection: &str) -> Response {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
-    let mut response = (status, Json(&stored.body)).into_response();
-    if let Some(id) = stored.body.get("id").and_then(|id| id.as_str())
-        && let Ok(value) = HeaderValue::from_str(&format!("{collection}/{id}"))
-    {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
-        .headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    response
 }
 
 /// Get a job.

@@ -9,6 +9,7 @@ mod events;
 mod extract;
 mod guards;
 mod health;
+mod idempotency;
 mod jobs;
 mod keys;
 mod kinds;

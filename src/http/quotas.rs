@@ -14,10 +14,10 @@ use axum::response::Response;
 
 use super::AppState;
 use super::error::{ApiError, RATELIMIT, RATELIMIT_POLICY};
-use super::jobs::replayed;
+use super::idempotency::replayed;
 use crate::access::{Rate, RateDecision};
 use crate::domain::Caller;
-use crate::store::IdempotencyKey;
+use crate::domain::IdempotencyKey;
 
 /// What the rate said of a submission.
 pub(super) enum RateGate {

@@ -4,6 +4,7 @@
 //! made atomic by the backend. The engine keeps nothing it cannot rebuild
 //! from the store after a crash.
 
+mod error;
 mod fair;
 mod keys;
 mod lists;
@@ -22,36 +23,11 @@ use crate::domain::{
     WebhookDelivery,
 };
 
+pub use crate::domain::{IdempotencyKey, JobFilter, StoredResponse};
+pub use error::StoreError;
 pub use lists::LIST_WAIT;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-
-/// Storage failures. Anything here is the service's problem, not the client's.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage is unavailable: {0}")]
-    Unavailable(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    /// Too many lists at once (`ListBudget`): the client should come back
-    /// shortly. Point reads are never refused this way.
-    #[error("the store is busy: {0}")]
-    Busy(String),
-}
-
-/// A remembered `Idempotency-Key`: the request's fingerprint.
-#[derive(Clone, Debug)]
-pub struct IdempotencyKey {
-    pub key: String,
-    /// SHA-256 of the canonical request, hex.
-    pub request_hash: String,
-}
 
 /// One submission: the jobs of a request, admitted together or not at all.
 #[derive(Clone, Debug)]
@@ -106,13 +82,6 @@ pub struct ServiceGauges {
     pub oldest_ready: Vec<(String, Timestamp)>,
     /// Webhooks not yet delivered nor given up.
     pub webhooks_pending: u64,
-}
-
-/// The response a submission produced, as remembered for idempotent replay.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub body: Value,
 }
 
 #[derive(Clone, Debug)]
@@ -237,19 +206,6 @@ pub enum BatchCancelOutcome {
     AlreadyFinished(Batch),
     /// Waiting jobs are cancelled; running ones are in `effects.stop`.
     Cancelled(Batch, Effects),
-}
-
-/// Filters of `GET /v1/jobs`; `cursor` is the last id of the previous page.
-#[derive(Clone, Debug, Default)]
-pub struct JobFilter {
-    pub queue: Option<String>,
-    pub status: Option<JobState>,
-    pub kind: Option<String>,
-    pub key: Option<String>,
-    pub metadata: Vec<(String, String)>,
-    pub batch_id: Option<BatchId>,
-    pub before: Option<JobId>,
-    pub limit: u32,
 }
 
 /// A job taken back from an instance that stopped renewing its lease.

@@ -1,5 +1,6 @@
-//! Admission in the PostgreSQL store: capacity, unique keys and the
-//! idempotency key checked in the submission's own transaction.
+//! Admission in the PostgreSQL store: the statements `plan::admit` runs
+//! (through `tx.rs`) in the submission's own transaction, and the plain
+//! path's insert (`plain.rs`).
 //!
 //! Capacity holds across instances because admission to a queue is
 //! serialised on the queue's row (`FOR UPDATE`, taken in name order so that
@@ -18,184 +19,10 @@ use std::sync::LazyLock;
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::counts::{self, Counts};
-use super::deps::{Ended, settle};
-use super::ops::cancel_now;
-use super::reads::SELECT_BATCH;
-use super::tenants;
-use crate::domain::{Batch, BatchId, Job, JobId, NewBatch};
-use crate::domain::{NewJob, OnConflict};
-use crate::store::plan;
-use crate::store::rows::{BatchRow, JOB_COLUMNS, JobRow, to_json};
-use crate::store::{
-    Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
-};
-
-/// Admits every job of `submission` or none; the caller rolls back unless
-/// the outcome is `Created`.
-pub async fn submit(
-    conn: &mut PgConnection,
-    submission: &Submission,
-) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
-    let tenant = submission.tenant.as_str();
-    let requested = per_queue(&submission.jobs);
-    let names: Vec<String> = requested.keys().map(|name| (*name).to_owned()).collect();
-
-    if let Some(idempotency) = &submission.idempotency {
-        let seen: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant = $1 AND key = $2",
-        )
-        .bind(tenant)
-        .bind(&idempotency.key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some((hash, status, body)) = seen {
-            if hash != idempotency.request_hash {
-                return Ok(Err(SubmitRejection::IdempotencyMismatch));
-            }
-            let body = serde_json::from_str(&body)
-                .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
-            return Ok(Ok(SubmitOutcome::Replayed(StoredResponse {
-                status: status as u16,
-                body,
-            })));
-        }
-    }
-
-    // A glance first, without the locks: a full queue refuses here, before
-    // any row is written (clients that meet 429 tend to come back at once).
-    let (capacities, pending) = glance(conn, &names).await?;
-    if let Some(rejection) = overflow(&requested, &capacities, &pending) {
-        return Ok(Err(rejection));
-    }
-
-    if submission.limit_pending
-        && let Some(rejection) =
-            tenants::glance_quota(conn, tenant, submission.jobs.len() as u64).await?
-    {
-        return Ok(Err(rejection));
-    }
-
-    let mut counts = Counts::default();
-    let mut replaced_running = Vec::new();
-    let mut replaced_now: Vec<Job> = Vec::new();
-    for job in &submission.jobs {
-        let Some(key) = &job.key else { continue };
-        let Some(holder) = active_holder(conn, tenant, key).await? else {
-            continue;
-        };
-        match job.on_conflict {
-            OnConflict::Reject => {
-                return Ok(Err(SubmitRejection::KeyConflict {
-                    key: key.clone(),
-                    holder: holder.id,
-                }));
-            }
-            OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(Box::new(holder)))),
-            OnConflict::Replace => {
-                let error = plan::replaced_by(job.id, job.created_at);
-                match cancel_now(conn, &mut counts, holder.id, &error, job.created_at).await? {
-                    Some(cancelled) => replaced_now.push(cancelled),
-                    None => replaced_running.push(holder.id),
-                }
-            }
-        }
-    }
-
-    let mut jobs = submission.jobs.clone();
-    let dependencies = match link_dependencies(conn, tenant, &mut jobs).await? {
-        Ok(dependencies) => dependencies,
-        Err(rejection) => return Ok(Err(rejection)),
-    };
-    if let Some(batch) = &submission.batch {
-        insert_batch(conn, batch, &jobs).await?;
-    }
-    insert_jobs(conn, &jobs, &dependencies.pending, None).await?;
-    if !dependencies.edges.is_empty() {
-        let (from, to): (Vec<String>, Vec<String>) = dependencies
-            .edges
-            .iter()
-            .map(|(dependency, dependent)| (dependency.to_string(), dependent.to_string()))
-            .unzip();
-        sqlx::query(
-            "INSERT INTO job_deps (depends_on_id, job_id) SELECT * FROM unnest($1::text[], $2::text[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(from)
-        .bind(to)
-        .execute(&mut *conn)
-        .await?;
-    }
-    // Counted before the cascade below moves any of them on: the cascade
-    // counts that move, these count the inserts.
-    for job in &jobs {
-        counts.add(&job.queue, job.state, 1);
-    }
-
-    // Jobs whose dependency already failed are cancelled at once, through the
-    // same cascade as when a dependency fails later.
-    let mut effects = Effects::default();
-    let now = jobs
-        .first()
-        .map_or_else(crate::domain::Timestamp::now, |job| job.created_at);
-    let mut ended: Vec<Ended> = dependencies
-        .already_failed
-        .iter()
-        .map(|&(id, state)| Ended {
-            id,
-            state,
-            batch_id: None,
-            dependents: true,
-        })
-        .collect();
-    ended.extend(replaced_now.iter().map(Ended::of));
-    settle(conn, &mut counts, &ended, now, &mut effects).await?;
-    let jobs = plan::submitted_jobs(jobs, &mut effects, replaced_now, replaced_running);
-
-    let batch = match &submission.batch {
-        Some(batch) => Some(Box::new(stored_batch(conn, batch.id, &jobs).await?)),
-        None => None,
-    };
-    if let Some(idempotency) = &submission.idempotency {
-        let body = plan::replay_body(batch.as_deref(), &jobs, &submission.redactor);
-        let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
-        // A concurrent submission with the same key that committed first
-        // makes this fail with 23505; the rerun replays its response.
-        sqlx::query(
-            "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
-             VALUES ($1, $2, $3, 202, $4, $5)",
-        )
-        .bind(tenant)
-        .bind(&idempotency.key)
-        .bind(&idempotency.request_hash)
-        .bind(body)
-        .bind(created_at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    // The tenant's `max_pending`, under the tenant's row lock (see
-    // `tenants.rs`), before the queues' locks; only for a tenant with one.
-    if submission.limit_pending {
-        let own: Vec<String> = jobs.iter().map(|job| job.id.to_string()).collect();
-        let requested = submission.jobs.len() as u64;
-        if let Some(rejection) = tenants::check_quota(conn, tenant, &own, requested).await? {
-            return Ok(Err(rejection));
-        }
-    }
-    // The capacity check that counts, last (see the module's comment): the
-    // queues' row locks are held from here to the commit only.
-    let capacities = lock_queues(conn, &names).await?;
-    let pending = counts::pending(conn, &names).await?;
-    if let Some(rejection) = overflow(&requested, &capacities, &pending) {
-        return Ok(Err(rejection));
-    }
-    counts.flush(conn).await?;
-    Ok(Ok(SubmitOutcome::Created {
-        jobs,
-        batch,
-        effects,
-    }))
-}
+use super::counts;
+use crate::domain::{Job, JobId, NewBatch, NewJob};
+use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
+use crate::store::{StoreError, SubmitRejection};
 
 /// How many of `jobs` go to each queue, by queue name (sorted).
 pub(super) fn per_queue(jobs: &[NewJob]) -> BTreeMap<&str, u64> {
@@ -204,17 +31,6 @@ pub(super) fn per_queue(jobs: &[NewJob]) -> BTreeMap<&str, u64> {
         *requested.entry(job.queue.as_str()).or_default() += 1;
     }
     requested
-}
-
-/// The refusal of the first queue that `requested` jobs would overflow.
-fn overflow(
-    requested: &BTreeMap<&str, u64>,
-    capacities: &HashMap<String, i64>,
-    pending: &HashMap<String, i64>,
-) -> Option<SubmitRejection> {
-    requested
-        .iter()
-        .find_map(|(queue, count)| capacity_rejection(capacities, pending, queue, *count))
 }
 
 /// Locks the rows of `names` (sorted), returning their capacities; a name
@@ -269,30 +85,6 @@ pub async fn active_holder(
     row.map(Job::try_from).transpose()
 }
 
-/// Counts each job's unsucceeded dependencies (a job with any waits as
-/// `scheduled`) and refuses dependencies that don't exist for this tenant.
-async fn link_dependencies(
-    conn: &mut PgConnection,
-    tenant: &str,
-    jobs: &mut [NewJob],
-) -> Result<Result<plan::Dependencies, SubmitRejection>, StoreError> {
-    let own: HashSet<JobId> = jobs.iter().map(|job| job.id).collect();
-    let outside: Vec<String> = jobs
-        .iter()
-        .flat_map(|job| &job.depends_on)
-        .filter(|id| !own.contains(id))
-        .map(JobId::to_string)
-        .collect();
-    let found: HashMap<String, (String, String)> = lock_dependencies(conn, &outside)
-        .await?
-        .into_iter()
-        .map(|(id, state, owner)| (id, (state, owner)))
-        .collect();
-    plan::dependencies(tenant, jobs, |dependency| {
-        Ok(found.get(&dependency.to_string()).cloned())
-    })
-}
-
 /// Flags the unfinished jobs of `ids` as depended on, under their row locks
 /// (taken in id order), then reads the state and tenant of each of `ids`.
 ///
@@ -325,7 +117,7 @@ pub(super) async fn lock_dependencies(
     )
 }
 
-async fn insert_batch(
+pub(super) async fn insert_batch(
     conn: &mut PgConnection,
     batch: &NewBatch,
     jobs: &[NewJob],
@@ -346,21 +138,6 @@ async fn insert_batch(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// The batch row as stored now (counts may already have moved), with the
-/// ids of `jobs`.
-async fn stored_batch(
-    conn: &mut PgConnection,
-    id: BatchId,
-    jobs: &[Job],
-) -> Result<Batch, StoreError> {
-    let sql = format!("{SELECT_BATCH} WHERE id = $1");
-    let row: BatchRow = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(id.to_string())
-        .fetch_one(conn)
-        .await?;
-    row.into_batch(jobs.iter().map(|job| job.id).collect())
 }
 
 /// Inserts jobs, one array per column unnested into rows (`$1` … `$25`).
@@ -482,7 +259,7 @@ pub async fn insert_jobs(
 /// The capacity and pending count of each of `queues` as committed now,
 /// without their locks: enough to refuse (the queue was full at this
 /// moment), not to admit.
-async fn glance(
+pub(super) async fn glance(
     conn: &mut PgConnection,
     queues: &[String],
 ) -> Result<(HashMap<String, i64>, HashMap<String, i64>), StoreError> {

@@ -9,8 +9,9 @@ use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::Counts;
-use super::deps::{Ended, settle};
+use super::tx::PgTx;
 use crate::domain::{BatchId, Job, JobId, Timestamp};
+use crate::store::plan::{self, Ended};
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::store::{
     AttemptOutcome, Completion, CompletionResult, Effects, FinishedBatch, StoreError,
@@ -164,7 +165,11 @@ pub async fn complete(
             dependents: row.has_dependents,
             ..Ended::of(&job)
         };
-        settle(conn, &mut counts, &[ended], completion.at, &mut effects).await?;
+        let tx = &mut PgTx {
+            conn: &mut *conn,
+            counts: &mut counts,
+        };
+        plan::settle(tx, &[ended], completion.at, &mut effects).await?;
     }
     counts.flush(conn).await?;
     Ok(CompletionResult::Applied {
@@ -233,7 +238,11 @@ pub fn complete_group<'a>(
                         ..Ended::of(&job)
                     };
                     let at = completions[index].at;
-                    settle(conn, &mut counts, &[ended], at, &mut effects).await?;
+                    let tx = &mut PgTx {
+                        conn: &mut *conn,
+                        counts: &mut counts,
+                    };
+                    plan::settle(tx, &[ended], at, &mut effects).await?;
                 }
                 if let Some(batch) = job.batch_id
                     && batch_ended == Some(true)

@@ -1,9 +1,6 @@
-//! What follows a job's end inside the same transaction: dependents released
-//! or cancelled (transitively), and batches noticed finishing.
-//!
-//! Batch counts, finishing order and status are kept by the
-//! `jobs_batch_counts` trigger; this module only reports which batches its
-//! caller's write finished, so the engine can wake their long-polls.
+//! The statements that carry out what a job's end sets in motion
+//! (`plan::settle` decides): dependents released or cancelled, batches
+//! noticed finishing.
 //!
 //! Each function here runs as statements of their own after the statement
 //! that ended the job: under READ COMMITTED each statement sees what
@@ -16,68 +13,10 @@
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::Counts;
-use crate::domain::{BatchId, Job, JobId, JobState, Timestamp};
-use crate::store::plan;
+use crate::domain::{ErrorInfo, Job, JobId, JobState, Timestamp};
+use crate::store::plan::Released;
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::store::{Effects, FinishedBatch, StoreError};
-
-/// A job that has just become terminal.
-#[derive(Clone, Copy, Debug)]
-pub struct Ended {
-    pub id: JobId,
-    pub state: JobState,
-    pub batch_id: Option<BatchId>,
-    /// False when the caller knows no job waits on this one, which saves
-    /// the statements that would find none.
-    pub dependents: bool,
-}
-
-impl Ended {
-    pub fn of(job: &Job) -> Self {
-        Self {
-            id: job.id,
-            state: job.status,
-            batch_id: job.batch_id,
-            dependents: true,
-        }
-    }
-}
-
-/// Applies the consequences of `ended` (jobs that just became terminal):
-/// a success releases the jobs waiting on it, a failure or cancellation
-/// cancels them and their own dependents; then reports the batches whose
-/// last job this was.
-pub async fn settle(
-    conn: &mut PgConnection,
-    counts: &mut Counts,
-    ended: &[Ended],
-    at: Timestamp,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let mut batches: Vec<String> = Vec::new();
-    for job in ended {
-        if let Some(batch) = job.batch_id {
-            batches.push(batch.to_string());
-        }
-        if !job.dependents {
-            continue;
-        }
-        if job.state == JobState::Succeeded {
-            release_dependents(conn, counts, job.id, at, effects).await?;
-        } else {
-            for cancelled in cancel_dependents(conn, counts, job.id, job.state, at).await? {
-                if let Some(batch) = cancelled.batch_id {
-                    batches.push(batch.to_string());
-                }
-                effects.cancelled.push(cancelled);
-            }
-        }
-    }
-    effects
-        .finished_batches
-        .extend(finished_batches(conn, batches).await?);
-    Ok(())
-}
+use crate::store::{FinishedBatch, StoreError};
 
 /// Those of `batches` that are finished (as this statement sees them), each once.
 pub async fn finished_batches(
@@ -109,13 +48,12 @@ pub async fn finished_batches(
 /// One dependency fewer for each job waiting on `id`; those left with none
 /// become `queued` (or wait for their `run_at`). The edges go in the same
 /// statement.
-async fn release_dependents(
+pub async fn release_dependents(
     conn: &mut PgConnection,
     counts: &mut Counts,
     id: JobId,
     at: Timestamp,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Released>, StoreError> {
     // `run_at` becomes the moment the job got ready: claims take jobs in that
     // order, and a job never looks started before its dependency finished.
     let released: Vec<(i64, i64, String, String)> = sqlx::query_as(
@@ -130,35 +68,36 @@ async fn release_dependents(
     .bind(at.as_millis())
     .fetch_all(&mut *conn)
     .await?;
+    let mut ready = Vec::new();
     for (pending, run_at, state, queue) in released {
         if pending > 0 {
             continue;
         }
-        if state == JobState::Queued.as_str() {
+        let queued = state == JobState::Queued.as_str();
+        if queued {
             counts.moved(&queue, JobState::Scheduled, JobState::Queued);
-            if !effects.ready_queues.contains(&queue) {
-                effects.ready_queues.push(queue);
-            }
-        } else {
-            let run_at = Timestamp::from_millis(run_at);
-            effects.next_due = Some(effects.next_due.map_or(run_at, |due| due.min(run_at)));
         }
+        ready.push(Released {
+            queue,
+            run_at: Timestamp::from_millis(run_at),
+            queued,
+        });
     }
-    Ok(())
+    Ok(ready)
 }
 
-/// Cancels every job that (transitively) waits on `id`, which ended `state`,
+/// Cancels with `error` every job that (transitively) waits on `id`,
 /// and drops the edges from `id` and from the jobs it cancelled.
 /// Waiting jobs are always `scheduled`: a job only leaves that state once
 /// all its dependencies succeeded, and a success is final.
-async fn cancel_dependents(
+pub async fn cancel_dependents(
     conn: &mut PgConnection,
     counts: &mut Counts,
     id: JobId,
-    state: JobState,
+    error: &ErrorInfo,
     at: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    let error = to_json(&plan::dependency_failed(id, state, at));
+    let error = to_json(error);
     let sql = format!(
         "WITH edges AS (DELETE FROM job_deps WHERE depends_on_id = ANY($1) RETURNING job_id) \
          UPDATE jobs SET state = 'cancelled', cancel_requested = true, finished_at = $2, \

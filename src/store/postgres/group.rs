@@ -24,7 +24,7 @@ use futures::stream::FuturesUnordered;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MAX_RUNS, classify, retryable};
+use super::MAX_RUNS;
 use crate::domain::NewJob;
 use crate::store::{StoreError, Submission};
 
@@ -109,8 +109,8 @@ async fn run_group<T, R>(pool: PgPool, group: Vec<Waiting<T, R>>, work: GroupWor
     let mut runs = 1;
     let outcome = loop {
         match in_transaction(&pool, &requests, work).await {
-            Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
-            other => break other.map_err(classify),
+            Err(error) if runs < MAX_RUNS && error.is_conflict() => runs += 1,
+            other => break other,
         }
     };
     match outcome {

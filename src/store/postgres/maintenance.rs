@@ -9,8 +9,9 @@
 use sqlx::{PgConnection, PgPool};
 
 use super::counts::Counts;
-use super::deps::{Ended, settle};
+use super::tx::PgTx;
 use crate::domain::{JobId, JobState, QueueConfig, Timestamp};
+use crate::store::plan::{self, Ended};
 use crate::store::rows::RescuedRow;
 use crate::store::{Effects, Promoted, QueueDeletion, Rescued, StoreError};
 
@@ -40,9 +41,10 @@ pub async fn renew(
 }
 
 /// The error a rescued attempt records, as compact JSON built in SQL from
+/// `$4` and `$5` (`plan::LEASE_EXPIRED` and its message, as JSON strings),
 /// the row's `attempt` and `$2` (the time, a JSON string).
-const LAPSED: &str = "'{\"code\":\"lease_expired\",\"message\":\"the instance running this \
-    attempt stopped renewing its lease\",\"attempt\":' || jobs.attempt || ',\"at\":' || $2 || '}'";
+const LAPSED: &str = "'{\"code\":' || $4 || ',\"message\":' || $5 || ',\"attempt\":' \
+    || jobs.attempt || ',\"at\":' || $2 || '}'";
 
 pub async fn rescue(
     conn: &mut PgConnection,
@@ -76,6 +78,8 @@ pub async fn rescue(
         .bind(now.as_millis())
         .bind(serde_json::Value::from(now.to_rfc3339()).to_string())
         .bind(not_owner)
+        .bind(serde_json::Value::from(plan::LEASE_EXPIRED).to_string())
+        .bind(serde_json::Value::from(plan::LEASE_EXPIRED_MESSAGE).to_string())
         .fetch_all(&mut *conn)
         .await?;
     let mut counts = Counts::default();
@@ -95,7 +99,11 @@ pub async fn rescue(
         rescued.push(job);
     }
     let mut effects = Effects::default();
-    settle(conn, &mut counts, &ended, now, &mut effects).await?;
+    let tx = &mut PgTx {
+        conn: &mut *conn,
+        counts: &mut counts,
+    };
+    plan::settle(tx, &ended, now, &mut effects).await?;
     counts.flush(conn).await?;
     Ok((rescued, effects))
 }

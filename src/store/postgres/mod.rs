@@ -21,6 +21,7 @@ mod ops;
 mod plain;
 mod reads;
 mod tenants;
+mod tx;
 mod webhooks;
 
 use std::str::FromStr;
@@ -31,8 +32,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
+use self::tx::decide;
 use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
+use super::plan;
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
@@ -122,14 +125,14 @@ impl PgStore {
         // Migrations on a connection of their own, closed afterwards: the
         // migrator holds a session-level advisory lock meanwhile, which must
         // not outlive it on a pooled connection.
-        let mut migrating = options.connect().await.map_err(classify_sqlx)?;
+        let mut migrating = options.connect().await?;
         // sqlx's PostgreSQL migrator takes `pg_advisory_lock` (keyed on the
         // database name) before it reads `_sqlx_migrations` and releases it
         // after the last migration (sqlx-postgres `migrate.rs`, `lock` and
         // `unlock`, called by `Migrator::run_direct`), so instances that
         // start together apply each migration once, one after the other.
         MIGRATOR.run(&mut migrating).await?;
-        migrating.close().await.map_err(classify_sqlx)?;
+        migrating.close().await?;
         let claims = PgPoolOptions::new()
             .max_connections(CLAIM_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -138,14 +141,12 @@ impl PgStore {
             .max_connections(connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
-            .await
-            .map_err(classify_sqlx)?;
+            .await?;
         // One bus per schema: services sharing a database in separate
         // schemas never hear each other.
         let schema: String = sqlx::query_scalar("SELECT current_schema()")
             .fetch_one(&pool)
-            .await
-            .map_err(classify_sqlx)?;
+            .await?;
         let bus = bus::PgBus::start(pool.clone(), bus::channel_for(&schema)).await?;
         let admissions = group::Grouper::start(pool.clone(), MAX_ADMISSIONS, 1, plain::admit_plain);
         let completions = group::Grouper::start(
@@ -173,9 +174,7 @@ impl PgStore {
         tenant: &str,
         filter: &JobFilter,
     ) -> Result<Vec<String>, StoreError> {
-        lists::explain(&self.pool, tenant, filter)
-            .await
-            .map_err(classify)
+        lists::explain(&self.pool, tenant, filter).await
     }
 
     /// Closes every connection; later calls fail as unavailable.
@@ -186,56 +185,16 @@ impl PgStore {
     }
 }
 
-/// True for failures that running the transaction again can cure.
-fn retryable(error: &StoreError) -> bool {
-    let StoreError::Database(sqlx::Error::Database(db)) = error else {
-        return false;
-    };
-    matches!(db.code().as_deref(), Some("40P01" | "40001" | "23505"))
-}
-
-/// Connection-level failures become `Unavailable` (503 `storage_unavailable`):
-/// the database cannot be reached, or the pool has no connection to give.
-fn classify(error: StoreError) -> StoreError {
-    match error {
-        StoreError::Database(error) => classify_sqlx(error),
-        other => other,
-    }
-}
-
-fn classify_sqlx(error: sqlx::Error) -> StoreError {
-    let connection_lost = match &error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => true,
-        // Class 08: connection exception; 57P01..57P03: the server is
-        // shutting down or starting; 53300: too many connections.
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
-        }),
-        _ => false,
-    };
-    if connection_lost {
-        StoreError::Unavailable(error.to_string())
-    } else {
-        StoreError::Database(error)
-    }
-}
-
 /// Awaits the future `$run` makes, and makes and awaits it again on a
-/// retryable failure (see `MAX_RUNS`). Evaluates to its value, with
-/// connection failures as `Unavailable`.
+/// conflict (`StoreError::is_conflict`, at most `MAX_RUNS` runs).
 macro_rules! retrying {
     ($run:expr) => {{
         let mut runs = 1;
         loop {
             let result: Result<_, StoreError> = $run.await;
             match result {
-                Err(error) if runs < MAX_RUNS && retryable(&error) => runs += 1,
-                other => break other.map_err(classify),
+                Err(error) if runs < MAX_RUNS && error.is_conflict() => runs += 1,
+                other => break other,
             }
         }
     }};
@@ -275,22 +234,18 @@ impl JobStore for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(classify_sqlx)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     async fn probe_writes(&self) -> Result<(), StoreError> {
         // A transaction given an id commits a WAL record and waits for its
         // flush: as much a write as a job's, touching no table.
-        let mut tx = self.pool.begin().await.map_err(classify_sqlx)?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_current_xact_id()")
             .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlx)?;
-        tx.commit().await.map_err(classify_sqlx)?;
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -303,42 +258,32 @@ impl JobStore for PgStore {
         }
         transaction!(
             self.pool,
-            |tx| admit::submit(&mut tx, &submission).await?,
+            |tx| decide!(tx, |decision| plan::admit(decision, submission.clone())),
             |outcome| matches!(outcome, Ok(SubmitOutcome::Created { .. }))
         )
     }
 
     async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
-        reads::get_job(&self.pool, tenant, id)
-            .await
-            .map_err(classify)
+        reads::get_job(&self.pool, tenant, id).await
     }
 
     async fn queue_position(&self, job: &Job) -> Result<u64, StoreError> {
-        reads::queue_position(&self.pool, job)
-            .await
-            .map_err(classify)
+        reads::queue_position(&self.pool, job).await
     }
 
     async fn list_jobs(&self, tenant: &str, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        lists::list_jobs(&self.pool, &self.lists, tenant, filter)
-            .await
-            .map_err(classify)
+        lists::list_jobs(&self.pool, &self.lists, tenant, filter).await
     }
 
     async fn dependency_results(
         &self,
         ids: &[JobId],
     ) -> Result<Vec<(JobId, Option<serde_json::Value>)>, StoreError> {
-        reads::dependency_results(&self.pool, ids)
-            .await
-            .map_err(classify)
+        reads::dependency_results(&self.pool, ids).await
     }
 
     async fn get_batch(&self, tenant: &str, id: BatchId) -> Result<Option<Batch>, StoreError> {
-        reads::get_batch(&self.pool, tenant, id)
-            .await
-            .map_err(classify)
+        reads::get_batch(&self.pool, tenant, id).await
     }
 
     async fn batch_results(
@@ -347,9 +292,7 @@ impl JobStore for PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<BatchResult>, StoreError> {
-        reads::batch_results(&self.pool, id, after, limit)
-            .await
-            .map_err(classify)
+        reads::batch_results(&self.pool, id, after, limit).await
     }
 
     async fn cancel_batch(
@@ -358,8 +301,9 @@ impl JobStore for PgStore {
         id: BatchId,
         at: Timestamp,
     ) -> Result<BatchCancelOutcome, StoreError> {
-        transaction!(self.pool, |tx| ops::cancel_batch(&mut tx, tenant, id, at)
-            .await?)
+        transaction!(self.pool, |tx| decide!(tx, |decision| plan::cancel_batch(
+            decision, tenant, id, at
+        )))
     }
 
     async fn claim(
@@ -370,7 +314,7 @@ impl JobStore for PgStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        let probe = claim::probe(&self.claims, queue).await.map_err(classify)?;
+        let probe = claim::probe(&self.claims, queue).await?;
         // A pause is service-wide from the moment it is stored, whether or
         // not this instance has heard of it yet.
         if probe.paused {
@@ -419,9 +363,7 @@ impl JobStore for PgStore {
         progress: Progress,
     ) -> Result<(), StoreError> {
         // One statement: atomic by itself, no transaction to open.
-        ops::report_progress(&self.pool, id, attempt, &progress)
-            .await
-            .map_err(classify)
+        ops::report_progress(&self.pool, id, attempt, &progress).await
     }
 
     async fn cancel_job(
@@ -430,7 +372,9 @@ impl JobStore for PgStore {
         id: JobId,
         at: Timestamp,
     ) -> Result<CancelOutcome, StoreError> {
-        transaction!(self.pool, |tx| ops::cancel(&mut tx, tenant, id, at).await?)
+        transaction!(self.pool, |tx| decide!(tx, |decision| plan::cancel_job(
+            decision, tenant, id, at
+        )))
     }
 
     async fn retry_job(
@@ -441,7 +385,7 @@ impl JobStore for PgStore {
     ) -> Result<RetryOutcome, StoreError> {
         transaction!(
             self.pool,
-            |tx| ops::retry(&mut tx, tenant, id, at).await?,
+            |tx| decide!(tx, |decision| plan::retry_job(decision, tenant, id, at)),
             |outcome| matches!(outcome, RetryOutcome::Retried(_))
         )
     }
@@ -452,9 +396,7 @@ impl JobStore for PgStore {
         ids: &[JobId],
         until: Timestamp,
     ) -> Result<Vec<JobId>, StoreError> {
-        maintenance::renew(&self.pool, owner, ids, until)
-            .await
-            .map_err(classify)
+        maintenance::renew(&self.pool, owner, ids, until).await
     }
 
     async fn rescue(
@@ -484,7 +426,7 @@ impl JobStore for PgStore {
     }
 
     async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        webhooks::next_due(&self.pool).await.map_err(classify)
+        webhooks::next_due(&self.pool).await
     }
 
     async fn claim_webhooks(
@@ -493,15 +435,11 @@ impl JobStore for PgStore {
         limit: u32,
         lease_until: Timestamp,
     ) -> Result<Vec<ClaimedWebhook>, StoreError> {
-        webhooks::claim(&self.pool, now, limit, lease_until)
-            .await
-            .map_err(classify)
+        webhooks::claim(&self.pool, now, limit, lease_until).await
     }
 
     async fn record_webhook(&self, attempt: WebhookAttempt) -> Result<(), StoreError> {
-        webhooks::record(&self.pool, &attempt)
-            .await
-            .map_err(classify)
+        webhooks::record(&self.pool, &attempt).await
     }
 
     async fn latest_webhook(
@@ -509,56 +447,48 @@ impl JobStore for PgStore {
         tenant: &str,
         owner: WebhookOwner,
     ) -> Result<Option<WebhookDelivery>, StoreError> {
-        webhooks::latest(&self.pool, tenant, owner)
-            .await
-            .map_err(classify)
+        webhooks::latest(&self.pool, tenant, owner).await
     }
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
-        reads::queues(&self.pool, None).await.map_err(classify)
+        reads::queues(&self.pool, None).await
     }
 
     async fn gauges(&self) -> Result<ServiceGauges, StoreError> {
-        reads::gauges(&self.pool).await.map_err(classify)
+        reads::gauges(&self.pool).await
     }
 
     async fn get_queue(&self, name: &str) -> Result<Option<QueueInfo>, StoreError> {
-        let mut queues = reads::queues(&self.pool, Some(name))
-            .await
-            .map_err(classify)?;
+        let mut queues = reads::queues(&self.pool, Some(name)).await?;
         Ok(queues.pop())
     }
 
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError> {
-        maintenance::upsert_queue(&self.pool, config)
-            .await
-            .map_err(classify)
+        maintenance::upsert_queue(&self.pool, config).await
     }
 
     async fn delete_queue(&self, name: &str) -> Result<QueueDeletion, StoreError> {
-        maintenance::delete_queue(&self.pool, name)
-            .await
-            .map_err(classify)
+        maintenance::delete_queue(&self.pool, name).await
     }
 
     async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
-        keys::insert(&self.pool, key).await.map_err(classify)
+        keys::insert(&self.pool, key).await
     }
 
     async fn stored_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        keys::live(&self.pool).await.map_err(classify)
+        keys::live(&self.pool).await
     }
 
     async fn revoke_key(&self, id: KeyId, at: Timestamp) -> Result<bool, StoreError> {
-        keys::revoke(&self.pool, id, at).await.map_err(classify)
+        keys::revoke(&self.pool, id, at).await
     }
 
     async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        keys::record_use(&self.pool, used).await.map_err(classify)
+        keys::record_use(&self.pool, used).await
     }
 
     async fn tenants(&self) -> Result<Vec<TenantConfig>, StoreError> {
-        tenants::all(&self.pool).await.map_err(classify)
+        tenants::all(&self.pool).await
     }
 
     async fn upsert_tenant(&self, tenant: &TenantConfig) -> Result<bool, StoreError> {
@@ -566,7 +496,7 @@ impl JobStore for PgStore {
     }
 
     async fn tenant_pending(&self, tenant: &str) -> Result<u64, StoreError> {
-        tenants::pending(&self.pool, tenant).await.map_err(classify)
+        tenants::pending(&self.pool, tenant).await
     }
 
     async fn idempotent_response(
@@ -574,8 +504,6 @@ impl JobStore for PgStore {
         tenant: &str,
         key: &str,
     ) -> Result<Option<(String, StoredResponse)>, StoreError> {
-        tenants::idempotent_response(&self.pool, tenant, key)
-            .await
-            .map_err(classify)
+        tenants::idempotent_response(&self.pool, tenant, key).await
     }
 }

@@ -114,7 +114,7 @@ pub async fn pending(pool: &PgPool, tenant: &str) -> Result<u64, StoreError> {
 }
 
 pub async fn idempotent_response(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     key: &str,
 ) -> Result<Option<(String, StoredResponse)>, StoreError> {
@@ -123,7 +123,7 @@ pub async fn idempotent_response(
     )
     .bind(tenant)
     .bind(key)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     seen.map(remembered_response).transpose()
 }

@@ -1,29 +1,22 @@
-//! Admission in the SQLite store: capacity, unique keys and the idempotency
-//! key checked in the writer's transaction, in the same savepoint as the insert.
-
-use std::collections::BTreeMap;
+//! Admission in the SQLite store: the statements `plan::admit` runs in the
+//! writer's transaction, in the same savepoint as the insert.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::counts::NewCounts;
-use super::deps::{Ended, settle};
-use super::ops::cancel_now;
-use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, to_json};
-use crate::domain::{
-    Batch, BatchCounts, BatchId, Job, JobState, NewBatch, NewJob, OnConflict, Timestamp,
-};
+use super::rows::{JOB_COLUMNS, JobRow, to_json};
+use super::writer::{WriteTx, run_now};
+use crate::domain::{BatchCounts, Job, JobState, NewBatch, NewJob};
 use crate::store::plan;
-use crate::store::{
-    Effects, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
-};
+use crate::store::{StoreError, Submission, SubmitOutcome, SubmitRejection};
 
-/// Admits every job of `submission` or none. When that takes more than one
-/// write (several jobs, a key to replace, an idempotency key), a savepoint
-/// makes it all-or-nothing while the rest of the batch commits; a plain
-/// single job is one INSERT, atomic by itself, after read-only checks.
+/// Admits every job of `submission` or none (`plan::admit` decides). When
+/// that takes more than one write (several jobs, a key to replace, an
+/// idempotency key), a savepoint makes it all-or-nothing while the rest of
+/// the group commits; a plain single job is one INSERT, atomic by itself,
+/// after read-only checks.
 pub fn submit(
-    conn: &Connection,
-    counts: &mut NewCounts,
+    tx: &mut WriteTx<'_>,
     submission: Submission,
 ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
     let several_writes = submission.jobs.len() > 1
@@ -34,175 +27,22 @@ pub fn submit(
             .iter()
             .any(|job| job.key.is_some() || !job.depends_on.is_empty());
     if !several_writes {
-        return submit_in(conn, counts, submission);
+        return run_now(plan::admit(tx, submission));
     }
-    conn.prepare_cached("SAVEPOINT submit")?.execute([])?;
-    let outcome = submit_in(conn, counts, submission);
+    tx.conn.prepare_cached("SAVEPOINT submit")?.execute([])?;
+    let outcome = run_now(plan::admit(tx, submission));
     if !matches!(outcome, Ok(Ok(_))) {
-        conn.prepare_cached("ROLLBACK TO submit")?.execute([])?;
+        tx.conn.prepare_cached("ROLLBACK TO submit")?.execute([])?;
     }
-    conn.prepare_cached("RELEASE submit")?.execute([])?;
+    tx.conn.prepare_cached("RELEASE submit")?.execute([])?;
     outcome
 }
 
-fn submit_in(
+pub(super) fn insert_batch(
     conn: &Connection,
-    counts: &mut NewCounts,
-    submission: Submission,
-) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
-    let tenant = submission.tenant;
-    if let Some(idempotency) = &submission.idempotency {
-        let seen: Option<(String, i64, String)> = conn
-            .prepare_cached(
-                "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key = ?",
-            )?
-            .query_row(params![tenant, idempotency.key], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
-            .optional()?;
-        if let Some((hash, status, body)) = seen {
-            if hash != idempotency.request_hash {
-                return Ok(Err(SubmitRejection::IdempotencyMismatch));
-            }
-            let body = serde_json::from_str(&body)
-                .map_err(|e| StoreError::Corrupt(format!("idempotency body: {e}")))?;
-            return Ok(Ok(SubmitOutcome::Replayed(StoredResponse {
-                status: status as u16,
-                body,
-            })));
-        }
-    }
-
-    let mut requested: BTreeMap<&str, u64> = BTreeMap::new();
-    for job in &submission.jobs {
-        *requested.entry(job.queue.as_str()).or_default() += 1;
-    }
-    for (queue, count) in &requested {
-        if let Some(rejection) = check_capacity(conn, counts, queue, *count)? {
-            return Ok(Err(rejection));
-        }
-    }
-
-    let mut replaced_running = Vec::new();
-    let mut replaced_now: Vec<Job> = Vec::new();
-    for job in &submission.jobs {
-        let Some(key) = &job.key else { continue };
-        let Some(holder) = active_holder(conn, &tenant, key)? else {
-            continue;
-        };
-        match job.on_conflict {
-            OnConflict::Reject => {
-                return Ok(Err(SubmitRejection::KeyConflict {
-                    key: key.clone(),
-                    holder: holder.id,
-                }));
-            }
-            OnConflict::Existing => return Ok(Ok(SubmitOutcome::Existing(Box::new(holder)))),
-            OnConflict::Replace => {
-                let error = plan::replaced_by(job.id, job.created_at);
-                match cancel_now(conn, holder.id, &error, job.created_at)? {
-                    Some(cancelled) => replaced_now.push(cancelled),
-                    None => replaced_running.push(holder.id),
-                }
-            }
-        }
-    }
-
-    // Only for a tenant with a `max_pending`: no statement for the others.
-    // After the replaced holders were cancelled (they wait no longer, as on
-    // PostgreSQL); a refusal rolls that back with the savepoint (a key makes
-    // the submission take one).
-    if submission.limit_pending
-        && let Some(rejection) =
-            super::tenants::check_quota(conn, &tenant, submission.jobs.len() as u64)?
-    {
-        return Ok(Err(rejection));
-    }
-
-    let mut jobs = submission.jobs;
-    let dependencies = match link_dependencies(conn, &tenant, &mut jobs)? {
-        Ok(dependencies) => dependencies,
-        Err(rejection) => return Ok(Err(rejection)),
-    };
-    if let Some(batch) = &submission.batch {
-        insert_batch(conn, batch, &jobs)?;
-    }
-    insert_jobs(conn, &jobs, &dependencies.pending)?;
-    let mut link = conn
-        .prepare_cached("INSERT OR IGNORE INTO job_deps (depends_on_id, job_id) VALUES (?, ?)")?;
-    for (dependency, dependent) in &dependencies.edges {
-        link.execute(params![dependency.to_string(), dependent.to_string()])?;
-    }
-    // Counted before the cascade below moves any of them on: the triggers
-    // count that move, these count the inserts.
-    counts.add(&jobs);
-
-    // Jobs whose dependency already failed are cancelled at once, through the
-    // same cascade as when a dependency fails later.
-    let mut effects = Effects::default();
-    let now = jobs
-        .first()
-        .map_or_else(Timestamp::now, |job| job.created_at);
-    let mut ended: Vec<Ended> = dependencies
-        .already_failed
-        .iter()
-        .map(|&(id, state)| Ended {
-            id,
-            state,
-            batch_id: None,
-        })
-        .collect();
-    ended.extend(replaced_now.iter().map(Ended::of));
-    settle(conn, &ended, now, &mut effects)?;
-    let jobs = plan::submitted_jobs(jobs, &mut effects, replaced_now, replaced_running);
-
-    let batch = match &submission.batch {
-        Some(batch) => Some(Box::new(stored_batch(conn, batch.id, &jobs)?)),
-        None => None,
-    };
-    if let Some(idempotency) = &submission.idempotency {
-        let body = plan::replay_body(batch.as_deref(), &jobs, &submission.redactor);
-        let created_at = jobs.first().map_or(0, |job| job.created_at.as_millis());
-        conn.prepare_cached(
-            "INSERT INTO idempotency_keys (tenant, key, request_hash, status, body, created_at) \
-             VALUES (?, ?, ?, 202, ?, ?)",
-        )?
-        .execute(params![
-            tenant,
-            idempotency.key,
-            idempotency.request_hash,
-            body,
-            created_at
-        ])?;
-    }
-    Ok(Ok(SubmitOutcome::Created {
-        jobs,
-        batch,
-        effects,
-    }))
-}
-
-/// Counts each job's unsucceeded dependencies (a job with any waits as
-/// `scheduled`) and refuses dependencies that don't exist for this tenant.
-fn link_dependencies(
-    conn: &Connection,
-    tenant: &str,
-    jobs: &mut [NewJob],
-) -> Result<Result<plan::Dependencies, SubmitRejection>, StoreError> {
-    if jobs.iter().all(|job| job.depends_on.is_empty()) {
-        return plan::dependencies(tenant, jobs, |_| Ok(None));
-    }
-    let mut state_of = conn.prepare_cached("SELECT state, tenant FROM jobs WHERE id = ?")?;
-    plan::dependencies(tenant, jobs, |dependency| {
-        Ok(state_of
-            .query_row(params![dependency.to_string()], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?)
-    })
-}
-
-fn insert_batch(conn: &Connection, batch: &NewBatch, jobs: &[NewJob]) -> Result<(), StoreError> {
+    batch: &NewBatch,
+    jobs: &[NewJob],
+) -> Result<(), StoreError> {
     let mut counts = BatchCounts::default();
     for job in jobs {
         counts.add(job.state);
@@ -224,15 +64,6 @@ fn insert_batch(conn: &Connection, batch: &NewBatch, jobs: &[NewJob]) -> Result<
         batch.created_at.as_millis(),
     ])?;
     Ok(())
-}
-
-/// The batch row as stored now (counts may already have moved), with the
-/// ids of `jobs`.
-fn stored_batch(conn: &Connection, id: BatchId, jobs: &[Job]) -> Result<Batch, StoreError> {
-    let row = conn
-        .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))?
-        .query_row(params![id.to_string()], BatchRow::from_writer_row)?;
-    row.into_batch(jobs.iter().map(|job| job.id).collect())
 }
 
 /// `None` when `count` more jobs fit in the queue.
@@ -284,7 +115,11 @@ pub(super) fn active_holder(
     row.map(Job::try_from).transpose()
 }
 
-fn insert_jobs(conn: &Connection, jobs: &[NewJob], pending: &[i64]) -> Result<(), StoreError> {
+pub(super) fn insert_jobs(
+    conn: &Connection,
+    jobs: &[NewJob],
+    pending: &[i64],
+) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \

@@ -1,80 +1,12 @@
-//! What follows a job's end inside the same transaction: dependents released
-//! or cancelled (transitively), and batches noticed finishing.
-//!
-//! Batch counts, finishing order and status are kept by the
-//! `jobs_batch_counts` trigger; this module only reports which batches its
-//! caller's write finished, so the engine can wake their long-polls.
+//! The statements that carry out what a job's end sets in motion
+//! (`plan::settle` decides): dependents released or cancelled.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::domain::{BatchId, Job, JobId, JobState, Timestamp};
-use crate::store::plan;
-use crate::store::{Effects, FinishedBatch, StoreError};
-
-/// A job that has just become terminal.
-#[derive(Clone, Copy, Debug)]
-pub struct Ended {
-    pub id: JobId,
-    pub state: JobState,
-    pub batch_id: Option<BatchId>,
-}
-
-impl Ended {
-    pub fn of(job: &Job) -> Self {
-        Self {
-            id: job.id,
-            state: job.status,
-            batch_id: job.batch_id,
-        }
-    }
-}
-
-/// Applies the consequences of `ended` (jobs that just became terminal):
-/// a success releases the jobs waiting on it, a failure or cancellation
-/// cancels them and their own dependents; then reports the batches whose
-/// last job this was.
-pub fn settle(
-    conn: &Connection,
-    ended: &[Ended],
-    at: Timestamp,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let mut batches: Vec<BatchId> = Vec::new();
-    for job in ended {
-        if let Some(batch) = job.batch_id {
-            batches.push(batch);
-        }
-        if !has_dependents(conn, job.id)? {
-            continue;
-        }
-        if job.state == JobState::Succeeded {
-            release_dependents(conn, job.id, at, effects)?;
-        } else {
-            for cancelled in cancel_dependents(conn, job.id, job.state, at)? {
-                if let Some(batch) = cancelled.batch_id {
-                    batches.push(batch);
-                }
-                effects.cancelled.push(cancelled);
-            }
-        }
-    }
-    batches.sort();
-    batches.dedup();
-    let mut finished =
-        conn.prepare_cached("SELECT tenant FROM batches WHERE id = ? AND finished_at IS NOT NULL")?;
-    for batch in batches {
-        let tenant: Option<String> = finished
-            .query_row(params![batch.to_string()], |row| row.get(0))
-            .optional()?;
-        if let Some(tenant) = tenant {
-            effects
-                .finished_batches
-                .push(FinishedBatch { id: batch, tenant });
-        }
-    }
-    Ok(())
-}
+use crate::domain::{ErrorInfo, Job, JobId, Timestamp};
+use crate::store::StoreError;
+use crate::store::plan::Released;
 
 fn has_dependents(conn: &Connection, id: JobId) -> Result<bool, StoreError> {
     Ok(conn
@@ -84,13 +16,15 @@ fn has_dependents(conn: &Connection, id: JobId) -> Result<bool, StoreError> {
 
 /// One dependency fewer for each job waiting on `id`; those left with none
 /// become `queued` (or wait for their `run_at`).
-fn release_dependents(
+pub fn release_dependents(
     conn: &Connection,
     id: JobId,
     at: Timestamp,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let released = conn
+) -> Result<Vec<Released>, StoreError> {
+    if !has_dependents(conn, id)? {
+        return Ok(Vec::new());
+    }
+    let decremented = conn
         .prepare_cached(
             "UPDATE jobs SET deps_pending = deps_pending - 1 \
              WHERE id IN (SELECT job_id FROM job_deps WHERE depends_on_id = ?) \
@@ -112,35 +46,38 @@ fn release_dependents(
         "UPDATE jobs SET state = 'queued', run_at = max(run_at, ?) \
          WHERE id = ? AND state = 'scheduled'",
     )?;
-    for (dependent, pending, run_at, queue) in released {
+    let mut released = Vec::new();
+    for (dependent, pending, run_at, queue) in decremented {
         if pending > 0 {
             continue;
         }
-        if run_at <= at.as_millis() {
+        let queued = run_at <= at.as_millis();
+        if queued {
             queue_now.execute(params![at.as_millis(), dependent])?;
-            if !effects.ready_queues.contains(&queue) {
-                effects.ready_queues.push(queue);
-            }
-        } else {
-            let run_at = Timestamp::from_millis(run_at);
-            effects.next_due = Some(effects.next_due.map_or(run_at, |due| due.min(run_at)));
         }
+        released.push(Released {
+            queue,
+            run_at: Timestamp::from_millis(run_at),
+            queued,
+        });
     }
     conn.prepare_cached("DELETE FROM job_deps WHERE depends_on_id = ?")?
         .execute(params![id.to_string()])?;
-    Ok(())
+    Ok(released)
 }
 
-/// Cancels every job that (transitively) waits on `id`, which ended `state`.
+/// Cancels every job that (transitively) waits on `id` with `error`.
 /// Waiting jobs are always `scheduled`: a job only leaves that state once
 /// all its dependencies succeeded, and a success is final.
-fn cancel_dependents(
+pub fn cancel_dependents(
     conn: &Connection,
     id: JobId,
-    state: JobState,
+    error: &ErrorInfo,
     at: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    let error = plan::dependency_failed(id, state, at);
+    if !has_dependents(conn, id)? {
+        return Ok(Vec::new());
+    }
     let rows = conn
         .prepare_cached(&format!(
             "WITH RECURSIVE doomed(id) AS ( \
@@ -151,7 +88,7 @@ fn cancel_dependents(
              RETURNING {JOB_COLUMNS}"
         ))?
         .query_map(
-            params![id.to_string(), at.as_millis(), to_json(&error)],
+            params![id.to_string(), at.as_millis(), to_json(error)],
             JobRow::from_writer_row,
         )?
         .collect::<Result<Vec<_>, _>>()?;

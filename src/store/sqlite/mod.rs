@@ -9,6 +9,7 @@ mod lists;
 mod ops;
 mod rows;
 mod tenants;
+mod tx;
 mod webhooks;
 mod writer;
 
@@ -22,16 +23,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use self::keys::KeyWrite;
-use self::ops::Done;
 use self::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
     ResultRow, parse_ids,
 };
-use self::writer::{Command, Op};
+use self::writer::{Command, WriteTx, run_now};
 use super::lists::{LIST_WAIT, ListBudget};
+use super::plan;
 use super::{
     BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
     JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
@@ -133,13 +133,20 @@ impl SqliteStore {
         lists::explain(&self.reads, tenant, filter).await
     }
 
-    async fn write(&self, op: Op) -> Result<Done, StoreError> {
-        let (reply, done) = oneshot::channel();
+    /// Runs `work` on the writer, in its next group's transaction, and
+    /// returns its result once that committed.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (command, reply) = Command::new(work);
         self.writes
-            .send(Command { op, reply })
+            .send(command)
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        done.await
+        reply
+            .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
 }
@@ -222,10 +229,6 @@ fn free_bytes(path: &std::path::Path) -> Result<u64, StoreError> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
-fn unexpected() -> StoreError {
-    StoreError::Corrupt("the writer answered with the wrong kind of result".into())
-}
-
 #[async_trait]
 impl JobStore for SqliteStore {
     fn exclusive(&self) -> bool {
@@ -247,20 +250,14 @@ impl JobStore for SqliteStore {
                 "the database's disk is full ({free} bytes free)"
             )));
         }
-        match self.write(Op::Probe).await? {
-            Done::Unit => Ok(()),
-            _ => Err(unexpected()),
-        }
+        self.write(|tx| ops::probe(tx.conn)).await
     }
 
     async fn submit(
         &self,
         submission: Submission,
     ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError> {
-        match self.write(Op::Submit(submission)).await? {
-            Done::Submit(outcome) => Ok(outcome),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| admit::submit(tx, submission)).await
     }
 
     async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -364,15 +361,9 @@ impl JobStore for SqliteStore {
         id: BatchId,
         at: Timestamp,
     ) -> Result<BatchCancelOutcome, StoreError> {
-        let op = Op::CancelBatch {
-            tenant: tenant.to_owned(),
-            id,
-            at,
-        };
-        match self.write(op).await? {
-            Done::BatchCancel(outcome) => Ok(outcome),
-            _ => Err(unexpected()),
-        }
+        let tenant = tenant.to_owned();
+        self.write(move |tx| run_now(plan::cancel_batch(tx, &tenant, id, at)))
+            .await
     }
 
     async fn claim(
@@ -383,24 +374,13 @@ impl JobStore for SqliteStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        let op = Op::Claim {
-            queue: queue.to_owned(),
-            limit,
-            owner: owner.to_owned(),
-            lease_until,
-            now,
-        };
-        match self.write(op).await? {
-            Done::Jobs(jobs) => Ok(jobs),
-            _ => Err(unexpected()),
-        }
+        let (queue, owner) = (queue.to_owned(), owner.to_owned());
+        self.write(move |tx| ops::claim(tx.conn, tx.turns, &queue, limit, &owner, lease_until, now))
+            .await
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
-        match self.write(Op::Complete(completion)).await? {
-            Done::Completion(result) => Ok(result),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| ops::complete(tx, &completion)).await
     }
 
     async fn report_progress(
@@ -409,15 +389,8 @@ impl JobStore for SqliteStore {
         attempt: u32,
         progress: Progress,
     ) -> Result<(), StoreError> {
-        let op = Op::Progress {
-            id,
-            attempt,
-            progress,
-        };
-        match self.write(op).await? {
-            Done::Unit => Ok(()),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| ops::report_progress(tx.conn, id, attempt, &progress))
+            .await
     }
 
     async fn cancel_job(
@@ -426,15 +399,9 @@ impl JobStore for SqliteStore {
         id: JobId,
         at: Timestamp,
     ) -> Result<CancelOutcome, StoreError> {
-        let op = Op::Cancel {
-            tenant: tenant.to_owned(),
-            id,
-            at,
-        };
-        match self.write(op).await? {
-            Done::Cancel(outcome) => Ok(outcome),
-            _ => Err(unexpected()),
-        }
+        let tenant = tenant.to_owned();
+        self.write(move |tx| run_now(plan::cancel_job(tx, &tenant, id, at)))
+            .await
     }
 
     async fn retry_job(
@@ -443,15 +410,9 @@ impl JobStore for SqliteStore {
         id: JobId,
         at: Timestamp,
     ) -> Result<RetryOutcome, StoreError> {
-        let op = Op::Retry {
-            tenant: tenant.to_owned(),
-            id,
-            at,
-        };
-        match self.write(op).await? {
-            Done::Retry(outcome) => Ok(outcome),
-            _ => Err(unexpected()),
-        }
+        let tenant = tenant.to_owned();
+        self.write(move |tx| run_now(plan::retry_job(tx, &tenant, id, at)))
+            .await
     }
 
     async fn renew_leases(
@@ -460,15 +421,9 @@ impl JobStore for SqliteStore {
         ids: &[JobId],
         until: Timestamp,
     ) -> Result<Vec<JobId>, StoreError> {
-        let op = Op::Renew {
-            owner: owner.to_owned(),
-            ids: ids.to_vec(),
-            until,
-        };
-        match self.write(op).await? {
-            Done::Ids(ids) => Ok(ids),
-            _ => Err(unexpected()),
-        }
+        let (owner, ids) = (owner.to_owned(), ids.to_vec());
+        self.write(move |tx| ops::renew(tx.conn, &owner, &ids, until))
+            .await
     }
 
     async fn rescue(
@@ -476,21 +431,12 @@ impl JobStore for SqliteStore {
         now: Timestamp,
         not_owner: Option<&str>,
     ) -> Result<(Vec<Rescued>, Effects), StoreError> {
-        let op = Op::Rescue {
-            now,
-            not_owner: not_owner.map(str::to_owned),
-        };
-        match self.write(op).await? {
-            Done::Rescued(rescued, effects) => Ok((rescued, effects)),
-            _ => Err(unexpected()),
-        }
+        let not_owner = not_owner.map(str::to_owned);
+        self.write(move |tx| ops::rescue(tx, now, not_owner)).await
     }
 
     async fn promote_due(&self, now: Timestamp) -> Result<Promoted, StoreError> {
-        match self.write(Op::Promote { now }).await? {
-            Done::Promoted(promoted) => Ok(promoted),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| ops::promote(tx.conn, now)).await
     }
 
     async fn prune(
@@ -498,14 +444,8 @@ impl JobStore for SqliteStore {
         finished_before: Timestamp,
         keys_before: Timestamp,
     ) -> Result<u64, StoreError> {
-        let op = Op::Prune {
-            finished_before,
-            keys_before,
-        };
-        match self.write(op).await? {
-            Done::Count(n) => Ok(n),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| ops::prune(tx.conn, finished_before, keys_before))
+            .await
     }
 
     async fn next_webhook_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -518,20 +458,13 @@ impl JobStore for SqliteStore {
         limit: u32,
         lease_until: Timestamp,
     ) -> Result<Vec<ClaimedWebhook>, StoreError> {
-        let op = Op::ClaimWebhooks {
-            now,
-            limit,
-            lease_until,
-        };
-        match self.write(op).await? {
-            Done::Webhooks(claimed) => Ok(claimed),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| webhooks::claim(tx.conn, now, limit, lease_until))
+            .await
     }
 
     async fn record_webhook(&self, attempt: WebhookAttempt) -> Result<(), StoreError> {
-        self.write(Op::RecordWebhook(attempt)).await?;
-        Ok(())
+        self.write(move |tx| webhooks::record(tx.conn, &attempt))
+            .await
     }
 
     async fn latest_webhook(
@@ -602,23 +535,20 @@ impl JobStore for SqliteStore {
     }
 
     async fn upsert_queue(&self, config: &QueueConfig) -> Result<bool, StoreError> {
-        match self.write(Op::UpsertQueue(config.clone())).await? {
-            Done::Created(created) => Ok(created),
-            _ => Err(unexpected()),
-        }
+        let config = config.clone();
+        self.write(move |tx| ops::upsert_queue(tx.conn, &config))
+            .await
     }
 
     async fn delete_queue(&self, name: &str) -> Result<QueueDeletion, StoreError> {
-        match self.write(Op::DeleteQueue(name.to_owned())).await? {
-            Done::QueueDeletion(deletion) => Ok(deletion),
-            _ => Err(unexpected()),
-        }
+        let name = name.to_owned();
+        self.write(move |tx| ops::delete_queue(tx.conn, tx.counts, &name))
+            .await
     }
 
     async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
-        self.write(Op::Keys(KeyWrite::Insert(Box::new(key.clone()))))
-            .await?;
-        Ok(())
+        let key = key.clone();
+        self.write(move |tx| keys::insert(tx.conn, &key)).await
     }
 
     async fn stored_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
@@ -626,16 +556,12 @@ impl JobStore for SqliteStore {
     }
 
     async fn revoke_key(&self, id: KeyId, at: Timestamp) -> Result<bool, StoreError> {
-        match self.write(Op::Keys(KeyWrite::Revoke { id, at })).await? {
-            Done::Created(revoked) => Ok(revoked),
-            _ => Err(unexpected()),
-        }
+        self.write(move |tx| keys::revoke(tx.conn, id, at)).await
     }
 
     async fn record_key_use(&self, used: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.write(Op::Keys(KeyWrite::RecordUse(used.to_vec())))
-            .await?;
-        Ok(())
+        let used = used.to_vec();
+        self.write(move |tx| keys::record_use(tx.conn, &used)).await
     }
 
     async fn tenants(&self) -> Result<Vec<TenantConfig>, StoreError> {
@@ -643,10 +569,9 @@ impl JobStore for SqliteStore {
     }
 
     async fn upsert_tenant(&self, tenant: &TenantConfig) -> Result<bool, StoreError> {
-        match self.write(Op::UpsertTenant(tenant.clone())).await? {
-            Done::Created(created) => Ok(created),
-            _ => Err(unexpected()),
-        }
+        let tenant = tenant.clone();
+        self.write(move |tx| tenants::upsert(tx.conn, &tenant))
+            .await
     }
 
     async fn tenant_pending(&self, tenant: &str) -> Result<u64, StoreError> {

@@ -5,109 +5,50 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::admit::{active_holder, check_capacity};
 use super::counts::NewCounts;
-use super::deps::{Ended, settle};
 use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
-use super::writer::Op;
-use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, QueueConfig, Timestamp};
+use super::writer::{WriteTx, run_now};
+use crate::domain::{
+    Batch, BatchId, ErrorInfo, Job, JobId, JobState, Progress, QueueConfig, Timestamp,
+};
 use crate::store::fair::{self, Turns};
-use crate::store::plan;
+use crate::store::plan::{self, Ended};
 use crate::store::rows::RescuedRow;
 use crate::store::{
-    AttemptOutcome, BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion,
-    CompletionResult, Effects, Promoted, QueueDeletion, Rescued, RetryOutcome, StoreError,
-    SubmitOutcome, SubmitRejection,
+    AttemptOutcome, Completion, CompletionResult, Effects, Promoted, QueueDeletion, Rescued,
+    StoreError,
 };
 
-/// What a write produced; the store's methods unpack the variant they expect.
-pub enum Done {
-    Submit(Result<SubmitOutcome, SubmitRejection>),
-    Jobs(Vec<Job>),
-    Completion(CompletionResult),
-    Unit,
-    Cancel(CancelOutcome),
-    Retry(RetryOutcome),
-    Count(u64),
-    Ids(Vec<JobId>),
-    Rescued(Vec<Rescued>, Effects),
-    BatchCancel(BatchCancelOutcome),
-    Promoted(Promoted),
-    Created(bool),
-    Webhooks(Vec<ClaimedWebhook>),
-    QueueDeletion(QueueDeletion),
+/// Stores a running attempt's progress, fenced like a completion (by
+/// attempt and state).
+pub(super) fn report_progress(
+    conn: &Connection,
+    id: JobId,
+    attempt: u32,
+    progress: &Progress,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET progress = ? WHERE id = ? AND attempt = ? AND state = 'running'",
+    )?
+    .execute(params![
+        to_json(progress),
+        id.to_string(),
+        i64::from(attempt)
+    ])?;
+    Ok(())
 }
 
-pub fn apply(
-    conn: &Connection,
-    counts: &mut NewCounts,
-    turns: &Turns,
-    op: Op,
-) -> Result<Done, StoreError> {
-    Ok(match op {
-        Op::Submit(submission) => Done::Submit(super::admit::submit(conn, counts, submission)?),
-        Op::Claim {
-            queue,
-            limit,
-            owner,
-            lease_until,
-            now,
-        } => Done::Jobs(claim(conn, turns, &queue, limit, &owner, lease_until, now)?),
-        Op::Complete(completion) => Done::Completion(complete(conn, &completion)?),
-        Op::ClaimWebhooks {
-            now,
-            limit,
-            lease_until,
-        } => Done::Webhooks(super::webhooks::claim(conn, now, limit, lease_until)?),
-        Op::Keys(write) => Done::Created(super::keys::apply(conn, write)?),
-        Op::RecordWebhook(attempt) => {
-            super::webhooks::record(conn, &attempt)?;
-            Done::Unit
-        }
-        Op::Progress {
-            id,
-            attempt,
-            progress,
-        } => {
-            conn.prepare_cached(
-                "UPDATE jobs SET progress = ? WHERE id = ? AND attempt = ? AND state = 'running'",
-            )?
-            .execute(params![
-                to_json(&progress),
-                id.to_string(),
-                i64::from(attempt)
-            ])?;
-            Done::Unit
-        }
-        Op::Cancel { tenant, id, at } => Done::Cancel(cancel(conn, &tenant, id, at)?),
-        Op::Retry { tenant, id, at } => Done::Retry(retry(conn, counts, &tenant, id, at)?),
-        Op::Renew { owner, ids, until } => Done::Ids(renew(conn, &owner, &ids, until)?),
-        Op::Rescue { now, not_owner } => {
-            let (rescued, effects) = rescue(conn, now, not_owner)?;
-            Done::Rescued(rescued, effects)
-        }
-        Op::CancelBatch { tenant, id, at } => {
-            Done::BatchCancel(cancel_batch(conn, &tenant, id, at)?)
-        }
-        Op::Promote { now } => Done::Promoted(promote(conn, now)?),
-        Op::Prune {
-            finished_before,
-            keys_before,
-        } => Done::Count(prune(conn, finished_before, keys_before)?),
-        Op::UpsertQueue(config) => Done::Created(upsert_queue(conn, &config)?),
-        Op::DeleteQueue(name) => Done::QueueDeletion(delete_queue(conn, counts, &name)?),
-        Op::UpsertTenant(tenant) => Done::Created(super::tenants::upsert(conn, &tenant)?),
-        Op::Probe => {
-            // The header's user version, which nothing else uses: a page
-            // written and committed through the WAL like a job's row.
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-            conn.execute_batch(&format!(
-                "PRAGMA user_version = {}",
-                (version + 1) % 1_000_000
-            ))?;
-            Done::Unit
-        }
-    })
+/// A write that changes nothing a reader sees, committed like any other:
+/// whether the database takes writes (`/readyz`). It bumps the header's
+/// user version, which nothing else uses: a page written and committed
+/// through the WAL like a job's row.
+pub(super) fn probe(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    conn.execute_batch(&format!(
+        "PRAGMA user_version = {}",
+        (version + 1) % 1_000_000
+    ))?;
+    Ok(())
 }
 
 fn query_jobs(
@@ -134,7 +75,7 @@ fn query_job(
     row.map(Job::try_from).transpose()
 }
 
-fn fetch_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+pub(super) fn fetch_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
     query_job(
         conn,
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
@@ -171,7 +112,7 @@ pub(super) fn cancel_now(
 const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', attempt = attempt + 1, \
     lease_owner = ?, lease_expires_at = ?, started_at = max(?, run_at), progress = NULL";
 
-fn claim(
+pub(super) fn claim(
     conn: &Connection,
     turns: &Turns,
     queue: &str,
@@ -341,7 +282,11 @@ fn claimable(
 /// Stores an attempt's outcome, fenced by `(id, attempt, lease_owner, state =
 /// running)`: when the job moved on (its lease was taken over), nothing
 /// changes and the result is `Fenced`.
-fn complete(conn: &Connection, completion: &Completion) -> Result<CompletionResult, StoreError> {
+pub(super) fn complete(
+    tx: &mut WriteTx<'_>,
+    completion: &Completion,
+) -> Result<CompletionResult, StoreError> {
+    let conn = tx.conn;
     const FENCE: &str = "WHERE id = ? AND attempt = ? AND lease_owner = ? AND state = 'running'";
     const UNLEASE: &str = "lease_owner = NULL, lease_expires_at = NULL";
     let id = completion.id.to_string();
@@ -395,7 +340,12 @@ fn complete(conn: &Connection, completion: &Completion) -> Result<CompletionResu
     };
     let mut effects = Effects::default();
     if job.status.is_terminal() {
-        settle(conn, &[Ended::of(&job)], completion.at, &mut effects)?;
+        run_now(plan::settle(
+            tx,
+            &[Ended::of(&job)],
+            completion.at,
+            &mut effects,
+        ))?;
     }
     Ok(CompletionResult::Applied {
         job: Box::new(job),
@@ -403,91 +353,16 @@ fn complete(conn: &Connection, completion: &Completion) -> Result<CompletionResu
     })
 }
 
-fn cancel(
+/// The statement of a retry (`plan::retry_job` decides): the job back to
+/// `state`, its attempts, result and errors cleared.
+pub(super) fn reopen(
     conn: &Connection,
-    tenant: &str,
     id: JobId,
+    state: JobState,
     at: Timestamp,
-) -> Result<CancelOutcome, StoreError> {
-    let Some(job) = fetch_job(conn, id)?.filter(|job| job.tenant == tenant) else {
-        return Ok(CancelOutcome::NotFound);
-    };
-    if job.status.is_terminal() {
-        return Ok(CancelOutcome::AlreadyFinished(job));
-    }
-    let error = plan::cancelled_on_request(false, at);
-    if let Some(job) = cancel_now(conn, id, &error, at)? {
-        let mut effects = Effects::default();
-        settle(conn, &[Ended::of(&job)], at, &mut effects)?;
-        return Ok(CancelOutcome::Cancelled(job, effects));
-    }
-    Ok(fetch_job(conn, id)?.map_or(CancelOutcome::NotFound, CancelOutcome::Requested))
-}
-
-fn retry(
-    conn: &Connection,
-    counts: &NewCounts,
-    tenant: &str,
-    id: JobId,
-    at: Timestamp,
-) -> Result<RetryOutcome, StoreError> {
-    let Some(job) = fetch_job(conn, id)?.filter(|job| job.tenant == tenant) else {
-        return Ok(RetryOutcome::NotFound);
-    };
-    if !matches!(job.status, JobState::Failed | JobState::Cancelled) {
-        return Ok(RetryOutcome::NotRetryable(job));
-    }
-    if let Some(batch) = job.batch_id {
-        let finished: bool = conn
-            .prepare_cached("SELECT finished_at IS NOT NULL FROM batches WHERE id = ?")?
-            .query_row(params![batch.to_string()], |row| row.get(0))
-            .optional()?
-            .unwrap_or(true);
-        if finished {
-            return Ok(RetryOutcome::BatchFinished(job));
-        }
-    }
-    // A dependent waits again for dependencies that are themselves retried
-    // (active); one that failed for good must be retried first.
-    let mut pending = Vec::new();
-    for dependency in &job.depends_on {
-        let state: Option<String> = conn
-            .prepare_cached("SELECT state FROM jobs WHERE id = ?")?
-            .query_row(params![dependency.to_string()], |row| row.get(0))
-            .optional()?;
-        match state.as_deref().map(str::parse::<JobState>) {
-            Some(Ok(JobState::Succeeded)) => {}
-            Some(Ok(state)) if !state.is_terminal() => pending.push(*dependency),
-            _ => {
-                return Ok(RetryOutcome::DependencyFailed {
-                    dependency: *dependency,
-                    job,
-                });
-            }
-        }
-    }
-    if let Some(rejection) = check_capacity(conn, counts, &job.queue, 1)? {
-        return Ok(RetryOutcome::Rejected(rejection));
-    }
-    // A retry admits the job again: it counts against `max_pending` as a
-    // submission does (retries are rare: the tenant's row is read always).
-    if let Some(rejection) = super::tenants::check_quota(conn, tenant, 1)? {
-        return Ok(RetryOutcome::Rejected(rejection));
-    }
-    if let Some(key) = &job.key
-        && let Some(holder) = active_holder(conn, tenant, key)?
-    {
-        return Ok(RetryOutcome::Rejected(SubmitRejection::KeyConflict {
-            key: key.clone(),
-            holder: holder.id,
-        }));
-    }
-    let state = if pending.is_empty() {
-        JobState::Queued
-    } else {
-        JobState::Scheduled
-    };
-    let retried = query_job(
+    pending: usize,
+) -> Result<Option<Job>, StoreError> {
+    query_job(
         conn,
         &format!(
             "UPDATE jobs SET state = ?, attempt = 0, run_at = ?, result = NULL, error = NULL, \
@@ -498,19 +373,13 @@ fn retry(
         params![
             state.as_str(),
             at.as_millis(),
-            pending.len() as i64,
+            pending as i64,
             id.to_string()
         ],
-    )?;
-    let mut link = conn
-        .prepare_cached("INSERT OR IGNORE INTO job_deps (depends_on_id, job_id) VALUES (?, ?)")?;
-    for dependency in &pending {
-        link.execute(params![dependency.to_string(), id.to_string()])?;
-    }
-    Ok(retried.map_or(RetryOutcome::NotFound, RetryOutcome::Retried))
+    )
 }
 
-fn renew(
+pub(super) fn renew(
     conn: &Connection,
     owner: &str,
     ids: &[JobId],
@@ -536,11 +405,12 @@ fn renew(
         .collect())
 }
 
-fn rescue(
-    conn: &Connection,
+pub(super) fn rescue(
+    tx: &mut WriteTx<'_>,
     now: Timestamp,
     not_owner: Option<String>,
 ) -> Result<(Vec<Rescued>, Effects), StoreError> {
+    let conn = tx.conn;
     if not_owner.is_some() {
         // Start-up of the only user: webhook claims were all held by the
         // dead process; let them go now rather than after their lease.
@@ -554,19 +424,22 @@ fn rescue(
             state = CASE WHEN cancel_requested = 1 THEN 'cancelled' \
                          WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END, \
             finished_at = CASE WHEN cancel_requested = 1 OR attempt >= max_attempts THEN ?1 END, \
-            error = json_object('code', 'lease_expired', \
-                'message', 'the instance running this attempt stopped renewing its lease', \
-                'attempt', attempt, 'at', ?2), \
-            errors = json_insert(errors, '$[#]', json_object('code', 'lease_expired', \
-                'message', 'the instance running this attempt stopped renewing its lease', \
-                'attempt', attempt, 'at', ?2)), \
+            error = json_object('code', ?4, 'message', ?5, 'attempt', attempt, 'at', ?2), \
+            errors = json_insert(errors, '$[#]', \
+                json_object('code', ?4, 'message', ?5, 'attempt', attempt, 'at', ?2)), \
             lease_owner = NULL, lease_expires_at = NULL \
          WHERE state = 'running' AND (lease_expires_at < ?1 OR (?3 IS NOT NULL AND lease_owner <> ?3)) \
          RETURNING id, queue, state, batch_id, tenant",
     )?;
     let rows = statement
         .query_map(
-            params![now.as_millis(), now.to_rfc3339(), not_owner],
+            params![
+                now.as_millis(),
+                now.to_rfc3339(),
+                not_owner,
+                plan::LEASE_EXPIRED,
+                plan::LEASE_EXPIRED_MESSAGE
+            ],
             |row| {
                 Ok(RescuedRow {
                     id: row.get(0)?,
@@ -587,65 +460,48 @@ fn rescue(
                 id: job.id,
                 state: job.state,
                 batch_id,
+                dependents: true,
             });
         }
         rescued.push(job);
     }
     let mut effects = Effects::default();
-    settle(conn, &ended, now, &mut effects)?;
+    run_now(plan::settle(tx, &ended, now, &mut effects))?;
     Ok((rescued, effects))
 }
 
-/// Cancels a batch: waiting jobs at once (with their dependents elsewhere),
-/// running ones through their runners (`effects.stop`).
-fn cancel_batch(
+/// Cancels a batch's scheduled and queued jobs at once.
+pub(super) fn cancel_waiting_of_batch(
     conn: &Connection,
-    tenant: &str,
     id: BatchId,
+    error: &ErrorInfo,
     at: Timestamp,
-) -> Result<BatchCancelOutcome, StoreError> {
-    let Some(batch) = fetch_batch(conn, id)?.filter(|batch| batch.tenant == tenant) else {
-        return Ok(BatchCancelOutcome::NotFound);
-    };
-    if batch.finished_at.is_some() {
-        return Ok(BatchCancelOutcome::AlreadyFinished(batch));
-    }
-    // Flagged first: the trigger that sees the last job end reads it.
-    conn.prepare_cached("UPDATE batches SET cancel_requested = 1 WHERE id = ?")?
-        .execute(params![id.to_string()])?;
-    let error = plan::cancelled_on_request(true, at);
-    let cancelled = query_jobs(
+) -> Result<Vec<Job>, StoreError> {
+    query_jobs(
         conn,
         &format!(
             "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ? \
              WHERE batch_id = ? AND (state = 'scheduled' OR state = 'queued') \
              RETURNING {JOB_COLUMNS}"
         ),
-        params![at.as_millis(), to_json(&error), id.to_string()],
-    )?;
-    let mut effects = Effects::default();
-    let mut stop = conn.prepare_cached(
-        "UPDATE jobs SET cancel_requested = 1 WHERE batch_id = ? AND state = 'running' RETURNING id",
-    )?;
-    effects.stop = stop
-        .query_map(params![id.to_string()], |row| row.get::<_, String>(0))?
-        .filter_map(|id| id.ok().and_then(|id| id.parse().ok()))
-        .collect();
-    let ended: Vec<Ended> = cancelled.iter().map(Ended::of).collect();
-    settle(conn, &ended, at, &mut effects)?;
-    effects.cancelled.extend(cancelled);
-    let batch = fetch_batch(conn, id)?.ok_or(StoreError::Corrupt(format!(
-        "batch {id} vanished while being cancelled"
-    )))?;
-    Ok(BatchCancelOutcome::Cancelled(batch, effects))
+        params![at.as_millis(), to_json(error), id.to_string()],
+    )
 }
 
-pub(super) fn fetch_batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, StoreError> {
+/// A batch with its jobs' ids: `job_ids` when the caller knows them.
+pub(super) fn fetch_batch(
+    conn: &Connection,
+    id: BatchId,
+    job_ids: Option<Vec<JobId>>,
+) -> Result<Option<Batch>, StoreError> {
     let row = conn
         .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))?
         .query_row(params![id.to_string()], BatchRow::from_writer_row)
         .optional()?;
     let Some(row) = row else { return Ok(None) };
+    if let Some(job_ids) = job_ids {
+        return row.into_batch(job_ids).map(Some);
+    }
     let ids = conn
         .prepare_cached("SELECT id FROM jobs WHERE batch_id = ? ORDER BY batch_index")?
         .query_map(params![id.to_string()], |row| row.get::<_, String>(0))?
@@ -653,7 +509,7 @@ pub(super) fn fetch_batch(conn: &Connection, id: BatchId) -> Result<Option<Batch
     row.into_batch(parse_ids(&ids)?).map(Some)
 }
 
-fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, StoreError> {
+pub(super) fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, StoreError> {
     let mut statement = conn.prepare_cached(
         "UPDATE jobs SET state = 'queued' \
          WHERE state = 'scheduled' AND deps_pending = 0 AND run_at <= ? RETURNING queue",
@@ -677,7 +533,7 @@ fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, StoreError> {
 /// Rows deleted per call, so one prune never holds the writer for long.
 const PRUNE_CHUNK: i64 = 5_000;
 
-fn prune(
+pub(super) fn prune(
     conn: &Connection,
     finished_before: Timestamp,
     keys_before: Timestamp,
@@ -712,7 +568,7 @@ fn prune(
 
 /// Deletes the queue unless jobs of it are unfinished; in the writer, so
 /// no admission to it can come between the count and the delete.
-fn delete_queue(
+pub(super) fn delete_queue(
     conn: &Connection,
     counts: &NewCounts,
     name: &str,
@@ -738,7 +594,7 @@ fn delete_queue(
     Ok(QueueDeletion::Deleted)
 }
 
-fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bool, StoreError> {
+pub(super) fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bool, StoreError> {
     let exists: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM queues WHERE name = ?")?
         .query_row(params![config.name], |row| row.get(0))

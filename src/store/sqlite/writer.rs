@@ -13,14 +13,16 @@
 //! about 50 µs here against a few µs of SQLite's own work, which capped the
 //! whole service at the writer's statement rate.
 
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::counts::NewCounts;
-use super::ops::{self, Done};
-use crate::domain::{BatchId, JobId, Progress, QueueConfig, Timestamp};
+use crate::store::StoreError;
 use crate::store::fair::Turns;
-use crate::store::{Completion, StoreError, Submission, WebhookAttempt};
 
 /// Most commands applied in one transaction: bounds the latency one batch
 /// adds to the commands queued behind it.
@@ -28,70 +30,99 @@ const MAX_BATCH: usize = 256;
 /// Yields of the writer thread before it parks waiting for commands.
 const SPINS_BEFORE_PARKING: u32 = 16;
 
-pub enum Op {
-    Submit(Submission),
-    Claim {
-        queue: String,
-        limit: u32,
-        owner: String,
-        lease_until: Timestamp,
-        now: Timestamp,
-    },
-    Complete(Completion),
-    Progress {
-        id: JobId,
-        attempt: u32,
-        progress: Progress,
-    },
-    Cancel {
-        tenant: String,
-        id: JobId,
-        at: Timestamp,
-    },
-    Retry {
-        tenant: String,
-        id: JobId,
-        at: Timestamp,
-    },
-    Renew {
-        owner: String,
-        ids: Vec<JobId>,
-        until: Timestamp,
-    },
-    Rescue {
-        now: Timestamp,
-        not_owner: Option<String>,
-    },
-    Promote {
-        now: Timestamp,
-    },
-    CancelBatch {
-        tenant: String,
-        id: BatchId,
-        at: Timestamp,
-    },
-    Prune {
-        finished_before: Timestamp,
-        keys_before: Timestamp,
-    },
-    UpsertQueue(QueueConfig),
-    DeleteQueue(String),
-    UpsertTenant(crate::domain::TenantConfig),
-    ClaimWebhooks {
-        now: Timestamp,
-        limit: u32,
-        lease_until: Timestamp,
-    },
-    RecordWebhook(WebhookAttempt),
-    Keys(super::keys::KeyWrite),
-    /// A write that changes nothing a reader sees, committed like any other:
-    /// whether the database takes writes (`/readyz`).
-    Probe,
+/// What a command works with: the writer's open transaction, and what the
+/// commands of one group share.
+pub struct WriteTx<'a> {
+    pub conn: &'a Connection,
+    /// Jobs admitted in this group, not yet in `queue_counts`.
+    pub counts: &'a mut NewCounts,
+    /// The claims' round-robin over tenants.
+    pub turns: &'a Turns,
 }
 
-pub struct Command {
-    pub op: Op,
-    pub reply: oneshot::Sender<Result<Done, StoreError>>,
+/// Drives `decision` to its end on the writer's thread. Its steps are this
+/// module's methods, which never wait; a step that did would be a bug,
+/// reported as such rather than blocking the writer.
+pub fn run_now<T>(decision: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let mut decision = pin!(decision);
+    match decision
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(StoreError::Corrupt(
+            "a SQLite write waited for something other than SQLite".into(),
+        )),
+    }
+}
+
+/// One write: a closure run in the group's transaction, whose typed result
+/// reaches its caller once the group committed.
+pub struct Command(Box<dyn Work>);
+
+impl Command {
+    /// The command that runs `work`, and where its result will arrive.
+    pub fn new<T, F>(work: F) -> (Self, oneshot::Receiver<Result<T, StoreError>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (to, from) = oneshot::channel();
+        (Self(Box::new(Typed { work, to })), from)
+    }
+}
+
+/// A command not yet run: run it, or refuse it when no transaction opens.
+trait Work: Send {
+    fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Box<dyn Reply>;
+    fn refuse(self: Box<Self>, message: &str);
+}
+
+/// A command's result, held until its group committed or failed to.
+trait Reply: Send {
+    fn send(self: Box<Self>, committed: Result<(), &str>);
+}
+
+struct Typed<F, T> {
+    work: F,
+    to: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Work for Typed<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Box<dyn Reply> {
+        let Typed { work, to } = *self;
+        Box::new(Held {
+            result: work(tx),
+            to,
+        })
+    }
+
+    fn refuse(self: Box<Self>, message: &str) {
+        let _ = self
+            .to
+            .send(Err(StoreError::Unavailable(message.to_owned())));
+    }
+}
+
+struct Held<T> {
+    result: Result<T, StoreError>,
+    to: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send> Reply for Held<T> {
+    fn send(self: Box<Self>, committed: Result<(), &str>) {
+        let result = match committed {
+            Ok(()) => self.result,
+            Err(message) => Err(StoreError::Unavailable(message.to_owned())),
+        };
+        // The caller may have given up waiting (request cancelled): the
+        // change stands all the same.
+        let _ = self.to.send(result);
+    }
 }
 
 /// Runs until every sender is dropped. Blocking: this is the writer
@@ -133,40 +164,36 @@ fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
         Err(error) => {
             let message = error.to_string();
             tracing::error!(error = %message, "cannot begin a write transaction");
-            for command in batch.drain(..) {
-                let _ = command
-                    .reply
-                    .send(Err(StoreError::Unavailable(message.clone())));
+            for Command(work) in batch.drain(..) {
+                work.refuse(&message);
             }
             return;
         }
     };
     let mut counts = NewCounts::default();
-    let replies: Vec<_> = batch
+    let mut write = WriteTx {
+        conn: &tx,
+        counts: &mut counts,
+        turns,
+    };
+    let replies: Vec<Box<dyn Reply>> = batch
         .drain(..)
-        .map(|command| {
-            (
-                command.reply,
-                ops::apply(&tx, &mut counts, turns, command.op),
-            )
-        })
+        .map(|Command(work)| work.run(&mut write))
         .collect();
     let committing = std::time::Instant::now();
     let committed = counts.flush(&tx).and_then(|()| Ok(tx.commit()?));
     crate::telemetry::metrics::store_commit(committing.elapsed());
     match committed {
         Ok(()) => {
-            for (reply, result) in replies {
-                // The caller may have given up waiting (request cancelled):
-                // the change stands all the same.
-                let _ = reply.send(result);
+            for reply in replies {
+                reply.send(Ok(()));
             }
         }
         Err(error) => {
             let message = error.to_string();
             tracing::error!(error = %message, commands = replies.len(), "group commit failed");
-            for (reply, _) in replies {
-                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            for reply in replies {
+                reply.send(Err(&message));
             }
         }
     }

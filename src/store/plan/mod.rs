@@ -1,9 +1,26 @@
-//! The steps of a write that involve no database, shared by both backends so
-//! that they decide alike: a submission's dependency graph from the states
-//! its backend looked up, the jobs and effects a submission reports, the
-//! errors a store writes on a job, and the order claimed jobs start in.
+//! The decisions of every state transition, written once above the two
+//! backends (as River keeps its rules above a thin driver): a backend
+//! reads the facts, takes its locks and writes through `Transaction`; the
+//! rules of admission, retry, cancellation and a job's end live here.
+//!
+//! - `transaction.rs`: what a backend provides.
+//! - `admission.rs`: submitting jobs and batches.
+//! - `transitions.rs`: cancelling a job, retrying one, cancelling a batch.
+//! - `settle.rs`: what a job's end sets in motion (dependents, batches).
+//! - this file: the pure steps they share (a submission's dependency graph,
+//!   the jobs it reports, the errors a store writes on a job, claim order).
+
+mod admission;
+mod settle;
+mod transaction;
+mod transitions;
 
 use std::collections::HashSet;
+
+pub use admission::admit;
+pub use settle::{Ended, settle};
+pub use transaction::{Released, Requested, StatesOf, Transaction};
+pub use transitions::{cancel_batch, cancel_job, retry_job};
 
 use crate::domain::{Batch, ErrorInfo, Job, JobId, JobState, NewJob, Redactor, Timestamp};
 use crate::store::rows::{job_from_new, to_json};
@@ -161,6 +178,13 @@ pub fn dependency_failed(dependency: JobId, state: JobState, at: Timestamp) -> E
         at,
     }
 }
+
+/// The `code` of the error a rescued attempt gets: its instance stopped
+/// renewing the lease (crashed, or cut off from the database).
+pub const LEASE_EXPIRED: &str = "lease_expired";
+/// The `message` of that error.
+pub const LEASE_EXPIRED_MESSAGE: &str =
+    "the instance running this attempt stopped renewing its lease";
 
 /// Claimed jobs in the order to start them: best priority first, then FIFO.
 pub fn claim_order(jobs: &mut [Job]) {
