@@ -7,10 +7,12 @@
 //! - `admission.rs`: submitting jobs and batches.
 //! - `transitions.rs`: cancelling a job, retrying one, cancelling a batch.
 //! - `settle.rs`: what a job's end sets in motion (dependents, batches).
+//! - `retention.rs`: what a prune deletes; the latest webhook delivery.
 //! - this file: the pure steps they share (a submission's dependency graph,
 //!   the jobs it reports, the errors a store writes on a job, claim order).
 
 mod admission;
+mod retention;
 mod settle;
 mod transaction;
 mod transitions;
@@ -18,6 +20,7 @@ mod transitions;
 use std::collections::HashSet;
 
 pub use admission::admit;
+pub use retention::{Cutoff, PRUNE, PRUNE_CHUNK, latest_delivery};
 pub use settle::{Ended, settle};
 pub use transaction::{Released, Requested, StatesOf, Transaction};
 pub use transitions::{cancel_batch, cancel_job, retry_job};

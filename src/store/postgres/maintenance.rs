@@ -138,51 +138,26 @@ pub async fn promote(conn: &mut PgConnection, now: Timestamp) -> Result<Promoted
     })
 }
 
-/// Rows deleted per call, so one prune never holds locks for long.
-const PRUNE_CHUNK: i64 = 5_000;
-
+/// The statements of `plan::PRUNE`, in order; how many jobs went.
 pub async fn prune(
     conn: &mut PgConnection,
     finished_before: Timestamp,
     keys_before: Timestamp,
 ) -> Result<u64, StoreError> {
-    // A batch's jobs are kept as long as the batch: a batch still running
-    // (or finished recently) must keep every result it counts, even of jobs
-    // that finished long ago. Terminal jobs are in no count, so deleting
-    // them touches no counter.
-    let jobs = sqlx::query(
-        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-         WHERE finished_at IS NOT NULL AND finished_at < $1 \
-         AND (batch_id IS NULL OR EXISTS (SELECT 1 FROM batches b WHERE b.id = jobs.batch_id \
-              AND b.finished_at IS NOT NULL AND b.finished_at < $1)) \
-         LIMIT $2)",
-    )
-    .bind(finished_before.as_millis())
-    .bind(PRUNE_CHUNK)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-        .bind(keys_before.as_millis())
-        .execute(&mut *conn)
-        .await?;
-    // Deliveries end within hours; their records go with the retention.
-    sqlx::query("DELETE FROM webhooks WHERE created_at < $1")
-        .bind(finished_before.as_millis())
-        .execute(&mut *conn)
-        .await?;
-    // Then the batches whose jobs are all gone.
-    sqlx::query(
-        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b \
-         WHERE finished_at IS NOT NULL AND finished_at < $1 \
-         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = b.id) \
-         LIMIT $2)",
-    )
-    .bind(finished_before.as_millis())
-    .bind(PRUNE_CHUNK)
-    .execute(conn)
-    .await?;
-    Ok(jobs)
+    let mut jobs = None;
+    for step in &plan::PRUNE {
+        let cutoff = match step.cutoff {
+            plan::Cutoff::Finished => finished_before,
+            plan::Cutoff::Keys => keys_before,
+        };
+        let mut query = sqlx::query(step.sql).bind(cutoff.as_millis());
+        if step.chunked {
+            query = query.bind(plan::PRUNE_CHUNK);
+        }
+        let deleted = query.execute(&mut *conn).await?.rows_affected();
+        jobs.get_or_insert(deleted);
+    }
+    Ok(jobs.unwrap_or(0))
 }
 
 /// One statement; `xmax = 0` on the returned row tells an insert from an

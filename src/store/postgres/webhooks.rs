@@ -5,6 +5,7 @@
 use sqlx::PgPool;
 
 use crate::domain::{Timestamp, WebhookDelivery};
+use crate::store::plan;
 use crate::store::rows::{ClaimedRow, DeliveryRow, attempt_columns};
 use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOwner};
 
@@ -67,24 +68,7 @@ pub async fn latest(
     tenant: &str,
     owner: WebhookOwner,
 ) -> Result<Option<WebhookDelivery>, StoreError> {
-    const COLUMNS: &str =
-        "id, event, status, attempts, last_error, last_attempt_at, next_attempt_at, delivered_at";
-    let (sql, owner_id) = match owner {
-        WebhookOwner::Job(id) => (
-            format!(
-                "SELECT {COLUMNS} FROM webhooks WHERE job_id = $1 AND tenant = $2 \
-                 ORDER BY created_at DESC, seq DESC LIMIT 1"
-            ),
-            id.to_string(),
-        ),
-        WebhookOwner::Batch(id) => (
-            format!(
-                "SELECT {COLUMNS} FROM webhooks WHERE batch_id = $1 AND tenant = $2 \
-                 ORDER BY created_at DESC, seq DESC LIMIT 1"
-            ),
-            id.to_string(),
-        ),
-    };
+    let (sql, owner_id) = plan::latest_delivery(owner, "seq");
     let row: Option<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(owner_id)
         .bind(tenant)

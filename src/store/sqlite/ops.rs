@@ -530,40 +530,27 @@ pub(super) fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, Sto
     })
 }
 
-/// Rows deleted per call, so one prune never holds the writer for long.
-const PRUNE_CHUNK: i64 = 5_000;
-
+/// The statements of `plan::PRUNE`, in order; how many jobs went.
 pub(super) fn prune(
     conn: &Connection,
     finished_before: Timestamp,
     keys_before: Timestamp,
 ) -> Result<u64, StoreError> {
-    // A batch's jobs are kept as long as the batch: a batch still running
-    // (or finished recently) must keep every result it counts, even of jobs
-    // that finished long ago.
-    let jobs = conn
-        .prepare_cached(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-             WHERE finished_at IS NOT NULL AND finished_at < ?1 \
-             AND (batch_id IS NULL OR EXISTS (SELECT 1 FROM batches b WHERE b.id = jobs.batch_id \
-                  AND b.finished_at IS NOT NULL AND b.finished_at < ?1)) \
-             LIMIT CAST(?2 AS INTEGER))",
-        )?
-        .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
-    conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?")?
-        .execute(params![keys_before.as_millis()])?;
-    // Deliveries end within hours; their records go with the retention.
-    conn.prepare_cached("DELETE FROM webhooks WHERE created_at < ?")?
-        .execute(params![finished_before.as_millis()])?;
-    // Then the batches whose jobs are all gone.
-    conn.prepare_cached(
-        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b \
-         WHERE finished_at IS NOT NULL AND finished_at < ? \
-         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = b.id) \
-         LIMIT CAST(? AS INTEGER))",
-    )?
-    .execute(params![finished_before.as_millis(), PRUNE_CHUNK])?;
-    Ok(jobs as u64)
+    let mut jobs = None;
+    for step in &plan::PRUNE {
+        let cutoff = match step.cutoff {
+            plan::Cutoff::Finished => finished_before,
+            plan::Cutoff::Keys => keys_before,
+        };
+        let mut statement = conn.prepare_cached(step.sql)?;
+        let deleted = if step.chunked {
+            statement.execute(params![cutoff.as_millis(), plan::PRUNE_CHUNK])?
+        } else {
+            statement.execute(params![cutoff.as_millis()])?
+        };
+        jobs.get_or_insert(deleted as u64);
+    }
+    Ok(jobs.unwrap_or(0))
 }
 
 /// Deletes the queue unless jobs of it are unfinished; in the writer, so

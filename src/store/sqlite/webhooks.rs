@@ -6,6 +6,7 @@ use rusqlite::{Connection, params};
 use sqlx::SqlitePool;
 
 use crate::domain::{Timestamp, WebhookDelivery};
+use crate::store::plan;
 use crate::store::rows::{ClaimedRow, DeliveryRow, attempt_columns};
 use crate::store::{ClaimedWebhook, StoreError, WebhookAttempt, WebhookOwner};
 
@@ -79,24 +80,7 @@ pub async fn latest(
     tenant: &str,
     owner: WebhookOwner,
 ) -> Result<Option<WebhookDelivery>, StoreError> {
-    const COLUMNS: &str =
-        "id, event, status, attempts, last_error, last_attempt_at, next_attempt_at, delivered_at";
-    let (sql, owner_id) = match owner {
-        WebhookOwner::Job(id) => (
-            format!(
-                "SELECT {COLUMNS} FROM webhooks WHERE job_id = ? AND tenant = ? \
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1"
-            ),
-            id.to_string(),
-        ),
-        WebhookOwner::Batch(id) => (
-            format!(
-                "SELECT {COLUMNS} FROM webhooks WHERE batch_id = ? AND tenant = ? \
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1"
-            ),
-            id.to_string(),
-        ),
-    };
+    let (sql, owner_id) = plan::latest_delivery(owner, "rowid");
     let row: Option<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(owner_id)
         .bind(tenant)
