@@ -3,11 +3,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::drain::DrainMeter;
-use super::{Engine, EngineError, GAUGES_TTL, MetricsSnapshot, QueueState};
+use super::{Engine, EngineError, QueueState};
 use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings, Timestamp};
-use crate::store::QueueDeletion;
+use crate::store::{QueueDeletion, ServiceGauges};
+
+/// What `/metrics` shows of the queues: the store's service-wide figures
+/// and this instance's running jobs.
+#[derive(Clone, Debug)]
+pub struct MetricsSnapshot {
+    /// Every queue with its service-wide counts.
+    pub queues: Vec<QueueInfo>,
+    pub gauges: ServiceGauges,
+    /// When the figures were read.
+    pub read_at: Timestamp,
+    /// Jobs of each queue running in this instance.
+    pub running_here: Vec<(String, u32)>,
+}
+
+/// How long the figures of `/metrics` are reused: every instance may be
+/// scraped by several Prometheus servers, and each read is a statement per
+/// figure over all queues.
+const GAUGES_TTL: Duration = Duration::from_secs(1);
 
 impl Engine {
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
