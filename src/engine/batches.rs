@@ -1,14 +1,14 @@
 //! Batches: submitting many jobs at once, reading a batch's progress and
 //! results, and cancelling it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use super::validation::SpecCheck;
 use super::waiting::results_waiter;
 use super::{Engine, EngineError};
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchSpec, FieldError, JobId, OnConflict, QueueConfig,
-    SpecContext, Timestamp, TraceContext, job_pointer,
+    Batch, BatchId, BatchResult, BatchSpec, JobId, QueueConfig, SpecContext, Timestamp,
+    TraceContext,
 };
 use crate::store::{
     BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome, WebhookOwner,
@@ -68,77 +68,19 @@ impl Engine {
         };
         let batch_id = batch.as_ref().map_or_else(BatchId::new, |batch| batch.id);
         let ids: Vec<JobId> = spec.jobs.iter().map(|_| JobId::new()).collect();
-        let mut queues: HashMap<String, Option<QueueConfig>> = HashMap::new();
-        let mut keys: HashMap<String, usize> = HashMap::new();
+        let mut check = SpecCheck::new(self, tenant, now, trace);
         let mut jobs = Vec::with_capacity(spec.jobs.len());
         for (index, job) in spec.jobs.into_iter().enumerate() {
-            let at = job_pointer(index);
-            let mut problems = Vec::new();
-            if !self.inner.kinds.contains(&job.kind) {
-                problems.push(FieldError::new(
-                    format!("{at}/kind"),
-                    format!(
-                        "unknown kind `{}`; known: {}",
-                        job.kind,
-                        self.inner.kinds.names().join(", ")
-                    ),
-                ));
-            }
-            let queue_name = job
-                .queue
-                .clone()
-                .unwrap_or_else(|| QueueConfig::DEFAULT_NAME.to_owned());
-            let queue = queues
-                .entry(queue_name.clone())
-                .or_insert_with(|| self.queue_config(&queue_name))
-                .clone();
-            if queue.is_none() {
-                problems.push(FieldError::new(
-                    format!("{at}/queue"),
-                    format!(
-                        "unknown queue `{queue_name}`; known: {}",
-                        self.queue_names().join(", ")
-                    ),
-                ));
-            }
-            if job.on_conflict == Some(OnConflict::Existing) {
-                problems.push(FieldError::new(
-                    format!("{at}/on_conflict"),
-                    "`existing` is not available inside a batch (a batch is stored whole)",
-                ));
-            }
-            if let Some(key) = &job.key
-                && let Some(first) = keys.insert(key.clone(), index)
-            {
-                problems.push(FieldError::new(
-                    format!("{at}/key"),
-                    format!("the same key as {}", job_pointer(first)),
-                ));
-            }
-            if let Some(queue) = queue {
-                let ctx = SpecContext {
-                    id: ids[index],
-                    batch: Some((batch_id, index, &ids)),
-                };
-                match job.validate(tenant, &queue, now, ctx) {
-                    Ok(mut job) if problems.is_empty() => {
-                        job.trace = trace.clone();
-                        problems = self.inner.kinds.validate_payload(
-                            &job.kind,
-                            &job.payload,
-                            &format!("{at}/payload"),
-                        );
-                        problems.extend(self.check_callback(
-                            job.callback_url.as_deref(),
-                            format!("{at}/callback_url"),
-                        ));
-                        jobs.push(job);
-                    }
-                    Ok(_) => {}
-                    Err(mut more) => problems.append(&mut more),
+            let ctx = SpecContext {
+                id: ids[index],
+                batch: Some((batch_id, index, &ids)),
+            };
+            match check.check(job, ctx) {
+                Ok((job, _)) => jobs.push(job),
+                Err(problems) => {
+                    errors.extend(problems.into_iter().map(|problem| problem.into_field(self)))
                 }
             }
-            errors.extend(problems);
         }
         let Some(batch) = batch.filter(|_| errors.is_empty()) else {
             errors.truncate(MAX_REPORTED_ERRORS);

@@ -1,9 +1,10 @@
 //! One job: submitting it, reading and listing jobs, cancelling and
 //! retrying one.
 
+use super::validation::SpecCheck;
 use super::{Engine, EngineError, STOP_CANCEL};
 use crate::domain::{
-    FieldError, Job, JobId, JobSpec, JobState, SpecContext, Timestamp, TraceContext,
+    Job, JobId, JobSpec, JobState, QueueConfig, SpecContext, Timestamp, TraceContext,
 };
 use crate::store::{
     CancelOutcome, IdempotencyKey, JobFilter, RetryOutcome, StoredResponse, Submission,
@@ -43,45 +44,15 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         let now = Timestamp::now();
-        if !self.inner.kinds.contains(&spec.kind) {
-            return Err(EngineError::UnknownKind {
-                kind: spec.kind,
-                known: self.inner.kinds.names(),
-            });
-        }
-        let queue_name = spec
-            .queue
-            .clone()
-            .unwrap_or_else(|| crate::domain::QueueConfig::DEFAULT_NAME.to_owned());
-        self.learn_queues(std::iter::once(queue_name.as_str()))
-            .await;
-        let Some(queue) = self.queue_config(&queue_name) else {
-            return Err(EngineError::UnknownQueue {
-                queue: queue_name,
-                known: self.queue_names(),
-            });
+        let queue_name = spec.queue.as_deref().unwrap_or(QueueConfig::DEFAULT_NAME);
+        self.learn_queues(std::iter::once(queue_name)).await;
+        let ctx = SpecContext {
+            id: JobId::new(),
+            batch: None,
         };
-        let mut job = spec
-            .validate(
-                tenant,
-                &queue,
-                now,
-                SpecContext {
-                    id: JobId::new(),
-                    batch: None,
-                },
-            )
-            .map_err(EngineError::Validation)?;
-        job.trace = trace;
-        let mut payload_errors: Vec<FieldError> =
-            self.inner
-                .kinds
-                .validate_payload(&job.kind, &job.payload, "/payload");
-        payload_errors
-            .extend(self.check_callback(job.callback_url.as_deref(), "/callback_url".into()));
-        if !payload_errors.is_empty() {
-            return Err(EngineError::Validation(payload_errors));
-        }
+        let (job, queue) = SpecCheck::new(self, tenant, now, trace)
+            .check(spec, ctx)
+            .map_err(|problems| self.refusal(problems))?;
 
         let submission = Submission {
             tenant: tenant.to_owned(),
