@@ -11,7 +11,7 @@ use crate::domain::{
     TraceContext,
 };
 use crate::store::{
-    BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome, WebhookOwner,
+    BatchCancelOutcome, IdempotencyKey, StoredResponse, SubmitOutcome, WebhookOwner,
 };
 
 /// Field errors reported for one batch at most: enough to fix a generator,
@@ -87,21 +87,10 @@ impl Engine {
             return Err(EngineError::Validation(errors));
         };
 
-        let submission = Submission {
-            tenant: tenant.to_owned(),
-            jobs,
-            batch: Some(batch),
-            idempotency,
-            redactor: self.inner.kinds.redactor(),
-            limit_pending: self.limits_pending(tenant),
-        };
-        let outcome = self
-            .inner
-            .store
-            .submit(submission)
+        match self
+            .store_submission(tenant, jobs, Some(batch), idempotency)
             .await?
-            .map_err(|rejection| self.rejection_error(rejection, "/jobs"))?;
-        match outcome {
+        {
             SubmitOutcome::Created {
                 jobs,
                 batch,

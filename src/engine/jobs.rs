@@ -4,7 +4,8 @@
 use super::validation::SpecCheck;
 use super::{Engine, EngineError, STOP_CANCEL};
 use crate::domain::{
-    Job, JobId, JobSpec, JobState, QueueConfig, SpecContext, Timestamp, TraceContext,
+    Job, JobId, JobSpec, JobState, NewBatch, NewJob, QueueConfig, SpecContext, Timestamp,
+    TraceContext,
 };
 use crate::store::{
     CancelOutcome, IdempotencyKey, JobFilter, RetryOutcome, StoredResponse, Submission,
@@ -54,21 +55,10 @@ impl Engine {
             .check(spec, ctx)
             .map_err(|problems| self.refusal(problems))?;
 
-        let submission = Submission {
-            tenant: tenant.to_owned(),
-            jobs: vec![job],
-            batch: None,
-            idempotency,
-            redactor: self.inner.kinds.redactor(),
-            limit_pending: self.limits_pending(tenant),
-        };
-        let outcome = self
-            .inner
-            .store
-            .submit(submission)
+        match self
+            .store_submission(tenant, vec![job], None, idempotency)
             .await?
-            .map_err(|rejection| self.rejection_error(rejection, ""))?;
-        match outcome {
+        {
             SubmitOutcome::Created { jobs, effects, .. } => {
                 self.apply(effects);
                 let mut jobs = jobs.into_iter();
@@ -83,6 +73,32 @@ impl Engine {
             SubmitOutcome::Existing(job) => Ok(Submitted::Existing(self.shown(*job))),
             SubmitOutcome::Replayed(response) => Ok(Submitted::Replayed(response)),
         }
+    }
+
+    /// Stores a single job, or a batch with its jobs, all or nothing: what
+    /// only the store can check (capacity, quotas, keys, dependencies) it
+    /// checks in the same transaction, and its refusals become errors here.
+    pub(super) async fn store_submission(
+        &self,
+        tenant: &str,
+        jobs: Vec<NewJob>,
+        batch: Option<NewBatch>,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<SubmitOutcome, EngineError> {
+        let at = if batch.is_some() { "/jobs" } else { "" };
+        let submission = Submission {
+            tenant: tenant.to_owned(),
+            jobs,
+            batch,
+            idempotency,
+            redactor: self.inner.kinds.redactor(),
+            limit_pending: self.limits_pending(tenant),
+        };
+        self.inner
+            .store
+            .submit(submission)
+            .await?
+            .map_err(|rejection| self.rejection_error(rejection, at))
     }
 
     /// A job with its `position` when queued.
