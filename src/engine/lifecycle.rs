@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::drain::DrainMeter;
+use super::queues::stored_config;
 use super::shared::Shared;
 use super::waiters::Waiters;
 use super::{
@@ -61,19 +61,8 @@ impl Engine {
             .await?
             .into_iter()
             .map(|info| {
-                let config = QueueConfig {
-                    name: info.name.clone(),
-                    concurrency: info.concurrency,
-                    capacity: info.capacity,
-                    paused: info.paused,
-                    defaults: info.defaults,
-                };
-                let state = QueueState {
-                    config,
-                    running: 0,
-                    drain: DrainMeter::default(),
-                };
-                (info.name, state)
+                let config = stored_config(info);
+                (config.name.clone(), QueueState::new(config))
             })
             .collect();
 

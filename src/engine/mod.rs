@@ -108,6 +108,16 @@ struct QueueState {
     drain: DrainMeter,
 }
 
+impl QueueState {
+    fn new(config: QueueConfig) -> Self {
+        Self {
+            config,
+            running: 0,
+            drain: DrainMeter::default(),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     store: Arc<dyn JobStore>,
     kinds: KindRegistry,

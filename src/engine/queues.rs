@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::drain::DrainMeter;
 use super::{Engine, EngineError, QueueState};
 use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings, Timestamp};
 use crate::store::{QueueDeletion, ServiceGauges};
@@ -115,11 +114,7 @@ impl Engine {
             queues
                 .entry(name.to_owned())
                 .and_modify(|state| state.config = config.clone())
-                .or_insert_with(|| QueueState {
-                    config,
-                    running: 0,
-                    drain: DrainMeter::default(),
-                });
+                .or_insert_with(|| QueueState::new(config));
         }
         // More concurrency or an unpaused queue may start jobs now.
         self.inner.wake_dispatcher.notify_one();
@@ -169,28 +164,15 @@ impl Engine {
             });
             changed |= queues.len() != before;
             for info in stored {
-                let config = QueueConfig {
-                    name: info.name.clone(),
-                    concurrency: info.concurrency,
-                    capacity: info.capacity,
-                    paused: info.paused,
-                    defaults: info.defaults,
-                };
-                match queues.get_mut(&info.name) {
+                let config = stored_config(info);
+                match queues.get_mut(&config.name) {
                     Some(state) if state.config == config => {}
                     Some(state) => {
                         state.config = config;
                         changed = true;
                     }
                     None => {
-                        queues.insert(
-                            info.name,
-                            QueueState {
-                                config,
-                                running: 0,
-                                drain: DrainMeter::default(),
-                            },
-                        );
+                        queues.insert(config.name.clone(), QueueState::new(config));
                         changed = true;
                     }
                 }
@@ -239,5 +221,16 @@ impl Engine {
             .queues
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A queue's settings as the store lists them.
+pub(super) fn stored_config(info: QueueInfo) -> QueueConfig {
+    QueueConfig {
+        name: info.name,
+        concurrency: info.concurrency,
+        capacity: info.capacity,
+        paused: info.paused,
+        defaults: info.defaults,
     }
 }
