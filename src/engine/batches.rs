@@ -1,5 +1,4 @@
-//! Batches: submitting many jobs at once, reading a batch's progress and
-//! results, and cancelling it.
+//! Batches: submitting many jobs at once, reading one and its results, cancelling it.
 
 use std::time::Duration;
 

@@ -1,6 +1,4 @@
-//! Acting on what a write set in motion: events, wake-ups of the
-//! dispatcher, the promoter, long-polls and webhooks, and stops of running
-//! jobs.
+//! Acting on what a write set in motion: events, wake-ups and stops of running jobs.
 
 use std::sync::atomic::Ordering;
 

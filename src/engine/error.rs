@@ -1,5 +1,4 @@
-//! Why a request to the engine was refused, and the store's refusals of a
-//! submission told as such.
+//! Why a request to the engine was refused (the store's refusals told as such too).
 
 use super::{Engine, TENANT_QUOTA_RETRY_AFTER_S, drain};
 use crate::domain::{FieldError, Job, JobId};

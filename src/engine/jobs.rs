@@ -1,5 +1,4 @@
-//! One job: submitting it, reading and listing jobs, cancelling and
-//! retrying one.
+//! One job: submitting, reading, listing, cancelling and retrying jobs.
 
 use super::validation::SpecCheck;
 use super::{Engine, EngineError, STOP_CANCEL};

@@ -1,5 +1,4 @@
-//! The engine's life: starting it (queues, rescue, loops), readiness, and
-//! shutdown.
+//! The engine's life: start (queues, rescue, loops), readiness and shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

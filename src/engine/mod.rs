@@ -1,11 +1,12 @@
 //! The engine: admission, dispatch to the worker pool, leases, retries,
 //! cancellation and shutdown. It owns no state the store cannot rebuild.
 //!
-//! One `impl Engine`, one file per use case: `lifecycle` (start, readiness,
-//! shutdown), `jobs`, `batches`, `waiting` (long-polls), `queues`,
+//! Each file owns a use case of the one `impl Engine`: `lifecycle` (start,
+//! readiness, shutdown), `jobs`, `batches`, `waiting` (long-polls), `queues`,
 //! `tenants`; `validation` is the one check of a job spec, `effects` acts on
-//! what a write set in motion, `error` says why a request was refused. The
-//! loops: `worker` (dispatch, attempts), `maintenance`, `shared` (the bus).
+//! what a write set in motion, `error` says why a request was refused. Loops:
+//! `worker` (dispatch, attempts), `maintenance`, `shared` (the bus). Helpers:
+//! `drain`, `ready_clock`, `waiters`.
 
 mod batches;
 mod drain;

@@ -1,6 +1,4 @@
-//! The one check of a job spec, alone or as a job of a batch: its kind, its
-//! queue, a batch's rules, its fields, its payload against the kind's schema
-//! and its `callback_url`.
+//! The one check of a job spec, alone or in a batch: kind, queue, fields, payload, callback.
 
 use std::collections::HashMap;
 
@@ -276,7 +274,11 @@ mod tests {
         assert_eq!(pointers(alone(&engine, &body)), ["/priority"]);
         assert_eq!(in_batch(&engine, &[ok.clone(), body]), ["/jobs/1/priority"]);
         // Webhooks are off here, so any callback is refused.
-        let body = json!({"kind": "sleep", "payload": {"ms": "soon"}, "callback_url": "https://example.com/"});
+        let body = json!({
+            "kind": "sleep",
+            "payload": {"ms": "soon"},
+            "callback_url": "https://example.com/",
+        });
         assert_eq!(
             pointers(alone(&engine, &body)),
             ["/payload/ms", "/callback_url"]

@@ -1,5 +1,4 @@
-//! Long-polls: holding a read of a job, a batch or a batch's results until
-//! it is worth answering (see `waiters.rs` for the wake-ups).
+//! Long-polls of jobs, batches and batch results: reads held until worth answering.
 
 use std::time::Duration;
 
