@@ -1,19 +1,17 @@
-//! Batches and long-polls: submitting many jobs at once, reading a batch's
-//! progress and results, cancelling it, and waiting for jobs or batches to
-//! finish.
+//! Batches: submitting many jobs at once, reading one and its results, cancelling it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use super::validation::SpecCheck;
+use super::waiting::results_waiter;
 use super::{Engine, EngineError};
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchSpec, FieldError, Job, JobId, JobState, OnConflict,
-    QueueConfig, SpecContext, Timestamp, TraceContext, job_pointer,
+    Batch, BatchId, BatchResult, BatchSpec, JobId, QueueConfig, SpecContext, Timestamp,
+    TraceContext,
 };
 use crate::store::{
-    BatchCancelOutcome, IdempotencyKey, StoredResponse, Submission, SubmitOutcome, WebhookOwner,
+    BatchCancelOutcome, IdempotencyKey, StoredResponse, SubmitOutcome, WebhookOwner,
 };
-use crate::telemetry::metrics;
 
 /// Field errors reported for one batch at most: enough to fix a generator,
 /// not a megabyte of repeats.
@@ -69,98 +67,29 @@ impl Engine {
         };
         let batch_id = batch.as_ref().map_or_else(BatchId::new, |batch| batch.id);
         let ids: Vec<JobId> = spec.jobs.iter().map(|_| JobId::new()).collect();
-        let mut queues: HashMap<String, Option<QueueConfig>> = HashMap::new();
-        let mut keys: HashMap<String, usize> = HashMap::new();
+        let mut check = SpecCheck::new(self, tenant, now, trace);
         let mut jobs = Vec::with_capacity(spec.jobs.len());
         for (index, job) in spec.jobs.into_iter().enumerate() {
-            let at = job_pointer(index);
-            let mut problems = Vec::new();
-            if !self.inner.kinds.contains(&job.kind) {
-                problems.push(FieldError::new(
-                    format!("{at}/kind"),
-                    format!(
-                        "unknown kind `{}`; known: {}",
-                        job.kind,
-                        self.inner.kinds.names().join(", ")
-                    ),
-                ));
-            }
-            let queue_name = job
-                .queue
-                .clone()
-                .unwrap_or_else(|| QueueConfig::DEFAULT_NAME.to_owned());
-            let queue = queues
-                .entry(queue_name.clone())
-                .or_insert_with(|| self.queue_config(&queue_name))
-                .clone();
-            if queue.is_none() {
-                problems.push(FieldError::new(
-                    format!("{at}/queue"),
-                    format!(
-                        "unknown queue `{queue_name}`; known: {}",
-                        self.queue_names().join(", ")
-                    ),
-                ));
-            }
-            if job.on_conflict == Some(OnConflict::Existing) {
-                problems.push(FieldError::new(
-                    format!("{at}/on_conflict"),
-                    "`existing` is not available inside a batch (a batch is stored whole)",
-                ));
-            }
-            if let Some(key) = &job.key
-                && let Some(first) = keys.insert(key.clone(), index)
-            {
-                problems.push(FieldError::new(
-                    format!("{at}/key"),
-                    format!("the same key as {}", job_pointer(first)),
-                ));
-            }
-            if let Some(queue) = queue {
-                let ctx = SpecContext {
-                    id: ids[index],
-                    batch: Some((batch_id, index, &ids)),
-                };
-                match job.validate(tenant, &queue, now, ctx) {
-                    Ok(mut job) if problems.is_empty() => {
-                        job.trace = trace.clone();
-                        problems = self.inner.kinds.validate_payload(
-                            &job.kind,
-                            &job.payload,
-                            &format!("{at}/payload"),
-                        );
-                        problems.extend(self.check_callback(
-                            job.callback_url.as_deref(),
-                            format!("{at}/callback_url"),
-                        ));
-                        jobs.push(job);
-                    }
-                    Ok(_) => {}
-                    Err(mut more) => problems.append(&mut more),
+            let ctx = SpecContext {
+                id: ids[index],
+                batch: Some((batch_id, index, &ids)),
+            };
+            match check.check(job, ctx) {
+                Ok((job, _)) => jobs.push(job),
+                Err(problems) => {
+                    errors.extend(problems.into_iter().map(|problem| problem.into_field(self)))
                 }
             }
-            errors.extend(problems);
         }
         let Some(batch) = batch.filter(|_| errors.is_empty()) else {
             errors.truncate(MAX_REPORTED_ERRORS);
             return Err(EngineError::Validation(errors));
         };
 
-        let submission = Submission {
-            tenant: tenant.to_owned(),
-            jobs,
-            batch: Some(batch),
-            idempotency,
-            redactor: self.inner.kinds.redactor(),
-            limit_pending: self.limits_pending(tenant),
-        };
-        let outcome = self
-            .inner
-            .store
-            .submit(submission)
+        match self
+            .store_submission(tenant, jobs, Some(batch), idempotency)
             .await?
-            .map_err(|rejection| self.rejection_error(rejection, "/jobs"))?;
-        match outcome {
+        {
             SubmitOutcome::Created {
                 jobs,
                 batch,
@@ -182,61 +111,6 @@ impl Engine {
             }
             SubmitOutcome::Replayed(response) => Ok(BatchSubmitted::Replayed(response)),
         }
-    }
-
-    /// One wake-up of the dispatcher and the promoter for a whole batch.
-    fn batch_admitted(&self, jobs: &[Job]) {
-        // Counted per run of jobs of one queue and kind (a batch's jobs
-        // are usually all alike): one recorder call, not one per job.
-        for run in jobs.chunk_by(|a, b| a.queue == b.queue && a.kind == b.kind) {
-            metrics::submitted(&run[0].queue, &run[0].kind, run.len() as u64);
-        }
-        self.inner.ready_clock.ready(
-            jobs.iter()
-                .filter(|job| job.status == JobState::Queued)
-                .map(|job| job.id),
-        );
-        let mut ready: Vec<&str> = Vec::new();
-        let mut due: Option<Timestamp> = None;
-        for job in jobs {
-            self.publish_stored(job);
-            match job.status {
-                JobState::Queued if !ready.contains(&job.queue.as_str()) => {
-                    ready.push(&job.queue);
-                }
-                JobState::Queued => {}
-                JobState::Scheduled if job.depends_on.is_empty() => {
-                    due = Some(due.map_or(job.run_at, |due| due.min(job.run_at)));
-                }
-                _ => {}
-            }
-        }
-        if !ready.is_empty() {
-            self.inner.wake_dispatcher.notify_one();
-        }
-        for queue in ready {
-            self.tell_ready(queue);
-        }
-        if let Some(due) = due {
-            self.schedule_wake(due);
-        }
-    }
-
-    /// A job; with `wait`, not before it is terminal or `wait` passed (or
-    /// the service is stopping).
-    pub async fn wait_for_job(
-        &self,
-        tenant: &str,
-        id: JobId,
-        wait: Duration,
-    ) -> Result<Job, EngineError> {
-        self.long_poll(
-            id.as_uuid(),
-            wait,
-            || self.get_job(tenant, id),
-            |job| job.status.is_terminal(),
-        )
-        .await
     }
 
     /// A batch; with `wait`, not before it finished or `wait` passed.
@@ -280,59 +154,6 @@ impl Engine {
             batch.finished_at.is_some()
         })
         .await
-    }
-
-    /// Reads with `read` until `done` holds, `wait` passed or shutdown
-    /// began, re-reading only when the engine wakes `id`. The waiter is
-    /// registered before each read, so an end stored meanwhile is not missed.
-    async fn long_poll<T, Read, Reading>(
-        &self,
-        id: uuid::Uuid,
-        wait: Duration,
-        read: Read,
-        done: impl Fn(&T) -> bool,
-    ) -> Result<T, EngineError>
-    where
-        Read: Fn() -> Reading,
-        Reading: std::future::Future<Output = Result<T, EngineError>>,
-    {
-        let deadline = tokio::time::Instant::now() + wait;
-        let waiter = self.inner.waiters.register(id);
-        if !wait.is_zero() {
-            self.announce_listening().await;
-        }
-        loop {
-            let woken = waiter.notified();
-            let value = read().await?;
-            if done(&value) || !self.hold(woken, deadline).await {
-                return Ok(value);
-            }
-        }
-    }
-
-    /// Waits for `woken` until `deadline`; false when the wait is over
-    /// (deadline, or shutdown: long-polls never hold it up).
-    async fn hold(
-        &self,
-        woken: std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>>,
-        deadline: tokio::time::Instant,
-    ) -> bool {
-        if tokio::time::Instant::now() >= deadline || self.inner.stopping.is_cancelled() {
-            return false;
-        }
-        // Shared mode: an end stored by another instance arrives on the bus,
-        // which may lose it; re-read every poll interval too.
-        let recheck = match self.inner.shared {
-            Some(_) => {
-                deadline.min(tokio::time::Instant::now() + self.inner.settings.poll_interval)
-            }
-            None => deadline,
-        };
-        tokio::select! {
-            _ = woken => true,
-            _ = tokio::time::sleep_until(recheck) => recheck < deadline,
-            _ = self.inner.stopping.cancelled() => false,
-        }
     }
 
     /// Finished jobs of a batch after the `after`-th, in finishing order,
@@ -385,11 +206,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// The waiter key of a batch's results: woken by every end of one of its
-/// jobs, and distinct from the batch's own key (woken once, at its end) so
-/// that a long-poll of the batch is not woken by each job.
-pub(super) fn results_waiter(id: BatchId) -> uuid::Uuid {
-    uuid::Uuid::from_u128(id.as_uuid().as_u128() ^ 1)
 }

@@ -15,27 +15,9 @@ const RESCUE_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Engine {
-    pub(super) fn spawn_loops(&self) {
-        let loops = &self.inner.loops;
-        loops.spawn(self.clone().dispatch_loop());
-        loops.spawn(self.clone().promote_loop());
-        loops.spawn(self.clone().heartbeat_loop());
-        loops.spawn(self.clone().rescue_loop());
-        loops.spawn(self.clone().prune_loop());
-        if let Some(webhooks) = self.inner.webhooks.clone() {
-            let deliverer = crate::notify::Deliverer {
-                store: self.inner.store.clone(),
-                webhooks,
-                wake: self.inner.wake_webhooks.clone(),
-                redactor: self.inner.kinds.redactor(),
-            };
-            loops.spawn(deliverer.run(self.inner.stopping.clone()));
-        }
-    }
-
     /// Moves scheduled jobs to `queued` when their `run_at` comes, sleeping
     /// until the earliest one (or the poll interval, whichever is sooner).
-    async fn promote_loop(self) {
+    pub(super) async fn promote_loop(self) {
         let stopping = self.inner.stopping.clone();
         loop {
             // Clear first: a job scheduled while we promote re-arms the wake.
@@ -73,7 +55,7 @@ impl Engine {
     /// Renews this process's leases every third of their length, and stops
     /// jobs whose cancellation was requested elsewhere. Runs until the very
     /// end of shutdown, so that draining jobs keep their leases.
-    async fn heartbeat_loop(self) {
+    pub(super) async fn heartbeat_loop(self) {
         let stopped = self.inner.stopped.clone();
         let every = (self.inner.settings.lease_ttl / 3).max(Duration::from_millis(100));
         loop {
@@ -115,7 +97,7 @@ impl Engine {
     }
 
     /// Takes back jobs whose instance stopped renewing their lease.
-    async fn rescue_loop(self) {
+    pub(super) async fn rescue_loop(self) {
         let stopping = self.inner.stopping.clone();
         loop {
             tokio::select! {
@@ -149,7 +131,7 @@ impl Engine {
     }
 
     /// Deletes terminal jobs past retention and idempotency keys past their TTL.
-    async fn prune_loop(self) {
+    pub(super) async fn prune_loop(self) {
         let stopping = self.inner.stopping.clone();
         loop {
             let now = Timestamp::now();

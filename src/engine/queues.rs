@@ -3,11 +3,29 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::drain::DrainMeter;
-use super::{Engine, EngineError, GAUGES_TTL, MetricsSnapshot, QueueState};
+use super::{Engine, EngineError, QueueState};
 use crate::domain::{FieldError, QueueConfig, QueueInfo, QueueSettings, Timestamp};
-use crate::store::QueueDeletion;
+use crate::store::{QueueDeletion, ServiceGauges};
+
+/// What `/metrics` shows of the queues: the store's service-wide figures
+/// and this instance's running jobs.
+#[derive(Clone, Debug)]
+pub struct MetricsSnapshot {
+    /// Every queue with its service-wide counts.
+    pub queues: Vec<QueueInfo>,
+    pub gauges: ServiceGauges,
+    /// When the figures were read.
+    pub read_at: Timestamp,
+    /// Jobs of each queue running in this instance.
+    pub running_here: Vec<(String, u32)>,
+}
+
+/// How long the figures of `/metrics` are reused: every instance may be
+/// scraped by several Prometheus servers, and each read is a statement per
+/// figure over all queues.
+const GAUGES_TTL: Duration = Duration::from_secs(1);
 
 impl Engine {
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
@@ -96,11 +114,7 @@ impl Engine {
             queues
                 .entry(name.to_owned())
                 .and_modify(|state| state.config = config.clone())
-                .or_insert_with(|| QueueState {
-                    config,
-                    running: 0,
-                    drain: DrainMeter::default(),
-                });
+                .or_insert_with(|| QueueState::new(config));
         }
         // More concurrency or an unpaused queue may start jobs now.
         self.inner.wake_dispatcher.notify_one();
@@ -150,28 +164,15 @@ impl Engine {
             });
             changed |= queues.len() != before;
             for info in stored {
-                let config = QueueConfig {
-                    name: info.name.clone(),
-                    concurrency: info.concurrency,
-                    capacity: info.capacity,
-                    paused: info.paused,
-                    defaults: info.defaults,
-                };
-                match queues.get_mut(&info.name) {
+                let config = stored_config(info);
+                match queues.get_mut(&config.name) {
                     Some(state) if state.config == config => {}
                     Some(state) => {
                         state.config = config;
                         changed = true;
                     }
                     None => {
-                        queues.insert(
-                            info.name,
-                            QueueState {
-                                config,
-                                running: 0,
-                                drain: DrainMeter::default(),
-                            },
-                        );
+                        queues.insert(config.name.clone(), QueueState::new(config));
                         changed = true;
                     }
                 }
@@ -220,5 +221,16 @@ impl Engine {
             .queues
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A queue's settings as the store lists them.
+pub(super) fn stored_config(info: QueueInfo) -> QueueConfig {
+    QueueConfig {
+        name: info.name,
+        concurrency: info.concurrency,
+        capacity: info.capacity,
+        paused: info.paused,
+        defaults: info.defaults,
     }
 }

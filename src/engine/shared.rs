@@ -288,7 +288,7 @@ impl Engine {
                         if let Some(batch_id) = job.batch_id {
                             self.inner
                                 .waiters
-                                .wake(super::batches::results_waiter(batch_id));
+                                .wake(super::waiting::results_waiter(batch_id));
                         }
                     }
                     (EventKind::BatchFinished, _, Some(batch)) => {
