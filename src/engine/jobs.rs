@@ -100,6 +100,17 @@ impl Engine {
             .map_err(|rejection| self.rejection_error(rejection, at))
     }
 
+    /// The response remembered for `key` (its request's fingerprint and
+    /// the response), for a replay the engine is not asked to admit: a
+    /// rate-limited client repeating a request that was accepted.
+    pub async fn remembered_response(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(String, StoredResponse)>, EngineError> {
+        Ok(self.inner.store.idempotent_response(tenant, key).await?)
+    }
+
     /// A job with its `position` when queued.
     pub async fn get_job(&self, tenant: &str, id: JobId) -> Result<Job, EngineError> {
         let mut job = self

@@ -18,6 +18,8 @@ pub struct Waiters {
     map: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
     /// Entries in `map`, read without the lock on every job end.
     entries: AtomicUsize,
+    /// Requests waiting, over every id.
+    requests: AtomicUsize,
 }
 
 /// One request's interest in one id; dropping it unregisters.
@@ -38,11 +40,19 @@ impl Waiters {
             (Arc::new(Notify::new()), 0)
         });
         entry.1 += 1;
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        crate::telemetry::metrics::long_poll_waiting(true);
         Waiter {
             waiters: self,
             id,
             notify: entry.0.clone(),
         }
+    }
+
+    /// Requests waiting now: each registered before it read the store, so
+    /// any end stored from now on wakes it.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
     }
 
     /// Ids waited on now.
@@ -81,6 +91,8 @@ impl Waiter<'_> {
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
+        self.waiters.requests.fetch_sub(1, Ordering::AcqRel);
+        crate::telemetry::metrics::long_poll_waiting(false);
         let mut map = self
             .waiters
             .map

@@ -6,6 +6,12 @@ use super::{Engine, EngineError};
 use crate::domain::{BatchId, Job, JobId};
 
 impl Engine {
+    /// Long-polls held now (`spool_long_polls_waiting`); each registered
+    /// before it read, so any end stored from now on wakes it.
+    pub fn long_polls_waiting(&self) -> usize {
+        self.inner.waiters.requests()
+    }
+
     /// A job; with `wait`, not before it is terminal or `wait` passed (or
     /// the service is stopping).
     pub async fn wait_for_job(

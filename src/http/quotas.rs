@@ -51,8 +51,7 @@ pub(super) async fn take_rate(
     if let Some(idempotency) = idempotency
         && let Some((hash, stored)) = state
             .engine
-            .store()
-            .idempotent_response(&caller.tenant, &idempotency.key)
+            .remembered_response(&caller.tenant, &idempotency.key)
             .await?
         && hash == idempotency.request_hash
     {

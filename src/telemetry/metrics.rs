@@ -27,6 +27,7 @@ pub const HTTP_REQUESTS: &str = "spool_http_requests_total";
 pub const HTTP_DURATION: &str = "spool_http_request_duration_seconds";
 pub const WEBHOOK_DELIVERIES: &str = "spool_webhook_deliveries_total";
 pub const EVENT_STREAM_CLIENTS: &str = "spool_event_stream_clients";
+pub const LONG_POLLS_WAITING: &str = "spool_long_polls_waiting";
 pub const STORE_COMMIT: &str = "spool_store_commit_seconds";
 pub const JOBS_RESCUED: &str = "spool_jobs_rescued_total";
 pub const BUILD_INFO: &str = "spool_build_info";
@@ -139,6 +140,10 @@ fn describe() {
     describe_gauge!(
         EVENT_STREAM_CLIENTS,
         "Open `GET /v1/events` streams on this instance."
+    );
+    describe_gauge!(
+        LONG_POLLS_WAITING,
+        "Requests held by a long-poll (`?wait=N`) on this instance."
     );
     describe_histogram!(
         STORE_COMMIT,
@@ -320,6 +325,15 @@ impl EventStreamClient {
 impl Drop for EventStreamClient {
     fn drop(&mut self) {
         gauge!(EVENT_STREAM_CLIENTS).decrement(1.0);
+    }
+}
+
+/// A long-poll waits from its registration until it is dropped.
+pub fn long_poll_waiting(waiting: bool) {
+    if waiting {
+        gauge!(LONG_POLLS_WAITING).increment(1.0);
+    } else {
+        gauge!(LONG_POLLS_WAITING).decrement(1.0);
     }
 }
 

@@ -879,7 +879,7 @@ async fn a_long_poll_on_results_returns_as_soon_as_a_new_result_exists() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.until_long_polls_wait(1).await;
     let cancelled = app
         .post(&format!("/v1/batches/{id}/cancel"), &json!({}))
         .await;
@@ -1145,8 +1145,7 @@ async fn cancelling_a_batch_of_waiting_jobs_finishes_it_at_once_and_wakes_its_lo
             (body, Timestamp::now().as_millis())
         })
     };
-    // Let both polls start waiting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.until_long_polls_wait(2).await;
     assert!(!batch_poll.is_finished() && !job_poll.is_finished());
 
     let response = app
@@ -1223,7 +1222,7 @@ async fn a_batch_finished_by_other_means_wakes_its_long_polls() {
             (body, Timestamp::now().as_millis())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.until_long_polls_wait(1).await;
     assert!(!poll.is_finished(), "the long-poll did not wait");
     let cancel = app
         .post(&format!("/v1/jobs/{waiting}/cancel"), &json!({}))

@@ -22,6 +22,9 @@ pub const TEST_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The running app's engine, for conditions the API does not show one
+    /// by one (how many long-polls wait).
+    engine: spool::engine::Engine,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: TempDir,
@@ -61,11 +64,13 @@ pub async fn spawn_app_with_kinds(
     }
     let app = builder.build().await.expect("the app starts");
     let addr = app.local_addr().expect("a local address");
+    let engine = app.engine().clone();
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
     TestApp {
         addr,
         client: reqwest::Client::new(),
+        engine,
         stop,
         server: Some(server),
         _dir: dir,
@@ -73,6 +78,19 @@ pub async fn spawn_app_with_kinds(
 }
 
 impl TestApp {
+    /// Waits until `n` long-polls of this app wait: each is registered for
+    /// its wake-up, so what the test does next is what must wake it.
+    pub async fn until_long_polls_wait(&self, n: usize) {
+        let deadline = Instant::now() + SOON;
+        while self.engine.long_polls_waiting() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} long-polls did not start waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -204,6 +204,7 @@ async fn metrics_name_every_family_with_bounded_labels_and_pass_promtool() {
     let optional: BTreeMap<&str, BTreeSet<String>> = [
         ("spool_webhook_deliveries_total", labels(&["outcome"])),
         ("spool_event_stream_clients", labels(&[])),
+        ("spool_long_polls_waiting", labels(&[])),
         ("spool_jobs_rescued_total", labels(&[])),
     ]
     .into_iter()

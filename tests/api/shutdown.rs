@@ -162,8 +162,8 @@ async fn shutdown_ends_waiting_long_polls_at_once_with_the_current_state() {
             (status, body, Instant::now())
         })
     };
-    // Let the long-poll reach its wait before shutdown begins.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The long-poll waits before shutdown begins.
+    app.until_long_polls_wait(1).await;
     let shutdown_began = Instant::now();
     let shutdown = tokio::spawn(app.shutdown());
     let (status, body, answered) = poll.await.unwrap();
