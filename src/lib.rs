@@ -7,12 +7,14 @@
 //! - [`config`]: flags, `SPOOL_*` environment variables and the TOML file.
 //! - [`http`]: routes, extractors, the problem+json error type, OpenAPI.
 //! - [`engine`]: admission, dispatch to the worker pool, leases, retries,
-//!   cancellation, shutdown.
+//!   cancellation, shutdown; one file per use case.
 //! - [`kinds`]: the [`kinds::JobKind`] trait and the built-in kinds.
 //! - [`notify`]: job lifecycle events.
 //! - [`outbound`]: which destinations outbound requests may reach (the
 //!   private-address rule and `SPOOL_OUTBOUND_ALLOW`).
-//! - [`store`]: the [`store::JobStore`] trait and its SQLite and PostgreSQL backends.
+//! - [`store`]: the [`store::JobStore`] trait, the rules of every transition
+//!   written once above the backends (`store/plan/`), and its SQLite
+//!   (embedded) and PostgreSQL (shared) backends.
 //! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
 //! - [`cli`]: the binary's command line ([`cli::Cli`]: serve, `openapi`,
