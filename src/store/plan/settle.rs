@@ -9,7 +9,8 @@
 
 use super::transaction::Transaction;
 use crate::domain::{BatchId, Job, JobId, JobState, Timestamp};
-use crate::store::{Effects, StoreError};
+use crate::store::rows::RescuedRow;
+use crate::store::{Effects, Rescued, StoreError};
 
 /// A job that has just become terminal.
 #[derive(Clone, Copy, Debug)]
@@ -79,4 +80,32 @@ pub async fn settle<T: Transaction>(
         .finished_batches
         .extend(tx.finished_batches(&batches).await?);
     Ok(())
+}
+
+/// What a rescue's statement took back (`rows`: jobs whose lease lapsed,
+/// now queued again, failed or cancelled), with what the ones it ended set
+/// in motion.
+pub async fn settle_rescued<T: Transaction>(
+    tx: &mut T,
+    rows: Vec<RescuedRow>,
+    now: Timestamp,
+) -> Result<(Vec<Rescued>, Effects), StoreError> {
+    let mut rescued = Vec::with_capacity(rows.len());
+    let mut ended = Vec::new();
+    for row in rows {
+        let (job, batch_id) = row.into_rescued()?;
+        tx.left_running(&job.queue, job.state);
+        if job.state.is_terminal() {
+            ended.push(Ended {
+                id: job.id,
+                state: job.state,
+                batch_id,
+                dependents: true,
+            });
+        }
+        rescued.push(job);
+    }
+    let mut effects = Effects::default();
+    settle(tx, &ended, now, &mut effects).await?;
+    Ok((rescued, effects))
 }

@@ -171,6 +171,11 @@ pub trait Transaction {
         at: Timestamp,
     ) -> Result<Vec<Job>, StoreError>;
 
+    /// Notes that a job of `queue` left `running` for `state` by a statement
+    /// of the backend's own (a rescue), for the counters that statement did
+    /// not keep.
+    fn left_running(&mut self, queue: &str, state: JobState);
+
     /// Those of `batches` (sorted, each once) that are finished.
     async fn finished_batches(
         &mut self,

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use super::counts::Counts;
 use super::tx::PgTx;
 use crate::domain::{JobId, JobState, QueueConfig, Timestamp};
-use crate::store::plan::{self, Ended};
+use crate::store::plan;
 use crate::store::rows::RescuedRow;
 use crate::store::{Effects, Promoted, QueueDeletion, Rescued, StoreError};
 
@@ -83,27 +83,11 @@ pub async fn rescue(
         .fetch_all(&mut *conn)
         .await?;
     let mut counts = Counts::default();
-    let mut rescued = Vec::with_capacity(rows.len());
-    let mut ended = Vec::new();
-    for row in rows {
-        let (job, batch_id) = row.into_rescued()?;
-        counts.add(&job.queue, job.state, 1);
-        if job.state.is_terminal() {
-            ended.push(Ended {
-                id: job.id,
-                state: job.state,
-                batch_id,
-                dependents: true,
-            });
-        }
-        rescued.push(job);
-    }
-    let mut effects = Effects::default();
     let tx = &mut PgTx {
         conn: &mut *conn,
         counts: &mut counts,
     };
-    plan::settle(tx, &ended, now, &mut effects).await?;
+    let (rescued, effects) = plan::settle_rescued(tx, rows, now).await?;
     counts.flush(conn).await?;
     Ok((rescued, effects))
 }

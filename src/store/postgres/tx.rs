@@ -290,6 +290,11 @@ impl Transaction for PgTx<'_> {
         deps::cancel_dependents(self.conn, self.counts, id, error, at).await
     }
 
+    fn left_running(&mut self, queue: &str, state: JobState) {
+        // `running` is counted from an index; the state it went to is not.
+        self.counts.add(queue, state, 1);
+    }
+
     async fn finished_batches(
         &mut self,
         batches: &[BatchId],

@@ -451,23 +451,7 @@ pub(super) fn rescue(
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut rescued = Vec::with_capacity(rows.len());
-    let mut ended = Vec::new();
-    for row in rows {
-        let (job, batch_id) = row.into_rescued()?;
-        if job.state.is_terminal() {
-            ended.push(Ended {
-                id: job.id,
-                state: job.state,
-                batch_id,
-                dependents: true,
-            });
-        }
-        rescued.push(job);
-    }
-    let mut effects = Effects::default();
-    run_now(plan::settle(tx, &ended, now, &mut effects))?;
-    Ok((rescued, effects))
+    run_now(plan::settle_rescued(tx, rows, now))
 }
 
 /// Cancels a batch's scheduled and queued jobs at once.

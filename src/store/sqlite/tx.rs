@@ -220,6 +220,10 @@ impl Transaction for WriteTx<'_> {
         deps::cancel_dependents(self.conn, id, error, at)
     }
 
+    fn left_running(&mut self, _queue: &str, _state: JobState) {
+        // The `queue_counts` triggers saw the move.
+    }
+
     async fn finished_batches(
         &mut self,
         batches: &[BatchId],
