@@ -79,16 +79,17 @@ pub async fn admit<T: Transaction>(
         return Ok(Err(rejection));
     }
 
-    let own: HashSet<JobId> = new_jobs.iter().map(|job| job.id).collect();
-    let outside: Vec<JobId> = new_jobs
-        .iter()
-        .flat_map(|job| &job.depends_on)
-        .filter(|id| !own.contains(id))
-        .copied()
-        .collect();
-    let states = if outside.is_empty() {
+    // Most submissions depend on nothing: they build no set and read nothing.
+    let states = if new_jobs.iter().all(|job| job.depends_on.is_empty()) {
         Default::default()
     } else {
+        let own: HashSet<JobId> = new_jobs.iter().map(|job| job.id).collect();
+        let outside: Vec<JobId> = new_jobs
+            .iter()
+            .flat_map(|job| &job.depends_on)
+            .filter(|id| !own.contains(id))
+            .copied()
+            .collect();
         tx.dependency_states(&outside).await?
     };
     let dependencies = match super::dependencies(&tenant, &mut new_jobs, |dependency| {
@@ -123,13 +124,15 @@ pub async fn admit<T: Transaction>(
         .collect();
     ended.extend(replaced_now.iter().map(Ended::of));
     settle(tx, &ended, now, &mut effects).await?;
-    let own_ids: Vec<JobId> = new_jobs.iter().map(|job| job.id).collect();
     let requested_jobs = new_jobs.len() as u64;
     let jobs = super::submitted_jobs(new_jobs, &mut effects, replaced_now, replaced_running);
 
     // The batch as stored now: counts may already have moved.
     let batch = match &batch {
-        Some(batch) => match tx.batch(batch.id, Some(own_ids.clone())).await? {
+        Some(batch) => match tx
+            .batch(batch.id, Some(jobs.iter().map(|job| job.id).collect()))
+            .await?
+        {
             Some(stored) => Some(Box::new(stored)),
             None => {
                 return Err(StoreError::Corrupt(format!(
@@ -160,10 +163,11 @@ pub async fn admit<T: Transaction>(
     if !T::CHECKS_BEFORE_WRITES_DECIDE {
         // The tenant's lock before the queues', as every transaction takes
         // them; only for a tenant with a `max_pending`.
-        if limit_pending
-            && let Some(rejection) = tx.check_quota(&tenant, &own_ids, requested_jobs).await?
-        {
-            return Ok(Err(rejection));
+        if limit_pending {
+            let own: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+            if let Some(rejection) = tx.check_quota(&tenant, &own, requested_jobs).await? {
+                return Ok(Err(rejection));
+            }
         }
         if let Some(rejection) = tx.check_room(&requested).await? {
             return Ok(Err(rejection));

@@ -2,6 +2,7 @@
 //! fed by a group-commit queue, and a pool of read-only connections.
 
 mod admit;
+mod claim;
 mod counts;
 mod deps;
 mod keys;
@@ -375,8 +376,10 @@ impl JobStore for SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
         let (queue, owner) = (queue.to_owned(), owner.to_owned());
-        self.write(move |tx| ops::claim(tx.conn, tx.turns, &queue, limit, &owner, lease_until, now))
-            .await
+        self.write(move |tx| {
+            claim::claim(tx.conn, tx.turns, &queue, limit, &owner, lease_until, now)
+        })
+        .await
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
