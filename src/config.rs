@@ -535,6 +535,20 @@ mod tests {
         assert_eq!(format!("{:?}", parsed.config), format!("{config:?}"));
     }
 
+    #[test]
+    fn the_engines_own_defaults_are_the_flags_defaults() {
+        // `EngineSettings::default()` serves the library's users who build
+        // an engine without a `Config`; it may not drift from the flags.
+        let from_flags = Config::default().engine_settings().expect("valid");
+        let library = crate::engine::EngineSettings::default();
+        assert_eq!(from_flags.shutdown_grace, library.shutdown_grace);
+        assert_eq!(from_flags.cancel_grace, library.cancel_grace);
+        assert_eq!(from_flags.lease_ttl, library.lease_ttl);
+        assert_eq!(from_flags.retention, library.retention);
+        assert_eq!(from_flags.max_batch_size, library.max_batch_size);
+        assert_eq!(from_flags.event_replay, library.event_replay);
+    }
+
     fn refused_setting(config: Config) -> &'static str {
         match config.http_settings() {
             Err(ConfigError::Invalid { setting, .. }) => setting,
