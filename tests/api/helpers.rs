@@ -510,8 +510,49 @@ impl PgSchema {
 }
 
 impl Drop for PgSchema {
+    /// Drops the schema from a thread of its own while this one blocks. An
+    /// in-process app of the test may have a transaction open in it still
+    /// (a maintenance task caught mid-statement when the test ended): that
+    /// task runs on this thread's runtime, which is blocked here, so it can
+    /// never commit. Whatever holds locks in the schema belongs to this
+    /// finished test; it is ended, and the drop tried again.
     fn drop(&mut self) {
-        pg_admin_blocking(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(runtime) = runtime else { return };
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                let Ok(mut admin) = sqlx::PgConnection::connect(&pg_base_url()).await else {
+                    return;
+                };
+                let _ = sqlx::query("SET lock_timeout = '2s'")
+                    .execute(&mut admin)
+                    .await;
+                for _ in 0..5 {
+                    let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS {name} CASCADE"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                    if dropped.is_ok() {
+                        return;
+                    }
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                    )
+                    .bind(&name)
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
