@@ -98,11 +98,19 @@ impl<'a> SpecCheck<'a> {
             }
         };
         job.trace = self.trace.clone();
-        let mut errors = kinds.validate_payload(&job.kind, &job.payload, &format!("{at}/payload"));
-        errors.extend(
-            self.engine
-                .check_callback(job.callback_url.as_deref(), format!("{at}/callback_url")),
-        );
+        // A single job's pointers are constants: a valid job builds none.
+        let payload_at = if at.is_empty() {
+            std::borrow::Cow::Borrowed("/payload")
+        } else {
+            std::borrow::Cow::Owned(format!("{at}/payload"))
+        };
+        let mut errors = kinds.validate_payload(&job.kind, &job.payload, &payload_at);
+        if job.callback_url.is_some() {
+            errors.extend(
+                self.engine
+                    .check_callback(job.callback_url.as_deref(), format!("{at}/callback_url")),
+            );
+        }
         if errors.is_empty() {
             Ok((job, queue))
         } else {

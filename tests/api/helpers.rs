@@ -448,6 +448,20 @@ async fn pg_admin() -> Option<sqlx::PgConnection> {
 /// of its own, as the test's runtime may be the current thread, blocked
 /// right there. Failures are ignored (it is clean-up).
 fn pg_admin_blocking(sql: String) {
+    pg_admin_blocking_with(move |mut admin| async move {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await;
+    });
+}
+
+/// Runs `work` on an admin connection from a thread and runtime of its own,
+/// and waits for it: usable from `Drop`, while the test's runtime is blocked.
+fn pg_admin_blocking_with<Work, Done>(work: Work)
+where
+    Work: FnOnce(sqlx::PgConnection) -> Done + Send + 'static,
+    Done: std::future::Future<Output = ()>,
+{
     let _ = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -455,10 +469,8 @@ fn pg_admin_blocking(sql: String) {
         if let Ok(runtime) = runtime {
             runtime.block_on(async move {
                 use sqlx::Connection;
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_base_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut admin)
-                        .await;
+                if let Ok(admin) = sqlx::PgConnection::connect(&pg_base_url()).await {
+                    work(admin).await;
                 }
             });
         }
@@ -518,41 +530,30 @@ impl Drop for PgSchema {
     /// finished test; it is ended, and the drop tried again.
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let Ok(runtime) = runtime else { return };
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                let Ok(mut admin) = sqlx::PgConnection::connect(&pg_base_url()).await else {
+        pg_admin_blocking_with(move |mut admin| async move {
+            let _ = sqlx::query("SET lock_timeout = '2s'")
+                .execute(&mut admin)
+                .await;
+            for _ in 0..5 {
+                let drop = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
+                if sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut admin)
+                    .await
+                    .is_ok()
+                {
                     return;
-                };
-                let _ = sqlx::query("SET lock_timeout = '2s'")
-                    .execute(&mut admin)
-                    .await;
-                for _ in 0..5 {
-                    let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP SCHEMA IF EXISTS {name} CASCADE"
-                    )))
-                    .execute(&mut admin)
-                    .await;
-                    if dropped.is_ok() {
-                        return;
-                    }
-                    let _ = sqlx::query(
-                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
-                         JOIN pg_class c ON c.oid = l.relation \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
-                    )
-                    .bind(&name)
-                    .execute(&mut admin)
-                    .await;
                 }
-            });
-        })
-        .join();
+                let _ = sqlx::query(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                     JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                )
+                .bind(&name)
+                .execute(&mut admin)
+                .await;
+            }
+        });
     }
 }
 

@@ -20,7 +20,7 @@ mod transitions;
 use std::collections::HashSet;
 
 pub use admission::admit;
-pub use retention::{Cutoff, PRUNE, PRUNE_CHUNK, latest_delivery};
+pub use retention::{PRUNE, PRUNE_CHUNK, latest_delivery};
 pub use settle::{Ended, settle, settle_rescued};
 pub use transaction::{Released, Requested, StatesOf, Transaction};
 pub use transitions::{cancel_batch, cancel_job, retry_job};

@@ -6,6 +6,7 @@
 //! on PostgreSQL and, on SQLite, named parameters numbered in order of
 //! first appearance, which is the same.
 
+use crate::domain::Timestamp;
 use crate::store::WebhookOwner;
 
 /// Rows deleted per statement and prune, so one prune never holds the
@@ -19,6 +20,16 @@ pub enum Cutoff {
     Finished,
     /// The `Idempotency-Key` window.
     Keys,
+}
+
+impl Cutoff {
+    /// This cut-off's time, of a prune's two.
+    pub fn of(self, finished_before: Timestamp, keys_before: Timestamp) -> Timestamp {
+        match self {
+            Cutoff::Finished => finished_before,
+            Cutoff::Keys => keys_before,
+        }
+    }
 }
 
 /// One statement of a prune: `$1` the cut-off (ms), and `$2` the chunk when

@@ -116,7 +116,8 @@ pub trait Transaction {
     /// Stores new jobs, each with its count of unsucceeded dependencies.
     async fn insert_jobs(&mut self, jobs: &[NewJob], pending: &[i64]) -> Result<(), StoreError>;
 
-    /// Stores `(dependency, dependent)` edges (an edge stored already stays).
+    /// Stores `(dependency, dependent)` edges (an edge stored already
+    /// stays); never called without any.
     async fn link(&mut self, edges: &[(JobId, JobId)]) -> Result<(), StoreError>;
 
     /// Remembers a submission's response under its `Idempotency-Key`.

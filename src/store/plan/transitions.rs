@@ -103,8 +103,11 @@ pub async fn retry_job<T: Transaction>(
     let Some(retried) = tx.reopen(id, state, at, pending.len()).await? else {
         return Ok(RetryOutcome::NotFound);
     };
-    let edges: Vec<(JobId, JobId)> = pending.iter().map(|dependency| (*dependency, id)).collect();
-    tx.link(&edges).await?;
+    if !pending.is_empty() {
+        let edges: Vec<(JobId, JobId)> =
+            pending.iter().map(|dependency| (*dependency, id)).collect();
+        tx.link(&edges).await?;
+    }
     Ok(RetryOutcome::Retried(retried))
 }
 

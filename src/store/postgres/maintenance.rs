@@ -128,20 +128,19 @@ pub async fn prune(
     finished_before: Timestamp,
     keys_before: Timestamp,
 ) -> Result<u64, StoreError> {
-    let mut jobs = None;
-    for step in &plan::PRUNE {
-        let cutoff = match step.cutoff {
-            plan::Cutoff::Finished => finished_before,
-            plan::Cutoff::Keys => keys_before,
-        };
+    let mut jobs = 0;
+    for (n, step) in plan::PRUNE.iter().enumerate() {
+        let cutoff = step.cutoff.of(finished_before, keys_before);
         let mut query = sqlx::query(step.sql).bind(cutoff.as_millis());
         if step.chunked {
             query = query.bind(plan::PRUNE_CHUNK);
         }
         let deleted = query.execute(&mut *conn).await?.rows_affected();
-        jobs.get_or_insert(deleted);
+        if n == 0 {
+            jobs = deleted;
+        }
     }
-    Ok(jobs.unwrap_or(0))
+    Ok(jobs)
 }
 
 /// One statement; `xmax = 0` on the returned row tells an insert from an

@@ -167,9 +167,6 @@ impl Transaction for PgTx<'_> {
     }
 
     async fn link(&mut self, edges: &[(JobId, JobId)]) -> Result<(), StoreError> {
-        if edges.is_empty() {
-            return Ok(());
-        }
         let (from, to): (Vec<String>, Vec<String>) = edges
             .iter()
             .map(|(dependency, dependent)| (dependency.to_string(), dependent.to_string()))

@@ -346,21 +346,20 @@ pub(super) fn prune(
     finished_before: Timestamp,
     keys_before: Timestamp,
 ) -> Result<u64, StoreError> {
-    let mut jobs = None;
-    for step in &plan::PRUNE {
-        let cutoff = match step.cutoff {
-            plan::Cutoff::Finished => finished_before,
-            plan::Cutoff::Keys => keys_before,
-        };
+    let mut jobs = 0;
+    for (n, step) in plan::PRUNE.iter().enumerate() {
+        let cutoff = step.cutoff.of(finished_before, keys_before);
         let mut statement = conn.prepare_cached(step.sql)?;
         let deleted = if step.chunked {
             statement.execute(params![cutoff.as_millis(), plan::PRUNE_CHUNK])?
         } else {
             statement.execute(params![cutoff.as_millis()])?
         };
-        jobs.get_or_insert(deleted as u64);
+        if n == 0 {
+            jobs = deleted as u64;
+        }
     }
-    Ok(jobs.unwrap_or(0))
+    Ok(jobs)
 }
 
 /// Deletes the queue unless jobs of it are unfinished; in the writer, so
