@@ -1,6 +1,7 @@
 //! `spool bench`: starts the service on a fresh database and measures it over
 //! loopback HTTP, next to a bare axum handler doing the same parsing.
 
+mod claims;
 mod lists;
 mod shared;
 mod soak;
@@ -80,6 +81,11 @@ pub struct BenchArgs {
     /// `--list-parallel` lists run at once (on PostgreSQL with `--postgres`).
     #[arg(long)]
     pub lists: bool,
+    /// Measure what a rate limit costs claims instead: queued jobs drained
+    /// with and without an unreached limit, alternating rounds, and the
+    /// memory of 100 000 keys in use.
+    #[arg(long)]
+    pub claims: bool,
     /// Jobs stored before lists are measured.
     #[arg(long, default_value_t = 100_000)]
     pub list_jobs: usize,
@@ -141,6 +147,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.lists {
         return lists::run(&args).await;
+    }
+    if args.claims {
+        return claims::run(&args).await;
     }
     if let Some(url) = &args.postgres {
         return shared::run(&args, url).await;

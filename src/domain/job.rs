@@ -112,6 +112,14 @@ impl FromStr for JobState {
     }
 }
 
+/// Why a ready job waits (see `Job::waiting_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingReason {
+    /// Its rate limit's key has no budget left until `eligible_at`.
+    RateLimited,
+}
+
 /// Progress reported by a running job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Progress {
@@ -193,6 +201,20 @@ pub struct Job {
     /// it first ended, or without `callback_url`; a retried job shows its
     /// previous end's until it ends again).
     pub webhook: Option<super::WebhookDelivery>,
+    /// The rate limit the job's starts are held to.
+    pub rate_limit: Option<super::RateLimitRef>,
+    /// If not started by then, the job ends `cancelled` with
+    /// `error.code: expired`.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// Why a `queued` job is not running though its queue may have room:
+    /// `rate_limited` (its limit's key has no budget left until
+    /// `eligible_at`). `null` otherwise. Shown on a read of the job
+    /// (`GET /v1/jobs/{id}`) and in lists.
+    pub waiting_reason: Option<WaitingReason>,
+    /// With `waiting_reason`: the earliest instant the job may start.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub eligible_at: Option<Timestamp>,
     #[serde(skip)]
     pub tenant: String,
     #[serde(skip)]

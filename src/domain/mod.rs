@@ -4,6 +4,7 @@
 mod access;
 mod batch;
 mod job;
+mod limit;
 mod queue;
 mod request;
 mod spec;
@@ -19,7 +20,11 @@ pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
     success_required,
 };
-pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT};
+pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT, WaitingReason};
+pub use limit::{
+    Budget, Gcra, KeyState, LimitKey, RateLimit, RateLimitKeyState, RateLimitRef,
+    RateLimitSettings, from_micros_ceil, micros,
+};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };

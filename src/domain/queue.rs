@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{FieldError, Timestamp};
+use super::{FieldError, RateLimitRef, Timestamp};
 
 /// Retry delay: exponential from `base_ms`, capped at `max_ms`, full jitter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -36,7 +36,7 @@ impl Backoff {
 }
 
 /// Defaults a queue gives the jobs submitted to it that don't say otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDefaults {
     /// Default 3.
@@ -44,6 +44,13 @@ pub struct QueueDefaults {
     /// Default 60 000.
     pub timeout_ms: u64,
     pub backoff: Backoff,
+    /// The rate limit of jobs that name none. Default none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitRef>,
+    /// Jobs that give no expiry expire this many ms after submission if
+    /// not started. Default none (they wait as long as it takes).
+    #[serde(default)]
+    pub expires_after_ms: Option<u64>,
 }
 
 impl Default for QueueDefaults {
@@ -52,6 +59,8 @@ impl Default for QueueDefaults {
             max_attempts: 3,
             timeout_ms: 60_000,
             backoff: Backoff::default(),
+            rate_limit: None,
+            expires_after_ms: None,
         }
     }
 }
@@ -148,6 +157,28 @@ impl QueueConfig {
                     Err(mut more) => errors.append(&mut more),
                 }
             }
+            match &defaults.rate_limit {
+                Some(Some(reference)) => {
+                    let mut more = reference.check("/defaults/rate_limit");
+                    if more.is_empty() {
+                        self.defaults.rate_limit = Some(reference.clone());
+                    }
+                    errors.append(&mut more);
+                }
+                Some(None) => self.defaults.rate_limit = None,
+                None => {}
+            }
+            match defaults.expires_after_ms {
+                Some(Some(ms)) if (1..=super::spec::MAX_DELAY_MS).contains(&ms) => {
+                    self.defaults.expires_after_ms = Some(ms);
+                }
+                Some(Some(_)) => errors.push(FieldError::new(
+                    "/defaults/expires_after_ms",
+                    format!("must be between 1 and {}", super::spec::MAX_DELAY_MS),
+                )),
+                Some(None) => self.defaults.expires_after_ms = None,
+                None => {}
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -175,6 +206,24 @@ pub struct QueueDefaultsPatch {
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u64>,
     pub backoff: Option<Backoff>,
+    /// A limit for jobs that name none; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimitRef>)]
+    pub rate_limit: Option<Option<RateLimitRef>>,
+    /// 1..=31 622 400 000; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 31_622_400_000_u64)]
+    pub expires_after_ms: Option<Option<u64>>,
+}
+
+/// A field given, even as `null` (`Some(None)`), apart from one left out
+/// (`None`, by `#[serde(default)]`): `null` clears a default.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Jobs of one queue per non-terminal state.

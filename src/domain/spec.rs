@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Backoff, BatchId, JobId, JobState, QueueConfig, Timestamp};
+use super::{Backoff, BatchId, JobId, JobState, QueueConfig, RateLimitRef, Timestamp};
 
 /// The pointer of a job inside a batch body.
 pub fn job_pointer(index: usize) -> String {
@@ -15,7 +15,7 @@ pub fn job_pointer(index: usize) -> String {
 
 pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// How far ahead `run_at`/`delay_ms` may point: one year.
-const MAX_DELAY_MS: u64 = 366 * 24 * 3_600_000;
+pub(crate) const MAX_DELAY_MS: u64 = 366 * 24 * 3_600_000;
 const MAX_KEY_LEN: usize = 255;
 /// Largest `concurrency_limit`: the most slots a queue can have.
 pub const MAX_CONCURRENCY_LIMIT: u32 = super::QueueConfig::MAX_CONCURRENCY;
@@ -164,6 +164,21 @@ pub struct JobSpec {
     #[serde(default)]
     #[schema(max_length = 2048)]
     pub callback_url: Option<String>,
+    /// Hold the job's starts to a rate limit (`PUT /v1/limits/{name}`),
+    /// optionally per `key`. Default: the queue's, if it names one.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitRef>,
+    /// If the job has not started by then (RFC 3339), it ends `cancelled`
+    /// with `error.code: expired`, without an attempt. Exclusive with
+    /// `expires_after_ms`. Must come after `run_at`.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// As `expires_at`, this many ms after submission. Default: the
+    /// queue's `expires_after_ms`, if set.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_622_400_000_i64)]
+    pub expires_after_ms: Option<i64>,
 }
 
 /// A validated job, ready to be stored.
@@ -193,6 +208,9 @@ pub struct NewJob {
     pub callback_url: Option<String>,
     /// The submission's W3C trace context, if it carried one.
     pub trace: Option<super::TraceContext>,
+    pub rate_limit: Option<RateLimitRef>,
+    /// Not started by then: cancelled as `expired`.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Metadata keys become filter parameters (`metadata.K=V`) and JSON paths:
@@ -362,6 +380,24 @@ impl JobSpec {
             errors.push(error);
         }
 
+        let rate_limit = match self.rate_limit {
+            Some(reference) => {
+                let mut more = reference.check(&pointer("rate_limit"));
+                let valid = more.is_empty();
+                errors.append(&mut more);
+                valid.then_some(reference)
+            }
+            None => queue.defaults.rate_limit.clone(),
+        };
+        let expires_at = check_expiry(
+            self.expires_at.as_deref(),
+            self.expires_after_ms,
+            queue.defaults.expires_after_ms,
+            (now, run_at),
+            &pointer,
+            &mut errors,
+        );
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -394,8 +430,66 @@ impl JobSpec {
             depends_on,
             callback_url: self.callback_url,
             trace: None,
+            rate_limit,
+            expires_at,
         })
     }
+}
+
+/// The instant a job not started by then expires: `expires_at`, or
+/// `expires_after_ms` from `now`, or the queue's default from `now`; it
+/// must come after `run_at`, or the job could never start.
+fn check_expiry(
+    expires_at: Option<&str>,
+    expires_after_ms: Option<i64>,
+    queue_default_ms: Option<u64>,
+    (now, run_at): (Timestamp, Timestamp),
+    pointer: &impl Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> Option<Timestamp> {
+    let (field, at) = match (expires_at, expires_after_ms) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                pointer("expires_after_ms"),
+                "give either expires_at or expires_after_ms, not both",
+            ));
+            return None;
+        }
+        (Some(text), None) => match Timestamp::parse_rfc3339(text) {
+            Some(at) => ("expires_at", at),
+            None => {
+                errors.push(FieldError::new(
+                    pointer("expires_at"),
+                    "must be an RFC 3339 timestamp, e.g. 2026-11-23T10:00:00Z",
+                ));
+                return None;
+            }
+        },
+        (None, Some(ms)) if (1..=MAX_DELAY_MS as i64).contains(&ms) => {
+            ("expires_after_ms", now.plus_ms(ms))
+        }
+        (None, Some(_)) => {
+            errors.push(FieldError::new(
+                pointer("expires_after_ms"),
+                format!("must be between 1 and {MAX_DELAY_MS}"),
+            ));
+            return None;
+        }
+        // A queue's default counts from submission too; a job delayed past
+        // it gets none rather than a refusal it did not ask for.
+        (None, None) => {
+            let at = now.plus_ms(queue_default_ms? as i64);
+            return (at > run_at).then_some(at);
+        }
+    };
+    if at <= run_at {
+        errors.push(FieldError::new(
+            pointer(field),
+            "must come after the job's run_at (and after now)",
+        ));
+        return None;
+    }
+    Some(at)
 }
 
 /// A `key` or `concurrency_key`: 1 to 255 bytes, any characters.

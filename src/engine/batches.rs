@@ -81,6 +81,7 @@ impl Engine {
                 }
             }
         }
+        errors.extend(check.unknown_limits().await?);
         let Some(batch) = batch.filter(|_| errors.is_empty()) else {
             errors.truncate(MAX_REPORTED_ERRORS);
             return Err(EngineError::Validation(errors));

@@ -9,6 +9,21 @@ use crate::notify::{BatchSummary, EventKind, Subject, job_summary};
 use crate::store::{Effects, FinishedBatch, Rescued};
 use crate::telemetry::metrics;
 
+/// Lowers `next` to `at`; true when `at` is earlier than what it held.
+fn earlier(next: &std::sync::atomic::AtomicI64, at: Timestamp) -> bool {
+    let at = at.as_millis();
+    let mut known = next.load(Ordering::Acquire);
+    loop {
+        if known <= at {
+            return false;
+        }
+        match next.compare_exchange(known, at, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(actual) => known = actual,
+        }
+    }
+}
+
 impl Engine {
     /// Wakes the dispatcher for a ready job (unless its queue is paused: the
     /// unpause wakes it), or the promoter for one that must wait, if it is
@@ -19,6 +34,9 @@ impl Engine {
             self.inner.ready_clock.ready([job.id]);
         }
         self.publish_stored(job);
+        if let Some(at) = job.expires_at {
+            self.expiry_wake(at);
+        }
         match job.status {
             JobState::Queued if !paused => {
                 self.inner.wake_dispatcher.notify_one();
@@ -43,8 +61,12 @@ impl Engine {
         );
         let mut ready: Vec<&str> = Vec::new();
         let mut due: Option<Timestamp> = None;
+        let mut expiry: Option<Timestamp> = None;
         for job in jobs {
             self.publish_stored(job);
+            if let Some(at) = job.expires_at {
+                expiry = Some(expiry.map_or(at, |first| first.min(at)));
+            }
             match job.status {
                 JobState::Queued if !ready.contains(&job.queue.as_str()) => {
                     ready.push(&job.queue);
@@ -65,22 +87,22 @@ impl Engine {
         if let Some(due) = due {
             self.schedule_wake(due);
         }
+        if let Some(at) = expiry {
+            self.expiry_wake(at);
+        }
     }
 
     pub(super) fn schedule_wake(&self, run_at: Timestamp) {
-        let at = run_at.as_millis();
-        let next = &self.inner.next_due_ms;
-        let mut known = next.load(Ordering::Acquire);
-        loop {
-            if known <= at {
-                return;
-            }
-            match next.compare_exchange(known, at, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(actual) => known = actual,
-            }
+        if earlier(&self.inner.next_due_ms, run_at) {
+            self.inner.wake_promoter.notify_one();
         }
-        self.inner.wake_promoter.notify_one();
+    }
+
+    /// Wakes the expirer when `expires_at` comes before anything it knows of.
+    pub(super) fn expiry_wake(&self, expires_at: Timestamp) {
+        if earlier(&self.inner.next_expiry_ms, expires_at) {
+            self.inner.wake_expirer.notify_one();
+        }
     }
 
     pub(super) fn stop_running(&self, id: JobId, reason: u8) {

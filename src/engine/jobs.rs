@@ -50,9 +50,16 @@ impl Engine {
             id: JobId::new(),
             batch: None,
         };
-        let (job, queue) = SpecCheck::new(self, tenant, now, trace)
+        let mut check = SpecCheck::new(self, tenant, now, trace);
+        let (job, queue) = check
             .check(spec, ctx)
             .map_err(|problems| self.refusal(problems))?;
+        if job.rate_limit.is_some() {
+            let unknown = check.unknown_limits().await?;
+            if !unknown.is_empty() {
+                return Err(EngineError::Validation(unknown));
+            }
+        }
 
         match self
             .store_submission(tenant, vec![job], None, idempotency)
@@ -137,6 +144,8 @@ impl Engine {
         if job.status == JobState::Queued {
             job.position = Some(self.inner.store.queue_position(&job).await?);
         }
+        self.with_waiting_reasons(std::slice::from_mut(&mut job))
+            .await?;
         Ok(self.shown(job))
     }
 
@@ -153,6 +162,7 @@ impl Engine {
             self.with_webhook(job).await?;
             self.inner.kinds.redact_job(job);
         }
+        self.with_waiting_reasons(&mut jobs).await?;
         Ok(jobs)
     }
 

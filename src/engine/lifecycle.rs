@@ -94,6 +94,9 @@ impl Engine {
                 wake_dispatcher: Notify::new(),
                 wake_promoter: Notify::new(),
                 next_due_ms: AtomicI64::new(i64::MAX),
+                next_eligible_ms: AtomicI64::new(i64::MAX),
+                next_expiry_ms: AtomicI64::new(i64::MAX),
+                wake_expirer: Notify::new(),
                 admitting: AtomicBool::new(true),
                 stopping: CancellationToken::new(),
                 stopped: CancellationToken::new(),
@@ -210,6 +213,7 @@ impl Engine {
         let loops = &self.inner.loops;
         loops.spawn(self.clone().dispatch_loop());
         loops.spawn(self.clone().promote_loop());
+        loops.spawn(self.clone().expire_loop());
         loops.spawn(self.clone().heartbeat_loop());
         loops.spawn(self.clone().rescue_loop());
         loops.spawn(self.clone().prune_loop());

@@ -1,5 +1,6 @@
-//! Background loops: the promoter (scheduled → queued), the lease heartbeat,
-//! rescue of expired leases, and retention pruning.
+//! Background loops: the promoter (scheduled → queued), the expirer (jobs
+//! not started by their `expires_at`), the lease heartbeat, rescue of
+//! expired leases, and retention pruning.
 
 use crate::telemetry::metrics;
 use std::sync::atomic::Ordering;
@@ -47,6 +48,56 @@ impl Engine {
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.inner.wake_promoter.notified() => {}
+                _ = stopping.cancelled() => break,
+            }
+        }
+    }
+
+    /// Cancels jobs not started by their `expires_at`, as `expired`, at that
+    /// instant: it sleeps until the earliest expiry it knows of (its own
+    /// admissions tell it; the store's next one, one index seek, is read
+    /// again every poll interval for other instances' jobs).
+    pub(super) async fn expire_loop(self) {
+        let stopping = self.inner.stopping.clone();
+        loop {
+            // Cleared first: a job admitted while we expire re-arms the wake.
+            self.inner.next_expiry_ms.store(i64::MAX, Ordering::Release);
+            let now = Timestamp::now();
+            loop {
+                match self.inner.store.expire_due(now).await {
+                    Ok((jobs, effects)) => {
+                        for job in &jobs {
+                            tracing::info!(job_id = %job.id, queue = %job.queue, "a job expired before it started");
+                            self.publish(job);
+                        }
+                        metrics::expired(jobs.len() as u64);
+                        self.apply(effects);
+                        if jobs.len() < crate::store::EXPIRE_CHUNK as usize {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "expiring jobs failed");
+                        break;
+                    }
+                }
+            }
+            match self.inner.store.next_expiry().await {
+                Ok(Some(next)) => {
+                    self.inner
+                        .next_expiry_ms
+                        .fetch_min(next.as_millis(), Ordering::AcqRel);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::error!(%error, "reading the next expiry failed"),
+            }
+            let next = self.inner.next_expiry_ms.load(Ordering::Acquire);
+            let until_next = Duration::from_millis(
+                next.saturating_sub(Timestamp::now().as_millis()).max(0) as u64,
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(until_next.min(self.inner.settings.poll_interval)) => {}
+                _ = self.inner.wake_expirer.notified() => {}
                 _ = stopping.cancelled() => break,
             }
         }

@@ -14,6 +14,7 @@ mod effects;
 mod error;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod maintenance;
 mod queues;
 mod ready_clock;
@@ -132,6 +133,13 @@ pub(crate) struct Inner {
     /// Earliest known `run_at` of a scheduled job (ms; `i64::MAX` for none),
     /// so the promoter can sleep until exactly then.
     next_due_ms: AtomicI64,
+    /// When the first job a claim passed over for its rate limit may start
+    /// (ms; `i64::MAX` for none): the dispatcher wakes then, not a poll later.
+    next_eligible_ms: AtomicI64,
+    /// Earliest known `expires_at` of a job that has not started (ms;
+    /// `i64::MAX` for none), so the expirer can sleep until exactly then.
+    next_expiry_ms: AtomicI64,
+    wake_expirer: Notify,
     admitting: AtomicBool,
     /// Stops claiming and the maintenance loops (but not the heartbeat).
     stopping: CancellationToken,

@@ -107,7 +107,11 @@ impl Engine {
         let mut config = self
             .queue_config(name)
             .unwrap_or_else(|| QueueConfig::new(name));
+        let limit_before = config.defaults.rate_limit.clone();
         config.apply(settings).map_err(EngineError::Validation)?;
+        if config.defaults.rate_limit != limit_before {
+            self.check_default_limit(&config).await?;
+        }
         let created = self.inner.store.upsert_queue(&config).await?;
         {
             let mut queues = self.write_queues();

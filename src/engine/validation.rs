@@ -29,6 +29,10 @@ pub(super) struct SpecCheck<'a> {
     queues: HashMap<String, Option<QueueConfig>>,
     /// The index of the last job of the batch with each key.
     keys: HashMap<String, usize>,
+    /// Rate limits the specs name, each with the pointer of its first
+    /// mention: whether they exist is a read of the store, made once for
+    /// the whole request by `unknown_limits`.
+    limits: HashMap<String, String>,
 }
 
 impl<'a> SpecCheck<'a> {
@@ -45,7 +49,25 @@ impl<'a> SpecCheck<'a> {
             trace,
             queues: HashMap::new(),
             keys: HashMap::new(),
+            limits: HashMap::new(),
         }
+    }
+
+    /// The rate limits named by the specs checked that do not exist. A
+    /// queue's default limit is not checked here: `PUT /v1/queues` did, and
+    /// a limit deleted since holds nothing back.
+    pub(super) async fn unknown_limits(&self) -> Result<Vec<FieldError>, EngineError> {
+        let mut errors = Vec::new();
+        for (name, pointer) in &self.limits {
+            if self.engine.inner.store.get_limit(name).await?.is_none() {
+                errors.push(FieldError::new(
+                    pointer.clone(),
+                    format!("no rate limit `{name}`: create it with PUT /v1/limits/{name}"),
+                ));
+            }
+        }
+        errors.sort_by(|a, b| a.pointer.cmp(&b.pointer));
+        Ok(errors)
     }
 
     /// The job `spec` describes and its queue, or all that is wrong with it
@@ -85,6 +107,12 @@ impl<'a> SpecCheck<'a> {
         }
         if let Some((_, index, _)) = ctx.batch {
             problems.extend(self.batch_rules(&spec, index).map(Problem::Field));
+        }
+        if let Some(limit) = &spec.rate_limit
+            && !self.limits.contains_key(&limit.name)
+        {
+            self.limits
+                .insert(limit.name.clone(), format!("{at}/rate_limit/name"));
         }
         let Some(queue) = queue else {
             return Err(problems);

@@ -45,13 +45,22 @@ impl Engine {
                 .filter(|q| !q.config.paused && q.running < q.config.concurrency)
                 .map(|q| (q.config.name.clone(), q.config.concurrency - q.running))
                 .collect();
+            // Cleared before the claims: one that passes over a limited job
+            // sets it again.
+            self.inner
+                .next_eligible_ms
+                .store(i64::MAX, Ordering::Release);
             if !wanted.is_empty() {
                 let now = Timestamp::now();
                 let lease_until = now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64);
                 let claims = wanted.iter().map(|(queue, free)| {
-                    self.inner
-                        .store
-                        .claim(queue, *free, &self.inner.instance_id, lease_until, now)
+                    self.inner.store.claim_ready(
+                        queue,
+                        *free,
+                        &self.inner.instance_id,
+                        lease_until,
+                        now,
+                    )
                 });
                 // Claims of all queues go out together and share one commit.
                 for (result, (queue, _)) in futures::future::join_all(claims)
@@ -60,8 +69,13 @@ impl Engine {
                     .zip(&wanted)
                 {
                     match result {
-                        Ok(jobs) => {
-                            for job in jobs {
+                        Ok(claimed) => {
+                            if let Some(at) = claimed.next_eligible_at {
+                                self.inner
+                                    .next_eligible_ms
+                                    .fetch_min(at.as_millis(), Ordering::AcqRel);
+                            }
+                            for job in claimed.jobs {
                                 self.start_attempt(job);
                             }
                         }
@@ -71,9 +85,18 @@ impl Engine {
                     }
                 }
             }
+            // A rate-limited job is claimed the moment its key has budget
+            // again, not at the next poll.
+            let eligible_in = Duration::from_millis(
+                self.inner
+                    .next_eligible_ms
+                    .load(Ordering::Acquire)
+                    .saturating_sub(Timestamp::now().as_millis())
+                    .max(0) as u64,
+            );
             tokio::select! {
                 _ = self.inner.wake_dispatcher.notified() => {}
-                _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+                _ = tokio::time::sleep(self.inner.settings.poll_interval.min(eligible_in)) => {}
                 _ = stopping.cancelled() => break,
             }
         }
@@ -222,7 +245,16 @@ impl Engine {
         let timeout = Duration::from_millis(job.timeout_ms);
 
         let interrupted_by_timeout = tokio::select! {
-            finished = &mut run => return self.outcome_of(job, finished, stop),
+            finished = &mut run => {
+                // Held before the outcome is stored: the slot the outcome
+                // frees must not go to another job of the same key first.
+                if let Ok(Err(failure)) = &finished
+                    && let Some(wait) = failure.retry_after()
+                {
+                    self.hold_rate_limit(job, wait).await;
+                }
+                return self.outcome_of(job, finished, stop);
+            }
             _ = tokio::time::sleep(timeout) => true,
             _ = token.cancelled() => false,
         };
@@ -299,9 +331,32 @@ impl Engine {
         let retry_at = (failure.is_retryable() && job.attempt < job.max_attempts).then(|| {
             let ceiling = job.backoff.ceiling_ms(job.attempt);
             let delay = rand::rng().random_range(0..=ceiling);
-            now.plus_ms(delay as i64)
+            // Never sooner than the failure asked (a `Retry-After`).
+            let asked = failure
+                .retry_after()
+                .map_or(0, |wait| wait.as_millis() as u64);
+            now.plus_ms(delay.max(asked) as i64)
         });
         AttemptOutcome::Failed { error, retry_at }
+    }
+
+    /// Closes the job's rate-limit key (if it has one) for `wait`: the
+    /// server it calls asked every caller to wait, not this job alone.
+    async fn hold_rate_limit(&self, job: &Job, wait: Duration) {
+        let Some(limit) = &job.rate_limit else {
+            return;
+        };
+        let key = (limit.name.clone(), limit.stored_key().to_owned());
+        let until = Timestamp::now().plus_ms(wait.as_millis() as i64);
+        match self.inner.store.hold_limit_key(&key, until).await {
+            Ok(()) => {
+                metrics::rate_limit_held();
+                tracing::info!(job_id = %job.id, rate_limit = %limit.name, wait_ms = wait.as_millis() as u64, "a Retry-After holds the job's rate-limit key");
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %job.id, rate_limit = %limit.name, %error, "holding a rate-limit key failed");
+            }
+        }
     }
 
     /// Stores the outcome (fenced by attempt and lease), frees the slot and

@@ -13,6 +13,7 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod kinds;
+mod limits;
 mod metrics;
 mod openapi;
 mod queues;
@@ -132,6 +133,7 @@ fn body_limit(
         (name = "jobs", description = "Submit, read, cancel and retry jobs"),
         (name = "batches", description = "Many jobs submitted, followed and cancelled together"),
         (name = "queues", description = "Named, bounded queues with their own concurrency"),
+        (name = "limits", description = "Rate limits on job starts, service-wide, per key"),
         (name = "kinds", description = "The job kinds this service runs"),
         (name = "events", description = "Job and batch events as Server-Sent Events"),
         (name = "keys", description = "API keys: who may call, in which tenant, with which role"),
@@ -162,6 +164,13 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
             queues::put_queue,
             queues::delete_queue
         ))
+        .routes(routes!(limits::list_limits))
+        .routes(routes!(
+            limits::get_limit,
+            limits::put_limit,
+            limits::delete_limit
+        ))
+        .routes(routes!(limits::get_limit_key))
         .routes(routes!(kinds::list_kinds))
         .routes(routes!(events::stream_events))
         .routes(routes!(keys::create_key, keys::list_keys))

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::{JobContext, JobFailure, JobKind, MASK};
-use crate::domain::{FieldError, TraceContext};
+use crate::domain::{FieldError, Timestamp, TraceContext};
 use crate::outbound::{MAX_REDIRECTS, Outbound};
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -324,7 +324,13 @@ impl HttpKind {
         };
         let mut response = request.send().await.map_err(failure)?;
         let status = response.status();
-        classify(status, payload.expect_status.as_deref())?;
+        classify(status, payload.expect_status.as_deref()).map_err(|failure| match retry_after(
+            response.headers(),
+            Timestamp::now(),
+        ) {
+            Some(wait) if is_throttling(status) => failure.after(wait),
+            _ => failure,
+        })?;
         let headers = joined_headers(response.headers());
         // A byte never takes less than one once decoded and escaped, so more
         // than the JSON budget would be cut anyway: no need to hold it.
@@ -351,6 +357,36 @@ impl HttpKind {
             truncated,
         })
     }
+}
+
+/// Longest `Retry-After` honoured: a server asking for more gets this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
+/// Statuses whose `Retry-After` says the server throttles us.
+fn is_throttling(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP
+/// date (RFC 9110), at most `MAX_RETRY_AFTER`; `None` when absent or
+/// unreadable.
+fn retry_after(headers: &reqwest::header::HeaderMap, now: Timestamp) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at =
+                time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822)
+                    .ok()?;
+            let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+            Duration::from_millis(at_ms.saturating_sub(now.as_millis()).max(0) as u64)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Whether `status` is a success, a passing failure or a final one.
@@ -736,5 +772,26 @@ mod tests {
             Some(("unexpected_status".into(), false))
         );
         assert_eq!(code(503, Some(&[503])), None);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_and_is_capped() {
+        let now = Timestamp::parse_rfc3339("2026-12-07T10:00:00Z").unwrap();
+        let after = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::RETRY_AFTER,
+                reqwest::header::HeaderValue::from_str(value).unwrap(),
+            );
+            retry_after(&headers, now)
+        };
+        assert_eq!(after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            after("Mon, 07 Dec 2026 10:00:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(after("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(after("soon"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
     }
 }

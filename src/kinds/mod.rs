@@ -25,9 +25,16 @@ pub use secrets::{MASK, MIN_MASKED_IN_OUTPUT, Secrets};
 /// How an attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JobFailure {
-    /// A passing fault: the attempt is retried with backoff while attempts remain.
+    /// A passing fault: the attempt is retried with backoff while attempts
+    /// remain, and no sooner than `retry_after` when the fault said when
+    /// (a `Retry-After`); that also closes the job's rate-limit key until
+    /// then.
     #[error("{code}: {message}")]
-    Retryable { code: String, message: String },
+    Retryable {
+        code: String,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// Trying again cannot help: the job fails at once.
     #[error("{code}: {message}")]
     Permanent { code: String, message: String },
@@ -38,6 +45,28 @@ impl JobFailure {
         Self::Retryable {
             code: code.into(),
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A retryable failure that says how long to wait (a permanent one is
+    /// left as it is).
+    pub fn after(self, wait: std::time::Duration) -> Self {
+        match self {
+            Self::Retryable { code, message, .. } => Self::Retryable {
+                code,
+                message,
+                retry_after: Some(wait),
+            },
+            permanent => permanent,
+        }
+    }
+
+    /// How long the failure asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Retryable { retry_after, .. } => *retry_after,
+            Self::Permanent { .. } => None,
         }
     }
 

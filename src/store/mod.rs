@@ -18,14 +18,15 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::{
-    Batch, BatchId, BatchResult, ErrorInfo, Job, JobId, JobState, KeyId, NewBatch, NewJob,
-    Progress, QueueConfig, QueueInfo, Redactor, StoredKey, TenantConfig, Timestamp,
-    WebhookDelivery,
+    Batch, BatchId, BatchResult, ErrorInfo, Gcra, Job, JobId, JobState, KeyId, KeyState, LimitKey,
+    NewBatch, NewJob, Progress, QueueConfig, QueueInfo, RateLimit, Redactor, StoredKey,
+    TenantConfig, Timestamp, WebhookDelivery,
 };
 
 pub use crate::domain::{IdempotencyKey, JobFilter, StoredResponse};
 pub use error::StoreError;
 pub use lists::LIST_WAIT;
+pub use plan::EXPIRE_CHUNK;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -231,6 +232,15 @@ impl PartialEq<BatchId> for FinishedBatch {
 }
 
 /// What promoting due jobs did.
+/// What a claim took, and when it must look again for jobs it passed
+/// over for their rate limit.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    pub jobs: Vec<Job>,
+    /// When the first rate-limited job passed over may start.
+    pub next_eligible_at: Option<Timestamp>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Promoted {
     /// Queues that received newly queued jobs.
@@ -378,6 +388,19 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Moves up to `limit` queued jobs of `queue` to `running` under a lease
     /// owned by `owner`, best priority first then FIFO, counting an attempt.
+    /// Jobs whose rate limit has no budget left stay `queued`, passed over;
+    /// `Claimed::next_eligible_at` says when the first of them may start.
+    /// Jobs past their `expires_at` are never taken.
+    async fn claim_ready(
+        &self,
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Claimed, StoreError>;
+
+    /// `claim_ready`'s jobs alone.
     async fn claim(
         &self,
         queue: &str,
@@ -385,7 +408,35 @@ pub trait JobStore: Send + Sync + 'static {
         owner: &str,
         lease_until: Timestamp,
         now: Timestamp,
-    ) -> Result<Vec<Job>, StoreError>;
+    ) -> Result<Vec<Job>, StoreError> {
+        Ok(self
+            .claim_ready(queue, limit, owner, lease_until, now)
+            .await?
+            .jobs)
+    }
+
+    /// Creates or changes the rate limit `name`; true when created. A
+    /// change applies to the next claim.
+    async fn put_limit(
+        &self,
+        name: &str,
+        gcra: Gcra,
+        at: Timestamp,
+    ) -> Result<(RateLimit, bool), StoreError>;
+    async fn get_limit(&self, name: &str) -> Result<Option<RateLimit>, StoreError>;
+    async fn list_limits(&self) -> Result<Vec<RateLimit>, StoreError>;
+    /// Deletes a limit and its keys' state; its jobs then start unlimited.
+    async fn delete_limit(&self, name: &str) -> Result<bool, StoreError>;
+    /// The stored state of those of `keys` that have one.
+    async fn limit_keys(&self, keys: &[LimitKey]) -> Result<Vec<(LimitKey, KeyState)>, StoreError>;
+    /// Closes a key until `until` (a `Retry-After`), or keeps a later hold.
+    async fn hold_limit_key(&self, key: &LimitKey, until: Timestamp) -> Result<(), StoreError>;
+
+    /// When the next waiting job expires (`None`: none will).
+    async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Cancels jobs not started by their `expires_at` (`now` or before), as
+    /// `expired`; a chunk at a time (call again while it returns some).
+    async fn expire_due(&self, now: Timestamp) -> Result<(Vec<Job>, Effects), StoreError>;
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError>;
     /// Fenced like `complete`; a stale report is dropped silently.
     async fn report_progress(

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::domain::{
-    Backoff, Batch, BatchCounts, BatchId, BatchResult, DeliveryStatus, ErrorInfo, Job, JobId,
-    JobState, NewJob, Progress, QueueConfig, QueueDefaults, Timestamp, WebhookDelivery,
+    Backoff, Batch, BatchCounts, BatchId, BatchResult, DeliveryStatus, ErrorInfo, Gcra, Job, JobId,
+    JobState, NewJob, Progress, QueueConfig, QueueDefaults, RateLimit, RateLimitRef, Timestamp,
+    WebhookDelivery,
 };
 use crate::store::{
     ClaimedWebhook, Rescued, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
@@ -18,7 +19,8 @@ use crate::store::{
 pub const JOB_COLUMNS: &str = "id, tenant, queue, kind, payload, state, priority, attempt, \
     max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, progress, result, \
     error, errors, cancel_requested, created_at, run_at, started_at, finished_at, batch_id, \
-    depends_on, callback_url, concurrency_key, concurrency_limit, traceparent, tracestate";
+    depends_on, callback_url, concurrency_key, concurrency_limit, traceparent, tracestate, \
+    rate_limit, rate_limit_key, expires_at";
 
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -52,6 +54,9 @@ pub struct JobRow {
     pub(super) concurrency_limit: Option<i64>,
     pub(super) traceparent: Option<String>,
     pub(super) tracestate: Option<String>,
+    pub(super) rate_limit: Option<String>,
+    pub(super) rate_limit_key: Option<String>,
+    pub(super) expires_at: Option<i64>,
 }
 
 fn corrupt(what: &str, id: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -133,6 +138,10 @@ impl TryFrom<JobRow> for Job {
             webhook: None,
             traceparent: row.traceparent,
             tracestate: row.tracestate,
+            rate_limit: limit_ref(row.rate_limit, row.rate_limit_key),
+            expires_at: row.expires_at.map(Timestamp::from_millis),
+            waiting_reason: None,
+            eligible_at: None,
         })
     }
 }
@@ -143,7 +152,7 @@ pub fn jobs_from_rows(rows: Vec<JobRow>) -> Result<Vec<Job>, StoreError> {
 
 /// Every column of `queues`, in `QueueRow` order.
 pub const QUEUE_COLUMNS: &str = "name, concurrency, capacity, paused, max_attempts, timeout_ms, \
-    backoff_base_ms, backoff_max_ms";
+    backoff_base_ms, backoff_max_ms, rate_limit, rate_limit_key, expires_after_ms";
 
 #[derive(sqlx::FromRow)]
 pub struct QueueRow {
@@ -155,6 +164,17 @@ pub struct QueueRow {
     pub(super) timeout_ms: i64,
     pub(super) backoff_base_ms: i64,
     pub(super) backoff_max_ms: i64,
+    pub(super) rate_limit: Option<String>,
+    pub(super) rate_limit_key: Option<String>,
+    pub(super) expires_after_ms: Option<i64>,
+}
+
+/// A stored limit reference: the name, and the key ('' or NULL for none).
+pub fn limit_ref(name: Option<String>, key: Option<String>) -> Option<RateLimitRef> {
+    name.map(|name| RateLimitRef {
+        name,
+        key: key.filter(|key| !key.is_empty()),
+    })
 }
 
 impl From<QueueRow> for QueueConfig {
@@ -171,7 +191,49 @@ impl From<QueueRow> for QueueConfig {
                     base_ms: row.backoff_base_ms as u64,
                     max_ms: row.backoff_max_ms as u64,
                 },
+                rate_limit: limit_ref(row.rate_limit, row.rate_limit_key),
+                expires_after_ms: row.expires_after_ms.map(|ms| ms.max(1) as u64),
             },
+        }
+    }
+}
+
+/// Every column of `rate_limits`, in `LimitRow` order.
+pub const LIMIT_COLUMNS: &str = "name, rate, per_ms, burst, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+pub struct LimitRow {
+    pub(super) name: String,
+    pub(super) rate: i64,
+    pub(super) per_ms: i64,
+    pub(super) burst: i64,
+    pub(super) created_at: i64,
+    pub(super) updated_at: i64,
+}
+
+/// A limit's parameters as stored, within the ranges the API admits.
+pub fn stored_gcra(rate: i64, per_ms: i64, burst: i64) -> Gcra {
+    Gcra {
+        rate: rate.clamp(1, i64::from(u32::MAX)) as u32,
+        per_ms: per_ms.max(1) as u64,
+        burst: burst.clamp(1, i64::from(u32::MAX)) as u32,
+    }
+}
+
+impl From<LimitRow> for RateLimit {
+    fn from(row: LimitRow) -> Self {
+        let Gcra {
+            rate,
+            per_ms,
+            burst,
+        } = stored_gcra(row.rate, row.per_ms, row.burst);
+        RateLimit {
+            name: row.name,
+            rate,
+            per_ms,
+            burst,
+            created_at: Timestamp::from_millis(row.created_at),
+            updated_at: Timestamp::from_millis(row.updated_at),
         }
     }
 }
@@ -320,6 +382,10 @@ pub fn job_from_new(job: NewJob) -> Job {
         webhook: None,
         traceparent: job.trace.as_ref().map(|trace| trace.traceparent.clone()),
         tracestate: job.trace.and_then(|trace| trace.tracestate),
+        rate_limit: job.rate_limit,
+        expires_at: job.expires_at,
+        waiting_reason: None,
+        eligible_at: None,
     }
 }
 

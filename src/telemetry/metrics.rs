@@ -30,6 +30,8 @@ pub const EVENT_STREAM_CLIENTS: &str = "spool_event_stream_clients";
 pub const LONG_POLLS_WAITING: &str = "spool_long_polls_waiting";
 pub const STORE_COMMIT: &str = "spool_store_commit_seconds";
 pub const JOBS_RESCUED: &str = "spool_jobs_rescued_total";
+pub const JOBS_EXPIRED: &str = "spool_jobs_expired_total";
+pub const RATE_LIMIT_HOLDS: &str = "spool_rate_limit_holds_total";
 pub const BUILD_INFO: &str = "spool_build_info";
 
 /// Histogram buckets in seconds, shared by every duration: from 50 µs (an
@@ -153,6 +155,14 @@ fn describe() {
     describe_counter!(
         JOBS_RESCUED,
         "Running jobs taken back after their lease lapsed (a crashed or stalled instance)."
+    );
+    describe_counter!(
+        JOBS_EXPIRED,
+        "Jobs cancelled as `expired`: not started by their `expires_at`."
+    );
+    describe_counter!(
+        RATE_LIMIT_HOLDS,
+        "Rate-limit keys closed by a `Retry-After` from a 429 or 503 answer to an `http` job."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the label says which version runs.");
 }
@@ -302,6 +312,22 @@ pub fn rescued(n: u64) {
         return;
     }
     counter!(JOBS_RESCUED).increment(n);
+}
+
+/// `n` jobs expired before they started.
+pub fn expired(n: u64) {
+    if !recording() || n == 0 {
+        return;
+    }
+    counter!(JOBS_EXPIRED).increment(n);
+}
+
+/// A `Retry-After` closed a rate-limit key.
+pub fn rate_limit_held() {
+    if !recording() {
+        return;
+    }
+    counter!(RATE_LIMIT_HOLDS).increment(1);
 }
 
 /// A write transaction's commit took `took`.

@@ -27,7 +27,9 @@ mod outage;
 mod outbound;
 mod pipelines;
 mod queues;
+
 mod quotas;
+mod rate_limits;
 mod secrets;
 mod shared;
 mod shared_events;

@@ -14,6 +14,7 @@ mod conformance;
 mod fair_share;
 mod lists;
 mod pg;
+mod rate_limits;
 mod webhooks;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use concurrency_keys::*;
 use conformance::*;
 use fair_share::*;
 use lists::*;
+use rate_limits::*;
 use webhooks::*;
 
 /// Runs each conformance case against a backend: a module of tests named
@@ -126,6 +128,12 @@ macro_rules! with_every_case {
             a_tenants_full_key_passes_the_turn_without_holding_up_another_tenant,
             a_queued_jobs_position_counts_the_rounds_before_it,
             a_jobs_trace_context_is_stored_and_read_back,
+            a_limit_admits_its_burst_then_one_job_per_interval_and_says_when,
+            a_saturated_key_does_not_hold_up_another_keys_jobs,
+            changing_a_limit_applies_to_the_next_claim,
+            a_hold_closes_a_key_until_it_ends,
+            deleting_a_limit_lets_its_jobs_start_unlimited,
+            expired_jobs_are_never_claimed_and_end_cancelled_without_an_attempt,
         ]);
     };
 }

@@ -19,7 +19,7 @@ use super::examples;
 /// when empty). Marked required, a generated client types them `X | None`
 /// instead of `X | None | Unset`. Schemas that skip absent fields (events,
 /// problems, `ErrorInfo.attempt`) and request bodies are not listed.
-const ALWAYS_SENT: [&str; 11] = [
+const ALWAYS_SENT: [&str; 14] = [
     "ApiKey",
     "Batch",
     "BatchResult",
@@ -28,6 +28,9 @@ const ALWAYS_SENT: [&str; 11] = [
     "JobPage",
     "Progress",
     "QueueInfo",
+    "RateLimit",
+    "RateLimitKeyState",
+    "RateLimitList",
     "ResultPage",
     "TenantInfo",
     "WebhookDelivery",

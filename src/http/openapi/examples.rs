@@ -63,6 +63,18 @@ pub fn schema(name: &str) -> Option<Value> {
         "QueueInfo" => queue_info(),
         "QueueList" => json!({"items": [queue_info()]}),
         "QueueSettings" => json!({"concurrency": 8, "capacity": 50000}),
+        "RateLimit" => rate_limit(),
+        "RateLimitKeyState" => json!({
+            "limit": "partner-api",
+            "key": "customer-42",
+            "remaining": 0,
+            "eligible_at": STARTED_AT,
+            "held_until": null,
+        }),
+        "RateLimitList" => json!({"items": [rate_limit()]}),
+        "RateLimitRef" => json!({"name": "partner-api", "key": "customer-42"}),
+        "RateLimitSettings" => json!({"rate": 10, "per_ms": 1000, "burst": 5}),
+        "WaitingReason" => json!("rate_limited"),
         "ResultPage" => {
             json!({"items": [batch_result()], "next_cursor": null, "batch_status": "succeeded"})
         }
@@ -86,7 +98,9 @@ pub fn path_parameter(operation_id: &str, name: &str) -> Option<Value> {
         (operation, "id") if operation.contains("batch") => json!(BATCH_ID),
         ("revoke_key", "id") => json!(KEY_ID),
         (_, "id") => json!(JOB_ID),
+        (operation, "name") if operation.contains("limit") => json!("partner-api"),
         (_, "name") => json!("emails"),
+        ("get_limit_key", "key") => json!("customer-42"),
         (_, "tenant") => json!("acme"),
         _ => return None,
     })
@@ -155,6 +169,21 @@ fn job() -> Value {
         "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "tracestate": null,
         "webhook": webhook_delivery(),
+        "rate_limit": {"name": "partner-api", "key": "customer-42"},
+        "expires_at": null,
+        "waiting_reason": null,
+        "eligible_at": null,
+    })
+}
+
+fn rate_limit() -> Value {
+    json!({
+        "name": "partner-api",
+        "rate": 10,
+        "per_ms": 1000,
+        "burst": 5,
+        "created_at": CREATED_AT,
+        "updated_at": CREATED_AT,
     })
 }
 
@@ -288,7 +317,13 @@ fn backoff() -> Value {
 }
 
 fn queue_defaults() -> Value {
-    json!({"max_attempts": 3, "timeout_ms": 60000, "backoff": backoff()})
+    json!({
+        "max_attempts": 3,
+        "timeout_ms": 60000,
+        "backoff": backoff(),
+        "rate_limit": null,
+        "expires_after_ms": null,
+    })
 }
 
 fn queue_info() -> Value {

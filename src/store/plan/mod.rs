@@ -12,6 +12,8 @@
 //!   the jobs it reports, the errors a store writes on a job, claim order).
 
 mod admission;
+mod expiry;
+mod limits;
 mod retention;
 mod settle;
 mod transaction;
@@ -20,6 +22,8 @@ mod transitions;
 use std::collections::HashSet;
 
 pub use admission::admit;
+pub use expiry::{EXPIRE_CHUNK, expire_due};
+pub use limits::{KeyState, LimitKey, Limiter, rescale};
 pub use retention::{PRUNE, PRUNE_CHUNK, latest_delivery};
 pub use settle::{Ended, settle, settle_rescued};
 pub use transaction::{Released, Requested, StatesOf, Transaction};

@@ -46,7 +46,7 @@ pub struct PruneStep {
 /// jobs that finished long ago. Terminal jobs are in no queue count, so
 /// deleting them touches no counter. `LIMIT CAST(… AS BIGINT)`: with a bare
 /// parameter SQLite prepares the statement again at every run.
-pub const PRUNE: [PruneStep; 4] = [
+pub const PRUNE: [PruneStep; 5] = [
     PruneStep {
         sql: "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
               WHERE finished_at IS NOT NULL AND finished_at < $1 \
@@ -66,6 +66,14 @@ pub const PRUNE: [PruneStep; 4] = [
     PruneStep {
         sql: "DELETE FROM webhooks WHERE created_at < $1",
         cutoff: Cutoff::Finished,
+        chunked: false,
+    },
+    // A rate-limit key whose budget has been full again (and no hold in
+    // force) since the cut-off is the same as no row: its row goes, so
+    // keys used once cost nothing after a day.
+    PruneStep {
+        sql: "DELETE FROM rate_limit_keys WHERE tat_us < $1 * 1000 AND held_until_us < $1 * 1000",
+        cutoff: Cutoff::Keys,
         chunked: false,
     },
     // Then the batches whose jobs are all gone.

@@ -110,6 +110,11 @@ pub trait Transaction {
         at: Timestamp,
     ) -> Result<Option<Job>, StoreError>;
 
+    /// Up to `limit` jobs whose `expires_at` is at or before `now` and that
+    /// never started, earliest first, locked against claims where the
+    /// database has row locks (skipping rows another transaction holds).
+    async fn expiring(&mut self, now: Timestamp, limit: u32) -> Result<Vec<JobId>, StoreError>;
+
     /// Stores a new batch of `jobs`.
     async fn insert_batch(&mut self, batch: &NewBatch, jobs: &[NewJob]) -> Result<(), StoreError>;
 

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts;
-use crate::domain::{Job, JobId, NewBatch, NewJob};
+use crate::domain::{Job, JobId, NewBatch, NewJob, Timestamp};
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::store::{StoreError, SubmitRejection};
 
@@ -140,24 +140,25 @@ pub(super) async fn insert_batch(
     Ok(())
 }
 
-/// Inserts jobs, one array per column unnested into rows (`$1` … `$25`).
+/// Inserts jobs, one array per column unnested into rows (`$1` … `$28`).
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
          batch_id, batch_index, depends_on, deps_pending, callback_url, has_dependents, \
-         concurrency_key, concurrency_limit, traceparent, tracestate) \
+         concurrency_key, concurrency_limit, traceparent, tracestate, rate_limit, rate_limit_key, \
+         expires_at) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
          $12::text[], $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], \
          $18::text[], $19::bigint[], $20::text[], $21::boolean[], $22::text[], $23::bigint[], \
-         $24::text[], $25::text[])";
+         $24::text[], $25::text[], $26::text[], $27::text[], $28::bigint[])";
 
-/// `INSERT_JOBS` on the condition that each queue of `$26` has room for the
-/// matching number of `$27` by its counts as committed when the statement
+/// `INSERT_JOBS` on the condition that each queue of `$29` has room for the
+/// matching number of `$30` by its counts as committed when the statement
 /// starts: the glance of `plain.rs`, without a round trip of its own.
 static INSERT_JOBS_IF_ROOM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{INSERT_JOBS} WHERE NOT EXISTS (SELECT 1 \
-             FROM unnest($26::text[], $27::bigint[]) AS r(r_queue, r_n) \
+             FROM unnest($29::text[], $30::bigint[]) AS r(r_queue, r_n) \
              LEFT JOIN queues ON queues.name = r_queue \
              WHERE queues.name IS NULL OR r_n + {} > greatest(queues.capacity, 0))",
         counts::pending_of("r_queue")
@@ -242,7 +243,20 @@ pub async fn insert_jobs(
             job.trace
                 .as_ref()
                 .and_then(|trace| trace.tracestate.clone())
-        }));
+        }))
+        .bind(optional(&|job| {
+            job.rate_limit.as_ref().map(|limit| limit.name.clone())
+        }))
+        .bind(optional(&|job| {
+            job.rate_limit
+                .as_ref()
+                .map(|limit| limit.stored_key().to_owned())
+        }))
+        .bind(
+            jobs.iter()
+                .map(|job| job.expires_at.map(Timestamp::as_millis))
+                .collect::<Vec<Option<i64>>>(),
+        );
     let query = match room {
         Some(room) => query
             .bind(

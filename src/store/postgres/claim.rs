@@ -1,17 +1,18 @@
 //! Claims on PostgreSQL: queued jobs to `running` under this instance's
-//! lease, skipping rows other instances hold, and never more running jobs
-//! of a concurrency key than its limit, across every instance.
+//! lease, skipping rows other instances hold, never more running jobs of a
+//! concurrency key than its limit and never more starts of a rate limit's
+//! key than its budget, across every instance; expired jobs never.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::counts::{COUNT_CONFLICT, COUNT_INTO, Counts, SHARD};
-use crate::domain::{Job, JobState, Timestamp};
-use crate::store::StoreError;
+use crate::domain::{Gcra, Job, JobState, Timestamp};
 use crate::store::fair::{self, Turns};
-use crate::store::plan;
-use crate::store::rows::{JOB_COLUMNS, JobRow, jobs_from_rows};
+use crate::store::plan::{self, KeyState, LimitKey, Limiter};
+use crate::store::rows::{JOB_COLUMNS, JobRow, jobs_from_rows, stored_gcra};
+use crate::store::{Claimed, StoreError};
 
 /// Candidates read per step of a claim that must pass over jobs whose key
 /// is full.
@@ -33,6 +34,8 @@ pub struct Probe {
     /// it a moment ago, before its word reached this one.
     pub paused: bool,
     pub keyed: bool,
+    /// Jobs held to a rate limit wait here: only the walk may take them.
+    pub limited: bool,
     pub first: Option<String>,
     pub last: Option<String>,
 }
@@ -57,6 +60,8 @@ pub async fn probe(pool: &PgPool, queue: &str) -> Result<Probe, StoreError> {
         "SELECT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) AS paused, \
          EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
              AND concurrency_key IS NOT NULL) AS keyed, \
+         EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
+             AND rate_limit IS NOT NULL) AS limited, \
          (SELECT tenant FROM jobs WHERE queue = $1 AND state = 'queued' \
              ORDER BY tenant, priority DESC, run_at, id LIMIT 1) AS first, \
          (SELECT tenant FROM jobs WHERE queue = $1 AND state = 'queued' \
@@ -87,14 +92,16 @@ pub async fn claim_plain(
     // to the keyed walk: one committed after the probe (this statement has
     // a newer snapshot) would otherwise be taken here without its key's
     // count, and three ran under a limit of two (API test
-    // `a_concurrency_limit_holds_across_instances_and_every_keyed_job_succeeds`).
+    // `a_concurrency_limit_holds_across_instances_and_every_keyed_job_succeeds`);
+    // limited jobs likewise, and expired ones are never taken.
     // Another tenant's jobs admitted since the probe wait for the next
     // claim, which sees two tenants. The count is written last, as in every
     // transaction (see `counts.rs`).
     let sql = format!(
         "WITH picked AS MATERIALIZED ( \
              SELECT id AS picked_id FROM jobs WHERE queue = $4 AND tenant = $6 \
-             AND state = 'queued' AND concurrency_key IS NULL \
+             AND state = 'queued' AND concurrency_key IS NULL AND rate_limit IS NULL \
+             AND (expires_at IS NULL OR expires_at > $3) \
              ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
          claimed AS ( \
              UPDATE jobs SET {TAKE} FROM picked WHERE jobs.id = picked.picked_id \
@@ -124,6 +131,15 @@ struct Candidate {
     id: String,
     concurrency_key: Option<String>,
     concurrency_limit: Option<i64>,
+    rate_limit: Option<String>,
+    rate_limit_key: Option<String>,
+}
+
+impl Candidate {
+    fn limit_key(&self) -> Option<LimitKey> {
+        let name = self.rate_limit.clone()?;
+        Some((name, self.rate_limit_key.clone().unwrap_or_default()))
+    }
 }
 
 /// Who and what a claim is for.
@@ -144,9 +160,9 @@ pub async fn claim_fair_counted(
     probe: &Probe,
     limit: u32,
     claimant: &Claimant<'_>,
-) -> Result<Vec<Job>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let tenants = match (probe.one_tenant(), &probe.first) {
-        (_, None) => return Ok(Vec::new()),
+        (_, None) => return Ok(Claimed::default()),
         (Some(tenant), _) => vec![tenant.to_owned()],
         (None, Some(_)) => {
             let last_served = turns.last_served(queue);
@@ -159,13 +175,24 @@ pub async fn claim_fair_counted(
             }
         }
     };
+    let mut limiter = Limiter::new(claimant.now);
     let mut rounds = fair::Rounds::new(tenants, limit);
     while let Some((tenant, at_most)) = rounds.next_read() {
-        rounds.found(claimable(conn, queue, &tenant, at_most, probe.keyed).await?);
+        let walk = Walk {
+            queue,
+            tenant: &tenant,
+            limit: at_most,
+            now: claimant.now,
+            walk: probe.keyed || probe.limited,
+        };
+        rounds.found(claimable(conn, &walk, &mut limiter).await?);
     }
     let picked = rounds.finish(turns, queue);
     if picked.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claimed {
+            jobs: Vec::new(),
+            next_eligible_at: limiter.next_eligible_at(),
+        });
     }
     // `state = 'queued'` again: another instance may have taken some since
     // (they are then left out; the next claim looks further).
@@ -190,7 +217,88 @@ pub async fn claim_fair_counted(
         .collect();
     let mut jobs = jobs_from_rows(rows)?;
     jobs.sort_by_key(|job| order.get(job.id.to_string().as_str()).copied());
-    Ok(jobs)
+    spend(conn, &limiter, &jobs).await?;
+    Ok(Claimed {
+        jobs,
+        next_eligible_at: limiter.next_eligible_at(),
+    })
+}
+
+/// Moves on the state of each rate-limit key the claimed `jobs` spent,
+/// still under the keys' advisory locks.
+async fn spend(conn: &mut PgConnection, limiter: &Limiter, jobs: &[Job]) -> Result<(), StoreError> {
+    let spent = limiter.spent(jobs);
+    if spent.is_empty() {
+        return Ok(());
+    }
+    let (keys, tats): (Vec<LimitKey>, Vec<i64>) = spent.into_iter().unzip();
+    let (names, keys): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO rate_limit_keys (limit_name, key, tat_us) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) \
+         ON CONFLICT (limit_name, key) DO UPDATE SET tat_us = excluded.tat_us",
+    )
+    .bind(names)
+    .bind(keys)
+    .bind(tats)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks the rate-limit keys of a page that `limiter` has not met yet (in
+/// sorted order, so two claims never wait on each other in a cycle within
+/// a page), then loads them and their limits. A lock held by another
+/// claim's transaction is waited for: its spending must be read.
+async fn lock_and_load(
+    conn: &mut PgConnection,
+    limiter: &mut Limiter,
+    page: &[Candidate],
+) -> Result<(), StoreError> {
+    let new_keys: BTreeSet<LimitKey> = page
+        .iter()
+        .filter_map(Candidate::limit_key)
+        .filter(|key| !limiter.knows_key(key))
+        .collect();
+    if new_keys.is_empty() {
+        return Ok(());
+    }
+    let (names, keys): (Vec<String>, Vec<String>) = new_keys.into_iter().unzip();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended( \
+             'rate' || chr(31) || n || chr(31) || k, 37)) \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS keys(n, k, i) ORDER BY i",
+    )
+    .bind(&names)
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    let unknown: BTreeSet<&String> = names.iter().filter(|n| !limiter.knows_limit(n)).collect();
+    if !unknown.is_empty() {
+        let unknown: Vec<&String> = unknown.into_iter().collect();
+        let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT name, rate, per_ms, burst FROM rate_limits WHERE name = ANY($1)",
+        )
+        .bind(&unknown)
+        .fetch_all(&mut *conn)
+        .await?;
+        let found: HashMap<String, Gcra> = found
+            .into_iter()
+            .map(|(name, rate, per_ms, burst)| (name, stored_gcra(rate, per_ms, burst)))
+            .collect();
+        for name in unknown {
+            limiter.load_limit(name, found.get(name).copied());
+        }
+    }
+    let mut states: HashMap<LimitKey, KeyState> = super::limits::read_keys(conn, &names, &keys)
+        .await?
+        .into_iter()
+        .collect();
+    for key in names.into_iter().zip(keys) {
+        let state = states.remove(&key);
+        limiter.load_key(key, state);
+    }
+    Ok(())
 }
 
 /// Up to `fair::MAX_TENANTS` tenants with ready jobs in `queue` whose names
@@ -218,29 +326,48 @@ async fn tenants_after(
     .await?)
 }
 
+/// One tenant's read of a fair claim.
+struct Walk<'a> {
+    queue: &'a str,
+    tenant: &'a str,
+    limit: u32,
+    now: Timestamp,
+    /// Keyed or limited jobs wait in the queue: walk and count.
+    walk: bool,
+}
+
 /// The ids of the next jobs of `tenant` a claim of `queue` may take, at
-/// most `limit`, in claim order. Without keyed jobs in the queue, the first
-/// ones no other claim holds (locked until this claim commits). With
-/// them, a walk taking jobs without a key and keyed jobs while their key
-/// has room (the job's own limit, counting jobs taken in this walk),
-/// passing over the others. Each key's running count is read under a
-/// transaction-level advisory lock on the key, so two instances never both
-/// fill its last slot; keys are locked in sorted order within each page.
+/// most `limit`, in claim order, never an expired one. Without keyed or
+/// limited jobs in the queue, the first ones no other claim holds (locked
+/// until this claim commits). With them, a walk taking jobs without a key
+/// and keyed jobs while their key has room (the job's own limit, counting
+/// jobs taken in this walk) and their rate limit's key has budget,
+/// passing over the others. Each key's running count and each rate key's
+/// state are read under a transaction-level advisory lock on the key, so
+/// two instances never both fill its last slot or spend its last start;
+/// keys are locked in sorted order within each page.
 async fn claimable(
     conn: &mut PgConnection,
-    queue: &str,
-    tenant: &str,
-    limit: u32,
-    keyed: bool,
+    walk: &Walk<'_>,
+    limiter: &mut Limiter,
 ) -> Result<Vec<String>, StoreError> {
-    if !keyed {
+    let Walk {
+        queue,
+        tenant,
+        limit,
+        now,
+        walk,
+    } = *walk;
+    if !walk {
         return Ok(sqlx::query_scalar(
             "SELECT id FROM jobs WHERE queue = $1 AND tenant = $2 AND state = 'queued' \
+             AND (expires_at IS NULL OR expires_at > $4) \
              ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED",
         )
         .bind(queue)
         .bind(tenant)
         .bind(i64::from(limit))
+        .bind(now.as_millis())
         .fetch_all(&mut *conn)
         .await?);
     }
@@ -249,14 +376,16 @@ async fn claimable(
     let mut offset = 0i64;
     while picked.len() < limit as usize {
         let page: Vec<Candidate> = sqlx::query_as(
-            "SELECT id, concurrency_key, concurrency_limit FROM jobs \
+            "SELECT id, concurrency_key, concurrency_limit, rate_limit, rate_limit_key FROM jobs \
              WHERE queue = $1 AND tenant = $2 AND state = 'queued' \
+             AND (expires_at IS NULL OR expires_at > $5) \
              ORDER BY priority DESC, run_at, id OFFSET $3 LIMIT $4",
         )
         .bind(queue)
         .bind(tenant)
         .bind(offset)
         .bind(PAGE)
+        .bind(now.as_millis())
         .fetch_all(&mut *conn)
         .await?;
         if page.is_empty() {
@@ -269,19 +398,22 @@ async fn claimable(
             .filter(|key| !held.contains_key(key))
             .collect();
         count_running(conn, tenant, new_keys, &mut held).await?;
+        lock_and_load(conn, limiter, &page).await?;
         for candidate in page {
+            // The concurrency key's room first: a job that cannot run for
+            // want of a slot must not spend rate budget.
             let room = match (&candidate.concurrency_key, candidate.concurrency_limit) {
-                (Some(key), Some(limit)) => {
-                    let running = held.entry(key.clone()).or_default();
-                    let room = *running < limit;
-                    if room {
-                        *running += 1;
-                    }
-                    room
-                }
+                (Some(key), Some(limit)) => held.get(key).copied().unwrap_or_default() < limit,
                 _ => true,
             };
+            let room = room
+                && candidate
+                    .limit_key()
+                    .is_none_or(|key| limiter.admit(&candidate.id, &key));
             if room {
+                if let Some(key) = &candidate.concurrency_key {
+                    *held.entry(key.clone()).or_default() += 1;
+                }
                 picked.push(candidate.id);
                 if picked.len() >= limit as usize {
                     break;

@@ -149,13 +149,15 @@ pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, S
     let now = Timestamp::now().as_millis();
     let created: bool = sqlx::query_scalar(
         "INSERT INTO queues (name, concurrency, capacity, paused, max_attempts, timeout_ms, \
-         backoff_base_ms, backoff_max_ms, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         backoff_base_ms, backoff_max_ms, created_at, updated_at, rate_limit, rate_limit_key, \
+         expires_after_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12) \
          ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, \
          capacity = excluded.capacity, paused = excluded.paused, \
          max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, \
          backoff_base_ms = excluded.backoff_base_ms, backoff_max_ms = excluded.backoff_max_ms, \
-         updated_at = excluded.updated_at \
+         updated_at = excluded.updated_at, rate_limit = excluded.rate_limit, \
+         rate_limit_key = excluded.rate_limit_key, expires_after_ms = excluded.expires_after_ms \
          RETURNING xmax = 0",
     )
     .bind(&config.name)
@@ -167,6 +169,15 @@ pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, S
     .bind(config.defaults.backoff.base_ms as i64)
     .bind(config.defaults.backoff.max_ms as i64)
     .bind(now)
+    .bind(config.defaults.rate_limit.as_ref().map(|limit| &limit.name))
+    .bind(
+        config
+            .defaults
+            .rate_limit
+            .as_ref()
+            .and_then(|limit| limit.key.as_ref()),
+    )
+    .bind(config.defaults.expires_after_ms.map(|ms| ms as i64))
     .fetch_one(pool)
     .await?;
     Ok(created)

@@ -15,6 +15,7 @@ mod counts;
 mod deps;
 mod group;
 mod keys;
+mod limits;
 mod lists;
 mod maintenance;
 mod ops;
@@ -37,13 +38,14 @@ use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
-    BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
-    StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
+    BatchCancelOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
+    Effects, JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges,
+    StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt,
+    WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, Job, JobId, KeyId, NewJob, Progress, QueueConfig, QueueInfo,
-    StoredKey, TenantConfig, Timestamp, WebhookDelivery,
+    Batch, BatchId, BatchResult, Gcra, Job, JobId, KeyId, KeyState, LimitKey, NewJob, Progress,
+    QueueConfig, QueueInfo, RateLimit, StoredKey, TenantConfig, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -306,24 +308,25 @@ impl JobStore for PgStore {
         )))
     }
 
-    async fn claim(
+    async fn claim_ready(
         &self,
         queue: &str,
         limit: u32,
         owner: &str,
         lease_until: Timestamp,
         now: Timestamp,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<Claimed, StoreError> {
         let probe = claim::probe(&self.claims, queue).await?;
         // A pause is service-wide from the moment it is stored, whether or
         // not this instance has heard of it yet.
-        if probe.paused {
-            return Ok(Vec::new());
+        if probe.paused || probe.first.is_none() {
+            return Ok(Claimed::default());
         }
         if !probe.keyed
+            && !probe.limited
             && let Some(tenant) = probe.one_tenant()
         {
-            return retrying!(claim::claim_plain(
+            let jobs = retrying!(claim::claim_plain(
                 &self.claims,
                 queue,
                 tenant,
@@ -331,10 +334,11 @@ impl JobStore for PgStore {
                 owner,
                 lease_until,
                 now
-            ));
-        }
-        if probe.first.is_none() {
-            return Ok(Vec::new());
+            ))?;
+            return Ok(Claimed {
+                jobs,
+                next_eligible_at: None,
+            });
         }
         let claimant = claim::Claimant {
             owner,
@@ -350,6 +354,51 @@ impl JobStore for PgStore {
             &claimant
         )
         .await?)
+    }
+
+    async fn put_limit(
+        &self,
+        name: &str,
+        gcra: Gcra,
+        at: Timestamp,
+    ) -> Result<(RateLimit, bool), StoreError> {
+        limits::put(&self.pool, name, gcra, at).await
+    }
+
+    async fn get_limit(&self, name: &str) -> Result<Option<RateLimit>, StoreError> {
+        limits::get(&self.pool, name).await
+    }
+
+    async fn list_limits(&self) -> Result<Vec<RateLimit>, StoreError> {
+        limits::list(&self.pool).await
+    }
+
+    async fn delete_limit(&self, name: &str) -> Result<bool, StoreError> {
+        limits::delete(&self.pool, name).await
+    }
+
+    async fn limit_keys(&self, keys: &[LimitKey]) -> Result<Vec<(LimitKey, KeyState)>, StoreError> {
+        limits::keys(&self.pool, keys).await
+    }
+
+    async fn hold_limit_key(&self, key: &LimitKey, until: Timestamp) -> Result<(), StoreError> {
+        limits::hold(&self.pool, key, until).await
+    }
+
+    async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(expires_at) FROM jobs \
+             WHERE expires_at IS NOT NULL AND started_at IS NULL AND finished_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(Timestamp::from_millis))
+    }
+
+    async fn expire_due(&self, now: Timestamp) -> Result<(Vec<Job>, Effects), StoreError> {
+        transaction!(self.pool, |tx| decide!(tx, |decision| plan::expire_due(
+            decision, now
+        )))
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {

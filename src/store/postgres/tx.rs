@@ -152,6 +152,22 @@ impl Transaction for PgTx<'_> {
         ops::cancel_now(self.conn, self.counts, id, error, at).await
     }
 
+    async fn expiring(&mut self, now: Timestamp, limit: u32) -> Result<Vec<JobId>, StoreError> {
+        // FOR UPDATE: a claim that reaches one of these rows waits for this
+        // transaction and then finds it cancelled; SKIP LOCKED: a row a
+        // claim holds is left to it (it was not expired when claimed).
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE expires_at <= $1 AND expires_at IS NOT NULL \
+             AND started_at IS NULL AND finished_at IS NULL \
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.conn)
+        .await?;
+        parse_ids(&ids)
+    }
+
     async fn insert_batch(&mut self, batch: &NewBatch, jobs: &[NewJob]) -> Result<(), StoreError> {
         admit::insert_batch(self.conn, batch, jobs).await
     }
@@ -213,7 +229,7 @@ impl Transaction for PgTx<'_> {
     ) -> Result<Option<Job>, StoreError> {
         let sql = format!(
             "UPDATE jobs SET state = $1, attempt = 0, run_at = $2, result = NULL, error = NULL, \
-             errors = '[]', progress = NULL, cancel_requested = false, started_at = NULL, \
+             errors = '[]', progress = NULL, cancel_requested = false, started_at = NULL, expires_at = NULL, \
              finished_at = NULL, batch_seq = NULL, deps_pending = $3 WHERE id = $4 \
              RETURNING {JOB_COLUMNS}"
         );

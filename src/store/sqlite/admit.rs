@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::counts::NewCounts;
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
 use super::writer::{WriteTx, run_now};
-use crate::domain::{BatchCounts, Job, JobState, NewBatch, NewJob};
+use crate::domain::{BatchCounts, Job, JobState, NewBatch, NewJob, Timestamp};
 use crate::store::plan;
 use crate::store::{StoreError, Submission, SubmitOutcome, SubmitRejection};
 
@@ -124,8 +124,8 @@ pub(super) fn insert_jobs(
         "INSERT INTO jobs (id, tenant, queue, kind, payload, state, priority, max_attempts, \
          timeout_ms, backoff_base_ms, backoff_max_ms, key, metadata, created_at, run_at, \
          batch_id, batch_index, depends_on, deps_pending, callback_url, concurrency_key, \
-         concurrency_limit, traceparent, tracestate) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         concurrency_limit, traceparent, tracestate, rate_limit, rate_limit_key, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     for (job, pending) in jobs.iter().zip(pending) {
         let depends_on = if job.depends_on.is_empty() {
@@ -160,6 +160,9 @@ pub(super) fn insert_jobs(
             job.trace
                 .as_ref()
                 .and_then(|trace| trace.tracestate.as_ref()),
+            job.rate_limit.as_ref().map(|limit| &limit.name),
+            job.rate_limit.as_ref().map(|limit| limit.stored_key()),
+            job.expires_at.map(Timestamp::as_millis),
         ])?;
     }
     Ok(())

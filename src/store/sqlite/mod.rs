@@ -6,6 +6,7 @@ mod claim;
 mod counts;
 mod deps;
 mod keys;
+mod limits;
 mod lists;
 mod ops;
 mod rows;
@@ -34,13 +35,15 @@ use self::writer::{Command, WriteTx, run_now};
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
-    BatchCancelOutcome, CancelOutcome, ClaimedWebhook, Completion, CompletionResult, Effects,
-    JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges, StoreError,
-    StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt, WebhookOwner,
+    BatchCancelOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
+    Effects, JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges,
+    StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt,
+    WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, Job, JobId, JobState, KeyId, Progress, QueueConfig, QueueCounts,
-    QueueInfo, StoredKey, TenantConfig, Timestamp, WebhookDelivery,
+    Batch, BatchId, BatchResult, Gcra, Job, JobId, JobState, KeyId, KeyState, LimitKey, Progress,
+    QueueConfig, QueueCounts, QueueInfo, RateLimit, StoredKey, TenantConfig, Timestamp,
+    WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -367,19 +370,68 @@ impl JobStore for SqliteStore {
             .await
     }
 
-    async fn claim(
+    async fn claim_ready(
         &self,
         queue: &str,
         limit: u32,
         owner: &str,
         lease_until: Timestamp,
         now: Timestamp,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<Claimed, StoreError> {
         let (queue, owner) = (queue.to_owned(), owner.to_owned());
         self.write(move |tx| {
             claim::claim(tx.conn, tx.turns, &queue, limit, &owner, lease_until, now)
         })
         .await
+    }
+
+    async fn put_limit(
+        &self,
+        name: &str,
+        gcra: Gcra,
+        at: Timestamp,
+    ) -> Result<(RateLimit, bool), StoreError> {
+        let name = name.to_owned();
+        self.write(move |tx| limits::put(tx.conn, &name, gcra, at))
+            .await
+    }
+
+    async fn get_limit(&self, name: &str) -> Result<Option<RateLimit>, StoreError> {
+        limits::get(&self.reads, name).await
+    }
+
+    async fn list_limits(&self) -> Result<Vec<RateLimit>, StoreError> {
+        limits::list(&self.reads).await
+    }
+
+    async fn delete_limit(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |tx| limits::delete(tx.conn, &name)).await
+    }
+
+    async fn limit_keys(&self, keys: &[LimitKey]) -> Result<Vec<(LimitKey, KeyState)>, StoreError> {
+        limits::keys(&self.reads, keys).await
+    }
+
+    async fn hold_limit_key(&self, key: &LimitKey, until: Timestamp) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(move |tx| limits::hold(tx.conn, &key, until))
+            .await
+    }
+
+    async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(expires_at) FROM jobs INDEXED BY jobs_expiring \
+             WHERE expires_at IS NOT NULL AND started_at IS NULL AND finished_at IS NULL",
+        )
+        .fetch_one(&self.reads)
+        .await?;
+        Ok(next.map(Timestamp::from_millis))
+    }
+
+    async fn expire_due(&self, now: Timestamp) -> Result<(Vec<Job>, Effects), StoreError> {
+        self.write(move |tx| run_now(plan::expire_due(tx, now)))
+            .await
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {

@@ -192,7 +192,7 @@ pub(super) fn reopen(
         conn,
         &format!(
             "UPDATE jobs SET state = ?, attempt = 0, run_at = ?, result = NULL, error = NULL, \
-             errors = '[]', progress = NULL, cancel_requested = 0, started_at = NULL, \
+             errors = '[]', progress = NULL, cancel_requested = 0, started_at = NULL, expires_at = NULL, \
              finished_at = NULL, batch_seq = NULL, deps_pending = ? WHERE id = ? \
              RETURNING {JOB_COLUMNS}"
         ),
@@ -398,13 +398,15 @@ pub(super) fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bo
     let now = Timestamp::now().as_millis();
     conn.prepare_cached(
         "INSERT INTO queues (name, concurrency, capacity, paused, max_attempts, timeout_ms, \
-         backoff_base_ms, backoff_max_ms, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         backoff_base_ms, backoff_max_ms, created_at, updated_at, rate_limit, rate_limit_key, \
+         expires_after_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, \
          capacity = excluded.capacity, paused = excluded.paused, \
          max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, \
          backoff_base_ms = excluded.backoff_base_ms, backoff_max_ms = excluded.backoff_max_ms, \
-         updated_at = excluded.updated_at",
+         updated_at = excluded.updated_at, rate_limit = excluded.rate_limit, \
+         rate_limit_key = excluded.rate_limit_key, expires_after_ms = excluded.expires_after_ms",
     )?
     .execute(params![
         config.name,
@@ -417,6 +419,13 @@ pub(super) fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bo
         config.defaults.backoff.max_ms as i64,
         now,
         now,
+        config.defaults.rate_limit.as_ref().map(|limit| &limit.name),
+        config
+            .defaults
+            .rate_limit
+            .as_ref()
+            .and_then(|limit| limit.key.as_ref()),
+        config.defaults.expires_after_ms.map(|ms| ms as i64),
     ])?;
     Ok(exists.is_none())
 }

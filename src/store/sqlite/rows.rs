@@ -41,6 +41,9 @@ impl JobRow {
             concurrency_limit: row.get(27)?,
             traceparent: row.get(28)?,
             tracestate: row.get(29)?,
+            rate_limit: row.get(30)?,
+            rate_limit_key: row.get(31)?,
+            expires_at: row.get(32)?,
         })
     }
 }

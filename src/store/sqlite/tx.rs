@@ -125,6 +125,20 @@ impl Transaction for WriteTx<'_> {
         ops::cancel_now(self.conn, id, error, at)
     }
 
+    async fn expiring(&mut self, now: Timestamp, limit: u32) -> Result<Vec<JobId>, StoreError> {
+        let mut expiring = self.conn.prepare_cached(
+            "SELECT id FROM jobs INDEXED BY jobs_expiring WHERE expires_at <= ? \
+             AND expires_at IS NOT NULL AND started_at IS NULL AND finished_at IS NULL \
+             ORDER BY expires_at LIMIT ?",
+        )?;
+        let ids = expiring
+            .query_map(params![now.as_millis(), i64::from(limit)], |row| {
+                row.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<String>, _>>()?;
+        crate::store::rows::parse_ids(&ids)
+    }
+
     async fn insert_batch(&mut self, batch: &NewBatch, jobs: &[NewJob]) -> Result<(), StoreError> {
         admit::insert_batch(self.conn, batch, jobs)
     }
