@@ -158,11 +158,25 @@ async fn concrete(
     } else {
         String::new()
     };
+    if template.starts_with("/v1/limits/") {
+        // Made again for each call: a call before may have deleted it.
+        let response = call(
+            app,
+            Method::PUT,
+            "/v1/limits/default",
+            Some(ADMIN),
+            Some(&json!({"rate": 10})),
+        )
+        .await;
+        assert!(response.status().is_success(), "the limit is made");
+    }
     let path = template
         .replace("{id}", &id)
         .replace("{name}", "default")
+        .replace("{key}", "customer-1")
         .replace("{tenant}", "acme");
     let body = match (method.as_str(), template) {
+        ("PUT", "/v1/limits/{name}") => Some(json!({"rate": 10})),
         ("POST", "/v1/jobs") => Some(json!({"kind": "noop"})),
         ("POST", "/v1/batches") => Some(json!({"jobs": [{"kind": "noop"}]})),
         ("POST", "/v1/keys") => Some(json!({"name": "m", "tenant": "acme", "role": "read"})),
