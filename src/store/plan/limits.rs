@@ -19,18 +19,31 @@ use std::collections::{HashMap, HashSet};
 use crate::domain::{Gcra, Job, Timestamp, from_micros_ceil, micros};
 pub use crate::domain::{KeyState, LimitKey};
 
-/// One claim's view of the limits its candidates name.
+/// One claim's view of the limits its candidates name. Looked up by
+/// borrowed names: a claim walks one candidate after another, and nothing
+/// is allocated for a key met again.
 #[derive(Debug)]
 pub struct Limiter {
     now_us: i64,
-    /// `None`: the limit was deleted, and its jobs start unlimited.
-    limits: HashMap<String, Option<Gcra>>,
-    keys: HashMap<LimitKey, KeyState>,
-    /// Jobs admitted so far, per key, by id: a re-read of the same job
-    /// (a fair claim's refill) is not counted twice.
-    admitted: HashMap<LimitKey, HashSet<String>>,
+    limits: HashMap<String, LimitEntry>,
     /// The earliest instant a key found without budget gets some back.
     next_eligible_us: Option<i64>,
+}
+
+#[derive(Debug)]
+struct LimitEntry {
+    /// `None`: the limit was deleted, and its jobs start unlimited.
+    gcra: Option<Gcra>,
+    keys: HashMap<String, KeyEntry>,
+}
+
+#[derive(Debug, Default)]
+struct KeyEntry {
+    state: KeyState,
+    /// Jobs admitted so far, by a hash of their id: a re-read of the same
+    /// job (a fair claim's refill) is not counted twice. (Two ids with one
+    /// hash would count as one: a start not made, never one too many.)
+    admitted: HashSet<u64>,
 }
 
 impl Limiter {
@@ -38,8 +51,6 @@ impl Limiter {
         Self {
             now_us: micros(now),
             limits: HashMap::new(),
-            keys: HashMap::new(),
-            admitted: HashMap::new(),
             next_eligible_us: None,
         }
     }
@@ -50,34 +61,62 @@ impl Limiter {
     }
 
     pub fn load_limit(&mut self, name: &str, gcra: Option<Gcra>) {
-        self.limits.insert(name.to_owned(), gcra);
+        self.limits.insert(
+            name.to_owned(),
+            LimitEntry {
+                gcra,
+                keys: HashMap::new(),
+            },
+        );
     }
 
-    /// Whether the key still has to be loaded.
-    pub fn knows_key(&self, key: &LimitKey) -> bool {
-        self.keys.contains_key(key)
+    /// Whether the key still has to be loaded (its limit first).
+    pub fn knows_key(&self, name: &str, key: &str) -> bool {
+        self.limits
+            .get(name)
+            .is_some_and(|limit| limit.keys.contains_key(key))
     }
 
-    /// A key's stored state; `None` when it has no row (a fresh budget).
-    pub fn load_key(&mut self, key: LimitKey, state: Option<KeyState>) {
-        self.keys.insert(key, state.unwrap_or_default());
+    /// A key's stored state (`None` when it has no row: a fresh budget),
+    /// after its limit's.
+    pub fn load_key(&mut self, name: &str, key: &str, state: Option<KeyState>) {
+        if let Some(limit) = self.limits.get_mut(name) {
+            limit.keys.insert(
+                key.to_owned(),
+                KeyEntry {
+                    state: state.unwrap_or_default(),
+                    admitted: HashSet::new(),
+                },
+            );
+        }
     }
 
-    /// Whether job `id`, limited by `key`, may start now, counting the jobs
-    /// admitted before it in this claim. Its limit and key must be loaded.
-    pub fn admit(&mut self, id: &str, key: &LimitKey) -> bool {
-        let Some(Some(gcra)) = self.limits.get(&key.0) else {
+    /// Whether job `id`, limited by `key` of limit `name`, may start now,
+    /// counting the jobs admitted before it in this claim. Its limit and
+    /// key must be loaded.
+    pub fn admit(&mut self, id: &str, name: &str, key: &str) -> bool {
+        let Some(limit) = self.limits.get_mut(name) else {
             return true;
         };
-        let admitted = self.admitted.entry(key.clone()).or_default();
-        if admitted.contains(id) {
+        let Some(gcra) = limit.gcra else {
+            return true;
+        };
+        let Some(entry) = limit.keys.get_mut(key) else {
+            return true;
+        };
+        let id_hash = hash_of(id);
+        if entry.admitted.contains(&id_hash) {
             return true;
         }
-        let state = self.keys.get(key).copied().unwrap_or_default();
-        let taken = u32::try_from(admitted.len()).unwrap_or(u32::MAX);
-        match gcra.fits(state.tat_us, state.held_until_us, taken, self.now_us) {
+        let taken = u32::try_from(entry.admitted.len()).unwrap_or(u32::MAX);
+        match gcra.fits(
+            entry.state.tat_us,
+            entry.state.held_until_us,
+            taken,
+            self.now_us,
+        ) {
             Ok(()) => {
-                admitted.insert(id.to_owned());
+                entry.admitted.insert(id_hash);
                 true
             }
             Err(eligible_us) => {
@@ -90,27 +129,31 @@ impl Limiter {
         }
     }
 
-    /// The new state of each key the `taken` jobs spent budget of.
+    /// The new state of each key the `taken` jobs spent budget of, in one
+    /// order for every claim.
     pub fn spent(&self, taken: &[Job]) -> Vec<(LimitKey, i64)> {
-        let mut per_key: HashMap<LimitKey, u32> = HashMap::new();
+        let mut per_key: HashMap<(&str, &str), u32> = HashMap::new();
         for job in taken {
             if let Some(limit) = &job.rate_limit {
                 *per_key
-                    .entry((limit.name.clone(), limit.stored_key().to_owned()))
+                    .entry((limit.name.as_str(), limit.stored_key()))
                     .or_default() += 1;
             }
         }
         let mut spent: Vec<(LimitKey, i64)> = per_key
             .into_iter()
-            .filter_map(|(key, n)| {
-                let Some(Some(gcra)) = self.limits.get(&key.0) else {
-                    return None;
-                };
-                let state = self.keys.get(&key).copied().unwrap_or_default();
-                Some((key, gcra.advance(state.tat_us, n, self.now_us)))
+            .filter_map(|((name, key), n)| {
+                let limit = self.limits.get(name)?;
+                let gcra = limit.gcra?;
+                let state = limit
+                    .keys
+                    .get(key)
+                    .map(|entry| entry.state)
+                    .unwrap_or_default();
+                let tat_us = gcra.advance(state.tat_us, n, self.now_us);
+                Some(((name.to_owned(), key.to_owned()), tat_us))
             })
             .collect();
-        // Written in one order by every claim.
         spent.sort();
         spent
     }
@@ -120,6 +163,14 @@ impl Limiter {
     pub fn next_eligible_at(&self) -> Option<Timestamp> {
         self.next_eligible_us.map(from_micros_ceil)
     }
+}
+
+fn hash_of(id: &str) -> u64 {
+    use std::hash::Hasher;
+    // Fixed keys: the same id must hash alike across the claim's reads.
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(id.as_bytes());
+    hasher.finish()
 }
 
 /// How a changed limit carries over what its keys spent: each key's debt
@@ -139,10 +190,6 @@ pub fn rescale(before: Gcra, after: Gcra) -> (f64, i64) {
 mod tests {
     use super::*;
 
-    fn key(name: &str, key: &str) -> LimitKey {
-        (name.to_owned(), key.to_owned())
-    }
-
     fn limiter(burst: u32) -> Limiter {
         let mut limiter = Limiter::new(Timestamp::from_millis(10_000));
         limiter.load_limit(
@@ -159,10 +206,10 @@ mod tests {
     #[test]
     fn a_key_admits_its_burst_then_turns_jobs_away_until_it_refills() {
         let mut limiter = limiter(2);
-        limiter.load_key(key("api", "a"), None);
-        assert!(limiter.admit("1", &key("api", "a")));
-        assert!(limiter.admit("2", &key("api", "a")));
-        assert!(!limiter.admit("3", &key("api", "a")));
+        limiter.load_key("api", "a", None);
+        assert!(limiter.admit("1", "api", "a"));
+        assert!(limiter.admit("2", "api", "a"));
+        assert!(!limiter.admit("3", "api", "a"));
         // 10/s from a full burst of 2 at t = 10 s: the third fits 100 ms on.
         assert_eq!(
             limiter.next_eligible_at(),
@@ -173,29 +220,29 @@ mod tests {
     #[test]
     fn another_key_keeps_its_own_budget() {
         let mut limiter = limiter(1);
-        limiter.load_key(key("api", "a"), None);
-        limiter.load_key(key("api", "b"), None);
-        assert!(limiter.admit("1", &key("api", "a")));
-        assert!(!limiter.admit("2", &key("api", "a")));
-        assert!(limiter.admit("3", &key("api", "b")));
+        limiter.load_key("api", "a", None);
+        limiter.load_key("api", "b", None);
+        assert!(limiter.admit("1", "api", "a"));
+        assert!(!limiter.admit("2", "api", "a"));
+        assert!(limiter.admit("3", "api", "b"));
     }
 
     #[test]
     fn a_job_read_twice_is_counted_once() {
         let mut limiter = limiter(1);
-        limiter.load_key(key("api", "a"), None);
-        assert!(limiter.admit("1", &key("api", "a")));
-        assert!(limiter.admit("1", &key("api", "a")));
-        assert!(!limiter.admit("2", &key("api", "a")));
+        limiter.load_key("api", "a", None);
+        assert!(limiter.admit("1", "api", "a"));
+        assert!(limiter.admit("1", "api", "a"));
+        assert!(!limiter.admit("2", "api", "a"));
     }
 
     #[test]
     fn a_deleted_limit_holds_nothing_back() {
         let mut limiter = Limiter::new(Timestamp::from_millis(0));
         limiter.load_limit("gone", None);
-        limiter.load_key(key("gone", ""), None);
+        limiter.load_key("gone", "", None);
         for id in ["1", "2", "3"] {
-            assert!(limiter.admit(id, &key("gone", "")));
+            assert!(limiter.admit(id, "gone", ""));
         }
         assert_eq!(limiter.next_eligible_at(), None);
     }
@@ -204,13 +251,14 @@ mod tests {
     fn a_stored_state_in_the_future_is_respected() {
         let mut limiter = limiter(1);
         limiter.load_key(
-            key("api", "a"),
+            "api",
+            "a",
             Some(KeyState {
                 tat_us: 10_050_000,
                 held_until_us: 0,
             }),
         );
-        assert!(!limiter.admit("1", &key("api", "a")));
+        assert!(!limiter.admit("1", "api", "a"));
         assert_eq!(
             limiter.next_eligible_at(),
             Some(Timestamp::from_millis(10_050))

@@ -258,7 +258,7 @@ async fn lock_and_load(
     let new_keys: BTreeSet<LimitKey> = page
         .iter()
         .filter_map(Candidate::limit_key)
-        .filter(|key| !limiter.knows_key(key))
+        .filter(|(name, key)| !limiter.knows_key(name, key))
         .collect();
     if new_keys.is_empty() {
         return Ok(());
@@ -296,7 +296,7 @@ async fn lock_and_load(
         .collect();
     for key in names.into_iter().zip(keys) {
         let state = states.remove(&key);
-        limiter.load_key(key, state);
+        limiter.load_key(&key.0, &key.1, state);
     }
     Ok(())
 }
@@ -407,9 +407,10 @@ async fn claimable(
                 _ => true,
             };
             let room = room
-                && candidate
-                    .limit_key()
-                    .is_none_or(|key| limiter.admit(&candidate.id, &key));
+                && candidate.rate_limit.as_deref().is_none_or(|name| {
+                    let key = candidate.rate_limit_key.as_deref().unwrap_or_default();
+                    limiter.admit(&candidate.id, name, key)
+                });
             if room {
                 if let Some(key) = &candidate.concurrency_key {
                     *held.entry(key.clone()).or_default() += 1;

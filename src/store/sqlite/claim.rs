@@ -13,7 +13,7 @@ use super::ops::query_jobs;
 use super::rows::{JOB_COLUMNS, to_json};
 use crate::domain::{Job, Timestamp};
 use crate::store::fair::{self, Turns};
-use crate::store::plan::{self, KeyState, LimitKey, Limiter};
+use crate::store::plan::{self, KeyState, Limiter};
 use crate::store::rows::stored_gcra;
 use crate::store::{Claimed, StoreError};
 
@@ -122,13 +122,18 @@ pub fn claim(
         ),
         params![owner, lease_until, now, to_json(&ids)],
     )?;
-    // RETURNING has no order: start them in the round-robin's.
-    let order: HashMap<&str, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(n, id)| (id.as_str(), n))
-        .collect();
-    jobs.sort_by_cached_key(|job| order.get(job.id.to_string().as_str()).copied());
+    // RETURNING has no order: start them in the round-robin's (one
+    // tenant's is its claim order).
+    if one_tenant {
+        plan::claim_order(&mut jobs);
+    } else {
+        let order: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (id.as_str(), n))
+            .collect();
+        jobs.sort_by_cached_key(|job| order.get(job.id.to_string().as_str()).copied());
+    }
     spend(conn, &limiter, &jobs)?;
     Ok(Claimed {
         jobs,
@@ -153,29 +158,29 @@ fn spend(conn: &Connection, limiter: &Limiter, jobs: &[Job]) -> Result<(), Store
 }
 
 /// Loads a limit and a key into `limiter` the first time a claim meets them.
-fn load(conn: &Connection, limiter: &mut Limiter, key: &LimitKey) -> Result<(), StoreError> {
-    if !limiter.knows_limit(&key.0) {
+fn load(conn: &Connection, limiter: &mut Limiter, name: &str, key: &str) -> Result<(), StoreError> {
+    if !limiter.knows_limit(name) {
         let gcra = conn
             .prepare_cached("SELECT rate, per_ms, burst FROM rate_limits WHERE name = ?")?
-            .query_row(params![key.0], |row| {
+            .query_row(params![name], |row| {
                 Ok(stored_gcra(row.get(0)?, row.get(1)?, row.get(2)?))
             })
             .optional()?;
-        limiter.load_limit(&key.0, gcra);
+        limiter.load_limit(name, gcra);
     }
-    if !limiter.knows_key(key) {
+    if !limiter.knows_key(name, key) {
         let state = conn
             .prepare_cached(
                 "SELECT tat_us, held_until_us FROM rate_limit_keys WHERE limit_name = ? AND key = ?",
             )?
-            .query_row(params![key.0, key.1], |row| {
+            .query_row(params![name, key], |row| {
                 Ok(KeyState {
                     tat_us: row.get(0)?,
                     held_until_us: row.get(1)?,
                 })
             })
             .optional()?;
-        limiter.load_key(key.clone(), state);
+        limiter.load_key(name, key, state);
     }
     Ok(())
 }
@@ -272,10 +277,18 @@ fn claimable(
             }
         };
         let id: String = row.get(0)?;
-        if let Some(name) = row.get::<_, Option<String>>(3)? {
-            let limit_key: LimitKey = (name, row.get::<_, Option<String>>(4)?.unwrap_or_default());
-            load(conn, limiter, &limit_key)?;
-            if !limiter.admit(&id, &limit_key) {
+        if let Some(name) = row
+            .get_ref(3)?
+            .as_str_or_null()
+            .map_err(rusqlite::Error::from)?
+        {
+            let key = row
+                .get_ref(4)?
+                .as_str_or_null()
+                .map_err(rusqlite::Error::from)?
+                .unwrap_or_default();
+            load(conn, limiter, name, key)?;
+            if !limiter.admit(&id, name, key) {
                 continue;
             }
         }
