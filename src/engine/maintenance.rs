@@ -9,6 +9,8 @@ use std::time::Duration;
 use super::{Engine, STOP_CANCEL};
 use crate::domain::{JobId, Timestamp};
 
+/// How soon a due expiry that expired nothing is looked at again (ms).
+const EXPIRY_RECHECK_MS: i64 = 50;
 /// How often expired leases and retention are checked.
 const RESCUE_EVERY: Duration = Duration::from_secs(5);
 /// Pruning runs every minute, or every half retention when that is shorter,
@@ -60,29 +62,21 @@ impl Engine {
     pub(super) async fn expire_loop(self) {
         let stopping = self.inner.stopping.clone();
         loop {
-            // Cleared first: a job admitted while we expire re-arms the wake.
+            // Cleared first: a job admitted while we look re-arms the wake.
             self.inner.next_expiry_ms.store(i64::MAX, Ordering::Release);
-            let now = Timestamp::now();
-            loop {
-                match self.inner.store.expire_due(now).await {
-                    Ok((jobs, effects)) => {
-                        for job in &jobs {
-                            tracing::info!(job_id = %job.id, queue = %job.queue, "a job expired before it started");
-                            self.publish(job);
-                        }
-                        metrics::expired(jobs.len() as u64);
-                        self.apply(effects);
-                        if jobs.len() < crate::store::EXPIRE_CHUNK as usize {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "expiring jobs failed");
-                        break;
-                    }
-                }
-            }
+            // A read, not a write: the writer is asked only when a job is due.
             match self.inner.store.next_expiry().await {
+                Ok(Some(next)) if next <= Timestamp::now() => {
+                    if self.expire_due().await > 0 {
+                        continue;
+                    }
+                    // Due but not expired: a claim holds it (PostgreSQL) and
+                    // is about to start it. Looked at again shortly.
+                    let shortly = Timestamp::now().plus_ms(EXPIRY_RECHECK_MS);
+                    self.inner
+                        .next_expiry_ms
+                        .fetch_min(shortly.as_millis(), Ordering::AcqRel);
+                }
                 Ok(Some(next)) => {
                     self.inner
                         .next_expiry_ms
@@ -99,6 +93,37 @@ impl Engine {
                 _ = tokio::time::sleep(until_next.min(self.inner.settings.poll_interval)) => {}
                 _ = self.inner.wake_expirer.notified() => {}
                 _ = stopping.cancelled() => break,
+            }
+        }
+    }
+
+    /// Expires every job due now, a chunk per transaction; how many.
+    async fn expire_due(&self) -> usize {
+        let now = Timestamp::now();
+        let mut expired = 0;
+        loop {
+            match self.inner.store.expire_due(now).await {
+                Ok((jobs, effects)) => {
+                    for job in &jobs {
+                        tracing::info!(job_id = %job.id, queue = %job.queue, "a job expired before it started");
+                        self.publish(job);
+                    }
+                    metrics::expired(jobs.len() as u64);
+                    self.apply(effects);
+                    expired += jobs.len();
+                    if jobs.len() < crate::store::EXPIRE_CHUNK as usize {
+                        return expired;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "expiring jobs failed");
+                    // Tried again after a poll interval, not at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+                        _ = self.inner.stopping.cancelled() => {}
+                    }
+                    return expired;
+                }
             }
         }
     }
