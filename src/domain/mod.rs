@@ -1,11 +1,13 @@
 //! Plain types of the job service: jobs, batches, specs, states, queues,
-//! keys and roles. No HTTP, no SQL.
+//! schedules, keys and roles. No HTTP, no SQL.
 
 mod access;
 mod batch;
+mod cadence;
 mod job;
 mod queue;
 mod request;
+mod schedule;
 mod spec;
 mod tenant;
 mod time;
@@ -19,11 +21,16 @@ pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
     success_required,
 };
+pub use cadence::{Due, LATE_AFTER_MS, MAX_FIRES_PER_PASS, Plan, Timing};
 pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
 pub use request::{IdempotencyKey, JobFilter, StoredResponse};
+pub use schedule::{
+    CatchUp, DEFAULT_CATCH_UP_WINDOW_MS, FIRES_KEPT, FireOutcome, NEXT_FIRE_TIMES, Overlap,
+    Schedule, ScheduleConfig, ScheduleFire, ScheduleSpec, fire_key,
+};
 pub use spec::{
     DependencyRef, FieldError, JobSpec, MAX_CONCURRENCY_LIMIT, MAX_DEPENDENCIES, NewJob,
     OnConflict, SpecContext, escape_pointer, job_pointer, valid_metadata_key,

@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 mod queues;
 mod quotas;
+mod schedules;
 pub mod serve;
 mod tenants;
 mod traces;
@@ -132,6 +133,7 @@ fn body_limit(
         (name = "jobs", description = "Submit, read, cancel and retry jobs"),
         (name = "batches", description = "Many jobs submitted, followed and cancelled together"),
         (name = "queues", description = "Named, bounded queues with their own concurrency"),
+        (name = "schedules", description = "Jobs made on a cron or fixed cadence, once per fire time service-wide"),
         (name = "kinds", description = "The job kinds this service runs"),
         (name = "events", description = "Job and batch events as Server-Sent Events"),
         (name = "keys", description = "API keys: who may call, in which tenant, with which role"),
@@ -162,6 +164,14 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
             queues::put_queue,
             queues::delete_queue
         ))
+        .routes(routes!(schedules::list_schedules))
+        .routes(routes!(
+            schedules::get_schedule,
+            schedules::put_schedule,
+            schedules::delete_schedule
+        ))
+        .routes(routes!(schedules::schedule_fires))
+        .routes(routes!(schedules::trigger_schedule))
         .routes(routes!(kinds::list_kinds))
         .routes(routes!(events::stream_events))
         .routes(routes!(keys::create_key, keys::list_keys))

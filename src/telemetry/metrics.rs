@@ -30,6 +30,7 @@ pub const EVENT_STREAM_CLIENTS: &str = "spool_event_stream_clients";
 pub const LONG_POLLS_WAITING: &str = "spool_long_polls_waiting";
 pub const STORE_COMMIT: &str = "spool_store_commit_seconds";
 pub const JOBS_RESCUED: &str = "spool_jobs_rescued_total";
+pub const SCHEDULE_FIRES: &str = "spool_schedule_fires_total";
 pub const BUILD_INFO: &str = "spool_build_info";
 
 /// Histogram buckets in seconds, shared by every duration: from 50 µs (an
@@ -153,6 +154,10 @@ fn describe() {
     describe_counter!(
         JOBS_RESCUED,
         "Running jobs taken back after their lease lapsed (a crashed or stalled instance)."
+    );
+    describe_counter!(
+        SCHEDULE_FIRES,
+        "Schedule fire times handled and triggers (outcome: fired, skipped, missed, triggered, refused)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the label says which version runs.");
 }
@@ -294,6 +299,14 @@ pub fn webhook_delivery(outcome: &'static str) {
         return;
     }
     counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+/// A schedule's fire time was handled (or a trigger made a job).
+pub fn schedule_fire(outcome: &'static str) {
+    if !recording() {
+        return;
+    }
+    counter!(SCHEDULE_FIRES, "outcome" => outcome).increment(1);
 }
 
 /// Running jobs taken back by rescue.

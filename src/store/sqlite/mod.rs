@@ -9,6 +9,7 @@ mod keys;
 mod lists;
 mod ops;
 mod rows;
+mod schedules;
 mod tenants;
 mod tx;
 mod webhooks;
