@@ -14,6 +14,7 @@ mod conformance;
 mod fair_share;
 mod lists;
 mod pg;
+mod schedules;
 mod webhooks;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use concurrency_keys::*;
 use conformance::*;
 use fair_share::*;
 use lists::*;
+use schedules::*;
 use webhooks::*;
 
 /// Runs each conformance case against a backend: a module of tests named
@@ -126,6 +128,12 @@ macro_rules! with_every_case {
             a_tenants_full_key_passes_the_turn_without_holding_up_another_tenant,
             a_queued_jobs_position_counts_the_rounds_before_it,
             a_jobs_trace_context_is_stored_and_read_back,
+            firing_at_an_injected_now_advances_and_makes_one_job_per_fire_time,
+            two_firings_of_one_due_schedule_make_one_job,
+            after_ten_minutes_of_downtime_skip_latest_and_all_catch_up_0_1_and_every_missed_fire,
+            overlap_skip_records_a_skipped_fire_while_the_previous_job_is_active,
+            overlap_cancel_previous_cancels_the_active_job_then_fires,
+            a_refused_admission_is_recorded_and_the_schedule_advances,
         ]);
     };
 }
