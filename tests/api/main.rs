@@ -28,6 +28,7 @@ mod outbound;
 mod pipelines;
 mod queues;
 mod quotas;
+mod schedules;
 mod secrets;
 mod shared;
 mod shared_events;
