@@ -206,6 +206,7 @@ async fn metrics_name_every_family_with_bounded_labels_and_pass_promtool() {
         ("spool_event_stream_clients", labels(&[])),
         ("spool_long_polls_waiting", labels(&[])),
         ("spool_jobs_rescued_total", labels(&[])),
+        ("spool_schedule_fires_total", labels(&["outcome"])),
     ]
     .into_iter()
     .collect();
