@@ -15,8 +15,10 @@ use croner::parser::{CronParser, Seconds};
 use jiff::Zoned;
 use jiff::tz::TimeZone;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 use super::Timestamp;
-use super::schedule::{CatchUp, ScheduleConfig};
 
 /// How late a fire time may be handled and still count as on time rather
 /// than missed by downtime: a few of the firing loop's polls (1 s), so a
@@ -55,6 +57,19 @@ pub fn time_zone(name: &str) -> Result<TimeZone, String> {
         .map_err(|_| format!("`{name}` is not an IANA time zone (e.g. Europe/Berlin, UTC)"))
 }
 
+/// Which fire times missed by downtime (all instances stopped) still fire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// None: each is recorded as `missed`.
+    #[default]
+    Skip,
+    /// Only the most recent one inside the window.
+    Latest,
+    /// Every one inside the window, oldest first.
+    All,
+}
+
 #[derive(Clone, Debug)]
 enum Cadence {
     Cron(Box<Cron>),
@@ -91,19 +106,26 @@ pub struct Plan {
 }
 
 impl Timing {
-    /// The cadence of `config`, counting an `every_ms` period from `anchor`.
-    pub fn of(config: &ScheduleConfig, anchor: Timestamp) -> Result<Self, String> {
-        let cadence = match (&config.cron, config.every_ms) {
+    /// The cadence of a `cron` expression or an `every_ms` period counted
+    /// from `anchor`, in `timezone`, between `start_at` and `end_at`.
+    pub fn new(
+        cron: Option<&str>,
+        every_ms: Option<i64>,
+        timezone: &str,
+        anchor: Timestamp,
+        (start_at, end_at): (Option<Timestamp>, Option<Timestamp>),
+    ) -> Result<Self, String> {
+        let cadence = match (cron, every_ms) {
             (Some(cron), _) => Cadence::Cron(Box::new(parse_cron(cron)?)),
             (None, Some(ms)) if ms > 0 => Cadence::Every(ms),
             _ => return Err("a schedule needs cron or every_ms".into()),
         };
         Ok(Self {
             cadence,
-            zone: time_zone(&config.timezone)?,
+            zone: time_zone(timezone)?,
             anchor,
-            start_at: config.start_at,
-            end_at: config.end_at,
+            start_at,
+            end_at,
         })
     }
 

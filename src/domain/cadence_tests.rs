@@ -1,35 +1,18 @@
 //! Fire times on an injected clock: cron fields, periods, daylight saving, catch-up.
 
 use super::*;
-use crate::domain::schedule::{CatchUp, Overlap, ScheduleConfig};
 
 fn at(text: &str) -> Timestamp {
     Timestamp::parse_rfc3339(text).expect("a timestamp")
 }
 
-fn config(cron: Option<&str>, every_ms: Option<i64>, timezone: &str) -> ScheduleConfig {
-    ScheduleConfig {
-        id: "s".into(),
-        tenant: "t".into(),
-        cron: cron.map(str::to_owned),
-        every_ms,
-        timezone: timezone.into(),
-        job: serde_json::json!({"kind": "noop"}),
-        overlap: Overlap::Allow,
-        catch_up: CatchUp::Skip,
-        catch_up_window_ms: 3_600_000,
-        start_at: None,
-        end_at: None,
-        paused: false,
-    }
+/// A cadence that starts at once and never ends.
+fn cadence(cron: Option<&str>, every_ms: Option<i64>, timezone: &str, anchor: Timestamp) -> Timing {
+    Timing::new(cron, every_ms, timezone, anchor, (None, None)).expect("a valid cadence")
 }
 
 fn cron(expression: &str, timezone: &str) -> Timing {
-    Timing::of(
-        &config(Some(expression), None, timezone),
-        at("2026-01-01T00:00:00Z"),
-    )
-    .expect("a valid cadence")
+    cadence(Some(expression), None, timezone, at("2026-01-01T00:00:00Z"))
 }
 
 fn times(timing: &Timing, after: &str, count: usize) -> Vec<String> {
@@ -159,16 +142,24 @@ fn an_hourly_cron_across_fall_back_fires_at_each_distinct_instant_once() {
 
 #[test]
 fn a_period_counts_from_its_anchor_and_honours_start_and_end() {
-    let mut every = config(None, Some(60_000), "UTC");
     let anchor = at("2026-03-01T10:00:00.250Z");
-    let timing = Timing::of(&every, anchor).expect("a cadence");
+    let timing = cadence(None, Some(60_000), "UTC", anchor);
     assert_eq!(
         times(&timing, "2026-03-01T10:00:00.250Z", 2),
         ["2026-03-01T10:01:00.250Z", "2026-03-01T10:02:00.250Z"]
     );
-    every.start_at = Some(at("2026-03-01T12:00:00Z"));
-    every.end_at = Some(at("2026-03-01T12:01:30Z"));
-    let timing = Timing::of(&every, at("2026-03-01T12:00:00Z")).expect("a cadence");
+    let bounds = (
+        Some(at("2026-03-01T12:00:00Z")),
+        Some(at("2026-03-01T12:01:30Z")),
+    );
+    let timing = Timing::new(
+        None,
+        Some(60_000),
+        "UTC",
+        at("2026-03-01T12:00:00Z"),
+        bounds,
+    )
+    .expect("a cadence");
     // `start_at` itself fires; nothing after `end_at`.
     assert_eq!(
         times(&timing, "2026-03-01T10:00:00Z", 5),
@@ -186,11 +177,7 @@ fn fired(plan: &Plan) -> Vec<Timestamp> {
 
 #[test]
 fn after_ten_minutes_of_downtime_skip_fires_none_latest_one_and_all_each() {
-    let timing = Timing::of(
-        &config(None, Some(60_000), "UTC"),
-        at("2026-03-01T10:00:00Z"),
-    )
-    .expect("a cadence");
+    let timing = cadence(None, Some(60_000), "UTC", at("2026-03-01T10:00:00Z"));
     let next = at("2026-03-01T10:01:00Z");
     // Down from 10:00:30 to 10:11:30: ten fire times were missed.
     let now = at("2026-03-01T10:11:30Z");
@@ -212,11 +199,7 @@ fn after_ten_minutes_of_downtime_skip_fires_none_latest_one_and_all_each() {
 
 #[test]
 fn a_fire_time_handled_a_little_late_is_on_time_and_fires_under_every_policy() {
-    let timing = Timing::of(
-        &config(None, Some(60_000), "UTC"),
-        at("2026-03-01T10:00:00Z"),
-    )
-    .expect("a cadence");
+    let timing = cadence(None, Some(60_000), "UTC", at("2026-03-01T10:00:00Z"));
     let next = at("2026-03-01T10:01:00Z");
     let now = next.plus_ms(LATE_AFTER_MS - 1);
     let plan = timing.plan(next, now, CatchUp::Skip, 3_600_000, 1_000);
@@ -226,11 +209,7 @@ fn a_fire_time_handled_a_little_late_is_on_time_and_fires_under_every_policy() {
 
 #[test]
 fn a_pass_handles_at_most_its_limit_and_only_the_last_pass_fires_under_latest() {
-    let timing = Timing::of(
-        &config(None, Some(1_000), "UTC"),
-        at("2026-03-01T10:00:00Z"),
-    )
-    .expect("a cadence");
+    let timing = cadence(None, Some(1_000), "UTC", at("2026-03-01T10:00:00Z"));
     let mut next = at("2026-03-01T10:00:01Z");
     let now = at("2026-03-01T10:10:00Z");
     let mut fired_in_all = Vec::new();

@@ -21,15 +21,15 @@ pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
     success_required,
 };
-pub use cadence::{Due, LATE_AFTER_MS, MAX_FIRES_PER_PASS, Plan, Timing};
+pub use cadence::{CatchUp, Due, LATE_AFTER_MS, MAX_FIRES_PER_PASS, Plan, Timing};
 pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT};
 pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
 pub use request::{IdempotencyKey, JobFilter, StoredResponse};
 pub use schedule::{
-    CatchUp, DEFAULT_CATCH_UP_WINDOW_MS, FIRES_KEPT, FireOutcome, NEXT_FIRE_TIMES, Overlap,
-    Schedule, ScheduleConfig, ScheduleFire, ScheduleSpec, fire_key,
+    DEFAULT_CATCH_UP_WINDOW_MS, FIRES_KEPT, FireOutcome, NEXT_FIRE_TIMES, Overlap, Schedule,
+    ScheduleConfig, ScheduleFire, ScheduleSpec, fire_key,
 };
 pub use spec::{
     DependencyRef, FieldError, JobSpec, MAX_CONCURRENCY_LIMIT, MAX_DEPENDENCIES, NewJob,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::cadence::Timing;
+use super::cadence::{CatchUp, Timing};
 use super::{FieldError, JobId, JobSpec, QueueConfig, Timestamp, valid_tenant};
 
 /// Shortest `every_ms`: one fire a second, the finest a cron expression gives.
@@ -35,19 +35,6 @@ pub enum Overlap {
     Skip,
     /// Cancel the previous job, then fire.
     CancelPrevious,
-}
-
-/// Which fire times missed by downtime (all instances stopped) still fire.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CatchUp {
-    /// None: each is recorded as `missed`.
-    #[default]
-    Skip,
-    /// Only the most recent one inside the window.
-    Latest,
-    /// Every one inside the window, oldest first.
-    All,
 }
 
 /// What became of one fire time.
@@ -210,7 +197,7 @@ impl Schedule {
     /// The schedule's cadence, compiled; `None` when its stored settings no
     /// longer parse (they were checked when stored).
     pub fn timing(&self) -> Result<Timing, String> {
-        Timing::of(&self.config, self.anchor_at())
+        self.config.timing(self.anchor_at())
     }
 }
 
@@ -354,6 +341,17 @@ impl ScheduleSpec {
 }
 
 impl ScheduleConfig {
+    /// The cadence, counting an `every_ms` period from `anchor`.
+    pub fn timing(&self, anchor: Timestamp) -> Result<Timing, String> {
+        Timing::new(
+            self.cron.as_deref(),
+            self.every_ms,
+            &self.timezone,
+            anchor,
+            (self.start_at, self.end_at),
+        )
+    }
+
     /// The job spec each fire submits.
     pub fn job_spec(&self) -> Result<JobSpec, String> {
         serde_json::from_value(self.job.clone()).map_err(|e| format!("stored job spec: {e}"))

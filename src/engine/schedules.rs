@@ -66,7 +66,8 @@ impl Engine {
                     created: false,
                 });
             }
-            let timing = crate::domain::Timing::of(&config, config.start_at.unwrap_or(now))
+            let timing = config
+                .timing(config.start_at.unwrap_or(now))
                 .map_err(|problem| {
                     EngineError::Validation(vec![FieldError::new("/cron", problem)])
                 })?;
@@ -227,52 +228,27 @@ impl Engine {
         schedule: Schedule,
         now: Timestamp,
     ) -> Result<(usize, usize, bool), EngineError> {
-        let Some(next_fire_at) = schedule.next_fire_at else {
+        let config = &schedule.config;
+        self.learn_job_queue(config).await;
+        let request = FireRequest::pass(&schedule, now, MAX_FIRES_PER_PASS, |fire_at| {
+            match self.fire_job(config, fire_at, now) {
+                Ok(job) => FireAction::Submit {
+                    job: Box::new(job),
+                    outcome: FireOutcome::Fired,
+                },
+                Err(problems) => FireAction::Record {
+                    outcome: FireOutcome::Refused,
+                    reason: self.refusal(problems).to_string(),
+                },
+            }
+        })
+        .map_err(|e| EngineError::Storage(StoreError::Corrupt(e)))?;
+        let Some(mut request) = request else {
             return Ok((0, 0, false));
         };
-        let config = &schedule.config;
-        let timing = schedule
-            .timing()
-            .map_err(|e| EngineError::Storage(StoreError::Corrupt(e)))?;
-        let plan = timing.plan(
-            next_fire_at,
-            now,
-            config.catch_up,
-            config.catch_up_window_ms,
-            MAX_FIRES_PER_PASS,
-        );
-        self.learn_job_queue(config).await;
-        let fires = plan
-            .due
-            .iter()
-            .map(|due| PlannedFire {
-                fire_at: due.fire_at,
-                action: match &due.missed {
-                    Some(reason) => FireAction::Record {
-                        outcome: FireOutcome::Missed,
-                        reason: reason.clone(),
-                    },
-                    None => match self.fire_job(config, due.fire_at, now) {
-                        Ok(job) => FireAction::Submit {
-                            job: Box::new(job),
-                            outcome: FireOutcome::Fired,
-                        },
-                        Err(problems) => FireAction::Record {
-                            outcome: FireOutcome::Refused,
-                            reason: self.refusal(problems).to_string(),
-                        },
-                    },
-                },
-            })
-            .collect();
-        let request = self.fire_request(
-            config,
-            Some((schedule.revision, next_fire_at)),
-            Some(plan.next_fire_at),
-            now,
-            fires,
-        );
-        let more = plan.next_fire_at.is_some_and(|next| next <= now);
+        request.limit_pending = self.limits_pending(&config.tenant);
+        request.redactor = self.inner.kinds.redactor();
+        let more = request.leaves_more();
         match self.inner.store.fire_schedule(request).await? {
             FireResult::Done(fired) => {
                 let (handled, jobs) = (fired.fires.len(), fired.jobs.len());

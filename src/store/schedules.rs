@@ -2,7 +2,6 @@
 
 use async_trait::async_trait;
 
-use super::plan::HeldSchedule;
 use super::{Effects, StoreError, SubmitRejection};
 use crate::domain::{
     FireOutcome, Job, JobId, NewJob, Overlap, Redactor, Schedule, ScheduleConfig, ScheduleFire,
@@ -70,6 +69,61 @@ pub struct FireRequest {
     pub redactor: Redactor,
 }
 
+impl FireRequest {
+    /// One pass of the firing loop over `schedule` at `now`: its due fire
+    /// times (at most `limit`) planned by its catch-up rule, a missed one
+    /// recorded as such, each other one as `fire` makes its job (or records
+    /// why it could not). `None` when the schedule has no next fire time.
+    pub fn pass(
+        schedule: &Schedule,
+        now: Timestamp,
+        limit: usize,
+        mut fire: impl FnMut(Timestamp) -> FireAction,
+    ) -> Result<Option<Self>, String> {
+        let Some(next_fire_at) = schedule.next_fire_at else {
+            return Ok(None);
+        };
+        let config = &schedule.config;
+        let plan = schedule.timing()?.plan(
+            next_fire_at,
+            now,
+            config.catch_up,
+            config.catch_up_window_ms,
+            limit,
+        );
+        let fires = plan
+            .due
+            .into_iter()
+            .map(|due| PlannedFire {
+                fire_at: due.fire_at,
+                action: match due.missed {
+                    Some(reason) => FireAction::Record {
+                        outcome: FireOutcome::Missed,
+                        reason,
+                    },
+                    None => fire(due.fire_at),
+                },
+            })
+            .collect();
+        Ok(Some(Self {
+            id: config.id.clone(),
+            tenant: config.tenant.clone(),
+            expected: Some((schedule.revision, next_fire_at)),
+            fires,
+            advance: Some(plan.next_fire_at),
+            overlap: config.overlap,
+            now,
+            limit_pending: false,
+            redactor: Redactor::default(),
+        }))
+    }
+
+    /// More fire times are due at `now` than this pass handles.
+    pub fn leaves_more(&self) -> bool {
+        matches!(self.advance, Some(Some(next)) if next <= self.now)
+    }
+}
+
 /// What a fire did.
 #[derive(Clone, Debug, Default)]
 pub struct Fired {
@@ -90,6 +144,24 @@ pub enum FireResult {
     /// Another instance is firing it right now (PostgreSQL).
     Busy,
     Done(Box<Fired>),
+}
+
+/// A schedule's row as a fire finds it, locked.
+#[derive(Clone, Debug)]
+pub struct HeldSchedule {
+    pub revision: i64,
+    pub next_fire_at: Option<Timestamp>,
+    pub last_fire_at: Option<Timestamp>,
+    pub last_job_id: Option<JobId>,
+    pub fires_recorded: i64,
+}
+
+/// What locking a schedule found.
+pub enum ScheduleLock {
+    Missing,
+    /// Another transaction holds it (only when asked not to wait).
+    Busy,
+    Held(HeldSchedule),
 }
 
 /// Schedules in the store.

@@ -19,8 +19,9 @@ async fn put(store: &Arc<dyn JobStore>, id: &str, body: serde_json::Value, now: 
     }
     let spec: ScheduleSpec = serde_json::from_value(body).expect("a schedule spec");
     let config = spec.validate(id, TENANT_DEFAULT).expect("valid");
-    let timing =
-        spool::domain::Timing::of(&config, config.start_at.unwrap_or(now)).expect("a cadence");
+    let timing = config
+        .timing(config.start_at.unwrap_or(now))
+        .expect("a cadence");
     let outcome = store
         .put_schedule(SchedulePut {
             next_fire_at: timing.next_after(now),
@@ -35,47 +36,13 @@ async fn put(store: &Arc<dyn JobStore>, id: &str, body: serde_json::Value, now: 
 
 /// The pass the engine's firing loop makes over `schedule` at `now`.
 fn request(schedule: &Schedule, now: Timestamp) -> FireRequest {
-    let next = schedule.next_fire_at.expect("a due schedule");
-    let config = &schedule.config;
-    let plan = schedule.timing().expect("a cadence").plan(
-        next,
-        now,
-        config.catch_up,
-        config.catch_up_window_ms,
-        1_000,
-    );
-    let fires = plan
-        .due
-        .iter()
-        .map(|due| PlannedFire {
-            fire_at: due.fire_at,
-            action: match &due.missed {
-                Some(reason) => FireAction::Record {
-                    outcome: FireOutcome::Missed,
-                    reason: reason.clone(),
-                },
-                None => FireAction::Submit {
-                    job: Box::new(job(
-                        "default",
-                        json!({"key": fire_key(&config.id, due.fire_at)}),
-                        now,
-                    )),
-                    outcome: FireOutcome::Fired,
-                },
-            },
-        })
-        .collect();
-    FireRequest {
-        id: config.id.clone(),
-        tenant: config.tenant.clone(),
-        expected: Some((schedule.revision, next)),
-        fires,
-        advance: Some(plan.next_fire_at),
-        overlap: config.overlap,
-        now,
-        limit_pending: false,
-        redactor: Default::default(),
-    }
+    let id = schedule.config.id.clone();
+    FireRequest::pass(schedule, now, 1_000, |fire_at| FireAction::Submit {
+        job: Box::new(job("default", json!({"key": fire_key(&id, fire_at)}), now)),
+        outcome: FireOutcome::Fired,
+    })
+    .expect("a cadence")
+    .expect("a due schedule")
 }
 
 /// Fires every schedule due at `now`; the jobs made.

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 
 pub use admission::admit;
 pub use retention::{PRUNE, PRUNE_CHUNK, latest_delivery};
-pub use schedules::{HeldSchedule, ScheduleLock, ScheduleTx, fire_schedule};
+pub use schedules::{ScheduleTx, fire_schedule};
 pub use settle::{Ended, settle, settle_rescued};
 pub use transaction::{Released, Requested, StatesOf, Transaction};
 pub use transitions::{cancel_batch, cancel_job, retry_job};

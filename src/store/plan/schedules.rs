@@ -2,28 +2,12 @@
 
 use super::transaction::Transaction;
 use crate::domain::{FireOutcome, Job, JobId, Overlap, ScheduleFire, Timestamp};
-use crate::store::schedules::{FireAction, FireRequest, FireResult, Fired};
+use crate::store::schedules::{
+    FireAction, FireRequest, FireResult, Fired, HeldSchedule, ScheduleLock,
+};
 use crate::store::{
     CancelOutcome, Effects, StoreError, Submission, SubmitOutcome, SubmitRejection,
 };
-
-/// A schedule's row as a fire finds it, locked.
-#[derive(Clone, Debug)]
-pub struct HeldSchedule {
-    pub revision: i64,
-    pub next_fire_at: Option<Timestamp>,
-    pub last_fire_at: Option<Timestamp>,
-    pub last_job_id: Option<JobId>,
-    pub fires_recorded: i64,
-}
-
-/// What locking a schedule found.
-pub enum ScheduleLock {
-    Missing,
-    /// Another transaction holds it (only when asked not to wait).
-    Busy,
-    Held(HeldSchedule),
-}
 
 /// What a fire asks of a backend beyond a submission's facts and writes.
 #[allow(async_fn_in_trait)] // implemented inside the crate only, for concrete types

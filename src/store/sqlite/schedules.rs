@@ -7,10 +7,11 @@ use sqlx::AssertSqlSafe;
 use super::SqliteStore;
 use super::writer::{WriteTx, run_now};
 use crate::domain::{FIRES_KEPT, Schedule, ScheduleFire, Timestamp};
-use crate::store::plan::{self, HeldSchedule, ScheduleLock, ScheduleTx};
+use crate::store::plan::{self, ScheduleTx};
 use crate::store::schedules::{
-    FIRE_COLUMNS, FireRequest, FireResult, FireRow, HELD_COLUMNS, HeldRow, PutOutcome,
-    SCHEDULE_COLUMNS, SchedulePut, ScheduleRow, ScheduleStore, config_json, held,
+    FIRE_COLUMNS, FireRequest, FireResult, FireRow, HELD_COLUMNS, HeldRow, HeldSchedule,
+    PutOutcome, SCHEDULE_COLUMNS, ScheduleLock, SchedulePut, ScheduleRow, ScheduleStore,
+    config_json, held,
 };
 use crate::store::{StoreError, Submission, SubmitOutcome, SubmitRejection};
 
