@@ -6,9 +6,7 @@ use serde_json::json;
 use spool::domain::{
     FireOutcome, JobState, Schedule, ScheduleSpec, TENANT_DEFAULT, Timestamp, fire_key,
 };
-use spool::store::{
-    FireAction, FireRequest, FireResult, JobStore, PlannedFire, PutOutcome, SchedulePut,
-};
+use spool::store::{FireAction, FireRequest, FireResult, JobStore, PutOutcome, SchedulePut};
 
 use super::conformance::{all_jobs, at, job, with_queues};
 
