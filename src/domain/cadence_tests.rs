@@ -229,3 +229,11 @@ fn a_pass_handles_at_most_its_limit_and_only_the_last_pass_fires_under_latest() 
         .collect();
     assert_eq!(fired_in_all, on_time);
 }
+
+#[test]
+fn a_cron_that_never_matches_has_no_next_fire_time_and_answers_at_once() {
+    let started = std::time::Instant::now();
+    let never = cron("0 0 30 2 *", "UTC");
+    assert_eq!(never.next_after(at("2026-03-01T00:00:00Z")), None);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
