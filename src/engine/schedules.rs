@@ -37,6 +37,9 @@ pub struct FirePass {
     pub fired: usize,
     /// Some schedules have more due fire times than one pass takes.
     pub more: bool,
+    /// Schedules whose fire failed (the store, or settings that no longer
+    /// parse): tried again after the poll interval, not at once.
+    pub failed: usize,
 }
 
 /// The tenant a caller may see schedules of: `None` for an admin (all).
@@ -216,7 +219,10 @@ impl Engine {
                     pass.more |= more;
                 }
                 // One schedule's trouble does not hold up the others.
-                Err(error) => tracing::error!(schedule = %id, %error, "firing a schedule failed"),
+                Err(error) => {
+                    pass.failed += 1;
+                    tracing::error!(schedule = %id, %error, "firing a schedule failed");
+                }
             }
         }
         Ok(pass)
@@ -377,6 +383,7 @@ impl Engine {
         loop {
             let now = Timestamp::now();
             let wait = match self.fire_due_schedules(now).await {
+                Ok(pass) if pass.failed > 0 => poll,
                 Ok(pass) if pass.more => Duration::ZERO,
                 Ok(_) => match self.inner.store.next_schedule_fire().await {
                     Ok(Some(next)) => Duration::from_millis(
