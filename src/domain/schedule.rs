@@ -104,8 +104,8 @@ pub struct ScheduleSpec {
     #[serde(default)]
     pub timezone: Option<String>,
     /// The job each fire makes, as `POST /v1/jobs` takes it; without `key`,
-    /// `on_conflict`, `run_at` or `depends_on`, which the schedule sets or
-    /// which name one moment.
+    /// `on_conflict`, `run_at`, `depends_on` or `expires_at`, which the
+    /// schedule sets or which name one moment.
     pub job: JobSpec,
     /// Default `allow`.
     #[serde(default)]
@@ -219,7 +219,7 @@ pub struct ScheduleFire {
 }
 
 /// The job spec fields a schedule sets itself or that name one moment.
-const FIXED_JOB_FIELDS: [(&str, &str); 4] = [
+const FIXED_JOB_FIELDS: [(&str, &str); 5] = [
     (
         "key",
         "a schedule's jobs carry the key schedule:<id>:<fire time>",
@@ -232,6 +232,12 @@ const FIXED_JOB_FIELDS: [(&str, &str); 4] = [
     (
         "depends_on",
         "a schedule's jobs cannot depend on one job: each fire makes a new one",
+    ),
+    // Not a field of every build's job spec: where it is one, an instant
+    // would expire every fire after it; a duration counts from each fire.
+    (
+        "expires_at",
+        "a schedule's jobs are made at each fire time; use expires_after_ms",
     ),
 ];
 

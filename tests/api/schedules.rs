@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PgSchema, SOON, TestApp, millis, spawn_app, spawn_app_with};
+use crate::cluster::Cluster;
+use crate::helpers::{SOON, TestApp, millis, spawn_app, spawn_app_with};
 
 async fn body(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -341,8 +342,8 @@ async fn after_ten_minutes_stopped_skip_makes_no_job_latest_one_and_all_one_per_
     assert!(millis(&skip["next_fire_at"]) > spool::domain::Timestamp::now().as_millis() - 5_000);
 }
 
-/// Every job of the schedule `id` listed through `app`, by key.
-async fn jobs_by_key(app: &TestApp, id: &str) -> Vec<String> {
+/// Every job key of the schedule `id`, listed through instance 0.
+async fn keys_of(cluster: &Cluster, id: &str) -> Vec<String> {
     let mut keys = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -350,7 +351,8 @@ async fn jobs_by_key(app: &TestApp, id: &str) -> Vec<String> {
             Some(cursor) => format!("/v1/jobs?limit=1000&cursor={cursor}"),
             None => "/v1/jobs?limit=1000".to_owned(),
         };
-        let page = get(app, &path).await;
+        let (status, page) = cluster.get(0, &path).await;
+        assert_eq!(status, 200, "{page}");
         for job in page["items"].as_array().cloned().unwrap_or_default() {
             let key = job["key"].as_str().unwrap_or_default().to_owned();
             if key.starts_with(&format!("schedule:{id}:")) {
@@ -366,28 +368,27 @@ async fn jobs_by_key(app: &TestApp, id: &str) -> Vec<String> {
 
 /// How long the three instances run a per-second schedule: 40 s keeps the
 /// test under a minute on a shared CI machine while covering forty fire
-/// times, each raced by three loops.
+/// times, each raced by three firing loops.
 const CLUSTER_RUN: Duration = Duration::from_secs(40);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn three_instances_on_one_database_make_exactly_one_job_per_fire_time() {
-    let Some(schema) = PgSchema::create().await else {
+    // Real processes: each its own firing loop, connections and clock.
+    let Some(cluster) = Cluster::start(3).await else {
         return;
     };
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        apps.push(spawn_app_with(|config| config.database_url = schema.url.clone()).await);
-    }
     let spec = json!({"cron": "* * * * * *", "job": {"kind": "noop"}});
-    assert_eq!(put(&apps[0], "every-second", &spec).await.0, 201);
+    let (status, created) = cluster.put(0, "/v1/schedules/every-second", &spec).await;
+    assert_eq!(status, 201, "{created}");
     tokio::time::sleep(CLUSTER_RUN).await;
     let mut paused = spec.clone();
     paused["paused"] = json!(true);
-    assert_eq!(put(&apps[1], "every-second", &paused).await.0, 200);
+    let (status, stopped) = cluster.put(1, "/v1/schedules/every-second", &paused).await;
+    assert_eq!(status, 200, "{stopped}");
     // A pass that read the schedule before the pause ends as stale.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let keys = jobs_by_key(&apps[2], "every-second").await;
+    let keys = keys_of(&cluster, "every-second").await;
     let unique: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "a fire time made two jobs");
     assert!(
@@ -403,13 +404,14 @@ async fn three_instances_on_one_database_make_exactly_one_job_per_fire_time() {
     for pair in instants.windows(2) {
         assert_eq!(pair[1] - pair[0], 1_000, "a fire time was lost");
     }
-    let history = fires(&apps[0], "every-second").await;
+    let (status, page) = cluster
+        .get(2, "/v1/schedules/every-second/fires?limit=1000")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let history = page["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(history.len(), keys.len(), "one history entry per fire time");
     assert!(
         history.iter().all(|fire| fire["outcome"] == "fired"),
         "{history:?}"
     );
-    for app in apps {
-        app.shutdown().await;
-    }
 }
