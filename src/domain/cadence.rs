@@ -6,9 +6,9 @@
 //! local time repeated (fall back) fires once, at its first occurrence;
 //! an expression with a wildcard or step in the hours (hourly, every
 //! minute) fires at every instant it matches, so twice in a repeated hour,
-//! each a distinct instant. Time zones come from the time zone database
-//! built into the binary, so a host without `/usr/share/zoneinfo` (a slim
-//! container) computes the same fire times.
+//! each a distinct instant. Time zones come from the host's time zone
+//! database, or from the copy built into the binary (jiff's
+//! `tzdb-bundle-always`) where the host has none (a slim container).
 
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -47,7 +47,7 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
         .map_err(|e| format!("not a valid cron expression: {e}"))
 }
 
-/// An IANA time zone from the database built into the binary.
+/// An IANA time zone: from the host's database, else the built-in copy.
 pub fn time_zone(name: &str) -> Result<TimeZone, String> {
     if name == "UTC" {
         return Ok(TimeZone::UTC);
