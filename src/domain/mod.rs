@@ -1,12 +1,14 @@
 //! Plain types of the job service: jobs, batches, specs, states, queues,
-//! keys and roles. No HTTP, no SQL.
+//! schedules, keys and roles. No HTTP, no SQL.
 
 mod access;
 mod batch;
+mod cadence;
 mod job;
 mod limit;
 mod queue;
 mod request;
+mod schedule;
 mod spec;
 mod tenant;
 mod time;
@@ -20,6 +22,7 @@ pub use batch::{
     Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
     success_required,
 };
+pub use cadence::{CatchUp, Due, LATE_AFTER_MS, MAX_FIRES_PER_PASS, Plan, Timing};
 pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT, WaitingReason};
 pub use limit::{
     Budget, Gcra, KeyState, LimitKey, RateLimit, RateLimitKeyState, RateLimitRef,
@@ -29,6 +32,10 @@ pub use queue::{
     Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
 pub use request::{IdempotencyKey, JobFilter, StoredResponse};
+pub use schedule::{
+    DEFAULT_CATCH_UP_WINDOW_MS, FIRES_KEPT, FireOutcome, NEXT_FIRE_TIMES, Overlap, Schedule,
+    ScheduleConfig, ScheduleFire, ScheduleSpec, fire_key,
+};
 pub use spec::{
     DependencyRef, FieldError, JobSpec, MAX_CONCURRENCY_LIMIT, MAX_DEPENDENCIES, NewJob,
     OnConflict, SpecContext, escape_pointer, job_pointer, valid_metadata_key,

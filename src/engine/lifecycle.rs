@@ -93,6 +93,7 @@ impl Engine {
                 running: Mutex::new(HashMap::new()),
                 wake_dispatcher: Notify::new(),
                 wake_promoter: Notify::new(),
+                wake_schedules: Notify::new(),
                 next_due_ms: AtomicI64::new(i64::MAX),
                 next_eligible_ms: AtomicI64::new(i64::MAX),
                 next_expiry_ms: AtomicI64::new(i64::MAX),
@@ -217,6 +218,7 @@ impl Engine {
         loops.spawn(self.clone().heartbeat_loop());
         loops.spawn(self.clone().rescue_loop());
         loops.spawn(self.clone().prune_loop());
+        loops.spawn(self.clone().schedule_loop());
         if let Some(webhooks) = self.inner.webhooks.clone() {
             let deliverer = crate::notify::Deliverer {
                 store: self.inner.store.clone(),

@@ -3,7 +3,7 @@
 //!
 //! Each file owns a use case of the one `impl Engine`: `lifecycle` (start,
 //! readiness, shutdown), `jobs`, `batches`, `waiting` (long-polls), `queues`,
-//! `tenants`; `validation` is the one check of a job spec, `effects` acts on
+//! `tenants`, `schedules` (with its firing loop); `validation` is the one check of a job spec, `effects` acts on
 //! what a write set in motion, `error` says why a request was refused. Loops:
 //! `worker` (dispatch, attempts), `maintenance`, `shared` (the bus). Helpers:
 //! `drain`, `ready_clock`, `waiters`.
@@ -18,6 +18,7 @@ mod limits;
 mod maintenance;
 mod queues;
 mod ready_clock;
+mod schedules;
 mod shared;
 mod tenants;
 mod validation;
@@ -45,6 +46,7 @@ use drain::DrainMeter;
 pub use error::EngineError;
 pub use jobs::{Cancelled, Submitted};
 pub use queues::MetricsSnapshot;
+pub use schedules::{FirePass, ScheduleChange};
 use shared::Shared;
 pub use tenants::TENANT_QUOTA_RETRY_AFTER_S;
 use waiters::Waiters;
@@ -130,6 +132,8 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<JobId, RunningJob>>,
     wake_dispatcher: Notify,
     wake_promoter: Notify,
+    /// Wakes the firing loop: a schedule changed here (`schedules.rs`).
+    wake_schedules: Notify,
     /// Earliest known `run_at` of a scheduled job (ms; `i64::MAX` for none),
     /// so the promoter can sleep until exactly then.
     next_due_ms: AtomicI64,

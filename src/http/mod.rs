@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod queues;
 mod quotas;
+mod schedules;
 pub mod serve;
 mod tenants;
 mod traces;
@@ -134,6 +135,7 @@ fn body_limit(
         (name = "batches", description = "Many jobs submitted, followed and cancelled together"),
         (name = "queues", description = "Named, bounded queues with their own concurrency"),
         (name = "limits", description = "Rate limits on job starts, service-wide, per key"),
+        (name = "schedules", description = "Jobs made on a cron or fixed cadence, once per fire time service-wide"),
         (name = "kinds", description = "The job kinds this service runs"),
         (name = "events", description = "Job and batch events as Server-Sent Events"),
         (name = "keys", description = "API keys: who may call, in which tenant, with which role"),
@@ -171,6 +173,14 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
             limits::delete_limit
         ))
         .routes(routes!(limits::get_limit_key))
+        .routes(routes!(schedules::list_schedules))
+        .routes(routes!(
+            schedules::get_schedule,
+            schedules::put_schedule,
+            schedules::delete_schedule
+        ))
+        .routes(routes!(schedules::schedule_fires))
+        .routes(routes!(schedules::trigger_schedule))
         .routes(routes!(kinds::list_kinds))
         .routes(routes!(events::stream_events))
         .routes(routes!(keys::create_key, keys::list_keys))

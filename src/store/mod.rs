@@ -11,6 +11,7 @@ mod lists;
 mod plan;
 mod postgres;
 mod rows;
+mod schedules;
 mod sqlite;
 mod tenants;
 
@@ -28,6 +29,9 @@ pub use error::StoreError;
 pub use lists::LIST_WAIT;
 pub use plan::EXPIRE_CHUNK;
 pub use postgres::PgStore;
+pub use schedules::{
+    FireAction, FireRequest, FireResult, Fired, PlannedFire, PutOutcome, SchedulePut, ScheduleStore,
+};
 pub use sqlite::SqliteStore;
 
 /// One submission: the jobs of a request, admitted together or not at all.
@@ -330,7 +334,7 @@ pub trait Bus: Send + Sync + 'static {
 
 /// The storage interface of the engine and the API.
 #[async_trait]
-pub trait JobStore: Send + Sync + 'static {
+pub trait JobStore: ScheduleStore + Send + Sync + 'static {
     /// True when this process is the store's only user (embedded SQLite, held
     /// under a file lock): every job still `running` at start-up belongs to a
     /// process that died, and is rescued at once rather than after its lease.

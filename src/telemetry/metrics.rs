@@ -32,6 +32,7 @@ pub const STORE_COMMIT: &str = "spool_store_commit_seconds";
 pub const JOBS_RESCUED: &str = "spool_jobs_rescued_total";
 pub const JOBS_EXPIRED: &str = "spool_jobs_expired_total";
 pub const RATE_LIMIT_HOLDS: &str = "spool_rate_limit_holds_total";
+pub const SCHEDULE_FIRES: &str = "spool_schedule_fires_total";
 pub const BUILD_INFO: &str = "spool_build_info";
 
 /// Histogram buckets in seconds, shared by every duration: from 50 µs (an
@@ -163,6 +164,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMIT_HOLDS,
         "Rate-limit keys closed by a `Retry-After` from a 429 or 503 answer to an `http` job."
+    );
+    describe_counter!(
+        SCHEDULE_FIRES,
+        "Schedule fire times handled and triggers (outcome: fired, skipped, missed, triggered, refused)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the label says which version runs.");
 }
@@ -304,6 +309,14 @@ pub fn webhook_delivery(outcome: &'static str) {
         return;
     }
     counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+/// A schedule's fire time was handled (or a trigger made a job).
+pub fn schedule_fire(outcome: &'static str) {
+    if !recording() {
+        return;
+    }
+    counter!(SCHEDULE_FIRES, "outcome" => outcome).increment(1);
 }
 
 /// Running jobs taken back by rescue.

@@ -155,6 +155,19 @@ async fn concrete(
         )
         .await
         .0
+    } else if template.starts_with("/v1/schedules/") {
+        // Deleting must find a schedule to delete: one of acme's, (re)made
+        // for this one call.
+        let response = call(
+            app,
+            Method::PUT,
+            "/v1/schedules/acme-nightly",
+            Some(ADMIN),
+            Some(&acme_schedule()),
+        )
+        .await;
+        assert!(response.status().is_success(), "{}", response.status());
+        "acme-nightly".to_owned()
     } else {
         String::new()
     };
@@ -180,10 +193,16 @@ async fn concrete(
         ("POST", "/v1/jobs") => Some(json!({"kind": "noop"})),
         ("POST", "/v1/batches") => Some(json!({"jobs": [{"kind": "noop"}]})),
         ("POST", "/v1/keys") => Some(json!({"name": "m", "tenant": "acme", "role": "read"})),
+        ("PUT", "/v1/schedules/{id}") => Some(acme_schedule()),
         ("PUT", _) => Some(json!({})),
         _ => None,
     };
     (path, body)
+}
+
+/// A schedule whose jobs are acme's.
+fn acme_schedule() -> Value {
+    json!({"every_ms": 3_600_000, "tenant": "acme", "job": {"kind": "noop"}})
 }
 
 /// Whether `status` is an answer past access control (the operation ran and
@@ -226,7 +245,7 @@ async fn run_matrix(app: &TestApp) {
         }
         let on_tenant_objects = tags
             .iter()
-            .any(|t| ["jobs", "batches", "events"].contains(&t.as_str()));
+            .any(|t| ["jobs", "batches", "events", "schedules"].contains(&t.as_str()));
         let takes_id = template.contains("{id}") && on_tenant_objects;
         let needs = role.as_deref();
         let cases: [(&str, Option<&str>, &str); 8] = [

@@ -30,6 +30,7 @@ mod queues;
 
 mod quotas;
 mod rate_limits;
+mod schedules;
 mod secrets;
 mod shared;
 mod shared_events;

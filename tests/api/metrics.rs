@@ -208,6 +208,7 @@ async fn metrics_name_every_family_with_bounded_labels_and_pass_promtool() {
         ("spool_jobs_rescued_total", labels(&[])),
         ("spool_jobs_expired_total", labels(&[])),
         ("spool_rate_limit_holds_total", labels(&[])),
+        ("spool_schedule_fires_total", labels(&["outcome"])),
     ]
     .into_iter()
     .collect();

@@ -15,6 +15,7 @@ mod fair_share;
 mod lists;
 mod pg;
 mod rate_limits;
+mod schedules;
 mod webhooks;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use conformance::*;
 use fair_share::*;
 use lists::*;
 use rate_limits::*;
+use schedules::*;
 use webhooks::*;
 
 /// Runs each conformance case against a backend: a module of tests named
@@ -134,6 +136,12 @@ macro_rules! with_every_case {
             a_hold_closes_a_key_until_it_ends,
             deleting_a_limit_lets_its_jobs_start_unlimited,
             expired_jobs_are_never_claimed_and_end_cancelled_without_an_attempt,
+            firing_at_an_injected_now_advances_and_makes_one_job_per_fire_time,
+            two_firings_of_one_due_schedule_make_one_job,
+            after_ten_minutes_of_downtime_skip_latest_and_all_catch_up_0_1_and_every_missed_fire,
+            overlap_skip_records_a_skipped_fire_while_the_previous_job_is_active,
+            overlap_cancel_previous_cancels_the_active_job_then_fires,
+            a_refused_admission_is_recorded_and_the_schedule_advances,
         ]);
     };
 }

@@ -38,7 +38,7 @@ const ALWAYS_SENT: [&str; 14] = [
 
 /// Each link: from an operation's success answer to an operation that reads
 /// or acts on what it returned, with the answer's field that names it.
-const LINKS: [(&str, &str, &str, &str, &str); 14] = [
+const LINKS: [(&str, &str, &str, &str, &str); 18] = [
     // (from operation, link name, to operation, parameter, value)
     (
         "create_job",
@@ -124,6 +124,34 @@ const LINKS: [(&str, &str, &str, &str, &str); 14] = [
         "list_jobs",
         "queue",
         "$response.body#/name",
+    ),
+    (
+        "put_schedule",
+        "GetSchedule",
+        "get_schedule",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "put_schedule",
+        "ScheduleFires",
+        "schedule_fires",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "put_schedule",
+        "TriggerSchedule",
+        "trigger_schedule",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "put_schedule",
+        "DeleteSchedule",
+        "delete_schedule",
+        "id",
+        "$response.body#/id",
     ),
     (
         "put_tenant",

@@ -11,6 +11,7 @@ const JOB_ID: &str = "0193a5f2-7c1e-7b3a-9d4e-2f6a8b1c3d5e";
 const DEPENDENCY_ID: &str = "0193a5f2-7a00-7c11-8e21-5b7d9c0e1f23";
 const BATCH_ID: &str = "0193a5f2-6b10-7d4f-a1b2-c3d4e5f60718";
 const KEY_ID: &str = "0193a5f0-1111-7222-8333-944455566677";
+const SCHEDULE_ID: &str = "nightly-report";
 const CREATED_AT: &str = "2026-12-06T09:30:00.000Z";
 const STARTED_AT: &str = "2026-12-06T09:30:00.012Z";
 const FINISHED_AT: &str = "2026-12-06T09:30:01.250Z";
@@ -79,6 +80,21 @@ pub fn schema(name: &str) -> Option<Value> {
             json!({"items": [batch_result()], "next_cursor": null, "batch_status": "succeeded"})
         }
         "Role" => json!("write"),
+        "CatchUp" => json!("latest"),
+        "Overlap" => json!("skip"),
+        "FireOutcome" => json!("fired"),
+        "ScheduleSpec" => json!({
+            "cron": "30 2 * * *",
+            "timezone": "Europe/Berlin",
+            "job": schedule_job(),
+            "overlap": "skip",
+            "catch_up": "latest",
+        }),
+        "ScheduleConfig" => schedule_config(),
+        "Schedule" => schedule(),
+        "ScheduleList" => json!({"items": [schedule()], "next_cursor": null}),
+        "ScheduleFire" => schedule_fire(),
+        "FirePage" => json!({"items": [schedule_fire()], "next_cursor": "41"}),
         "TenantInfo" => json!({
             "name": "acme",
             "settings": tenant_settings(),
@@ -97,6 +113,7 @@ pub fn path_parameter(operation_id: &str, name: &str) -> Option<Value> {
     Some(match (operation_id, name) {
         (operation, "id") if operation.contains("batch") => json!(BATCH_ID),
         ("revoke_key", "id") => json!(KEY_ID),
+        (operation, "id") if operation.contains("schedule") => json!(SCHEDULE_ID),
         (_, "id") => json!(JOB_ID),
         (operation, "name") if operation.contains("limit") => json!("partner-api"),
         (_, "name") => json!("emails"),
@@ -340,4 +357,57 @@ fn queue_info() -> Value {
 
 fn tenant_settings() -> Value {
     json!({"max_pending": 100000, "submit_rate": 50.0, "submit_burst": 100})
+}
+
+fn schedule_job() -> Value {
+    json!({"kind": "echo", "queue": "default", "payload": {"report": "nightly"}})
+}
+
+fn schedule_config() -> Value {
+    json!({
+        "id": SCHEDULE_ID,
+        "tenant": "acme",
+        "cron": "30 2 * * *",
+        "every_ms": null,
+        "timezone": "Europe/Berlin",
+        "job": schedule_job(),
+        "overlap": "skip",
+        "catch_up": "latest",
+        "catch_up_window_ms": 3_600_000,
+        "start_at": null,
+        "end_at": null,
+        "paused": false,
+    })
+}
+
+fn schedule() -> Value {
+    let mut schedule = schedule_config();
+    let fields = json!({
+        "next_fire_at": "2026-12-07T01:30:00.000Z",
+        "next_fire_times": [
+            "2026-12-07T01:30:00.000Z",
+            "2026-12-08T01:30:00.000Z",
+            "2026-12-09T01:30:00.000Z",
+            "2026-12-10T01:30:00.000Z",
+            "2026-12-11T01:30:00.000Z",
+        ],
+        "last_fire_at": "2026-12-06T01:30:00.000Z",
+        "last_job_id": JOB_ID,
+        "created_at": CREATED_AT,
+        "updated_at": CREATED_AT,
+    });
+    if let (Some(schedule), Some(fields)) = (schedule.as_object_mut(), fields.as_object()) {
+        schedule.extend(fields.clone());
+    }
+    schedule
+}
+
+fn schedule_fire() -> Value {
+    json!({
+        "fire_at": "2026-12-06T01:30:00.000Z",
+        "outcome": "fired",
+        "reason": null,
+        "job_id": JOB_ID,
+        "recorded_at": "2026-12-06T01:30:00.004Z",
+    })
 }

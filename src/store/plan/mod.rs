@@ -7,6 +7,7 @@
 //! - `admission.rs`: submitting jobs and batches.
 //! - `transitions.rs`: cancelling a job, retrying one, cancelling a batch.
 //! - `settle.rs`: what a job's end sets in motion (dependents, batches).
+//! - `schedules.rs`: a schedule's fire (overlap, admission, history, advance).
 //! - `retention.rs`: what a prune deletes; the latest webhook delivery.
 //! - this file: the pure steps they share (a submission's dependency graph,
 //!   the jobs it reports, the errors a store writes on a job, claim order).
@@ -15,6 +16,7 @@ mod admission;
 mod expiry;
 mod limits;
 mod retention;
+mod schedules;
 mod settle;
 mod transaction;
 mod transitions;
@@ -25,6 +27,7 @@ pub use admission::admit;
 pub use expiry::{EXPIRE_CHUNK, expire_due};
 pub use limits::{KeyState, LimitKey, Limiter, rescale};
 pub use retention::{PRUNE, PRUNE_CHUNK, latest_delivery};
+pub use schedules::{ScheduleTx, fire_schedule};
 pub use settle::{Ended, settle, settle_rescued};
 pub use transaction::{Released, Requested, StatesOf, Transaction};
 pub use transitions::{cancel_batch, cancel_job, retry_job};

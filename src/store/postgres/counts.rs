@@ -59,6 +59,13 @@ impl Counts {
         self.add(queue, to, 1);
     }
 
+    /// Adds the changes of `other` (a part of the transaction that was kept).
+    pub fn absorb(&mut self, other: Counts) {
+        for (key, n) in other.deltas {
+            *self.deltas.entry(key).or_default() += n;
+        }
+    }
+
     /// Writes the changes; part of the caller's transaction.
     pub async fn flush(self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let mut queues = Vec::with_capacity(self.deltas.len());

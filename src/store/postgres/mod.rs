@@ -223,6 +223,9 @@ macro_rules! transaction {
     };
 }
 
+// After the macros, which it uses.
+mod schedules;
+
 #[async_trait]
 impl JobStore for PgStore {
     fn bus(&self) -> Option<Arc<dyn super::Bus>> {

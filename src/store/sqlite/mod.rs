@@ -10,6 +10,7 @@ mod limits;
 mod lists;
 mod ops;
 mod rows;
+mod schedules;
 mod tenants;
 mod tx;
 mod webhooks;
