@@ -7,7 +7,8 @@
 //! - [`config`]: flags, `SPOOL_*` environment variables and the TOML file.
 //! - [`http`]: routes, extractors, the problem+json error type, OpenAPI.
 //! - [`engine`]: admission, dispatch to the worker pool, leases, retries,
-//!   cancellation, shutdown; one file per use case.
+//!   cancellation, rate limits, schedules and their firing loop, expiry,
+//!   shutdown; one file per use case.
 //! - [`kinds`]: the [`kinds::JobKind`] trait and the built-in kinds.
 //! - [`notify`]: job lifecycle events.
 //! - [`outbound`]: which destinations outbound requests may reach (the
@@ -15,7 +16,8 @@
 //! - [`store`]: the [`store::JobStore`] trait, the rules of every transition
 //!   written once above the backends (`store/plan/`), and its SQLite
 //!   (embedded) and PostgreSQL (shared) backends.
-//! - [`domain`]: plain types (jobs, batches, specs, states, queues): no HTTP, no SQL.
+//! - [`domain`]: plain types (jobs, batches, specs, states, queues, rate
+//!   limits and their algorithm, schedules and their cadences): no HTTP, no SQL.
 //! - [`bench`]: the `spool bench` load generator.
 //! - [`cli`]: the binary's command line ([`cli::Cli`]: serve, `openapi`,
 //!   `bench`) and its client of a running service (`spool job|batch|queue|events`).
