@@ -428,17 +428,27 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     }
 }
 
-/// A name from the path (queues).
+/// The path's parameters as `T`; `what` names the resource a path that
+/// cannot be read as `T` (invalid percent-encoding) is answered 404 for.
+pub async fn path_of<T, S>(parts: &mut Parts, state: &S, what: &'static str) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    axum::extract::Path::<T>::from_request_parts(parts, state)
+        .await
+        .map(|axum::extract::Path(value)| value)
+        .map_err(|_| ApiError::not_found(what))
+}
+
+/// A name from the path (queues, tenants).
 pub struct NamePath(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for NamePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(name)| NamePath(name))
-            .map_err(|_| ApiError::not_found("queue"))
+        path_of(parts, state, "queue").await.map(NamePath)
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::access::{AdminAccess, ReadAccess};
 use super::error::{ApiError, Problem};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, path_of};
 use crate::domain::{RateLimit, RateLimitKeyState, RateLimitSettings};
 
 #[derive(Serialize, ToSchema)]
@@ -25,10 +25,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(name)| LimitPath(name))
-            .map_err(|_| ApiError::not_found("rate limit"))
+        path_of(parts, state, "rate limit").await.map(LimitPath)
     }
 }
 
@@ -39,10 +36,8 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitKeyPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path((name, key))| LimitKeyPath(name, key))
-            .map_err(|_| ApiError::not_found("rate limit"))
+        let (name, key) = path_of(parts, state, "rate limit").await?;
+        Ok(LimitKeyPath(name, key))
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::access::{AdminAccess, ReadAccess};
 use super::error::{ApiError, Problem};
-use super::extract::{JsonBody, QueryPairs};
+use super::extract::{JsonBody, QueryPairs, path_of};
 use crate::domain::{Caller, FieldError, Job, Role, Schedule, ScheduleFire, ScheduleSpec};
 
 const DEFAULT_PAGE: u32 = 100;
@@ -23,10 +23,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ScheduleIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(id)| ScheduleIdPath(id))
-            .map_err(|_| ApiError::not_found("schedule"))
+        path_of(parts, state, "schedule").await.map(ScheduleIdPath)
     }
 }
 

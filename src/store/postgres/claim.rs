@@ -136,9 +136,10 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn limit_key(&self) -> Option<LimitKey> {
-        let name = self.rate_limit.clone()?;
-        Some((name, self.rate_limit_key.clone().unwrap_or_default()))
+    /// The job's rate limit and key ('' for none), borrowed.
+    fn limit_key(&self) -> Option<(&str, &str)> {
+        let name = self.rate_limit.as_deref()?;
+        Some((name, self.rate_limit_key.as_deref().unwrap_or_default()))
     }
 }
 
@@ -259,6 +260,7 @@ async fn lock_and_load(
         .iter()
         .filter_map(Candidate::limit_key)
         .filter(|(name, key)| !limiter.knows_key(name, key))
+        .map(|(name, key)| (name.to_owned(), key.to_owned()))
         .collect();
     if new_keys.is_empty() {
         return Ok(());
