@@ -4,27 +4,19 @@
 //! so the difference is the limit's bookkeeping alone. Then the memory of
 //! a limit with 100 000 keys in use.
 
-use std::time::{Duration, Instant};
-
 use anyhow::Context as _;
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    BenchArgs, bench_queue, keyed_client, median, post_batch, start_service, urls, wait_until_idle,
-};
+use super::drain::{Fill, drain};
+use super::{BenchArgs, keyed_client, median, start_service};
 use crate::domain::RateLimitSettings;
-
-/// Jobs per batch while filling the queue.
-const BATCH: usize = 1_000;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let stop = CancellationToken::new();
     let (addr, engine, server) = start_service(dir.path(), "claims.db", true, &stop).await?;
     let client = keyed_client(args.connections)?;
-    let url = urls(&[addr], "/v1/batches")?.remove(0);
-    // A limit the pool cannot reach: a million starts a second, a million at once.
+        // A limit the pool cannot reach: a million starts a second, a million at once.
     let unreachable = RateLimitSettings {
         rate: 1_000_000,
         per_ms: Some(1_000),
@@ -48,7 +40,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             [true, false]
         };
         for with_limit in order {
-            let rate = drain(&client, &url, &engine, args, |_| {
+            let rate = drain(&client, &[addr], &engine, args, Fill::Batches, |_| {
                 if with_limit {
                     r#","rate_limit":{"name":"bench"}"#.to_owned()
                 } else {
@@ -81,9 +73,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ..args.clone()
     };
     let start = rss_kib();
-    drain(&client, &url, &engine, &many, |_| String::new()).await?;
+    drain(&client, &[addr], &engine, &many, Fill::Batches, |_| String::new()).await?;
     let plain_done = rss_kib();
-    drain(&client, &url, &engine, &many, |n| {
+    drain(&client, &[addr], &engine, &many, Fill::Batches, |n| {
         format!(r#","rate_limit":{{"name":"bench","key":"customer-{n}"}}"#)
     })
     .await?;
@@ -107,38 +99,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     stop.cancel();
     server.await??;
     Ok(())
-}
-
-/// Fills the paused queue with `args.jobs` noop jobs (`extra(n)` added to
-/// job n's spec), then unpauses it and times the drain: jobs/s claimed,
-/// run and completed.
-async fn drain(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    engine: &crate::engine::Engine,
-    args: &BenchArgs,
-    extra: impl Fn(usize) -> String,
-) -> anyhow::Result<f64> {
-    engine.put_queue("bench", &bench_queue(args, true)).await?;
-    let mut n = 0;
-    while n < args.jobs {
-        let size = BATCH.min(args.jobs - n);
-        let jobs: Vec<String> = (n..n + size)
-            .map(|i| format!(r#"{{"kind":"noop","queue":"bench"{}}}"#, extra(i)))
-            .collect();
-        post_batch(
-            client,
-            url,
-            Bytes::from(format!(r#"{{"jobs":[{}]}}"#, jobs.join(","))),
-        )
-        .await?;
-        n += size;
-    }
-    let started = Instant::now();
-    engine.put_queue("bench", &bench_queue(args, false)).await?;
-    wait_until_idle(engine).await?;
-    let took = started.elapsed().max(Duration::from_micros(1));
-    Ok(args.jobs as f64 / took.as_secs_f64())
 }
 
 /// The rows of `rate_limit_keys`, read from the database file directly.

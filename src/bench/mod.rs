@@ -2,6 +2,7 @@
 //! loopback HTTP, next to a bare axum handler doing the same parsing.
 
 mod claims;
+mod drain;
 mod lists;
 mod shared;
 mod soak;
@@ -61,6 +62,10 @@ pub struct BenchArgs {
     /// Measure batch submission and long-polls only (skips the single-job figures).
     #[arg(long)]
     pub batches_only: bool,
+    /// Measure the drain alone: queued jobs claimed, run and completed
+    /// (with `--postgres`, by one and then two instances).
+    #[arg(long, conflicts_with_all = ["batches_only", "lists", "claims", "soak"])]
+    pub drain: bool,
     /// Measure shared mode instead: one, then two instances on this
     /// PostgreSQL database (each run in a fresh schema, dropped afterwards),
     /// e.g. `postgres://postgres@127.0.0.1:5432/test`.
@@ -175,8 +180,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if args.drain {
+        drains(&args, &client, &engine, spool_addr).await?;
+        stop.cancel();
+        server.await??;
+        return Ok(());
+    }
     if !args.batches_only {
         single_jobs(&args, &client, &engine, spool_addr, bare_addr, dir.path()).await?;
+        drains(&args, &client, &engine, spool_addr).await?;
     }
 
     // 4. Accepted jobs/s through batches.
@@ -248,6 +260,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     stop.cancel();
     server.await??;
+    Ok(())
+}
+
+/// The drain figures: queued jobs admitted one by one, then in batches,
+/// alternating which goes first.
+async fn drains(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    engine: &crate::engine::Engine,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    use drain::Fill;
+    let (mut single, mut batched) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 {
+            [Fill::OneByOne, Fill::Batches]
+        } else {
+            [Fill::Batches, Fill::OneByOne]
+        };
+        for fill in order {
+            let rate = drain::drain(client, &[addr], engine, args, fill, |_| String::new()).await?;
+            match fill {
+                Fill::OneByOne => single.push(rate),
+                Fill::Batches => batched.push(rate),
+            }
+        }
+    }
+    println!(
+        "drain of {} queued noop jobs, admitted one by one: {:>8.0} jobs/s (median)",
+        args.jobs,
+        median(&mut single)
+    );
+    println!(
+        "drain of {} queued noop jobs, admitted in batches: {:>8.0} jobs/s (median)",
+        args.jobs,
+        median(&mut batched)
+    );
     Ok(())
 }
 
@@ -358,11 +407,14 @@ async fn single_jobs(
         wait_until_idle(engine).await?;
         e2e.push(args.jobs as f64 / started.elapsed().as_secs_f64());
     }
+    let e2e = median(&mut e2e);
     println!(
-        "end-to-end noop (submitted → succeeded):    {:>10.0} jobs/s (median of {} rounds of {} jobs)",
-        median(&mut e2e),
-        args.rounds,
-        args.jobs
+        "end-to-end noop (submitted → succeeded):    {e2e:>10.0} jobs/s (median of {} rounds of {} jobs)",
+        args.rounds, args.jobs
+    );
+    println!(
+        "ratio end-to-end / durable POST:            {:>10.2}",
+        e2e / durable
     );
 
     // 3. Enqueue-to-start latency with idle workers: from sending the POST

@@ -44,6 +44,10 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
              (median of {} rounds of {} jobs)",
             args.batch_size, figures.e2e_batched, args.rounds, args.jobs
         );
+        println!(
+            "{instances} instance(s): drain of {} queued noop jobs {:>8.0} jobs/s (median)",
+            args.jobs, figures.drain
+        );
     }
     Ok(())
 }
@@ -57,6 +61,9 @@ struct Figures {
     /// The same, submitted in batches: what the worker pools and the
     /// database sustain when HTTP requests are not the limit.
     e2e_batched: f64,
+    /// Jobs per second drained from a queue filled beforehand (one by
+    /// one), by every instance's workers.
+    drain: f64,
 }
 
 /// Submissions/s and end-to-end jobs/s of `instances` instances on the
@@ -85,7 +92,11 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
 
     // Submissions alone, with the queue paused (as in embedded mode).
     // `--batches-only` skips the one-by-one figures (reported as 0).
-    let single_rounds = if args.batches_only { 0 } else { args.rounds };
+    let single_rounds = if args.batches_only || args.drain {
+        0
+    } else {
+        args.rounds
+    };
     first.put_queue("bench", &queue(true)).await?;
     let mut posts = Vec::new();
     for _ in 0..single_rounds {
@@ -103,7 +114,7 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
         e2e.push(args.jobs as f64 / started.elapsed().as_secs_f64());
     }
     let mut batched = Vec::new();
-    for _ in 0..args.rounds {
+    for _ in 0..if args.drain { 0 } else { args.rounds } {
         let started = Instant::now();
         submit_count_in_batches(
             &client,
@@ -117,6 +128,20 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
         batched.push(args.jobs as f64 / started.elapsed().as_secs_f64());
     }
 
+    let mut drained = Vec::new();
+    for _ in 0..args.rounds {
+        let rate = super::drain::drain(
+            &client,
+            &addrs,
+            first,
+            args,
+            super::drain::Fill::OneByOne,
+            |_| String::new(),
+        )
+        .await?;
+        drained.push(rate);
+    }
+
     stop.cancel();
     for server in servers {
         server.await??;
@@ -125,6 +150,7 @@ async fn measure(args: &BenchArgs, url: &str, instances: usize) -> anyhow::Resul
         posts: median(&mut posts),
         e2e_single: median(&mut e2e),
         e2e_batched: median(&mut batched),
+        drain: median(&mut drained),
     })
 }
 

@@ -436,7 +436,14 @@ impl JobStore for SqliteStore {
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
-        self.write(move |tx| ops::complete(tx, &completion)).await
+        let (command, reply) = Command::complete(completion);
+        self.writes
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        reply
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
 
     async fn report_progress(

@@ -1,6 +1,8 @@
 //! The write operations of the SQLite store, each applied inside the writer's
 //! open transaction on its own connection.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::counts::NewCounts;
@@ -103,6 +105,98 @@ pub(super) fn cancel_now(
         .execute(params![id.to_string()])?;
     }
     Ok(cancelled)
+}
+
+/// Stores the outcomes of a group, each as [`complete`] would: the
+/// successes (nearly all of them under load) by one `UPDATE … FROM
+/// json_each`, the rest one by one. The results come in `completions`'
+/// order.
+pub(super) fn complete_all(
+    tx: &mut WriteTx<'_>,
+    completions: &[Completion],
+) -> Vec<Result<CompletionResult, StoreError>> {
+    let succeeded: Vec<usize> = (0..completions.len())
+        .filter(|&n| matches!(completions[n].outcome, AttemptOutcome::Succeeded(_)))
+        .collect();
+    let mut results: Vec<Option<Result<CompletionResult, StoreError>>> =
+        (0..completions.len()).map(|_| None).collect();
+    if succeeded.len() > 1 {
+        match succeed_all(tx, completions, &succeeded) {
+            Ok(applied) => {
+                for (n, result) in succeeded.iter().zip(applied) {
+                    results[*n] = Some(result);
+                }
+            }
+            // Nothing stored: each is tried on its own below.
+            Err(error) => tracing::debug!(%error, "grouped completion failed"),
+        }
+    }
+    completions
+        .iter()
+        .zip(results)
+        .map(|(completion, result)| result.unwrap_or_else(|| complete(tx, completion)))
+        .collect()
+}
+
+/// The successes among `completions` (at positions `succeeded`), stored by
+/// one statement: each fenced as in [`complete`], each settled on its own
+/// (so each carries its own effects). An error: the statement stored none.
+fn succeed_all(
+    tx: &mut WriteTx<'_>,
+    completions: &[Completion],
+    succeeded: &[usize],
+) -> Result<Vec<Result<CompletionResult, StoreError>>, StoreError> {
+    let rows: Vec<serde_json::Value> = succeeded
+        .iter()
+        .map(|&n| {
+            let completion = &completions[n];
+            let result = match &completion.outcome {
+                AttemptOutcome::Succeeded(result) => to_json(result),
+                _ => String::new(),
+            };
+            serde_json::json!([
+                completion.id.to_string(),
+                completion.attempt,
+                completion.lease_owner,
+                result,
+                completion.at.as_millis(),
+            ])
+        })
+        .collect();
+    let mut done: HashMap<JobId, Job> = query_jobs(
+        tx.conn,
+        &format!(
+            "UPDATE jobs SET state = 'succeeded', result = c.value ->> 3, error = NULL, \
+             finished_at = c.value ->> 4, lease_owner = NULL, lease_expires_at = NULL \
+             FROM json_each(?) AS c WHERE jobs.id = c.value ->> 0 \
+             AND jobs.attempt = c.value ->> 1 AND jobs.lease_owner = c.value ->> 2 \
+             AND jobs.state = 'running' RETURNING {JOB_COLUMNS}"
+        ),
+        params![serde_json::Value::Array(rows).to_string()],
+    )?
+    .into_iter()
+    .map(|job| (job.id, job))
+    .collect();
+    let mut results = Vec::with_capacity(succeeded.len());
+    for &n in succeeded {
+        let completion = &completions[n];
+        let Some(job) = done.remove(&completion.id) else {
+            results.push(Ok(CompletionResult::Fenced));
+            continue;
+        };
+        let mut effects = Effects::default();
+        let settled = run_now(plan::settle(
+            tx,
+            &[Ended::of(&job)],
+            completion.at,
+            &mut effects,
+        ));
+        results.push(settled.map(|()| CompletionResult::Applied {
+            job: Box::new(job),
+            effects,
+        }));
+    }
+    Ok(results)
 }
 
 /// Stores an attempt's outcome, fenced by `(id, attempt, lease_owner, state =

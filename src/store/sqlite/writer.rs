@@ -21,8 +21,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::counts::NewCounts;
-use crate::store::StoreError;
 use crate::store::fair::Turns;
+use crate::store::{Completion, CompletionResult, StoreError};
 
 /// Most commands applied in one transaction: bounds the latency one batch
 /// adds to the commands queued behind it.
@@ -56,9 +56,20 @@ pub fn run_now<T>(decision: impl Future<Output = Result<T, StoreError>>) -> Resu
     }
 }
 
-/// One write: a closure run in the group's transaction, whose typed result
-/// reaches its caller once the group committed.
-pub struct Command(Box<dyn Work>);
+/// One write, whose typed result reaches its caller once the group
+/// committed.
+pub enum Command {
+    /// A closure run in the group's transaction.
+    Work(Box<dyn Work>),
+    /// An attempt's outcome. The completions of a group are applied together
+    /// (`ops::complete_all`): the successes by one statement, whose
+    /// statement journal, `RETURNING` table and reset are paid once per
+    /// group instead of once per job.
+    Complete(Completion, CompletionReply),
+}
+
+/// Where a completion's result goes.
+pub type CompletionReply = oneshot::Sender<Result<CompletionResult, StoreError>>;
 
 impl Command {
     /// The command that runs `work`, and where its result will arrive.
@@ -68,18 +79,38 @@ impl Command {
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (to, from) = oneshot::channel();
-        (Self(Box::new(Typed { work, to })), from)
+        (Self::Work(Box::new(Typed { work, to })), from)
+    }
+
+    /// The command that stores `completion`, and where its result will arrive.
+    pub fn complete(
+        completion: Completion,
+    ) -> (
+        Self,
+        oneshot::Receiver<Result<CompletionResult, StoreError>>,
+    ) {
+        let (to, from) = oneshot::channel();
+        (Self::Complete(completion, to), from)
+    }
+
+    fn refuse(self, message: &str) {
+        match self {
+            Self::Work(work) => work.refuse(message),
+            Self::Complete(_, to) => {
+                let _ = to.send(Err(StoreError::Unavailable(message.to_owned())));
+            }
+        }
     }
 }
 
 /// A command not yet run: run it, or refuse it when no transaction opens.
-trait Work: Send {
+pub trait Work: Send {
     fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Box<dyn Reply>;
     fn refuse(self: Box<Self>, message: &str);
 }
 
 /// A command's result, held until its group committed or failed to.
-trait Reply: Send {
+pub trait Reply: Send {
     fn send(self: Box<Self>, committed: Result<(), &str>);
 }
 
@@ -164,8 +195,8 @@ fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
         Err(error) => {
             let message = error.to_string();
             tracing::error!(error = %message, "cannot begin a write transaction");
-            for Command(work) in batch.drain(..) {
-                work.refuse(&message);
+            for command in batch.drain(..) {
+                command.refuse(&message);
             }
             return;
         }
@@ -176,10 +207,24 @@ fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
         counts: &mut counts,
         turns,
     };
-    let replies: Vec<Box<dyn Reply>> = batch
-        .drain(..)
-        .map(|Command(work)| work.run(&mut write))
-        .collect();
+    let mut replies: Vec<Box<dyn Reply>> = Vec::with_capacity(batch.len());
+    let mut completions = Vec::new();
+    for command in batch.drain(..) {
+        match command {
+            Command::Work(work) => replies.push(work.run(&mut write)),
+            Command::Complete(completion, to) => completions.push((completion, to)),
+        }
+    }
+    // After the group's other commands: a completion arriving with them
+    // raced them anyway, and a `Retry-After` hold always comes first (its
+    // attempt awaits it before sending the outcome).
+    if !completions.is_empty() {
+        let (completions, tos): (Vec<_>, Vec<_>) = completions.into_iter().unzip();
+        let results = super::ops::complete_all(&mut write, &completions);
+        for (result, to) in results.into_iter().zip(tos) {
+            replies.push(Box::new(Held { result, to }));
+        }
+    }
     let committing = std::time::Instant::now();
     let committed = counts.flush(&tx).and_then(|()| Ok(tx.commit()?));
     crate::telemetry::metrics::store_commit(committing.elapsed());
