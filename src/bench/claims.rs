@@ -16,7 +16,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let (addr, engine, server) = start_service(dir.path(), "claims.db", true, &stop).await?;
     let client = keyed_client(args.connections)?;
-        // A limit the pool cannot reach: a million starts a second, a million at once.
+    // A limit the pool cannot reach: a million starts a second, a million at once.
     let unreachable = RateLimitSettings {
         rate: 1_000_000,
         per_ms: Some(1_000),
@@ -73,7 +73,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ..args.clone()
     };
     let start = rss_kib();
-    drain(&client, &[addr], &engine, &many, Fill::Batches, |_| String::new()).await?;
+    drain(&client, &[addr], &engine, &many, Fill::Batches, |_| {
+        String::new()
+    })
+    .await?;
     let plain_done = rss_kib();
     drain(&client, &[addr], &engine, &many, Fill::Batches, |n| {
         format!(r#","rate_limit":{{"name":"bench","key":"customer-{n}"}}"#)

@@ -11,7 +11,7 @@ use super::writer::{WriteTx, run_now};
 use crate::domain::{
     Batch, BatchId, ErrorInfo, Job, JobId, JobState, Progress, QueueConfig, Timestamp,
 };
-use crate::store::plan::{self, Ended};
+use crate::store::plan::{self, Ended, Transaction as _};
 use crate::store::rows::RescuedRow;
 use crate::store::{
     AttemptOutcome, Completion, CompletionResult, Effects, Promoted, QueueDeletion, Rescued,
@@ -177,6 +177,10 @@ fn succeed_all(
     .into_iter()
     .map(|job| (job.id, job))
     .collect();
+    // Every row changed before any is settled, so a batch the group
+    // finished shows as finished to each of its jobs: it is looked up once
+    // and reported to the first of them only (as on PostgreSQL).
+    let mut batches_seen: Vec<BatchId> = Vec::new();
     let mut results = Vec::with_capacity(succeeded.len());
     for &n in succeeded {
         let completion = &completions[n];
@@ -185,12 +189,22 @@ fn succeed_all(
             continue;
         };
         let mut effects = Effects::default();
-        let settled = run_now(plan::settle(
-            tx,
-            &[Ended::of(&job)],
-            completion.at,
-            &mut effects,
-        ));
+        let ended = Ended {
+            batch_id: None,
+            ..Ended::of(&job)
+        };
+        let mut settled = run_now(plan::settle(tx, &[ended], completion.at, &mut effects));
+        if let Some(batch) = job.batch_id
+            && !batches_seen.contains(&batch)
+        {
+            batches_seen.push(batch);
+            settled = settled.and_then(|()| {
+                effects
+                    .finished_batches
+                    .extend(run_now(tx.finished_batches(&[batch]))?);
+                Ok(())
+            });
+        }
         results.push(settled.map(|()| CompletionResult::Applied {
             job: Box::new(job),
             effects,
