@@ -164,7 +164,7 @@ fn spawn_writer(
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("spool-sqlite-writer".into())
-        .spawn(move || writer::run(conn, commands))
+        .spawn(move || writer::run(conn, commands, ops::complete_all))
         .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
     Ok(())
 }

@@ -62,7 +62,7 @@ pub enum Command {
     /// A closure run in the group's transaction.
     Work(Box<dyn Work>),
     /// An attempt's outcome. The completions of a group are applied together
-    /// (`ops::complete_all`): the successes by one statement, whose
+    /// (by the writer's [`CompleteAll`]): the successes by one statement, whose
     /// statement journal, `RETURNING` table and reset are paid once per
     /// group instead of once per job.
     Complete(Completion, CompletionReply),
@@ -156,9 +156,14 @@ impl<T: Send> Reply for Held<T> {
     }
 }
 
+/// How a group's completions are stored together (`ops::complete_all`):
+/// their results in their order.
+pub type CompleteAll =
+    fn(&mut WriteTx<'_>, &[Completion]) -> Vec<Result<CompletionResult, StoreError>>;
+
 /// Runs until every sender is dropped. Blocking: this is the writer
 /// thread's whole life.
-pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
+pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>, complete_all: CompleteAll) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The writer is the only claimant of this database: its turns are
     // the service's.
@@ -171,7 +176,7 @@ pub fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        apply_batch(&mut conn, &turns, &mut batch);
+        apply_batch(&mut conn, &turns, &mut batch, complete_all);
     }
 }
 
@@ -189,7 +194,12 @@ fn next_command(commands: &mut mpsc::Receiver<Command>) -> Option<Command> {
     commands.blocking_recv()
 }
 
-fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
+fn apply_batch(
+    conn: &mut Connection,
+    turns: &Turns,
+    batch: &mut Vec<Command>,
+    complete_all: CompleteAll,
+) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(error) => {
@@ -220,7 +230,7 @@ fn apply_batch(conn: &mut Connection, turns: &Turns, batch: &mut Vec<Command>) {
     // attempt awaits it before sending the outcome).
     if !completions.is_empty() {
         let (completions, tos): (Vec<_>, Vec<_>) = completions.into_iter().unzip();
-        let results = super::ops::complete_all(&mut write, &completions);
+        let results = complete_all(&mut write, &completions);
         for (result, to) in results.into_iter().zip(tos) {
             replies.push(Box::new(Held { result, to }));
         }
