@@ -30,20 +30,23 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
         let measured = measure(args, &schema.url, instances).await;
         schema.drop().await;
         let figures = measured?;
-        println!(
-            "{instances} instance(s): POST /v1/jobs (durable noop) {:>8.0} req/s (median)",
-            figures.posts
-        );
-        println!(
-            "{instances} instance(s): end-to-end noop, jobs POSTed one by one {:>8.0} jobs/s \
-             (median of {} rounds of {} jobs)",
-            figures.e2e_single, args.rounds, args.jobs
-        );
-        println!(
-            "{instances} instance(s): end-to-end noop, jobs POSTed in batches of {} {:>8.0} jobs/s \
-             (median of {} rounds of {} jobs)",
-            args.batch_size, figures.e2e_batched, args.rounds, args.jobs
-        );
+        // `--drain` measures the drain alone.
+        if !args.drain {
+            println!(
+                "{instances} instance(s): POST /v1/jobs (durable noop) {:>8.0} req/s (median)",
+                figures.posts
+            );
+            println!(
+                "{instances} instance(s): end-to-end noop, jobs POSTed one by one {:>8.0} jobs/s \
+                 (median of {} rounds of {} jobs)",
+                figures.e2e_single, args.rounds, args.jobs
+            );
+            println!(
+                "{instances} instance(s): end-to-end noop, jobs POSTed in batches of {} {:>8.0} jobs/s \
+                 (median of {} rounds of {} jobs)",
+                args.batch_size, figures.e2e_batched, args.rounds, args.jobs
+            );
+        }
         println!(
             "{instances} instance(s): drain of {} queued noop jobs {:>8.0} jobs/s (median)",
             args.jobs, figures.drain
