@@ -26,7 +26,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use self::rows::{
     BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS,
@@ -146,6 +146,15 @@ impl SqliteStore {
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (command, reply) = Command::new(work);
+        self.send(command, reply).await
+    }
+
+    /// Hands `command` to the writer and waits for its `reply`.
+    async fn send<T>(
+        &self,
+        command: Command,
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.writes
             .send(command)
             .await
@@ -437,13 +446,7 @@ impl JobStore for SqliteStore {
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
         let (command, reply) = Command::complete(completion);
-        self.writes
-            .send(command)
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        reply
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+        self.send(command, reply).await
     }
 
     async fn report_progress(

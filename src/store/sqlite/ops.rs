@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
 
 use super::counts::NewCounts;
 use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
@@ -115,15 +116,20 @@ pub(super) fn complete_all(
     tx: &mut WriteTx<'_>,
     completions: &[Completion],
 ) -> Vec<Result<CompletionResult, StoreError>> {
-    let succeeded: Vec<usize> = (0..completions.len())
-        .filter(|&n| matches!(completions[n].outcome, AttemptOutcome::Succeeded(_)))
+    let succeeded: Vec<(usize, &Value)> = completions
+        .iter()
+        .enumerate()
+        .filter_map(|(n, completion)| match &completion.outcome {
+            AttemptOutcome::Succeeded(result) => Some((n, result)),
+            _ => None,
+        })
         .collect();
     let mut results: Vec<Option<Result<CompletionResult, StoreError>>> =
         (0..completions.len()).map(|_| None).collect();
     if succeeded.len() > 1 {
         match succeed_all(tx, completions, &succeeded) {
             Ok(applied) => {
-                for (n, result) in succeeded.iter().zip(applied) {
+                for ((n, _), result) in succeeded.iter().zip(applied) {
                     results[*n] = Some(result);
                 }
             }
@@ -138,27 +144,24 @@ pub(super) fn complete_all(
         .collect()
 }
 
-/// The successes among `completions` (at positions `succeeded`), stored by
-/// one statement: each fenced as in [`complete`], each settled on its own
-/// (so each carries its own effects). An error: the statement stored none.
+/// The successes among `completions` (`succeeded`: each one's position and
+/// result), stored by one statement: each fenced as in [`complete`], each
+/// settled on its own (so each carries its own effects). An error: the
+/// statement stored none.
 fn succeed_all(
     tx: &mut WriteTx<'_>,
     completions: &[Completion],
-    succeeded: &[usize],
+    succeeded: &[(usize, &Value)],
 ) -> Result<Vec<Result<CompletionResult, StoreError>>, StoreError> {
-    let rows: Vec<serde_json::Value> = succeeded
+    let rows: Vec<Value> = succeeded
         .iter()
-        .map(|&n| {
+        .map(|&(n, result)| {
             let completion = &completions[n];
-            let result = match &completion.outcome {
-                AttemptOutcome::Succeeded(result) => to_json(result),
-                _ => String::new(),
-            };
             serde_json::json!([
                 completion.id.to_string(),
                 completion.attempt,
                 completion.lease_owner,
-                result,
+                to_json(result),
                 completion.at.as_millis(),
             ])
         })
@@ -172,7 +175,7 @@ fn succeed_all(
              AND jobs.attempt = c.value ->> 1 AND jobs.lease_owner = c.value ->> 2 \
              AND jobs.state = 'running' RETURNING {JOB_COLUMNS}"
         ),
-        params![serde_json::Value::Array(rows).to_string()],
+        params![Value::Array(rows).to_string()],
     )?
     .into_iter()
     .map(|job| (job.id, job))
@@ -182,7 +185,7 @@ fn succeed_all(
     // and reported to the first of them only (as on PostgreSQL).
     let mut batches_seen: Vec<BatchId> = Vec::new();
     let mut results = Vec::with_capacity(succeeded.len());
-    for &n in succeeded {
+    for &(n, _) in succeeded {
         let completion = &completions[n];
         let Some(job) = done.remove(&completion.id) else {
             results.push(Ok(CompletionResult::Fenced));
