@@ -20,7 +20,7 @@ use super::{Engine, RunningJob, STOP_CANCEL, STOP_SHUTDOWN};
 use crate::domain::{ErrorInfo, Job, JobId, JobState, Progress, Timestamp, TraceContext};
 use crate::kinds::{DependencyResult, JobContext, JobFailure, ProgressSink, Secrets};
 use crate::notify::{EventHub, EventKind, JobSummary, Subject, job_summary};
-use crate::store::{AttemptOutcome, Completion, CompletionResult, JobStore};
+use crate::store::{AttemptOutcome, Claimed, Completion, CompletionResult, JobStore, Refill};
 use crate::telemetry::metrics::{self, AttemptEnd};
 
 /// How long an attempt's outcome is retried while the store refuses it. The
@@ -102,15 +102,20 @@ impl Engine {
         }
     }
 
+    /// Starts `job` in a slot of its queue not yet taken.
     fn start_attempt(&self, job: Job) {
+        if let Some(queue) = self.write_queues().get_mut(&job.queue) {
+            queue.running += 1;
+        }
+        self.run_attempt(job);
+    }
+
+    /// Starts `job`, its slot already counted in its queue's `running`.
+    fn run_attempt(&self, job: Job) {
         let token = CancellationToken::new();
         let stop = Arc::new(AtomicU8::new(super::STOP_NONE));
-        {
-            let mut queues = self.write_queues();
-            if let Some(queue) = queues.get_mut(&job.queue) {
-                queue.running += 1;
-                queue.drain.record(1);
-            }
+        if let Some(queue) = self.write_queues().get_mut(&job.queue) {
+            queue.drain.record(1);
         }
         if let Ok(mut running) = self.inner.running.lock() {
             running.insert(
@@ -359,8 +364,9 @@ impl Engine {
         }
     }
 
-    /// Stores the outcome (fenced by attempt and lease), frees the slot and
-    /// tells whoever waits.
+    /// Stores the outcome (fenced by attempt and lease), hands the slot to
+    /// the next job the same write claimed or frees it, and tells whoever
+    /// waits.
     async fn finish(&self, job: Job, outcome: AttemptOutcome) {
         let completion = Completion {
             id: job.id,
@@ -369,13 +375,24 @@ impl Engine {
             outcome,
             at: Timestamp::now(),
         };
-        let stored = self.store_outcome(&completion).await;
+        let refill = self.refill(&job.queue);
+        let (stored, claimed) = self.store_outcome(&completion, refill).await;
         if let Ok(mut running) = self.inner.running.lock() {
             running.remove(&job.id);
         }
-        if let Some(queue) = self.write_queues().get_mut(&job.queue) {
+        if let Some(at) = claimed.next_eligible_at {
+            self.inner
+                .next_eligible_ms
+                .fetch_min(at.as_millis(), Ordering::AcqRel);
+        }
+        let next = claimed.jobs.into_iter().next();
+        if next.is_none()
+            && let Some(queue) = self.write_queues().get_mut(&job.queue)
+        {
             queue.running = queue.running.saturating_sub(1);
         }
+        // Even when the slot went on to the next job: this end may have
+        // freed a concurrency key another queue's job waits for.
         self.inner.wake_dispatcher.notify_one();
         match stored {
             Some(CompletionResult::Applied { job: done, effects }) => {
@@ -395,22 +412,66 @@ impl Engine {
             // Logged by `store_outcome`.
             None => {}
         }
+        // After the end's events: a job's successor in its slot starts after it ended.
+        if let Some(next) = next {
+            self.run_attempt(next);
+        }
     }
 
-    /// Stores an outcome, retrying while the store refuses it, for at most
-    /// [`COMPLETE_PATIENCE`] or until the end of shutdown. `None`: given up.
-    async fn store_outcome(&self, completion: &Completion) -> Option<CompletionResult> {
+    /// The claim that refills the slot a job of `queue` frees, made by the
+    /// write that stores its outcome: while the queue is open and its slots
+    /// are not over its concurrency (lowered meanwhile), and not while
+    /// shutting down. Embedded mode only: there one write does both; in
+    /// shared mode the dispatcher's claims of many jobs at once are cheaper
+    /// than a claim per outcome.
+    fn refill(&self, queue: &str) -> Option<Refill> {
+        if self.inner.shared.is_some() || self.inner.stopping.is_cancelled() {
+            return None;
+        }
+        let queues = self.read_queues();
+        let open = queues
+            .get(queue)
+            .is_some_and(|q| !q.config.paused && q.running <= q.config.concurrency);
+        drop(queues);
+        open.then(|| {
+            let now = Timestamp::now();
+            Refill {
+                queue: queue.to_owned(),
+                lease_until: now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64),
+                now,
+            }
+        })
+    }
+
+    /// Stores an outcome (and makes `refill`'s claim), retrying while the
+    /// store refuses it, for at most [`COMPLETE_PATIENCE`] or until the end
+    /// of shutdown. `None`: given up.
+    async fn store_outcome(
+        &self,
+        completion: &Completion,
+        refill: Option<Refill>,
+    ) -> (Option<CompletionResult>, Claimed) {
         let started = tokio::time::Instant::now();
         let stopped = self.inner.stopped.clone();
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u32;
         loop {
-            let error = match self.inner.store.complete(completion.clone()).await {
-                Ok(result) => {
+            let stored = match &refill {
+                Some(refill) => {
+                    self.inner
+                        .store
+                        .complete_and_refill(completion.clone(), refill.clone())
+                        .await
+                }
+                None => (self.inner.store.complete(completion.clone()).await)
+                    .map(|result| (result, Claimed::default())),
+            };
+            let error = match stored {
+                Ok((result, claimed)) => {
                     if failures > 0 {
                         tracing::info!(job_id = %completion.id, attempt = completion.attempt, tries = failures + 1, waited_ms = started.elapsed().as_millis() as u64, "stored an attempt's outcome after the store refused it");
                     }
-                    return Some(result);
+                    return (Some(result), claimed);
                 }
                 Err(error) => error,
             };
@@ -420,7 +481,7 @@ impl Engine {
             }
             if started.elapsed() >= COMPLETE_PATIENCE || stopped.is_cancelled() {
                 tracing::error!(job_id = %completion.id, attempt = completion.attempt, tries = failures, %error, "could not store the outcome; its lease will lapse and the job will be rescued");
-                return None;
+                return (None, Claimed::default());
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}

@@ -170,6 +170,16 @@ pub struct Completion {
     pub at: Timestamp,
 }
 
+/// The slot a completion frees, refilled by the same write: a claim of at
+/// most one job of `queue` for the completion's lease owner, as
+/// [`JobStore::claim_ready`] would make it.
+#[derive(Clone, Debug)]
+pub struct Refill {
+    pub queue: String,
+    pub lease_until: Timestamp,
+    pub now: Timestamp,
+}
+
 #[derive(Clone, Debug)]
 pub enum CompletionResult {
     Applied {
@@ -442,6 +452,28 @@ pub trait JobStore: ScheduleStore + Send + Sync + 'static {
     /// `expired`; a chunk at a time (call again while it returns some).
     async fn expire_due(&self, now: Timestamp) -> Result<(Vec<Job>, Effects), StoreError>;
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError>;
+    /// Stores `completion` as [`complete`](Self::complete) does, then claims
+    /// at most one job for the slot it frees (`refill`). The claim never
+    /// fails the completion: a claim that fails is logged and takes nothing,
+    /// and the dispatcher fills the slot. SQLite makes both in one
+    /// transaction, the claims of a group's completions by one statement;
+    /// this default makes them one after the other.
+    async fn complete_and_refill(
+        &self,
+        completion: Completion,
+        refill: Refill,
+    ) -> Result<(CompletionResult, Claimed), StoreError> {
+        let owner = completion.lease_owner.clone();
+        let result = self.complete(completion).await?;
+        let claimed = self
+            .claim_ready(&refill.queue, 1, &owner, refill.lease_until, refill.now)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, queue = %refill.queue, "claiming a job for a freed slot failed");
+                Claimed::default()
+            });
+        Ok((result, claimed))
+    }
     /// Fenced like `complete`; a stale report is dropped silently.
     async fn report_progress(
         &self,

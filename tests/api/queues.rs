@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{SOON, spawn_app};
+use crate::helpers::{SOON, millis, spawn_app};
 
 #[tokio::test]
 async fn a_queue_is_created_changed_and_read_back() {
@@ -271,4 +271,34 @@ async fn a_queue_is_deleted_once_its_jobs_finished_and_its_finished_jobs_stay_re
     let again = app.submit(json!({"kind": "noop", "queue": "brief"})).await;
     app.wait_for_status(again["id"].as_str().unwrap(), "succeeded", SOON)
         .await;
+}
+
+#[tokio::test]
+async fn pausing_a_queue_lets_its_running_job_finish_and_starts_nothing_after_it() {
+    let app = spawn_app().await;
+    app.configure_queue("line", json!({"concurrency": 1})).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = app
+            .submit(json!({"kind": "sleep", "queue": "line", "payload": {"ms": 300}}))
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    app.wait_for_status(&ids[0], "running", SOON).await;
+    app.configure_queue("line", json!({"paused": true})).await;
+    let first = app.wait_for_status(&ids[0], "succeeded", SOON).await;
+
+    // The slot its end freed is not handed on while the queue is paused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &ids[1..] {
+        let job = app.job(id).await;
+        assert_eq!(job["status"], "queued", "{job}");
+    }
+
+    app.configure_queue("line", json!({"paused": false})).await;
+    let second = app.wait_for_status(&ids[1], "succeeded", SOON).await;
+    let third = app.wait_for_status(&ids[2], "succeeded", SOON).await;
+    // One slot: each starts after the one before it ended.
+    assert!(millis(&second["started_at"]) >= millis(&first["finished_at"]));
+    assert!(millis(&third["started_at"]) >= millis(&second["finished_at"]));
 }

@@ -1,11 +1,12 @@
 //! Outcomes stored at the same moment: a backend may store them together
-//! (PostgreSQL does, in one transaction), but each keeps its own answer.
+//! (PostgreSQL does, in one transaction), but each keeps its own answer,
+//! and each slot an outcome refills gets its own job.
 
 use std::sync::Arc;
 
 use serde_json::json;
-use spool::domain::{JobId, JobState, TENANT_DEFAULT};
-use spool::store::{AttemptOutcome, CompletionResult, JobStore};
+use spool::domain::{JobId, JobState, QueueConfig, TENANT_DEFAULT};
+use spool::store::{AttemptOutcome, CompletionResult, JobStore, Refill};
 
 use crate::conformance::{OWNER, at, completion, error, job, submit_one, with_queues};
 
@@ -84,4 +85,99 @@ pub async fn outcomes_stored_at_the_same_moment_each_get_their_own_answer(
     }
     let released = read(&store, ids[4]).await;
     assert_eq!((released.status, released.attempt), (JobState::Queued, 0));
+}
+
+/// What a refill asks for: a claim of one job of `default` for `OWNER`.
+fn refill(now_ms: i64) -> Refill {
+    Refill {
+        queue: "default".into(),
+        lease_until: at(60_000),
+        now: at(now_ms),
+    }
+}
+
+pub async fn outcomes_that_refill_their_slots_hand_each_waiting_job_to_one_of_them(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(submit_one(&store, job("default", json!({"payload": {"n": n}}), at(n))).await);
+    }
+    let claimed = store
+        .claim("default", 3, OWNER, at(60_000), at(10))
+        .await
+        .expect("claimed");
+    assert_eq!(
+        claimed.iter().map(|job| job.id).collect::<Vec<_>>(),
+        ids[..3]
+    );
+
+    let success = |id| completion(id, 1, OWNER, AttemptOutcome::Succeeded(json!({"ok": true})));
+    // A stale write (another attempt's, to a job that ends in the same
+    // group) and three ends at the same moment: four requests for the three
+    // jobs still waiting.
+    let completions = [
+        completion(ids[0], 2, OWNER, AttemptOutcome::Succeeded(json!({}))),
+        success(ids[0]),
+        success(ids[1]),
+        success(ids[2]),
+    ];
+    let answers = futures::future::join_all(
+        completions
+            .iter()
+            .map(|completion| store.complete_and_refill(completion.clone(), refill(20))),
+    )
+    .await;
+    let mut handed = Vec::new();
+    for (n, answer) in answers.into_iter().enumerate() {
+        let (result, claimed) = answer.expect("stored");
+        match result {
+            CompletionResult::Applied { job, .. } => {
+                assert_eq!((job.id, job.status), (ids[n - 1], JobState::Succeeded));
+            }
+            CompletionResult::Fenced => assert_eq!(n, 0, "only the stale write is fenced"),
+        }
+        assert!(claimed.jobs.len() <= 1, "one slot, one job: {claimed:?}");
+        handed.extend(claimed.jobs.into_iter().map(|job| job.id));
+    }
+    handed.sort();
+    assert_eq!(handed, ids[3..], "each waiting job went to one slot");
+    for id in &ids[3..] {
+        let job = read(&store, *id).await;
+        assert_eq!((job.status, job.attempt), (JobState::Running, 1));
+    }
+
+    // Nothing waits now: a refill takes nothing, and its end still stands.
+    let (result, claimed) = store
+        .complete_and_refill(success(ids[3]), refill(30))
+        .await
+        .expect("stored");
+    assert!(matches!(result, CompletionResult::Applied { .. }));
+    assert!(claimed.jobs.is_empty(), "{claimed:?}");
+    assert_eq!(read(&store, ids[3]).await.status, JobState::Succeeded);
+}
+
+pub async fn a_refill_takes_nothing_from_a_queue_paused_in_the_store(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100)]).await;
+    let first = submit_one(&store, job("default", json!({}), at(1))).await;
+    let waiting = submit_one(&store, job("default", json!({}), at(2))).await;
+    let claimed = store
+        .claim("default", 1, OWNER, at(60_000), at(10))
+        .await
+        .expect("claimed");
+    assert_eq!(claimed.len(), 1);
+    let mut paused = QueueConfig::new("default");
+    paused.capacity = 100;
+    paused.paused = true;
+    store.upsert_queue(&paused).await.expect("paused");
+
+    let end = completion(first, 1, OWNER, AttemptOutcome::Succeeded(json!({})));
+    let (result, claimed) = store
+        .complete_and_refill(end, refill(20))
+        .await
+        .expect("stored");
+    assert!(matches!(result, CompletionResult::Applied { .. }));
+    assert!(claimed.jobs.is_empty(), "{claimed:?}");
+    assert_eq!(read(&store, waiting).await.status, JobState::Queued);
 }

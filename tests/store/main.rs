@@ -77,6 +77,8 @@ macro_rules! with_every_case {
             claims_never_take_more_than_asked_or_jobs_of_other_queues,
             an_attempts_outcome_is_fenced_by_attempt_and_owner,
             outcomes_stored_at_the_same_moment_each_get_their_own_answer,
+            outcomes_that_refill_their_slots_hand_each_waiting_job_to_one_of_them,
+            a_refill_takes_nothing_from_a_queue_paused_in_the_store,
             a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error,
             a_job_that_succeeds_after_a_failure_shows_no_error_and_keeps_its_history,
             released_jobs_go_back_to_the_queue_without_counting_the_attempt,

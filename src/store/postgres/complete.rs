@@ -199,11 +199,14 @@ pub fn complete_group<'a>(
         // Rows in id order, as every other multi-row write locks them.
         successes.sort_by_key(|(_, completion, _)| completion.id);
         if !successes.is_empty() {
-            let mut index_of: HashMap<JobId, usize> = HashMap::with_capacity(successes.len());
+            // By id and attempt: a stale attempt's write to the same job may come
+            // in the same group, and only the current attempt's row comes back.
+            let mut index_of: HashMap<(JobId, u32), usize> =
+                HashMap::with_capacity(successes.len());
             let (mut ids, mut attempts, mut owners, mut results, mut ats) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (index, completion, result) in successes {
-                index_of.insert(completion.id, index);
+                index_of.insert((completion.id, completion.attempt), index);
                 ids.push(completion.id.to_string());
                 attempts.push(i64::from(completion.attempt));
                 owners.push(completion.lease_owner.as_str());
@@ -226,7 +229,7 @@ pub fn complete_group<'a>(
             let mut reported: Vec<BatchId> = Vec::new();
             for SucceededRow { row, batch_ended } in rows {
                 let job = Job::try_from(row.job)?;
-                let Some(&index) = index_of.get(&job.id) else {
+                let Some(&index) = index_of.get(&(job.id, job.attempt)) else {
                     continue;
                 };
                 let mut effects = Effects::default();

@@ -9,6 +9,7 @@ mod keys;
 mod limits;
 mod lists;
 mod ops;
+mod refill;
 mod rows;
 mod schedules;
 mod tenants;
@@ -37,9 +38,9 @@ use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
     BatchCancelOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
-    Effects, JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges,
-    StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt,
-    WebhookOwner,
+    Effects, JobFilter, JobStore, Promoted, QueueDeletion, Refill, Rescued, RetryOutcome,
+    ServiceGauges, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
+    WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
     Batch, BatchId, BatchResult, Gcra, Job, JobId, JobState, KeyId, KeyState, LimitKey, Progress,
@@ -173,7 +174,7 @@ fn spawn_writer(
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("spool-sqlite-writer".into())
-        .spawn(move || writer::run(conn, commands, ops::complete_all))
+        .spawn(move || writer::run(conn, commands, refill::complete_all))
         .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
     Ok(())
 }
@@ -445,7 +446,16 @@ impl JobStore for SqliteStore {
     }
 
     async fn complete(&self, completion: Completion) -> Result<CompletionResult, StoreError> {
-        let (command, reply) = Command::complete(completion);
+        let (command, reply) = Command::complete(completion, None);
+        Ok(self.send(command, reply).await?.0)
+    }
+
+    async fn complete_and_refill(
+        &self,
+        completion: Completion,
+        refill: Refill,
+    ) -> Result<(CompletionResult, Claimed), StoreError> {
+        let (command, reply) = Command::complete(completion, Some(refill));
         self.send(command, reply).await
     }
 

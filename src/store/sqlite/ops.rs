@@ -166,7 +166,9 @@ fn succeed_all(
             ])
         })
         .collect();
-    let mut done: HashMap<JobId, Job> = query_jobs(
+    // By id and attempt: a stale attempt's write to the same job may come
+    // in the same group, and only the current attempt's row comes back.
+    let mut done: HashMap<(JobId, u32), Job> = query_jobs(
         tx.conn,
         &format!(
             "UPDATE jobs SET state = 'succeeded', result = c.value ->> 3, error = NULL, \
@@ -178,7 +180,7 @@ fn succeed_all(
         params![Value::Array(rows).to_string()],
     )?
     .into_iter()
-    .map(|job| (job.id, job))
+    .map(|job| ((job.id, job.attempt), job))
     .collect();
     // Every row changed before any is settled, so a batch the group
     // finished shows as finished to each of its jobs: it is looked up once
@@ -187,7 +189,7 @@ fn succeed_all(
     let mut results = Vec::with_capacity(succeeded.len());
     for &(n, _) in succeeded {
         let completion = &completions[n];
-        let Some(job) = done.remove(&completion.id) else {
+        let Some(job) = done.remove(&(completion.id, completion.attempt)) else {
             results.push(Ok(CompletionResult::Fenced));
             continue;
         };

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::counts::NewCounts;
 use crate::store::fair::Turns;
-use crate::store::{Completion, CompletionResult, StoreError};
+use crate::store::{Claimed, Completion, CompletionResult, Refill, StoreError};
 
 /// Most commands applied in one transaction: bounds the latency one batch
 /// adds to the commands queued behind it.
@@ -61,15 +61,20 @@ pub fn run_now<T>(decision: impl Future<Output = Result<T, StoreError>>) -> Resu
 pub enum Command {
     /// A closure run in the group's transaction.
     Work(Box<dyn Work>),
-    /// An attempt's outcome. The completions of a group are applied together
-    /// (by the writer's [`CompleteAll`]): the successes by one statement, whose
-    /// statement journal, `RETURNING` table and reset are paid once per
-    /// group instead of once per job.
-    Complete(Completion, CompletionReply),
+    /// An attempt's outcome, and the claim that refills its slot if any.
+    /// The completions of a group are applied together (by the writer's
+    /// [`CompleteAll`]): the successes by one statement, whose statement
+    /// journal, `RETURNING` table and reset are paid once per group instead
+    /// of once per job; the refills of a queue by one claim.
+    Complete(Completion, Option<Refill>, CompletionReply),
 }
 
+/// What a completion's command answers: its result, and what its refill
+/// claimed (nothing without one).
+pub type Completed = Result<(CompletionResult, Claimed), StoreError>;
+
 /// Where a completion's result goes.
-pub type CompletionReply = oneshot::Sender<Result<CompletionResult, StoreError>>;
+pub type CompletionReply = oneshot::Sender<Completed>;
 
 impl Command {
     /// The command that runs `work`, and where its result will arrive.
@@ -82,21 +87,20 @@ impl Command {
         (Self::Work(Box::new(Typed { work, to })), from)
     }
 
-    /// The command that stores `completion`, and where its result will arrive.
+    /// The command that stores `completion` and makes `refill`'s claim, and
+    /// where their results will arrive.
     pub fn complete(
         completion: Completion,
-    ) -> (
-        Self,
-        oneshot::Receiver<Result<CompletionResult, StoreError>>,
-    ) {
+        refill: Option<Refill>,
+    ) -> (Self, oneshot::Receiver<Completed>) {
         let (to, from) = oneshot::channel();
-        (Self::Complete(completion, to), from)
+        (Self::Complete(completion, refill, to), from)
     }
 
     fn refuse(self, message: &str) {
         match self {
             Self::Work(work) => work.refuse(message),
-            Self::Complete(_, to) => {
+            Self::Complete(_, _, to) => {
                 let _ = to.send(Err(StoreError::Unavailable(message.to_owned())));
             }
         }
@@ -156,10 +160,9 @@ impl<T: Send> Reply for Held<T> {
     }
 }
 
-/// How a group's completions are stored together (`ops::complete_all`):
-/// their results in their order.
-pub type CompleteAll =
-    fn(&mut WriteTx<'_>, &[Completion]) -> Vec<Result<CompletionResult, StoreError>>;
+/// How a group's completions are stored together and their slots refilled
+/// (`refill::complete_all`): their results in their order.
+pub type CompleteAll = fn(&mut WriteTx<'_>, &[Completion], &[Option<Refill>]) -> Vec<Completed>;
 
 /// Runs until every sender is dropped. Blocking: this is the writer
 /// thread's whole life.
@@ -222,15 +225,24 @@ fn apply_batch(
     for command in batch.drain(..) {
         match command {
             Command::Work(work) => replies.push(work.run(&mut write)),
-            Command::Complete(completion, to) => completions.push((completion, to)),
+            Command::Complete(completion, refill, to) => completions.push((completion, refill, to)),
         }
     }
     // After the group's other commands: a completion arriving with them
     // raced them anyway, and a `Retry-After` hold always comes first (its
     // attempt awaits it before sending the outcome).
     if !completions.is_empty() {
-        let (completions, tos): (Vec<_>, Vec<_>) = completions.into_iter().unzip();
-        let results = complete_all(&mut write, &completions);
+        let mut tos = Vec::with_capacity(completions.len());
+        let mut refills = Vec::with_capacity(completions.len());
+        let completions: Vec<Completion> = completions
+            .into_iter()
+            .map(|(completion, refill, to)| {
+                refills.push(refill);
+                tos.push(to);
+                completion
+            })
+            .collect();
+        let results = complete_all(&mut write, &completions, &refills);
         for (result, to) in results.into_iter().zip(tos) {
             replies.push(Box::new(Held { result, to }));
         }
