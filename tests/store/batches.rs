@@ -38,7 +38,7 @@ fn batch_jobs(batch: BatchId, specs: &[serde_json::Value], now: Timestamp) -> Ve
 }
 
 /// Stores a batch of `specs` with `threshold`; returns its id and job ids.
-async fn submit_batch(
+pub async fn submit_batch(
     store: &Arc<dyn JobStore>,
     specs: &[serde_json::Value],
     threshold: f64,

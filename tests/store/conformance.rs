@@ -1024,6 +1024,22 @@ pub async fn queue_counts_match_the_jobs_after_every_kind_of_transition(store: A
         .await
         .unwrap();
     assert_counts_match(&store, q, "a retried job").await;
+
+    // A batch's waiting jobs, queued and scheduled, cancelled together.
+    let (batch, _) =
+        crate::batches::submit_batch(&store, &[json!({}), json!({"delay_ms": 60_000})], 1.0).await;
+    assert_counts_match(&store, q, "a batch").await;
+    store
+        .cancel_batch(TENANT_DEFAULT, batch, at(400))
+        .await
+        .unwrap();
+    assert_counts_match(&store, q, "a batch cancelled").await;
+
+    // A job that waited past its expiry.
+    submit_one(&store, job(q, json!({"expires_after_ms": 100}), at(500))).await;
+    let (expired, _) = store.expire_due(at(10_000)).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_counts_match(&store, q, "an expiry").await;
 }
 
 pub async fn a_jobs_trace_context_is_stored_and_read_back(store: Arc<dyn JobStore>) {

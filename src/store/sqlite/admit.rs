@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::counts::NewCounts;
+use super::counts::Counts;
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
 use super::writer::{WriteTx, run_now};
 use crate::domain::{BatchCounts, Job, JobState, NewBatch, NewJob, Timestamp};
@@ -69,7 +69,7 @@ pub(super) fn insert_batch(
 /// `None` when `count` more jobs fit in the queue.
 pub(super) fn check_capacity(
     conn: &Connection,
-    counts: &NewCounts,
+    counts: &Counts,
     queue: &str,
     count: u64,
 ) -> Result<Option<SubmitRejection>, StoreError> {

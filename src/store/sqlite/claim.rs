@@ -11,8 +11,9 @@ use rusqlite::OptionalExtension;
 
 use super::ops::query_jobs;
 use super::rows::{JOB_COLUMNS, to_json};
-use crate::domain::{Job, Timestamp};
-use crate::store::fair::{self, Turns};
+use super::writer::WriteTx;
+use crate::domain::{Job, JobState, Timestamp};
+use crate::store::fair;
 use crate::store::plan::{self, KeyState, Limiter};
 use crate::store::rows::stored_gcra;
 use crate::store::{Claimed, StoreError};
@@ -22,8 +23,7 @@ const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', attempt = attempt + 
     lease_owner = ?, lease_expires_at = ?, started_at = max(?, run_at), progress = NULL";
 
 pub fn claim(
-    conn: &Connection,
-    turns: &Turns,
+    tx: &mut WriteTx<'_>,
     queue: &str,
     limit: u32,
     owner: &str,
@@ -36,6 +36,7 @@ pub fn claim(
     // in `jobs_ready_tenant`, every ready job per claim.
     // A queue paused in the store gives nothing, as on PostgreSQL (where
     // another instance may have paused it).
+    let (conn, turns) = (tx.conn, tx.turns);
     type Probe = (bool, bool, bool, Option<String>, Option<String>);
     let (paused, keyed_waiting, limited_waiting, first, last): Probe = conn
         .prepare_cached(
@@ -82,6 +83,7 @@ pub fn claim(
             ),
             params![owner, lease_until, now, queue, first, i64::from(limit)],
         )?;
+        count_started(tx, &jobs);
         // RETURNING has no order: start the best job first.
         plan::claim_order(&mut jobs);
         return Ok(Claimed {
@@ -122,6 +124,7 @@ pub fn claim(
         ),
         params![owner, lease_until, now, to_json(&ids)],
     )?;
+    count_started(tx, &jobs);
     // RETURNING has no order: start them in the round-robin's (one
     // tenant's is its claim order).
     if one_tenant {
@@ -300,4 +303,12 @@ fn claimable(
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// Claimed jobs left `queued` for `running`.
+fn count_started(tx: &mut WriteTx<'_>, jobs: &[Job]) {
+    for job in jobs {
+        tx.counts
+            .moved(&job.queue, JobState::Queued, JobState::Running);
+    }
 }

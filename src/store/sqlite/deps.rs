@@ -3,8 +3,9 @@
 
 use rusqlite::{Connection, params};
 
+use super::counts::Counts;
 use super::rows::{JOB_COLUMNS, JobRow, to_json};
-use crate::domain::{ErrorInfo, Job, JobId, Timestamp};
+use crate::domain::{ErrorInfo, Job, JobId, JobState, Timestamp};
 use crate::store::StoreError;
 use crate::store::plan::Released;
 
@@ -18,6 +19,7 @@ fn has_dependents(conn: &Connection, id: JobId) -> Result<bool, StoreError> {
 /// become `queued` (or wait for their `run_at`).
 pub fn release_dependents(
     conn: &Connection,
+    counts: &mut Counts,
     id: JobId,
     at: Timestamp,
 ) -> Result<Vec<Released>, StoreError> {
@@ -52,8 +54,8 @@ pub fn release_dependents(
             continue;
         }
         let queued = run_at <= at.as_millis();
-        if queued {
-            queue_now.execute(params![at.as_millis(), dependent])?;
+        if queued && queue_now.execute(params![at.as_millis(), dependent])? > 0 {
+            counts.moved(&queue, JobState::Scheduled, JobState::Queued);
         }
         released.push(Released {
             queue,
@@ -71,6 +73,7 @@ pub fn release_dependents(
 /// all its dependencies succeeded, and a success is final.
 pub fn cancel_dependents(
     conn: &Connection,
+    counts: &mut Counts,
     id: JobId,
     error: &ErrorInfo,
     at: Timestamp,
@@ -96,6 +99,9 @@ pub fn cancel_dependents(
         .into_iter()
         .map(Job::try_from)
         .collect::<Result<_, _>>()?;
+    for job in &cancelled {
+        counts.moved(&job.queue, JobState::Scheduled, job.status);
+    }
     let mut unlink = conn.prepare_cached("DELETE FROM job_deps WHERE depends_on_id = ?")?;
     unlink.execute(params![id.to_string()])?;
     for job in &cancelled {

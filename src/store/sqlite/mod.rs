@@ -390,10 +390,8 @@ impl JobStore for SqliteStore {
         now: Timestamp,
     ) -> Result<Claimed, StoreError> {
         let (queue, owner) = (queue.to_owned(), owner.to_owned());
-        self.write(move |tx| {
-            claim::claim(tx.conn, tx.turns, &queue, limit, &owner, lease_until, now)
-        })
-        .await
+        self.write(move |tx| claim::claim(tx, &queue, limit, &owner, lease_until, now))
+            .await
     }
 
     async fn put_limit(
@@ -512,7 +510,8 @@ impl JobStore for SqliteStore {
     }
 
     async fn promote_due(&self, now: Timestamp) -> Result<Promoted, StoreError> {
-        self.write(move |tx| ops::promote(tx.conn, now)).await
+        self.write(move |tx| ops::promote(tx.conn, tx.counts, now))
+            .await
     }
 
     async fn prune(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use super::counts::NewCounts;
+use super::counts::Counts;
 use super::rows::{BATCH_COLUMNS, BatchRow, JOB_COLUMNS, JobRow, parse_ids, to_json};
 use super::writer::{WriteTx, run_now};
 use crate::domain::{
@@ -87,18 +87,32 @@ pub(super) fn fetch_job(conn: &Connection, id: JobId) -> Result<Option<Job>, Sto
 /// to stop (`None`; its runner finishes the job).
 pub(super) fn cancel_now(
     conn: &Connection,
+    counts: &mut Counts,
     id: JobId,
     error: &ErrorInfo,
     at: Timestamp,
 ) -> Result<Option<Job>, StoreError> {
-    let cancelled = query_job(
-        conn,
-        &format!(
-            "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ? \
-             WHERE id = ? AND (state = 'scheduled' OR state = 'queued') RETURNING {JOB_COLUMNS}"
-        ),
-        params![at.as_millis(), to_json(error), id.to_string()],
-    )?;
+    // One statement per state it may leave, so that the move is counted.
+    let mut cancelled = None;
+    for from in [JobState::Scheduled, JobState::Queued] {
+        cancelled = query_job(
+            conn,
+            &format!(
+                "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, \
+                 error = ? WHERE id = ? AND state = ? RETURNING {JOB_COLUMNS}"
+            ),
+            params![
+                at.as_millis(),
+                to_json(error),
+                id.to_string(),
+                from.as_str()
+            ],
+        )?;
+        if let Some(job) = &cancelled {
+            counts.moved(&job.queue, from, job.status);
+            break;
+        }
+    }
     if cancelled.is_none() {
         conn.prepare_cached(
             "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
@@ -168,7 +182,7 @@ fn succeed_all(
         .collect();
     // By id and attempt: a stale attempt's write to the same job may come
     // in the same group, and only the current attempt's row comes back.
-    let mut done: HashMap<(JobId, u32), Job> = query_jobs(
+    let done: Vec<Job> = query_jobs(
         tx.conn,
         &format!(
             "UPDATE jobs SET state = 'succeeded', result = c.value ->> 3, error = NULL, \
@@ -178,10 +192,15 @@ fn succeed_all(
              AND jobs.state = 'running' RETURNING {JOB_COLUMNS}"
         ),
         params![Value::Array(rows).to_string()],
-    )?
-    .into_iter()
-    .map(|job| ((job.id, job.attempt), job))
-    .collect();
+    )?;
+    for job in &done {
+        tx.counts
+            .moved(&job.queue, JobState::Running, JobState::Succeeded);
+    }
+    let mut done: HashMap<(JobId, u32), Job> = done
+        .into_iter()
+        .map(|job| ((job.id, job.attempt), job))
+        .collect();
     // Every row changed before any is settled, so a batch the group
     // finished shows as finished to each of its jobs: it is looked up once
     // and reported to the first of them only (as on PostgreSQL).
@@ -277,6 +296,7 @@ pub(super) fn complete(
     let Some(job) = job else {
         return Ok(CompletionResult::Fenced);
     };
+    tx.counts.moved(&job.queue, JobState::Running, job.status);
     let mut effects = Effects::default();
     if job.status.is_terminal() {
         run_now(plan::settle(
@@ -296,12 +316,21 @@ pub(super) fn complete(
 /// `state`, its attempts, result and errors cleared.
 pub(super) fn reopen(
     conn: &Connection,
+    counts: &mut Counts,
     id: JobId,
     state: JobState,
     at: Timestamp,
     pending: usize,
 ) -> Result<Option<Job>, StoreError> {
-    query_job(
+    let from: Option<String> = conn
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?")?
+        .query_row(params![id.to_string()], |row| row.get(0))
+        .optional()?;
+    let from = from
+        .map(|state| state.parse::<JobState>())
+        .transpose()
+        .map_err(StoreError::Corrupt)?;
+    let reopened = query_job(
         conn,
         &format!(
             "UPDATE jobs SET state = ?, attempt = 0, run_at = ?, result = NULL, error = NULL, \
@@ -315,7 +344,11 @@ pub(super) fn reopen(
             pending as i64,
             id.to_string()
         ],
-    )
+    )?;
+    if let (Some(job), Some(from)) = (&reopened, from) {
+        counts.moved(&job.queue, from, job.status);
+    }
+    Ok(reopened)
 }
 
 pub(super) fn renew(
@@ -396,19 +429,33 @@ pub(super) fn rescue(
 /// Cancels a batch's scheduled and queued jobs at once.
 pub(super) fn cancel_waiting_of_batch(
     conn: &Connection,
+    counts: &mut Counts,
     id: BatchId,
     error: &ErrorInfo,
     at: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    query_jobs(
-        conn,
-        &format!(
-            "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ? \
-             WHERE batch_id = ? AND (state = 'scheduled' OR state = 'queued') \
-             RETURNING {JOB_COLUMNS}"
-        ),
-        params![at.as_millis(), to_json(error), id.to_string()],
-    )
+    // One statement per state they may leave, so that the moves are counted.
+    let mut cancelled = Vec::new();
+    for from in [JobState::Scheduled, JobState::Queued] {
+        let jobs = query_jobs(
+            conn,
+            &format!(
+                "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, \
+                 error = ? WHERE batch_id = ? AND state = ? RETURNING {JOB_COLUMNS}"
+            ),
+            params![
+                at.as_millis(),
+                to_json(error),
+                id.to_string(),
+                from.as_str()
+            ],
+        )?;
+        for job in &jobs {
+            counts.moved(&job.queue, from, job.status);
+        }
+        cancelled.extend(jobs);
+    }
+    Ok(cancelled)
 }
 
 /// A batch with its jobs' ids: `job_ids` when the caller knows them.
@@ -432,7 +479,11 @@ pub(super) fn fetch_batch(
     row.into_batch(parse_ids(&ids)?).map(Some)
 }
 
-pub(super) fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, StoreError> {
+pub(super) fn promote(
+    conn: &Connection,
+    counts: &mut Counts,
+    now: Timestamp,
+) -> Result<Promoted, StoreError> {
     let mut statement = conn.prepare_cached(
         "UPDATE jobs SET state = 'queued' \
          WHERE state = 'scheduled' AND deps_pending = 0 AND run_at <= ? RETURNING queue",
@@ -440,6 +491,9 @@ pub(super) fn promote(conn: &Connection, now: Timestamp) -> Result<Promoted, Sto
     let mut queues = statement
         .query_map(params![now.as_millis()], |row| row.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
+    for queue in &queues {
+        counts.moved(queue, JobState::Scheduled, JobState::Queued);
+    }
     let next_due: Option<i64> = conn
         .prepare_cached(
             "SELECT min(run_at) FROM jobs WHERE state = 'scheduled' AND deps_pending = 0",
@@ -479,7 +533,7 @@ pub(super) fn prune(
 /// no admission to it can come between the count and the delete.
 pub(super) fn delete_queue(
     conn: &Connection,
-    counts: &NewCounts,
+    counts: &Counts,
     name: &str,
 ) -> Result<QueueDeletion, StoreError> {
     let stored: Option<i64> = conn
@@ -493,8 +547,10 @@ pub(super) fn delete_queue(
         return Ok(QueueDeletion::NotFound);
     };
     // Admissions of this group commit not yet in `queue_counts`.
-    let unfinished =
-        stored + counts.pending(name, JobState::Scheduled) + counts.pending(name, JobState::Queued);
+    let unfinished = stored
+        + counts.pending(name, JobState::Scheduled)
+        + counts.pending(name, JobState::Queued)
+        + counts.pending(name, JobState::Running);
     if unfinished > 0 {
         return Ok(QueueDeletion::Unfinished(unfinished as u64));
     }

@@ -56,7 +56,7 @@ pub fn complete_all(
             continue;
         };
         let limit = u32::try_from(members.len()).unwrap_or(u32::MAX);
-        match claim::claim(tx.conn, tx.turns, queue, limit, owner, lease_until, now) {
+        match claim::claim(tx, queue, limit, owner, lease_until, now) {
             Ok(taken) => {
                 let mut jobs = taken.jobs.into_iter();
                 for &n in &members {

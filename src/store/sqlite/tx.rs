@@ -122,7 +122,7 @@ impl Transaction for WriteTx<'_> {
         error: &ErrorInfo,
         at: Timestamp,
     ) -> Result<Option<Job>, StoreError> {
-        ops::cancel_now(self.conn, id, error, at)
+        ops::cancel_now(self.conn, self.counts, id, error, at)
     }
 
     async fn expiring(&mut self, now: Timestamp, limit: u32) -> Result<Vec<JobId>, StoreError> {
@@ -145,8 +145,7 @@ impl Transaction for WriteTx<'_> {
 
     async fn insert_jobs(&mut self, jobs: &[NewJob], pending: &[i64]) -> Result<(), StoreError> {
         admit::insert_jobs(self.conn, jobs, pending)?;
-        // Counted before any cascade moves them on: the triggers count that
-        // move, this counts the inserts.
+        // Counted before any cascade moves them on.
         self.counts.add(jobs);
         Ok(())
     }
@@ -185,7 +184,7 @@ impl Transaction for WriteTx<'_> {
         at: Timestamp,
         pending: usize,
     ) -> Result<Option<Job>, StoreError> {
-        ops::reopen(self.conn, id, state, at, pending)
+        ops::reopen(self.conn, self.counts, id, state, at, pending)
     }
 
     async fn flag_batch_cancelled(&mut self, id: BatchId) -> Result<bool, StoreError> {
@@ -204,7 +203,7 @@ impl Transaction for WriteTx<'_> {
         error: &ErrorInfo,
         at: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        ops::cancel_waiting_of_batch(self.conn, id, error, at)
+        ops::cancel_waiting_of_batch(self.conn, self.counts, id, error, at)
     }
 
     async fn stop_running_of_batch(&mut self, id: BatchId) -> Result<Vec<JobId>, StoreError> {
@@ -222,7 +221,7 @@ impl Transaction for WriteTx<'_> {
         id: JobId,
         at: Timestamp,
     ) -> Result<Vec<Released>, StoreError> {
-        deps::release_dependents(self.conn, id, at)
+        deps::release_dependents(self.conn, self.counts, id, at)
     }
 
     async fn cancel_dependents(
@@ -231,11 +230,11 @@ impl Transaction for WriteTx<'_> {
         error: &ErrorInfo,
         at: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
-        deps::cancel_dependents(self.conn, id, error, at)
+        deps::cancel_dependents(self.conn, self.counts, id, error, at)
     }
 
-    fn left_running(&mut self, _queue: &str, _state: JobState) {
-        // The `queue_counts` triggers saw the move.
+    fn left_running(&mut self, queue: &str, state: JobState) {
+        self.counts.moved(queue, JobState::Running, state);
     }
 
     async fn finished_batches(

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::counts::NewCounts;
+use super::counts::Counts;
 use crate::store::fair::Turns;
 use crate::store::{Claimed, Completion, CompletionResult, Refill, StoreError};
 
@@ -35,7 +35,7 @@ const SPINS_BEFORE_PARKING: u32 = 16;
 pub struct WriteTx<'a> {
     pub conn: &'a Connection,
     /// Jobs admitted in this group, not yet in `queue_counts`.
-    pub counts: &'a mut NewCounts,
+    pub counts: &'a mut Counts,
     /// The claims' round-robin over tenants.
     pub turns: &'a Turns,
 }
@@ -214,7 +214,7 @@ fn apply_batch(
             return;
         }
     };
-    let mut counts = NewCounts::default();
+    let mut counts = Counts::default();
     let mut write = WriteTx {
         conn: &tx,
         counts: &mut counts,
