@@ -92,27 +92,9 @@ pub(super) fn cancel_now(
     error: &ErrorInfo,
     at: Timestamp,
 ) -> Result<Option<Job>, StoreError> {
-    // One statement per state it may leave, so that the move is counted.
-    let mut cancelled = None;
-    for from in [JobState::Scheduled, JobState::Queued] {
-        cancelled = query_job(
-            conn,
-            &format!(
-                "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, \
-                 error = ? WHERE id = ? AND state = ? RETURNING {JOB_COLUMNS}"
-            ),
-            params![
-                at.as_millis(),
-                to_json(error),
-                id.to_string(),
-                from.as_str()
-            ],
-        )?;
-        if let Some(job) = &cancelled {
-            counts.moved(&job.queue, from, job.status);
-            break;
-        }
-    }
+    let cancelled = cancel_waiting(conn, counts, "id", id.to_string(), error, at)?
+        .into_iter()
+        .next();
     if cancelled.is_none() {
         conn.prepare_cached(
             "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
@@ -434,21 +416,28 @@ pub(super) fn cancel_waiting_of_batch(
     error: &ErrorInfo,
     at: Timestamp,
 ) -> Result<Vec<Job>, StoreError> {
-    // One statement per state they may leave, so that the moves are counted.
+    cancel_waiting(conn, counts, "batch_id", id.to_string(), error, at)
+}
+
+/// Cancels the scheduled and queued jobs whose `column` is `value`: one
+/// statement per state they may leave, so that each move is counted.
+fn cancel_waiting(
+    conn: &Connection,
+    counts: &mut Counts,
+    column: &str,
+    value: String,
+    error: &ErrorInfo,
+    at: Timestamp,
+) -> Result<Vec<Job>, StoreError> {
     let mut cancelled = Vec::new();
     for from in [JobState::Scheduled, JobState::Queued] {
         let jobs = query_jobs(
             conn,
             &format!(
                 "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, \
-                 error = ? WHERE batch_id = ? AND state = ? RETURNING {JOB_COLUMNS}"
+                 error = ? WHERE {column} = ? AND state = ? RETURNING {JOB_COLUMNS}"
             ),
-            params![
-                at.as_millis(),
-                to_json(error),
-                id.to_string(),
-                from.as_str()
-            ],
+            params![at.as_millis(), to_json(error), value, from.as_str()],
         )?;
         for job in &jobs {
             counts.moved(&job.queue, from, job.status);
