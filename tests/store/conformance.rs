@@ -938,6 +938,12 @@ async fn assert_counts_match(store: &Arc<dyn JobStore>, queue: &str, step: &str)
         ),
         "counts of {queue} after {step}"
     );
+    // Every job of these tests is the default tenant's, in this queue.
+    assert_eq!(
+        store.tenant_pending(TENANT_DEFAULT).await.unwrap(),
+        count(JobState::Scheduled) + count(JobState::Queued),
+        "the tenant's waiting jobs after {step}"
+    );
 }
 
 pub async fn queue_counts_match_the_jobs_after_every_kind_of_transition(store: Arc<dyn JobStore>) {

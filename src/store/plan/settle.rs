@@ -94,7 +94,7 @@ pub async fn settle_rescued<T: Transaction>(
     let mut ended = Vec::new();
     for row in rows {
         let (job, batch_id) = row.into_rescued()?;
-        tx.left_running(&job.queue, job.state);
+        tx.left_running(&job);
         if job.state.is_terminal() {
             ended.push(Ended {
                 id: job.id,

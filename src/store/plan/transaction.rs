@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Timestamp};
-use crate::store::{FinishedBatch, StoreError, StoredResponse, SubmitRejection};
+use crate::store::{FinishedBatch, Rescued, StoreError, StoredResponse, SubmitRejection};
 
 /// Jobs per queue name, as a submission or a retry asks for room.
 pub type Requested = BTreeMap<String, u64>;
@@ -177,10 +177,10 @@ pub trait Transaction {
         at: Timestamp,
     ) -> Result<Vec<Job>, StoreError>;
 
-    /// Notes that a job of `queue` left `running` for `state` by a statement
-    /// of the backend's own (a rescue), for the counters that statement did
-    /// not keep.
-    fn left_running(&mut self, queue: &str, state: JobState);
+    /// Notes that `job` left `running` for its `state` by a statement of
+    /// the backend's own (a rescue), for the counters that statement did not
+    /// keep.
+    fn left_running(&mut self, job: &Rescued);
 
     /// Those of `batches` (sorted, each once) that are finished.
     async fn finished_batches(

@@ -17,7 +17,7 @@ use super::{deps, ops, tenants};
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Timestamp};
 use crate::store::plan::{Released, Requested, StatesOf, Transaction};
 use crate::store::rows::{JOB_COLUMNS, JobRow, parse_ids};
-use crate::store::{FinishedBatch, StoreError, StoredResponse, SubmitRejection};
+use crate::store::{FinishedBatch, Rescued, StoreError, StoredResponse, SubmitRejection};
 
 /// An open transaction and the queue counts it moved so far.
 pub struct PgTx<'a> {
@@ -303,9 +303,9 @@ impl Transaction for PgTx<'_> {
         deps::cancel_dependents(self.conn, self.counts, id, error, at).await
     }
 
-    fn left_running(&mut self, queue: &str, state: JobState) {
+    fn left_running(&mut self, job: &Rescued) {
         // `running` is counted from an index; the state it went to is not.
-        self.counts.add(queue, state, 1);
+        self.counts.add(&job.queue, job.state, 1);
     }
 
     async fn finished_batches(

@@ -309,6 +309,6 @@ fn claimable(
 fn count_started(tx: &mut WriteTx<'_>, jobs: &[Job]) {
     for job in jobs {
         tx.counts
-            .moved(&job.queue, JobState::Queued, JobState::Running);
+            .moved(&job.queue, &job.tenant, JobState::Queued, JobState::Running);
     }
 }

@@ -31,7 +31,7 @@ pub fn release_dependents(
             "UPDATE jobs SET deps_pending = deps_pending - 1 \
              WHERE id IN (SELECT job_id FROM job_deps WHERE depends_on_id = ?) \
              AND state = 'scheduled' AND deps_pending > 0 \
-             RETURNING id, deps_pending, run_at, queue",
+             RETURNING id, deps_pending, run_at, queue, tenant",
         )?
         .query_map(params![id.to_string()], |row| {
             Ok((
@@ -39,6 +39,7 @@ pub fn release_dependents(
                 row.get::<_, i64>(1)?,
                 row.get::<_, i64>(2)?,
                 row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -49,13 +50,13 @@ pub fn release_dependents(
          WHERE id = ? AND state = 'scheduled'",
     )?;
     let mut released = Vec::new();
-    for (dependent, pending, run_at, queue) in decremented {
+    for (dependent, pending, run_at, queue, tenant) in decremented {
         if pending > 0 {
             continue;
         }
         let queued = run_at <= at.as_millis();
         if queued && queue_now.execute(params![at.as_millis(), dependent])? > 0 {
-            counts.moved(&queue, JobState::Scheduled, JobState::Queued);
+            counts.moved(&queue, &tenant, JobState::Scheduled, JobState::Queued);
         }
         released.push(Released {
             queue,
@@ -100,7 +101,7 @@ pub fn cancel_dependents(
         .map(Job::try_from)
         .collect::<Result<_, _>>()?;
     for job in &cancelled {
-        counts.moved(&job.queue, JobState::Scheduled, job.status);
+        counts.moved(&job.queue, &job.tenant, JobState::Scheduled, job.status);
     }
     let mut unlink = conn.prepare_cached("DELETE FROM job_deps WHERE depends_on_id = ?")?;
     unlink.execute(params![id.to_string()])?;

@@ -176,8 +176,12 @@ fn succeed_all(
         params![Value::Array(rows).to_string()],
     )?;
     for job in &done {
-        tx.counts
-            .moved(&job.queue, JobState::Running, JobState::Succeeded);
+        tx.counts.moved(
+            &job.queue,
+            &job.tenant,
+            JobState::Running,
+            JobState::Succeeded,
+        );
     }
     let mut done: HashMap<(JobId, u32), Job> = done
         .into_iter()
@@ -278,7 +282,8 @@ pub(super) fn complete(
     let Some(job) = job else {
         return Ok(CompletionResult::Fenced);
     };
-    tx.counts.moved(&job.queue, JobState::Running, job.status);
+    tx.counts
+        .moved(&job.queue, &job.tenant, JobState::Running, job.status);
     let mut effects = Effects::default();
     if job.status.is_terminal() {
         run_now(plan::settle(
@@ -328,7 +333,7 @@ pub(super) fn reopen(
         ],
     )?;
     if let (Some(job), Some(from)) = (&reopened, from) {
-        counts.moved(&job.queue, from, job.status);
+        counts.moved(&job.queue, &job.tenant, from, job.status);
     }
     Ok(reopened)
 }
@@ -440,7 +445,7 @@ fn cancel_waiting(
             params![at.as_millis(), to_json(error), value, from.as_str()],
         )?;
         for job in &jobs {
-            counts.moved(&job.queue, from, job.status);
+            counts.moved(&job.queue, &job.tenant, from, job.status);
         }
         cancelled.extend(jobs);
     }
@@ -475,13 +480,17 @@ pub(super) fn promote(
 ) -> Result<Promoted, StoreError> {
     let mut statement = conn.prepare_cached(
         "UPDATE jobs SET state = 'queued' \
-         WHERE state = 'scheduled' AND deps_pending = 0 AND run_at <= ? RETURNING queue",
+         WHERE state = 'scheduled' AND deps_pending = 0 AND run_at <= ? RETURNING queue, tenant",
     )?;
-    let mut queues = statement
-        .query_map(params![now.as_millis()], |row| row.get::<_, String>(0))?
+    let promoted = statement
+        .query_map(params![now.as_millis()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
-    for queue in &queues {
-        counts.moved(queue, JobState::Scheduled, JobState::Queued);
+    let mut queues = Vec::with_capacity(promoted.len());
+    for (queue, tenant) in promoted {
+        counts.moved(&queue, &tenant, JobState::Scheduled, JobState::Queued);
+        queues.push(queue);
     }
     let next_due: Option<i64> = conn
         .prepare_cached(

@@ -4,16 +4,16 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::SqlitePool;
 
+use super::counts::Counts;
 use crate::domain::TenantConfig;
 use crate::store::tenants::{
     SELECT_TENANTS, TenantRow, quota_rejection, remembered_response, upsert_values,
 };
 use crate::store::{StoreError, StoredResponse, SubmitRejection};
 
-/// The tenant's scheduled and queued jobs, through `jobs_tenant_pending`
-/// (the condition is the index's own, so SQLite picks it).
-const COUNT_PENDING: &str =
-    "SELECT count(*) FROM jobs WHERE tenant = ?1 AND state IN ('scheduled', 'queued')";
+/// The tenant's scheduled and queued jobs (`tenant_pending`, kept by the
+/// writer: `counts.rs`).
+const COUNT_PENDING: &str = "SELECT coalesce((SELECT n FROM tenant_pending WHERE tenant = ?1), 0)";
 
 /// Creates or replaces a tenant's settings; `true` when created.
 pub fn upsert(conn: &Connection, tenant: &TenantConfig) -> Result<bool, StoreError> {
@@ -45,11 +45,12 @@ pub fn upsert(conn: &Connection, tenant: &TenantConfig) -> Result<bool, StoreErr
 /// Exact: the writer is the database's only writer and this runs in its
 /// transaction, so the count holds every job admitted before, the commands
 /// earlier in the same group commit included, and nothing can be admitted
-/// between the count and this submission's insert. It costs one lookup of
-/// the tenant's row, plus, for a tenant with a limit, a count over its
-/// entries in `jobs_tenant_pending` (at most about `max_pending` of them).
+/// between the count and this submission's insert (`counts`: the group's
+/// changes not yet in `tenant_pending`). It costs one lookup of the
+/// tenant's row, plus one of its count for a tenant with a limit.
 pub fn check_quota(
     conn: &Connection,
+    counts: &Counts,
     tenant: &str,
     requested: u64,
 ) -> Result<Option<SubmitRejection>, StoreError> {
@@ -64,6 +65,7 @@ pub fn check_quota(
     let pending: i64 = conn
         .prepare_cached(COUNT_PENDING)?
         .query_row(params![tenant], |row| row.get(0))?;
+    let pending = pending + counts.pending_of(tenant);
     Ok(quota_rejection(
         tenant,
         Some(max_pending),

@@ -14,7 +14,7 @@ use super::{admit, deps, ops};
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Timestamp};
 use crate::store::plan::{Released, Requested, StatesOf, Transaction};
 use crate::store::tenants::remembered_response;
-use crate::store::{FinishedBatch, StoreError, StoredResponse, SubmitRejection};
+use crate::store::{FinishedBatch, Rescued, StoreError, StoredResponse, SubmitRejection};
 
 impl Transaction for WriteTx<'_> {
     const CHECKS_BEFORE_WRITES_DECIDE: bool = true;
@@ -71,7 +71,7 @@ impl Transaction for WriteTx<'_> {
     ) -> Result<Option<SubmitRejection>, StoreError> {
         // Checked before this transaction writes its jobs: none of its own
         // are counted yet.
-        super::tenants::check_quota(self.conn, tenant, requested)
+        super::tenants::check_quota(self.conn, self.counts, tenant, requested)
     }
 
     async fn active_holder(&mut self, tenant: &str, key: &str) -> Result<Option<Job>, StoreError> {
@@ -233,8 +233,9 @@ impl Transaction for WriteTx<'_> {
         deps::cancel_dependents(self.conn, self.counts, id, error, at)
     }
 
-    fn left_running(&mut self, queue: &str, state: JobState) {
-        self.counts.moved(queue, JobState::Running, state);
+    fn left_running(&mut self, job: &Rescued) {
+        self.counts
+            .moved(&job.queue, &job.tenant, JobState::Running, job.state);
     }
 
     async fn finished_batches(
