@@ -52,7 +52,7 @@ impl Engine {
                 .store(i64::MAX, Ordering::Release);
             if !wanted.is_empty() {
                 let now = Timestamp::now();
-                let lease_until = now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64);
+                let lease_until = self.lease_from(now);
                 let claims = wanted.iter().map(|(queue, free)| {
                     self.inner.store.claim_ready(
                         queue,
@@ -437,10 +437,15 @@ impl Engine {
             let now = Timestamp::now();
             Refill {
                 queue: queue.to_owned(),
-                lease_until: now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64),
+                lease_until: self.lease_from(now),
                 now,
             }
         })
+    }
+
+    /// When a lease taken at `now` lapses.
+    fn lease_from(&self, now: Timestamp) -> Timestamp {
+        now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64)
     }
 
     /// Stores an outcome (and makes `refill`'s claim), retrying while the

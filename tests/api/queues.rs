@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{SOON, millis, spawn_app};
+use crate::helpers::{SOON, TestApp, millis, spawn_app};
 
 #[tokio::test]
 async fn a_queue_is_created_changed_and_read_back() {
@@ -69,14 +69,7 @@ async fn bad_queue_settings_and_names_are_refused() {
 #[tokio::test]
 async fn more_concurrency_starts_waiting_jobs_at_once() {
     let app = spawn_app().await;
-    app.configure_queue("slow", json!({"concurrency": 1})).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let job = app
-            .submit(json!({"kind": "sleep", "queue": "slow", "payload": {"ms": 3000}}))
-            .await;
-        ids.push(job["id"].as_str().unwrap().to_owned());
-    }
+    let ids = three_sleeping_in_one_slot(&app, "slow", 3000).await;
     app.wait_for_status(&ids[0], "running", SOON).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let queue: Value = app.get("/v1/queues/slow").await.json().await.unwrap();
@@ -276,14 +269,7 @@ async fn a_queue_is_deleted_once_its_jobs_finished_and_its_finished_jobs_stay_re
 #[tokio::test]
 async fn pausing_a_queue_lets_its_running_job_finish_and_starts_nothing_after_it() {
     let app = spawn_app().await;
-    app.configure_queue("line", json!({"concurrency": 1})).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let job = app
-            .submit(json!({"kind": "sleep", "queue": "line", "payload": {"ms": 300}}))
-            .await;
-        ids.push(job["id"].as_str().unwrap().to_owned());
-    }
+    let ids = three_sleeping_in_one_slot(&app, "line", 300).await;
     app.wait_for_status(&ids[0], "running", SOON).await;
     app.configure_queue("line", json!({"paused": true})).await;
     let first = app.wait_for_status(&ids[0], "succeeded", SOON).await;
@@ -301,4 +287,17 @@ async fn pausing_a_queue_lets_its_running_job_finish_and_starts_nothing_after_it
     // One slot: each starts after the one before it ended.
     assert!(millis(&second["started_at"]) >= millis(&first["finished_at"]));
     assert!(millis(&third["started_at"]) >= millis(&second["finished_at"]));
+}
+
+/// A queue of one slot, and the ids of three jobs of `ms` each in it.
+async fn three_sleeping_in_one_slot(app: &TestApp, queue: &str, ms: u64) -> Vec<String> {
+    app.configure_queue(queue, json!({"concurrency": 1})).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = app
+            .submit(json!({"kind": "sleep", "queue": queue, "payload": {"ms": ms}}))
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    ids
 }

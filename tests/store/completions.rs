@@ -18,14 +18,20 @@ async fn read(store: &Arc<dyn JobStore>, id: JobId) -> spool::domain::Job {
         .expect("the job exists")
 }
 
+/// Six jobs queued in `default`, in submission order.
+async fn six_queued(store: &Arc<dyn JobStore>) -> Vec<JobId> {
+    with_queues(store, &[("default", 100)]).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(submit_one(store, job("default", json!({"payload": {"n": n}}), at(n))).await);
+    }
+    ids
+}
+
 pub async fn outcomes_stored_at_the_same_moment_each_get_their_own_answer(
     store: Arc<dyn JobStore>,
 ) {
-    with_queues(&store, &[("default", 100)]).await;
-    let mut ids = Vec::new();
-    for n in 0..6 {
-        ids.push(submit_one(&store, job("default", json!({"payload": {"n": n}}), at(n))).await);
-    }
+    let ids = six_queued(&store).await;
     let claimed = store
         .claim("default", 10, OWNER, at(60_000), at(10))
         .await
@@ -99,11 +105,7 @@ fn refill(now_ms: i64) -> Refill {
 pub async fn outcomes_that_refill_their_slots_hand_each_waiting_job_to_one_of_them(
     store: Arc<dyn JobStore>,
 ) {
-    with_queues(&store, &[("default", 100)]).await;
-    let mut ids = Vec::new();
-    for n in 0..6 {
-        ids.push(submit_one(&store, job("default", json!({"payload": {"n": n}}), at(n))).await);
-    }
+    let ids = six_queued(&store).await;
     let claimed = store
         .claim("default", 3, OWNER, at(60_000), at(10))
         .await

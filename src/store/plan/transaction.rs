@@ -135,11 +135,13 @@ pub trait Transaction {
         at: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// Puts a failed or cancelled job back to `state` with its attempts,
-    /// result and errors cleared, waiting on `pending` dependencies.
+    /// Puts a failed or cancelled job (`from`, as read in this transaction)
+    /// back to `state` with its attempts, result and errors cleared, waiting
+    /// on `pending` dependencies.
     async fn reopen(
         &mut self,
         id: JobId,
+        from: JobState,
         state: JobState,
         at: Timestamp,
         pending: usize,

@@ -100,7 +100,7 @@ pub async fn retry_job<T: Transaction>(
     } else {
         JobState::Scheduled
     };
-    let Some(retried) = tx.reopen(id, state, at, pending.len()).await? else {
+    let Some(retried) = tx.reopen(id, job.status, state, at, pending.len()).await? else {
         return Ok(RetryOutcome::NotFound);
     };
     if !pending.is_empty() {

@@ -223,6 +223,7 @@ impl Transaction for PgTx<'_> {
     async fn reopen(
         &mut self,
         id: JobId,
+        _from: JobState,
         state: JobState,
         at: Timestamp,
         pending: usize,

@@ -18,11 +18,19 @@ use crate::store::StoreError;
 
 #[derive(Default)]
 pub struct Counts {
-    /// (queue, state, change): a group touches few, so a scan finds one
+    /// ((queue, state), change): a group touches few, so a scan finds one
     /// without allocating a key.
-    deltas: Vec<(String, JobState, i64)>,
+    deltas: Vec<((String, JobState), i64)>,
     /// (tenant, change) of scheduled and queued jobs.
     waiting: Vec<(String, i64)>,
+}
+
+/// Adds `n` to the entry `is` finds, or to a new one `key` makes.
+fn bump<K>(entries: &mut Vec<(K, i64)>, is: impl Fn(&K) -> bool, key: impl FnOnce() -> K, n: i64) {
+    match entries.iter_mut().find(|(k, _)| is(k)) {
+        Some((_, total)) => *total += n,
+        None => entries.push((key(), n)),
+    }
 }
 
 /// What a tenant's `max_pending` counts.
@@ -56,10 +64,7 @@ impl Counts {
     }
 
     fn wait(&mut self, tenant: &str, n: i64) {
-        match self.waiting.iter_mut().find(|(t, _)| t == tenant) {
-            Some((_, total)) => *total += n,
-            None => self.waiting.push((tenant.to_owned(), n)),
-        }
+        bump(&mut self.waiting, |t| t == tenant, || tenant.to_owned(), n);
     }
 
     /// The change to `tenant`'s waiting jobs made in this group, not yet in
@@ -73,14 +78,12 @@ impl Counts {
     }
 
     fn change(&mut self, queue: &str, state: JobState, n: i64) {
-        match self
-            .deltas
-            .iter_mut()
-            .find(|(q, s, _)| *s == state && q == queue)
-        {
-            Some((_, _, total)) => *total += n,
-            None => self.deltas.push((queue.to_owned(), state, n)),
-        }
+        bump(
+            &mut self.deltas,
+            |(q, s)| *s == state && q == queue,
+            || (queue.to_owned(), state),
+            n,
+        );
     }
 
     /// The change to jobs of `queue` in `state` made in this group, not yet
@@ -88,8 +91,8 @@ impl Counts {
     pub fn pending(&self, queue: &str, state: JobState) -> i64 {
         self.deltas
             .iter()
-            .filter(|(q, s, _)| *s == state && q == queue)
-            .map(|(_, _, n)| n)
+            .filter(|((q, s), _)| *s == state && q == queue)
+            .map(|(_, n)| n)
             .sum()
     }
 
@@ -97,7 +100,7 @@ impl Counts {
     pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let mut update =
             conn.prepare_cached("UPDATE queue_counts SET n = n + ? WHERE queue = ? AND state = ?")?;
-        for (queue, state, n) in self.deltas.drain(..) {
+        for ((queue, state), n) in self.deltas.drain(..) {
             if n != 0 {
                 update.execute(params![n, queue, state.as_str()])?;
             }

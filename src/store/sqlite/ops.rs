@@ -305,18 +305,11 @@ pub(super) fn reopen(
     conn: &Connection,
     counts: &mut Counts,
     id: JobId,
+    from: JobState,
     state: JobState,
     at: Timestamp,
     pending: usize,
 ) -> Result<Option<Job>, StoreError> {
-    let from: Option<String> = conn
-        .prepare_cached("SELECT state FROM jobs WHERE id = ?")?
-        .query_row(params![id.to_string()], |row| row.get(0))
-        .optional()?;
-    let from = from
-        .map(|state| state.parse::<JobState>())
-        .transpose()
-        .map_err(StoreError::Corrupt)?;
     let reopened = query_job(
         conn,
         &format!(
@@ -332,7 +325,7 @@ pub(super) fn reopen(
             id.to_string()
         ],
     )?;
-    if let (Some(job), Some(from)) = (&reopened, from) {
+    if let Some(job) = &reopened {
         counts.moved(&job.queue, &job.tenant, from, job.status);
     }
     Ok(reopened)

@@ -23,8 +23,9 @@ pub fn complete_all(
 ) -> Vec<Completed> {
     let stored = ops::complete_all(tx, completions);
     let mut claimed: Vec<Claimed> = (0..completions.len()).map(|_| Claimed::default()).collect();
-    // Requests grouped by (queue, owner), in completion order.
-    let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
+    // Requests grouped by (queue, owner), in completion order, each group
+    // claiming with its requests' freshest clock and lease.
+    let mut groups: Vec<(&str, &str, Refill, Vec<usize>)> = Vec::new();
     for (n, (refill, result)) in refills.iter().zip(&stored).enumerate() {
         let Some(refill) = refill else { continue };
         if result.is_err() {
@@ -33,28 +34,25 @@ pub fn complete_all(
         let owner = completions[n].lease_owner.as_str();
         match groups
             .iter_mut()
-            .find(|(queue, by, _)| *queue == refill.queue && *by == owner)
+            .find(|(queue, by, _, _)| *queue == refill.queue && *by == owner)
         {
-            Some((_, _, members)) => members.push(n),
-            None => groups.push((&refill.queue, owner, vec![n])),
+            Some((_, _, latest, members)) => {
+                latest.now = latest.now.max(refill.now);
+                latest.lease_until = latest.lease_until.max(refill.lease_until);
+                members.push(n);
+            }
+            None => groups.push((&refill.queue, owner, refill.clone(), vec![n])),
         }
     }
-    for (queue, owner, members) in groups {
-        // The freshest clock and lease of the group's requests.
-        let refill = |n: usize| refills[n].as_ref();
-        let now = members
-            .iter()
-            .filter_map(|&n| refill(n))
-            .map(|r| r.now)
-            .max();
-        let lease_until = members
-            .iter()
-            .filter_map(|&n| refill(n))
-            .map(|r| r.lease_until)
-            .max();
-        let (Some(now), Some(lease_until)) = (now, lease_until) else {
-            continue;
-        };
+    for (
+        queue,
+        owner,
+        Refill {
+            now, lease_until, ..
+        },
+        members,
+    ) in groups
+    {
         let limit = u32::try_from(members.len()).unwrap_or(u32::MAX);
         match claim::claim(tx, queue, limit, owner, lease_until, now) {
             Ok(taken) => {

@@ -180,11 +180,12 @@ impl Transaction for WriteTx<'_> {
     async fn reopen(
         &mut self,
         id: JobId,
+        from: JobState,
         state: JobState,
         at: Timestamp,
         pending: usize,
     ) -> Result<Option<Job>, StoreError> {
-        ops::reopen(self.conn, self.counts, id, state, at, pending)
+        ops::reopen(self.conn, self.counts, id, from, state, at, pending)
     }
 
     async fn flag_batch_cancelled(&mut self, id: BatchId) -> Result<bool, StoreError> {

@@ -34,7 +34,7 @@ const SPINS_BEFORE_PARKING: u32 = 16;
 /// commands of one group share.
 pub struct WriteTx<'a> {
     pub conn: &'a Connection,
-    /// Jobs admitted in this group, not yet in `queue_counts`.
+    /// The group's changes to the counts, not yet written.
     pub counts: &'a mut Counts,
     /// The claims' round-robin over tenants.
     pub turns: &'a Turns,
@@ -221,27 +221,21 @@ fn apply_batch(
         turns,
     };
     let mut replies: Vec<Box<dyn Reply>> = Vec::with_capacity(batch.len());
-    let mut completions = Vec::new();
+    let (mut completions, mut refills, mut tos) = (Vec::new(), Vec::new(), Vec::new());
     for command in batch.drain(..) {
         match command {
             Command::Work(work) => replies.push(work.run(&mut write)),
-            Command::Complete(completion, refill, to) => completions.push((completion, refill, to)),
+            Command::Complete(completion, refill, to) => {
+                completions.push(completion);
+                refills.push(refill);
+                tos.push(to);
+            }
         }
     }
     // After the group's other commands: a completion arriving with them
     // raced them anyway, and a `Retry-After` hold always comes first (its
     // attempt awaits it before sending the outcome).
     if !completions.is_empty() {
-        let mut tos = Vec::with_capacity(completions.len());
-        let mut refills = Vec::with_capacity(completions.len());
-        let completions: Vec<Completion> = completions
-            .into_iter()
-            .map(|(completion, refill, to)| {
-                refills.push(refill);
-                tos.push(to);
-                completion
-            })
-            .collect();
         let results = complete_all(&mut write, &completions, &refills);
         for (result, to) in results.into_iter().zip(tos) {
             replies.push(Box::new(Held { result, to }));
