@@ -65,11 +65,14 @@ pub async fn claims_serve_tenants_round_robin_then_priority_then_fifo(store: Arc
     .await;
     let b = submit_for(&store, "b", 10, &[json!({}), json!({})]).await;
     let c = submit_for(&store, "c", 20, &[json!({})]).await;
+    assert_eq!(pending(&store).await, [3, 2, 1]);
     // One claim of every job: a round takes each tenant's best job.
     assert_eq!(
         claim(&store, 10).await,
         [a[2], b[0], c[0], a[0], b[1], a[1]]
     );
+    // Each tenant's count of waiting jobs lost its own claimed jobs.
+    assert_eq!(pending(&store).await, [0, 0, 0]);
 
     // Claims of one job each: the turn passes from tenant to tenant, even
     // though `a`'s jobs are older and one has a better priority.
@@ -81,6 +84,7 @@ pub async fn claims_serve_tenants_round_robin_then_priority_then_fifo(store: Arc
     )
     .await;
     let b = submit_for(&store, "b", 40, &[json!({}), json!({})]).await;
+    assert_eq!(pending(&store).await, [3, 2, 0]);
     let mut claimed = Vec::new();
     for _ in 0..5 {
         claimed.extend(claim(&store, 1).await);
@@ -88,6 +92,16 @@ pub async fn claims_serve_tenants_round_robin_then_priority_then_fifo(store: Arc
     // The last claim above served `a`, so `b` comes first now.
     assert_eq!(claimed, [b[0], a[0], b[1], a[1], a[2]]);
     assert_eq!(claim(&store, 1).await, []);
+    assert_eq!(pending(&store).await, [0, 0, 0]);
+}
+
+/// Tenants `a`, `b` and `c`'s counts of waiting jobs.
+async fn pending(store: &Arc<dyn JobStore>) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for tenant in ["a", "b", "c"] {
+        counts.push(store.tenant_pending(tenant).await.expect("counted"));
+    }
+    counts
 }
 
 pub async fn a_tenant_behind_10_000_jobs_of_another_starts_within_20_claims(

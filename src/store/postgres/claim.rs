@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::counts::{COUNT_CONFLICT, COUNT_INTO, Counts, SHARD};
+use super::counts::{
+    COUNT_CONFLICT, COUNT_INTO, Counts, SHARD, TENANT_COUNT_CONFLICT, TENANT_COUNT_INTO,
+};
 use crate::domain::{Gcra, Job, JobState, Timestamp};
 use crate::store::fair::{self, Turns};
 use crate::store::plan::{self, KeyState, LimitKey, Limiter};
@@ -52,10 +54,10 @@ impl Probe {
 
 pub async fn probe(pool: &PgPool, queue: &str) -> Result<Probe, StoreError> {
     // Ordered by the whole of `jobs_ready_tenant`, not the tenant alone:
-    // ordered by tenant only, the planner prefers `jobs_tenant_pending`
-    // (every queue's waiting jobs by tenant) and filters it by queue, which
-    // walks other queues' jobs (seen with EXPLAIN on 60 000 jobs). The same
-    // holds for `tenants_after`.
+    // ordered by tenant only, the planner preferred a partial index of
+    // every queue's waiting jobs by tenant (dropped since, see migration
+    // 0016) and filtered it by queue, which walked other queues' jobs (seen
+    // with EXPLAIN on 60 000 jobs). The same holds for `tenants_after`.
     Ok(sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) AS paused, \
          EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' \
@@ -95,8 +97,8 @@ pub async fn claim_plain(
     // `a_concurrency_limit_holds_across_instances_and_every_keyed_job_succeeds`);
     // limited jobs likewise, and expired ones are never taken.
     // Another tenant's jobs admitted since the probe wait for the next
-    // claim, which sees two tenants. The count is written last, as in every
-    // transaction (see `counts.rs`).
+    // claim, which sees two tenants. The counts are written last, as in
+    // every transaction, the queue's before the tenant's (see `counts.rs`).
     let sql = format!(
         "WITH picked AS MATERIALIZED ( \
              SELECT id AS picked_id FROM jobs WHERE queue = $4 AND tenant = $6 \
@@ -108,7 +110,10 @@ pub async fn claim_plain(
              RETURNING {JOB_COLUMNS}), \
          counted AS ( \
              {COUNT_INTO} SELECT $4, 'queued', {SHARD}, -count(*) FROM claimed HAVING count(*) > 0 \
-             {COUNT_CONFLICT}) \
+             {COUNT_CONFLICT} RETURNING n), \
+         tenant_counted AS ( \
+             {TENANT_COUNT_INTO} SELECT $6, {SHARD}, -count(*) FROM claimed HAVING count(*) > 0 \
+             AND (SELECT count(*) FROM counted) >= 0 {TENANT_COUNT_CONFLICT}) \
          SELECT * FROM claimed"
     );
     let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
@@ -208,7 +213,9 @@ pub async fn claim_fair_counted(
         .fetch_all(&mut *conn)
         .await?;
     let mut counts = Counts::default();
-    counts.add(queue, JobState::Queued, -(rows.len() as i64));
+    for row in &rows {
+        counts.add(queue, &row.tenant, JobState::Queued, -1);
+    }
     counts.flush(conn).await?;
     // RETURNING has no order: start them in the round-robin's.
     let order: HashMap<&str, usize> = picked

@@ -158,7 +158,7 @@ pub async fn complete(
     };
     let job = Job::try_from(row.job)?;
     let mut counts = Counts::default();
-    counts.add(&job.queue, job.status, 1);
+    counts.add(&job.queue, &job.tenant, job.status, 1);
     let mut effects = Effects::default();
     if job.status.is_terminal() {
         let ended = Ended {

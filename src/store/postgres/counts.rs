@@ -1,13 +1,14 @@
-//! Scheduled and queued jobs per queue (`queue_counts`): the changes of one
-//! transaction, gathered as it goes and written once before it commits.
+//! Scheduled and queued jobs per queue (`queue_counts`) and per tenant
+//! (`tenant_counts`): the changes of one transaction, gathered as it goes
+//! and written once before it commits.
 //!
 //! Each transaction writes to the shard of its connection
 //! (`pg_backend_pid() % 16`): two instances claiming from one queue, or a
 //! claim beside a submission, seldom touch the same counter row, so neither
 //! waits for the other's commit. Counters are written last in a transaction,
-//! in one statement and in sorted order, so they never take part in a
-//! deadlock. Running and terminal jobs are not counted here (see
-//! `migrations/postgres/0001_init.sql`).
+//! in one statement, queues' rows before tenants' and each in sorted order,
+//! so they never take part in a deadlock. Running and terminal jobs are not
+//! counted here (see `migrations/postgres/0001_init.sql`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -27,42 +28,70 @@ pub const COUNT_INTO: &str = "INSERT INTO queue_counts (queue, state, shard, n)"
 pub const SHARD: &str = "pg_backend_pid() % 16";
 pub const COUNT_CONFLICT: &str =
     "ON CONFLICT (queue, state, shard) DO UPDATE SET n = queue_counts.n + excluded.n";
+/// The same for the tenants' counters (`TENANT_COUNT_INTO SELECT tenant,
+/// SHARD, n … TENANT_COUNT_CONFLICT`).
+pub const TENANT_COUNT_INTO: &str = "INSERT INTO tenant_counts (tenant, shard, n)";
+pub const TENANT_COUNT_CONFLICT: &str =
+    "ON CONFLICT (tenant, shard) DO UPDATE SET n = tenant_counts.n + excluded.n";
 
-/// Adds `$1` queues, `$2` states and `$3` amounts to this connection's shard.
+/// Adds `$1` queues, `$2` states and `$3` amounts, then `$4` tenants and
+/// `$5` amounts, to this connection's shard. The tenants' insert reads the
+/// queues' to its end first (the subquery in its WHERE), so every
+/// transaction locks queues' counters before tenants'.
 static ADD: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{COUNT_INTO} SELECT q, s, {SHARD}, d \
-         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(q, s, d) {COUNT_CONFLICT}"
+        "WITH queued AS ({COUNT_INTO} SELECT q, s, {SHARD}, d \
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(q, s, d) {COUNT_CONFLICT} \
+             RETURNING 1) \
+         {TENANT_COUNT_INTO} SELECT t, {SHARD}, d FROM unnest($4::text[], $5::bigint[]) AS y(t, d) \
+         WHERE (SELECT count(*) FROM queued) >= 0 {TENANT_COUNT_CONFLICT}"
     )
 });
 
 #[derive(Default)]
 pub struct Counts {
     deltas: BTreeMap<(String, &'static str), i64>,
+    tenants: BTreeMap<String, i64>,
+}
+
+/// Whether jobs in `state` are counted (they wait: scheduled or queued).
+fn counted(state: JobState) -> bool {
+    matches!(state, JobState::Scheduled | JobState::Queued)
 }
 
 impl Counts {
-    /// `n` jobs of `queue` entered `state` (left it, for a negative `n`).
-    pub fn add(&mut self, queue: &str, state: JobState, n: i64) {
-        if !matches!(state, JobState::Scheduled | JobState::Queued) || n == 0 {
+    /// `n` jobs of `queue` and `tenant` entered `state` (left it, for a
+    /// negative `n`).
+    pub fn add(&mut self, queue: &str, tenant: &str, state: JobState, n: i64) {
+        if !counted(state) || n == 0 {
             return;
         }
         *self
             .deltas
             .entry((queue.to_owned(), state.as_str()))
             .or_default() += n;
+        *self.tenants.entry(tenant.to_owned()).or_default() += n;
     }
 
-    /// One job of `queue` moved from `from` to `to`.
+    /// One job of `queue` moved from one waiting state to the other
+    /// (a promotion, a release): its tenant's count stays.
     pub fn moved(&mut self, queue: &str, from: JobState, to: JobState) {
-        self.add(queue, from, -1);
-        self.add(queue, to, 1);
+        debug_assert!(counted(from) && counted(to));
+        for (state, n) in [(from, -1), (to, 1)] {
+            *self
+                .deltas
+                .entry((queue.to_owned(), state.as_str()))
+                .or_default() += n;
+        }
     }
 
     /// Adds the changes of `other` (a part of the transaction that was kept).
     pub fn absorb(&mut self, other: Counts) {
         for (key, n) in other.deltas {
             *self.deltas.entry(key).or_default() += n;
+        }
+        for (tenant, n) in other.tenants {
+            *self.tenants.entry(tenant).or_default() += n;
         }
     }
 
@@ -78,18 +107,27 @@ impl Counts {
                 amounts.push(n);
             }
         }
-        if queues.is_empty() {
+        let (tenants, tenant_amounts): (Vec<String>, Vec<i64>) =
+            self.tenants.into_iter().filter(|(_, n)| *n != 0).unzip();
+        if queues.is_empty() && tenants.is_empty() {
             return Ok(());
         }
         sqlx::query(AssertSqlSafe(ADD.as_str()))
             .bind(queues)
             .bind(states)
             .bind(amounts)
+            .bind(tenants)
+            .bind(tenant_amounts)
             .execute(conn)
             .await?;
         Ok(())
     }
 }
+
+/// The tenant's scheduled and queued jobs, as committed when the statement
+/// starts.
+pub const TENANT_PENDING: &str =
+    "SELECT coalesce(sum(n), 0)::bigint FROM tenant_counts WHERE tenant = $1";
 
 /// SQL for the scheduled plus queued jobs of the queue named by the SQL
 /// expression `queue`, as committed when the statement starts.

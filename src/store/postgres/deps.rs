@@ -120,7 +120,7 @@ pub async fn cancel_dependents(
             .collect::<Result<Vec<_>, _>>()?;
         frontier = level.iter().map(|job| job.id.to_string()).collect();
         for job in &level {
-            counts.add(&job.queue, JobState::Scheduled, -1);
+            counts.add(&job.queue, &job.tenant, JobState::Scheduled, -1);
         }
         cancelled.extend(level);
     }

@@ -60,7 +60,7 @@ pub(super) async fn cancel_waiting(
         .map(|row| {
             let from: JobState = row.old_state.parse().map_err(StoreError::Corrupt)?;
             let job = Job::try_from(row.job)?;
-            counts.add(&job.queue, from, -1);
+            counts.add(&job.queue, &job.tenant, from, -1);
             Ok(job)
         })
         .collect()

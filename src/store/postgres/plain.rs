@@ -77,7 +77,7 @@ fn judge<'a>(
         match capacity_rejection(capacities, &pending, &job.queue, 1) {
             None => {
                 *pending.entry(job.queue.clone()).or_default() += 1;
-                verdict.counts.add(&job.queue, job.state, 1);
+                verdict.counts.add(&job.queue, &job.tenant, job.state, 1);
                 verdict.admitted.push(job);
                 verdict.verdicts.push(Ok(SubmitOutcome::Created {
                     jobs: vec![job_from_new(job.clone())],

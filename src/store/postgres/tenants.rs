@@ -6,8 +6,7 @@
 //! (`FOR UPDATE`), and the count is a statement of its own after the lock
 //! is granted, so its snapshot (READ COMMITTED) holds every admission of
 //! the tenant that committed before, and none can commit meanwhile. The
-//! count reads `jobs_tenant_pending` (the tenant's waiting jobs: at most
-//! about `max_pending` entries). The lock is taken late, after the jobs are
+//! count sums the tenant's counters (`tenant_counts`, see `counts.rs`). The lock is taken late, after the jobs are
 //! written and before the queues' locks (every transaction that takes both
 //! takes them in that order: job rows, then the tenant's, then the queues'),
 //! and held to the commit. A tenant without a limit takes neither the lock
@@ -16,24 +15,21 @@
 
 use sqlx::{PgConnection, PgPool};
 
+use super::counts::TENANT_PENDING;
+
 use crate::domain::TenantConfig;
 use crate::store::tenants::{
     SELECT_TENANTS, TenantRow, quota_rejection, remembered_response, upsert_values,
 };
 use crate::store::{StoreError, StoredResponse, SubmitRejection};
 
-/// The tenant's scheduled and queued jobs but those of `$2` (the
-/// submission's own, which its transaction already sees).
-const COUNT_PENDING: &str = "SELECT count(*) FROM jobs WHERE tenant = $1 \
-    AND state IN ('scheduled', 'queued') AND id <> ALL($2::text[])";
-
 /// `None` when `requested` more jobs of `tenant` fit under its stored
-/// `max_pending` (or it has none), counting its waiting jobs but `own`.
+/// `max_pending` (or it has none), counting its waiting jobs as committed
+/// (the submission's own are not counted yet).
 /// Takes the tenant's row lock when it has a row (held to the commit).
 pub async fn check_quota(
     conn: &mut PgConnection,
     tenant: &str,
-    own: &[String],
     requested: u64,
 ) -> Result<Option<SubmitRejection>, StoreError> {
     let max_pending: Option<Option<i64>> =
@@ -44,9 +40,10 @@ pub async fn check_quota(
     let Some(max_pending) = max_pending.flatten() else {
         return Ok(None);
     };
-    let pending: i64 = sqlx::query_scalar(COUNT_PENDING)
+    // The submission's own jobs are not counted yet: a transaction writes
+    // its counts last, after this check.
+    let pending: i64 = sqlx::query_scalar(TENANT_PENDING)
         .bind(tenant)
-        .bind(own)
         .fetch_one(&mut *conn)
         .await?;
     Ok(quota_rejection(
@@ -67,8 +64,8 @@ pub async fn glance_quota(
     requested: u64,
 ) -> Result<Option<SubmitRejection>, StoreError> {
     let row: Option<(Option<i64>, i64)> = sqlx::query_as(
-        "SELECT max_pending, (SELECT count(*) FROM jobs WHERE tenant = $1 \
-         AND state IN ('scheduled', 'queued')) FROM tenants WHERE name = $1",
+        "SELECT max_pending, (SELECT coalesce(sum(n), 0)::bigint FROM tenant_counts \
+         WHERE tenant = $1) FROM tenants WHERE name = $1",
     )
     .bind(tenant)
     .fetch_optional(&mut *conn)
@@ -105,9 +102,8 @@ pub async fn upsert(pool: &PgPool, tenant: &TenantConfig) -> Result<bool, StoreE
 }
 
 pub async fn pending(pool: &PgPool, tenant: &str) -> Result<u64, StoreError> {
-    let n: i64 = sqlx::query_scalar(COUNT_PENDING)
+    let n: i64 = sqlx::query_scalar(TENANT_PENDING)
         .bind(tenant)
-        .bind(Vec::<String>::new())
         .fetch_one(pool)
         .await?;
     Ok(n.max(0) as u64)

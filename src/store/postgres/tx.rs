@@ -99,10 +99,11 @@ impl Transaction for PgTx<'_> {
     async fn check_quota(
         &mut self,
         tenant: &str,
-        own: &[JobId],
+        // Not counted yet: the counters are written at the commit.
+        _own: &[JobId],
         requested: u64,
     ) -> Result<Option<SubmitRejection>, StoreError> {
-        tenants::check_quota(self.conn, tenant, &ids_of(own), requested).await
+        tenants::check_quota(self.conn, tenant, requested).await
     }
 
     async fn active_holder(&mut self, tenant: &str, key: &str) -> Result<Option<Job>, StoreError> {
@@ -177,7 +178,7 @@ impl Transaction for PgTx<'_> {
         // Counted before any cascade moves them on: the cascade counts that
         // move, this counts the inserts.
         for job in jobs {
-            self.counts.add(&job.queue, job.state, 1);
+            self.counts.add(&job.queue, &job.tenant, job.state, 1);
         }
         Ok(())
     }
@@ -243,7 +244,7 @@ impl Transaction for PgTx<'_> {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let job = Job::try_from(row)?;
-        self.counts.add(&job.queue, state, 1);
+        self.counts.add(&job.queue, &job.tenant, state, 1);
         Ok(Some(job))
     }
 
@@ -306,7 +307,7 @@ impl Transaction for PgTx<'_> {
 
     fn left_running(&mut self, job: &Rescued) {
         // `running` is counted from an index; the state it went to is not.
-        self.counts.add(&job.queue, job.state, 1);
+        self.counts.add(&job.queue, &job.tenant, job.state, 1);
     }
 
     async fn finished_batches(
