@@ -4,6 +4,7 @@
 mod claims;
 mod drain;
 mod lists;
+mod memory;
 mod shared;
 mod soak;
 
@@ -66,6 +67,17 @@ pub struct BenchArgs {
     /// (with `--postgres`, by one and then two instances).
     #[arg(long, conflicts_with_all = ["batches_only", "lists", "claims", "soak"])]
     pub drain: bool,
+    /// Measure memory instead: the resident memory a `spool serve` process
+    /// of its own grows by per queued job (`--memory-jobs` of them), per
+    /// open event stream and per waiting long-poll (`--streams` of each).
+    #[arg(long, conflicts_with_all = ["drain", "batches_only", "lists", "claims", "soak", "postgres"])]
+    pub memory: bool,
+    /// Queued jobs admitted before memory is read.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_jobs: usize,
+    /// Event streams, then long-polls, held open while memory is read.
+    #[arg(long, default_value_t = 1_000)]
+    pub streams: usize,
     /// Measure shared mode instead: one, then two instances on this
     /// PostgreSQL database (each run in a fresh schema, dropped afterwards),
     /// e.g. `postgres://postgres@127.0.0.1:5432/test`.
@@ -155,6 +167,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.claims {
         return claims::run(&args).await;
+    }
+    if args.memory {
+        return memory::run(&args).await;
     }
     if let Some(url) = &args.postgres {
         return shared::run(&args, url).await;
