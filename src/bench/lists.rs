@@ -11,8 +11,6 @@ use axum::body::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{BenchArgs, bench_queue, percentile, post_batch};
-use crate::app::App;
-use crate::config::Config;
 
 /// Distinct values of the `customer` label: each is on 1 job in this many.
 const CUSTOMERS: usize = 1_000;
@@ -43,16 +41,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn measure(args: &BenchArgs, database_url: &str) -> anyhow::Result<()> {
-    let config = Config {
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url.to_owned(),
-        ..Config::default()
-    };
-    let app = App::builder(config).build().await?;
-    let addr = app.local_addr()?;
-    let engine = app.engine().clone();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+    let (addr, engine, server) = super::start_on(database_url, &stop).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.list_parallel + 4)
         .build()?;

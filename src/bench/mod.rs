@@ -5,6 +5,7 @@ mod claims;
 mod drain;
 mod lists;
 mod memory;
+mod preload;
 mod shared;
 mod soak;
 
@@ -78,6 +79,18 @@ pub struct BenchArgs {
     /// Event streams, then long-polls, held open while memory is read.
     #[arg(long, default_value_t = 1_000)]
     pub streams: usize,
+    /// Before measuring, fill the database as a long-lived service's is:
+    /// `--preload-finished` succeeded jobs and `--preload-queued` jobs
+    /// waiting in a paused queue of their own (`preload-waiting`). Compare
+    /// with the same figures without it, in one sitting.
+    #[arg(long, conflicts_with_all = ["memory", "lists", "claims", "soak"])]
+    pub preload: bool,
+    /// Succeeded jobs stored by `--preload`.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub preload_finished: usize,
+    /// Queued jobs stored by `--preload`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub preload_queued: usize,
     /// Measure shared mode instead: one, then two instances on this
     /// PostgreSQL database (each run in a fresh schema, dropped afterwards),
     /// e.g. `postgres://postgres@127.0.0.1:5432/test`.
@@ -131,26 +144,50 @@ fn keyed_client(connections: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// A started service: its address, engine and serving task.
+type Started = (
+    SocketAddr,
+    crate::engine::Engine,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
 /// A fresh service on its own SQLite file, serving until `stop`.
 async fn start_service(
     dir: &std::path::Path,
     name: &str,
     keyed: bool,
     stop: &CancellationToken,
-) -> anyhow::Result<(
-    SocketAddr,
-    crate::engine::Engine,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-)> {
-    let config = Config {
+) -> anyhow::Result<Started> {
+    let api_keys = keyed
+        .then(|| crate::access::parse_api_keys(&format!("bench:admin:{BENCH_KEY}")))
+        .transpose()?
+        .map(crate::config::ApiKeysSetting);
+    let url = format!("sqlite://{}", dir.join(name).display());
+    start_with(
+        Config {
+            api_keys,
+            ..config_on(&url)
+        },
+        stop,
+    )
+    .await
+}
+
+/// A service in open mode on `database_url`, serving until `stop`.
+async fn start_on(database_url: &str, stop: &CancellationToken) -> anyhow::Result<Started> {
+    start_with(config_on(database_url), stop).await
+}
+
+/// The defaults, on a port of its own and `database_url`.
+fn config_on(database_url: &str) -> Config {
+    Config {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: format!("sqlite://{}", dir.join(name).display()),
-        api_keys: keyed
-            .then(|| crate::access::parse_api_keys(&format!("bench:admin:{BENCH_KEY}")))
-            .transpose()?
-            .map(crate::config::ApiKeysSetting),
+        database_url: database_url.to_owned(),
         ..Config::default()
-    };
+    }
+}
+
+async fn start_with(config: Config, stop: &CancellationToken) -> anyhow::Result<Started> {
     let app = App::builder(config).build().await?;
     let addr = app.local_addr()?;
     let engine = app.engine().clone();
@@ -175,6 +212,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return shared::run(&args, url).await;
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    if args.preload {
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        preload::preload(&args, &url).await?;
+    }
     let stop = CancellationToken::new();
     let (spool_addr, engine, server) = start_service(dir.path(), "bench.db", true, &stop).await?;
     let bare_addr = start_bare_server().await?;

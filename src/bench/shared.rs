@@ -27,7 +27,14 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
     );
     for instances in [1, 2] {
         let schema = Schema::create(url).await?;
-        let measured = measure(args, &schema.url, instances).await;
+        let preloaded = match args.preload {
+            true => super::preload::preload(args, &schema.url).await,
+            false => Ok(()),
+        };
+        let measured = match preloaded {
+            Ok(()) => measure(args, &schema.url, instances).await,
+            Err(error) => Err(error),
+        };
         schema.drop().await;
         let figures = measured?;
         // `--drain` measures the drain alone.
