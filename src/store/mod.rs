@@ -6,6 +6,7 @@
 
 mod error;
 mod fair;
+mod gauges;
 mod keys;
 mod lists;
 mod plan;

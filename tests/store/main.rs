@@ -100,6 +100,7 @@ macro_rules! with_every_case {
             prune_deletes_only_old_terminal_jobs,
             queues_are_created_updated_and_counted,
             queue_counts_match_the_jobs_after_concurrent_writes,
+            the_oldest_ready_job_of_each_queue_is_found_across_its_priorities,
             queue_counts_match_the_jobs_after_every_kind_of_transition,
             batch_counts_follow_every_transition_and_the_last_job_decides_the_status,
             a_batch_whose_jobs_succeed_together_finishes_once_with_each_result_numbered_once,

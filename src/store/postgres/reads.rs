@@ -8,6 +8,7 @@ use crate::domain::{
     Batch, BatchId, BatchResult, Job, JobId, JobState, QueueConfig, QueueCounts, QueueInfo,
     Timestamp,
 };
+use crate::store::gauges::oldest_ready_sql;
 use crate::store::rows::{
     BatchRow, JOB_COLUMNS, JobRow, QUEUE_COLUMNS, QueueRow, RESULT_COLUMNS, ResultRow, parse_ids,
 };
@@ -57,23 +58,29 @@ pub async fn queue_position(pool: &PgPool, job: &Job) -> Result<u64, StoreError>
 }
 
 pub async fn gauges(pool: &PgPool) -> Result<ServiceGauges, StoreError> {
-    // One statement: the oldest ready job of every queue (a walk of
-    // `jobs_ready_tenant`, which holds only ready jobs) and the webhooks
-    // waiting (`webhooks_due`).
-    let rows: Vec<(Option<String>, Option<i64>, i64)> = sqlx::query_as(
-        "SELECT queue, min(run_at), 0::bigint FROM jobs WHERE state = 'queued' GROUP BY queue \
-         UNION ALL SELECT NULL, NULL, count(*) FROM webhooks WHERE status = 'pending'",
+    // The webhooks waiting (`webhooks_due`), the queues with ready jobs,
+    // then each one's oldest (see `oldest_ready_sql`).
+    let (pending, waiting): (i64, Vec<String>) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhooks WHERE status = 'pending'), \
+         ARRAY(SELECT queue FROM queue_counts WHERE state = 'queued' \
+             GROUP BY queue HAVING sum(n) > 0)",
     )
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await?;
-    let mut gauges = ServiceGauges::default();
-    for row in rows {
-        match row {
-            (Some(queue), Some(at), _) => gauges
+    let mut gauges = ServiceGauges {
+        webhooks_pending: pending.max(0) as u64,
+        ..ServiceGauges::default()
+    };
+    let sql = oldest_ready_sql("$1");
+    for queue in waiting {
+        let at: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+            .bind(&queue)
+            .fetch_one(pool)
+            .await?;
+        if let Some(at) = at {
+            gauges
                 .oldest_ready
-                .push((queue, Timestamp::from_millis(at))),
-            (None, _, pending) => gauges.webhooks_pending = pending.max(0) as u64,
-            _ => {}
+                .push((queue, Timestamp::from_millis(at)));
         }
     }
     Ok(gauges)

@@ -34,6 +34,7 @@ use self::rows::{
     ResultRow, parse_ids,
 };
 use self::writer::{Command, WriteTx, run_now};
+use super::gauges;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
@@ -551,12 +552,19 @@ impl JobStore for SqliteStore {
     }
 
     async fn gauges(&self) -> Result<ServiceGauges, StoreError> {
-        // A walk of `jobs_ready_tenant`, which holds only ready jobs.
-        let oldest: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT queue, min(run_at) FROM jobs WHERE state = 'queued' GROUP BY queue",
-        )
-        .fetch_all(&self.reads)
-        .await?;
+        let waiting: Vec<String> =
+            sqlx::query_scalar("SELECT queue FROM queue_counts WHERE state = 'queued' AND n > 0")
+                .fetch_all(&self.reads)
+                .await?;
+        let sql = gauges::oldest_ready_sql("?1");
+        let mut oldest = Vec::with_capacity(waiting.len());
+        for queue in waiting {
+            let at: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                .bind(&queue)
+                .fetch_one(&self.reads)
+                .await?;
+            oldest.extend(at.map(|at| (queue, at)));
+        }
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE status = 'pending'")
                 .fetch_one(&self.reads)
