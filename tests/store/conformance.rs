@@ -919,7 +919,7 @@ pub async fn queue_counts_match_the_jobs_after_concurrent_writes(store: Arc<dyn 
 pub async fn the_oldest_ready_job_of_each_queue_is_found_across_its_priorities(
     store: Arc<dyn JobStore>,
 ) {
-    with_queues(&store, &[("mixed", 100), ("single", 100), ("idle", 100)]).await;
+    with_queues(&store, &[("mixed", 100), ("shared", 100), ("idle", 100)]).await;
     // The oldest waits behind better priorities, and each priority's jobs
     // are not in age order across priorities.
     submit_one(&store, job("mixed", json!({"priority": 5}), at(30))).await;
@@ -929,22 +929,30 @@ pub async fn the_oldest_ready_job_of_each_queue_is_found_across_its_priorities(
     submit_one(&store, job("mixed", json!({"priority": -3}), at(15))).await;
     // Not ready, so no part of the figure, however early it came.
     submit_one(&store, job("mixed", json!({"delay_ms": 60_000}), at(0))).await;
-    submit_one(&store, job("single", json!({}), at(50))).await;
-    let oldest = |store: Arc<dyn JobStore>| async move {
-        let mut oldest = store.gauges().await.expect("gauges read").oldest_ready;
-        oldest.sort_by(|a, b| a.0.cmp(&b.0));
-        oldest
-    };
+    // Two tenants in one queue: the oldest is the second tenant's, behind
+    // its own better priority.
+    submit_one(&store, job("shared", json!({"priority": 2}), at(50))).await;
+    for (priority, ms) in [(9, 60), (1, 45)] {
+        let mut other = job("shared", json!({"priority": priority}), at(ms));
+        other.tenant = "other".to_owned();
+        let submitted = store
+            .submit(Submission {
+                batch: None,
+                tenant: "other".into(),
+                jobs: vec![other],
+                idempotency: None,
+                redactor: Default::default(),
+                limit_pending: false,
+            })
+            .await
+            .expect("storage works");
+        assert!(submitted.is_ok(), "{submitted:?}");
+    }
+    let mut oldest = store.gauges().await.expect("gauges read").oldest_ready;
+    oldest.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        oldest(store.clone()).await,
-        [("mixed".to_owned(), at(10)), ("single".to_owned(), at(50))]
-    );
-    // The best four go: the two of priority 5, then 0, then the oldest.
-    let claimed = store.claim("mixed", 4, OWNER, at(600_000), at(100)).await;
-    assert_eq!(claimed.expect("claimed").len(), 4);
-    assert_eq!(
-        oldest(store.clone()).await,
-        [("mixed".to_owned(), at(15)), ("single".to_owned(), at(50))]
+        oldest,
+        [("mixed".to_owned(), at(10)), ("shared".to_owned(), at(45))]
     );
 }
 
