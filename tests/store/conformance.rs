@@ -47,10 +47,22 @@ pub(crate) async fn submit(
     store: &Arc<dyn JobStore>,
     jobs: Vec<NewJob>,
 ) -> Result<SubmitOutcome, SubmitRejection> {
+    submit_as(store, TENANT_DEFAULT, jobs).await
+}
+
+/// `jobs` submitted as `tenant`'s (each job made `tenant`'s first).
+pub(crate) async fn submit_as(
+    store: &Arc<dyn JobStore>,
+    tenant: &str,
+    mut jobs: Vec<NewJob>,
+) -> Result<SubmitOutcome, SubmitRejection> {
+    for job in &mut jobs {
+        job.tenant = tenant.to_owned();
+    }
     store
         .submit(Submission {
             batch: None,
-            tenant: TENANT_DEFAULT.into(),
+            tenant: tenant.into(),
             jobs,
             idempotency: None,
             redactor: Default::default(),
@@ -532,19 +544,9 @@ pub async fn keys_are_unique_among_active_jobs(store: Arc<dyn JobStore>) {
     assert_eq!(state_of(&store, waiting).await, JobState::Cancelled);
 
     // Keys of other tenants and of finished jobs don't conflict.
-    let mut other_tenant = job("default", json!({"key": "w"}), at(6));
-    other_tenant.tenant = "someone-else".into();
-    store
-        .submit(Submission {
-            batch: None,
-            tenant: "someone-else".into(),
-            jobs: vec![other_tenant],
-            idempotency: None,
-            redactor: Default::default(),
-            limit_pending: false,
-        })
+    let other_tenant = job("default", json!({"key": "w"}), at(6));
+    submit_as(&store, "someone-else", vec![other_tenant])
         .await
-        .unwrap()
         .expect("another tenant's key space");
 }
 
@@ -933,19 +935,8 @@ pub async fn the_oldest_ready_job_of_each_queue_is_found_across_its_priorities(
     // its own better priority.
     submit_one(&store, job("shared", json!({"priority": 2}), at(50))).await;
     for (priority, ms) in [(9, 60), (1, 45)] {
-        let mut other = job("shared", json!({"priority": priority}), at(ms));
-        other.tenant = "other".to_owned();
-        let submitted = store
-            .submit(Submission {
-                batch: None,
-                tenant: "other".into(),
-                jobs: vec![other],
-                idempotency: None,
-                redactor: Default::default(),
-                limit_pending: false,
-            })
-            .await
-            .expect("storage works");
+        let other = job("shared", json!({"priority": priority}), at(ms));
+        let submitted = submit_as(&store, "other", vec![other]).await;
         assert!(submitted.is_ok(), "{submitted:?}");
     }
     let mut oldest = store.gauges().await.expect("gauges read").oldest_ready;
