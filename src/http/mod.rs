@@ -310,10 +310,12 @@ fn request_span(request: &Request) -> tracing::Span {
 }
 
 /// One line per request, when it is answered: at info (probes and scrapes
-/// at debug), with the problem's `code` when it is an error. A 5xx other
+/// at debug, whatever their answer), with the problem's `code` when it is an error. A 5xx other
 /// than 503 is an error: logged with its cause (the body the client gets
-/// stays opaque). A 503 (shutting down, the store out of reach) is
-/// expected and said where it happens.
+/// stays opaque). A 503 is the service declining for now (the store out of
+/// reach or losing a race three times, a request over its time, shutting
+/// down): a warning, with its cause when it has one, so that an operator
+/// can tell a database that refuses from one that is merely slow.
 fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, span: &tracing::Span) {
     let status = response.status().as_u16();
     let latency_ms = latency.as_secs_f64() * 1000.0;
@@ -321,14 +323,19 @@ fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, span: 
         .extensions()
         .get::<error::ProblemCode>()
         .map(|code| code.0);
+    let cause = response
+        .extensions()
+        .get::<ServerErrorCause>()
+        .map(|cause| cause.0.as_str());
     if response.status().is_server_error() && status != 503 {
-        let cause = response
-            .extensions()
-            .get::<ServerErrorCause>()
-            .map_or("no cause recorded", |cause| cause.0.as_str());
+        let cause = cause.unwrap_or("no cause recorded");
         tracing::error!(status, latency_ms, code, cause, "request failed");
     } else if span.metadata().map(|meta| meta.name()) == Some("probe") {
         tracing::debug!(status, latency_ms, "probe answered");
+    } else if status == 503
+        && let Some(cause) = cause
+    {
+        tracing::warn!(status, latency_ms, code, cause, "request declined");
     } else {
         tracing::info!(status, latency_ms, code, "request");
     }

@@ -317,6 +317,12 @@ impl SpoolProcess {
             .expect("a JSON answer")
     }
 
+    /// What the process has logged so far (when the test did not take its
+    /// output).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The binary's log lines (JSON on a piped stdout), as they come.
     pub fn log_lines(&mut self) -> std::sync::mpsc::Receiver<Value> {
         let stdout = self.child.stdout.take().expect("piped stdout");

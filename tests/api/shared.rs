@@ -171,26 +171,23 @@ async fn the_capacity_bound_holds_when_all_three_instances_admit_at_once() {
         let client = cluster.client.clone();
         let url = cluster.instances[n % 3].url("/v1/jobs");
         submitters.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
+            let mut answers = Vec::new();
             for _ in 0..5 {
-                let response = client
+                let request = client
                     .post(&url)
-                    .json(&json!({"kind": "noop", "queue": "bounded"}))
-                    .send()
-                    .await
-                    .expect("sent");
-                statuses.push(response.status().as_u16());
+                    .json(&json!({"kind": "noop", "queue": "bounded"}));
+                answers.push(answer(request).await);
             }
-            statuses
+            answers
         }));
     }
     let mut accepted = 0;
     for submitter in submitters {
-        for status in submitter.await.unwrap() {
+        for (status, body) in submitter.await.unwrap() {
             match status {
                 202 => accepted += 1,
                 429 => {}
-                other => panic!("unexpected status {other}"),
+                other => panic!("unexpected status {other}: {body}"),
             }
         }
     }
@@ -386,6 +383,14 @@ async fn a_postgresql_restart_gives_503_storage_unavailable_then_recovers_withou
         assert_eq!(problem["code"], "storage_unavailable", "{problem}");
         let (status, _) = answer(client.get(instance.url("/readyz"))).await;
         assert_eq!(status, 503, "not ready without its database");
+        // The operator learns why, once per declined request.
+        let log = instance.log_text();
+        let declined: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("request declined"))
+            .collect();
+        assert_eq!(declined.len(), 1, "{log}");
+        assert!(declined[0].contains("storage_unavailable"), "{log}");
     }
 
     postgres.pg_ctl("start");
