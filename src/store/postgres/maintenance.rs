@@ -16,6 +16,12 @@ use crate::store::rows::RescuedRow;
 use crate::store::{Effects, Promoted, QueueDeletion, Rescued, StoreError};
 
 /// One statement: extends the leases `owner` holds on `ids`.
+///
+/// The rows are locked in id order, as a group of completions locks them:
+/// locked in the order of whatever index the planner picked, a renewal and
+/// the same instance's completions of those jobs deadlocked (seen in the
+/// server's log), costing the completions a second run and the renewal a
+/// round.
 pub async fn renew(
     pool: &PgPool,
     owner: &str,
@@ -25,7 +31,10 @@ pub async fn renew(
     let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
     let renewed: Vec<(String, bool)> = sqlx::query_as(
         "UPDATE jobs SET lease_expires_at = $1 \
-         WHERE id = ANY($3) AND state = 'running' AND lease_owner = $2 \
+         FROM (SELECT id AS l_id FROM jobs \
+             WHERE id = ANY($3) AND state = 'running' AND lease_owner = $2 \
+             ORDER BY id FOR NO KEY UPDATE) AS locked \
+         WHERE jobs.id = l_id AND state = 'running' AND lease_owner = $2 \
          RETURNING id, cancel_requested",
     )
     .bind(until.as_millis())
