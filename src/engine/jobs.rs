@@ -7,8 +7,8 @@ use crate::domain::{
     TraceContext,
 };
 use crate::store::{
-    CancelOutcome, IdempotencyKey, JobFilter, RetryOutcome, StoredResponse, Submission,
-    SubmitOutcome, WebhookOwner,
+    CancelOutcome, Claimed, IdempotencyKey, JobFilter, Refill, RetryOutcome, StoredResponse,
+    Submission, SubmitOutcome, WebhookOwner,
 };
 
 /// What a successful submission returns.
@@ -61,24 +61,79 @@ impl Engine {
             }
         }
 
-        match self
-            .store_submission(tenant, vec![job], None, idempotency)
-            .await?
-        {
+        // A job that may start now is claimed by its own admission's write
+        // when its queue has a slot free: one commit instead of two, and
+        // no round through the dispatcher. The claim takes whichever job
+        // is next, as the dispatcher's would.
+        let queue_name = job.queue.clone();
+        let slot = (job.state == JobState::Queued
+            && job.concurrency.is_none()
+            && job.rate_limit.is_none())
+        .then(|| self.slot_for_submission(&queue_name))
+        .flatten();
+        let taken_slot = slot.is_some();
+        let stored = self
+            .store_submission_claiming(tenant, job, idempotency, slot)
+            .await;
+        let (outcome, claimed) = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                if taken_slot {
+                    self.fill_submitters_slot(&queue_name, Claimed::default());
+                }
+                return Err(error);
+            }
+        };
+        let submitted = match outcome {
             SubmitOutcome::Created { jobs, effects, .. } => {
                 self.apply(effects);
-                let mut jobs = jobs.into_iter();
-                let job = jobs.next().ok_or_else(|| {
-                    EngineError::Storage(crate::store::StoreError::Corrupt(
-                        "a submission stored no job".into(),
-                    ))
-                })?;
-                self.admitted(&job, queue.paused);
-                Ok(Submitted::Created(self.shown(job)))
+                let job = jobs.into_iter().next();
+                if let Some(job) = &job {
+                    // The dispatcher is woken only while the new job waits.
+                    let started_now = claimed.jobs.iter().any(|taken| taken.id == job.id);
+                    self.admitted(job, queue.paused || started_now);
+                }
+                job.map(|job| Submitted::Created(self.shown(job)))
             }
-            SubmitOutcome::Existing(job) => Ok(Submitted::Existing(self.shown(*job))),
-            SubmitOutcome::Replayed(response) => Ok(Submitted::Replayed(response)),
+            SubmitOutcome::Existing(job) => Some(Submitted::Existing(self.shown(*job))),
+            SubmitOutcome::Replayed(response) => Some(Submitted::Replayed(response)),
+        };
+        // After the admission's events: a job's `started` follows its `queued`.
+        if taken_slot {
+            self.fill_submitters_slot(&queue_name, claimed);
         }
+        submitted.ok_or_else(|| {
+            EngineError::Storage(crate::store::StoreError::Corrupt(
+                "a submission stored no job".into(),
+            ))
+        })
+    }
+
+    /// As [`Self::store_submission`] for one job, with the claim of `slot`
+    /// made by the same write when there is one.
+    async fn store_submission_claiming(
+        &self,
+        tenant: &str,
+        job: NewJob,
+        idempotency: Option<IdempotencyKey>,
+        slot: Option<Refill>,
+    ) -> Result<(SubmitOutcome, Claimed), EngineError> {
+        let Some(slot) = slot else {
+            let outcome = self
+                .store_submission(tenant, vec![job], None, idempotency)
+                .await?;
+            return Ok((outcome, Claimed::default()));
+        };
+        let submission = self.submission(tenant, vec![job], None, idempotency);
+        let (outcome, claimed) = self
+            .inner
+            .store
+            .submit_and_claim(submission, slot, &self.inner.instance_id)
+            .await?;
+        // A refused submission claims nothing (the store claims only after
+        // an admission).
+        let outcome = outcome.map_err(|rejection| self.rejection_error(rejection, ""))?;
+        Ok((outcome, claimed))
     }
 
     /// Stores a single job, or a batch with its jobs, all or nothing: what
@@ -92,19 +147,29 @@ impl Engine {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<SubmitOutcome, EngineError> {
         let at = if batch.is_some() { "/jobs" } else { "" };
-        let submission = Submission {
+        let submission = self.submission(tenant, jobs, batch, idempotency);
+        self.inner
+            .store
+            .submit(submission)
+            .await?
+            .map_err(|rejection| self.rejection_error(rejection, at))
+    }
+
+    fn submission(
+        &self,
+        tenant: &str,
+        jobs: Vec<NewJob>,
+        batch: Option<NewBatch>,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Submission {
+        Submission {
             tenant: tenant.to_owned(),
             jobs,
             batch,
             idempotency,
             redactor: self.inner.kinds.redactor(),
             limit_pending: self.limits_pending(tenant),
-        };
-        self.inner
-            .store
-            .submit(submission)
-            .await?
-            .map_err(|rejection| self.rejection_error(rejection, at))
+        }
     }
 
     /// The response remembered for `key` (its request's fingerprint and

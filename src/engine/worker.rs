@@ -443,6 +443,50 @@ impl Engine {
         })
     }
 
+    /// A slot of `queue` taken for a submission's own claim
+    /// ([`JobStore::submit_and_claim`]): while the queue is open and has a
+    /// slot free, and not while shutting down. Embedded mode only, as
+    /// [`Self::refill`]. The caller gives it to what the claim took, or
+    /// back ([`Self::fill_submitters_slot`]).
+    pub(super) fn slot_for_submission(&self, queue: &str) -> Option<Refill> {
+        if self.inner.shared.is_some() || self.inner.stopping.is_cancelled() {
+            return None;
+        }
+        let mut queues = self.write_queues();
+        let state = queues.get_mut(queue)?;
+        if state.config.paused || state.running >= state.config.concurrency {
+            return None;
+        }
+        state.running += 1;
+        drop(queues);
+        let now = Timestamp::now();
+        Some(Refill {
+            queue: queue.to_owned(),
+            lease_until: self.lease_from(now),
+            now,
+        })
+    }
+
+    /// Starts the job a submission's claim took into the slot
+    /// [`Self::slot_for_submission`] reserved, or frees the slot when it
+    /// took none. Called after the submission's own events, so a job's
+    /// `started` follows its `queued`.
+    pub(super) fn fill_submitters_slot(&self, queue: &str, claimed: Claimed) {
+        if let Some(at) = claimed.next_eligible_at {
+            self.inner
+                .next_eligible_ms
+                .fetch_min(at.as_millis(), Ordering::AcqRel);
+        }
+        match claimed.jobs.into_iter().next() {
+            Some(job) => self.run_attempt(job),
+            None => {
+                if let Some(state) = self.write_queues().get_mut(queue) {
+                    state.running = state.running.saturating_sub(1);
+                }
+            }
+        }
+    }
+
     /// When a lease taken at `now` lapses.
     fn lease_from(&self, now: Timestamp) -> Timestamp {
         now.plus_ms(self.inner.settings.lease_ttl.as_millis() as i64)

@@ -373,6 +373,23 @@ pub trait JobStore: ScheduleStore + Send + Sync + 'static {
         submission: Submission,
     ) -> Result<Result<SubmitOutcome, SubmitRejection>, StoreError>;
 
+    /// Admits `submission` as [`submit`](Self::submit) does, then claims
+    /// its job for `owner` when that job is its queue's only ready job (so
+    /// the one any claim would take): the slot its submitter found free,
+    /// filled by the admission's own write rather than a round through
+    /// the dispatcher. With a backlog it claims nothing, leaving the queue
+    /// to the dispatcher's claims of many jobs at once. The claim never
+    /// fails the submission: one that fails is logged and takes nothing.
+    /// This default claims nothing; SQLite makes both in one transaction.
+    async fn submit_and_claim(
+        &self,
+        submission: Submission,
+        _claim: Refill,
+        _owner: &str,
+    ) -> Result<(Result<SubmitOutcome, SubmitRejection>, Claimed), StoreError> {
+        Ok((self.submit(submission).await?, Claimed::default()))
+    }
+
     async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError>;
     /// Place of a queued job among its queue's queued jobs (0 = next).
     async fn queue_position(&self, job: &Job) -> Result<u64, StoreError>;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use spool::domain::{JobId, JobState, QueueConfig, TENANT_DEFAULT};
-use spool::store::{AttemptOutcome, CompletionResult, JobStore, Refill};
+use spool::store::{AttemptOutcome, CompletionResult, JobStore, Refill, Submission, SubmitOutcome};
 
 use crate::conformance::{OWNER, at, completion, error, job, submit_one, with_queues};
 
@@ -182,4 +182,106 @@ pub async fn a_refill_takes_nothing_from_a_queue_paused_in_the_store(store: Arc<
     assert!(matches!(result, CompletionResult::Applied { .. }));
     assert!(claimed.jobs.is_empty(), "{claimed:?}");
     assert_eq!(read(&store, waiting).await.status, JobState::Queued);
+}
+
+/// `submit_and_claim` with `job`, as `OWNER` for a slot of its queue.
+async fn submit_claiming(
+    store: &Arc<dyn JobStore>,
+    job: spool::domain::NewJob,
+) -> (JobId, Vec<spool::domain::Job>) {
+    let id = job.id;
+    let slot = Refill {
+        queue: job.queue.clone(),
+        ..refill(10)
+    };
+    let submission = Submission {
+        batch: None,
+        tenant: TENANT_DEFAULT.into(),
+        jobs: vec![job],
+        idempotency: None,
+        redactor: Default::default(),
+        limit_pending: false,
+    };
+    let (outcome, claimed) = store
+        .submit_and_claim(submission, slot, OWNER)
+        .await
+        .expect("storage works");
+    assert!(
+        matches!(outcome, Ok(SubmitOutcome::Created { .. })),
+        "{outcome:?}"
+    );
+    (id, claimed.jobs)
+}
+
+/// A submission's own claim takes its job only when nothing else in its
+/// queue waits (the job any claim would take): never a job that another
+/// waits behind, never one with a concurrency key. A backend may claim
+/// nothing at all (then the dispatcher does); SQLite claims, which
+/// `a_submission_to_an_idle_queue_is_claimed_by_its_own_write` holds to.
+pub async fn a_submission_claims_its_own_job_only_when_nothing_else_in_its_queue_waits(
+    store: Arc<dyn JobStore>,
+) {
+    with_queues(&store, &[("default", 100)]).await;
+    let (first, claimed) = submit_claiming(&store, job("default", json!({}), at(1))).await;
+    let claimed_first = !claimed.is_empty();
+    if claimed_first {
+        let ids: Vec<JobId> = claimed.iter().map(|job| job.id).collect();
+        assert_eq!(ids, [first]);
+        let running = read(&store, first).await;
+        assert_eq!((running.status, running.attempt), (JobState::Running, 1));
+        assert_eq!(running.started_at, Some(at(10)));
+        // Leased to OWNER: another's outcome is fenced off, OWNER's stands.
+        let theirs = completion(
+            first,
+            1,
+            "someone-else",
+            AttemptOutcome::Succeeded(json!({})),
+        );
+        let fenced = store.complete(theirs).await.expect("stored");
+        assert!(matches!(fenced, CompletionResult::Fenced), "{fenced:?}");
+        let ours = completion(first, 1, OWNER, AttemptOutcome::Succeeded(json!({})));
+        let applied = store.complete(ours).await.expect("stored");
+        assert!(matches!(applied, CompletionResult::Applied { .. }));
+    }
+    // A job already waits: the next submission's claim takes nothing (the
+    // dispatcher serves a backlog in claim order).
+    let waiting = submit_one(&store, job("default", json!({}), at(2))).await;
+    let (behind, claimed) = submit_claiming(&store, job("default", json!({}), at(3))).await;
+    assert!(claimed.is_empty(), "{claimed:?}");
+    assert_eq!(read(&store, waiting).await.status, JobState::Queued);
+    assert_eq!(read(&store, behind).await.status, JobState::Queued);
+    let queue = store
+        .get_queue("default")
+        .await
+        .expect("read")
+        .expect("the queue exists");
+    // The first job ended above when it was claimed, else it waits too.
+    let queued = 2 + u64::from(!claimed_first);
+    assert_eq!(
+        (queue.counts.queued, queue.counts.running),
+        (queued, 0),
+        "{queue:?}"
+    );
+    // A keyed job is never claimed this way, even alone in its queue.
+    with_queues(&store, &[("keyed", 100)]).await;
+    let (_, claimed) = submit_claiming(
+        &store,
+        job(
+            "keyed",
+            json!({"concurrency_key": "k", "concurrency_limit": 1}),
+            at(4),
+        ),
+    )
+    .await;
+    assert!(claimed.is_empty(), "{claimed:?}");
+}
+
+/// For a backend that claims on submission (SQLite): an idle queue's job
+/// is claimed by its own write.
+pub async fn assert_an_idle_queues_submission_is_claimed(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 100)]).await;
+    let (id, claimed) = submit_claiming(&store, job("default", json!({}), at(1))).await;
+    let ids: Vec<JobId> = claimed.iter().map(|job| job.id).collect();
+    assert_eq!(ids, [id]);
+    assert_eq!(read(&store, id).await.status, JobState::Running);
 }

@@ -78,6 +78,7 @@ macro_rules! with_every_case {
             an_attempts_outcome_is_fenced_by_attempt_and_owner,
             outcomes_stored_at_the_same_moment_each_get_their_own_answer,
             outcomes_that_refill_their_slots_hand_each_waiting_job_to_one_of_them,
+            a_submission_claims_its_own_job_only_when_nothing_else_in_its_queue_waits,
             a_refill_takes_nothing_from_a_queue_paused_in_the_store,
             a_failed_attempt_with_a_retry_goes_back_to_scheduled_with_its_error,
             a_job_that_succeeds_after_a_failure_shows_no_error_and_keeps_its_history,
@@ -151,3 +152,13 @@ macro_rules! with_every_case {
 
 with_every_case!(conformance_suite!(sqlite, crate::sqlite_store));
 with_every_case!(conformance_suite!(postgres, crate::postgres_store));
+
+/// SQLite fills a submitter's free slot from the admission's own write:
+/// the job of an idle queue is running when `submit_and_claim` returns.
+#[tokio::test]
+async fn a_submission_to_an_idle_queue_is_claimed_by_its_own_write() {
+    let Some((store, _dir)) = sqlite_store().await else {
+        return;
+    };
+    completions::assert_an_idle_queues_submission_is_claimed(store).await;
+}

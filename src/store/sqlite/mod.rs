@@ -276,6 +276,33 @@ impl JobStore for SqliteStore {
         self.write(move |tx| admit::submit(tx, submission)).await
     }
 
+    async fn submit_and_claim(
+        &self,
+        submission: Submission,
+        refill: Refill,
+        owner: &str,
+    ) -> Result<(Result<SubmitOutcome, SubmitRejection>, Claimed), StoreError> {
+        let owner = owner.to_owned();
+        self.write(move |tx| {
+            let outcome = admit::submit(tx, submission)?;
+            let admitted = match &outcome {
+                Ok(SubmitOutcome::Created { jobs, .. }) => match jobs.as_slice() {
+                    [job] if job.status == JobState::Queued => job.id,
+                    _ => return Ok((outcome, Claimed::default())),
+                },
+                _ => return Ok((outcome, Claimed::default())),
+            };
+            // In the admission's transaction, sharing its commit.
+            let claimed = claim::claim_admitted(tx, admitted, &refill, &owner)
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, queue = %refill.queue, "claiming a submitted job for its free slot failed");
+                    Claimed::default()
+                });
+            Ok((outcome, claimed))
+        })
+        .await
+    }
+
     async fn get_job(&self, tenant: &str, id: JobId) -> Result<Option<Job>, StoreError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?");
         let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
