@@ -274,14 +274,21 @@ impl SpoolProcess {
         }
         configure(&mut command);
         let child = command.spawn().expect("the spool binary starts");
-        let process = SpoolProcess { child, addr, log };
+        let mut process = SpoolProcess { child, addr, log };
         process.wait_ready();
         process
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "spool on {} exited before listening ({status}):\n{}",
+                    self.addr,
+                    self.log_text()
+                );
+            }
             if std::net::TcpStream::connect(self.addr).is_ok() {
                 return;
             }
@@ -374,11 +381,22 @@ impl Drop for SpoolProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
+/// A port for a spool process, free when checked. Taken from below the
+/// kernel's ephemeral range (32768 and up on Linux), and never the same
+/// twice in this test binary: a `bind(0)` port released for the child to
+/// take could be handed to another test's child in between, and that
+/// child answered this test's requests (503s from a test that had just
+/// stopped its database).
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (start.wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The `id` of a job or batch as the API answered it.

@@ -277,11 +277,7 @@ impl PrivatePostgres {
         let server = PrivatePostgres {
             bin,
             data,
-            port: std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port(),
+            port: crate::helpers::free_port(),
         };
         let cluster = server.data.path().join("cluster");
         server.run(
