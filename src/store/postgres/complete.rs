@@ -29,28 +29,16 @@ const UNLEASE: &str = "lease_owner = NULL, lease_expires_at = NULL";
 /// trigger (which skips a row whose `batch_seq` the statement sets): one
 /// update of each batch's row for the whole group instead of one per job,
 /// each job numbered in the batch's finishing order from the range the
-/// update took. Rows are locked in id order (the caller sorts the
-/// arrays, and the lateral lookup visits them in array order), then the
-/// batches' in id order.
-///
-/// One primary-key lookup per completion, whatever the statistics say: a
-/// join of the arrays to `jobs` was planned as a scan of `jobs_running`,
-/// which reads the dead entries of every earlier claim until a vacuum
-/// (5–30 ms a group with ten million finished jobs). A locking subquery is
-/// never pulled up into the join, so the lateral one stays a parametrised
-/// index scan.
+/// update took. Rows are locked in id order, then the batches' in id order.
 /// Each row comes back with whether the statement finished its batch
 /// (`batch_ended`), so the batch locks are held for no further round trip
 /// before the commit.
 const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
-         SELECT j_id AS t_id, j_batch AS t_batch, x.x_result AS t_result, x.x_at AS t_at \
-         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
-             AS x(x_id, x_attempt, x_owner, x_result, x_at) \
-         CROSS JOIN LATERAL ( \
-             SELECT jobs.id AS j_id, jobs.batch_id AS j_batch FROM jobs \
-             WHERE jobs.id = x.x_id AND jobs.attempt = x.x_attempt \
-             AND jobs.lease_owner = x.x_owner AND jobs.state = 'running' \
-             FOR NO KEY UPDATE) AS j), \
+         SELECT jobs.id AS t_id, jobs.batch_id AS t_batch, x.x_result AS t_result, x.x_at AS t_at \
+         FROM jobs JOIN unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) \
+             AS x(x_id, x_attempt, x_owner, x_result, x_at) ON jobs.id = x.x_id \
+         WHERE jobs.attempt = x.x_attempt AND jobs.lease_owner = x.x_owner \
+         AND jobs.state = 'running' ORDER BY jobs.id FOR NO KEY UPDATE OF jobs), \
      counted AS ( \
          SELECT t_batch AS c_batch, count(*) AS c_n, max(t_at) AS c_at FROM target \
          WHERE t_batch IS NOT NULL GROUP BY t_batch), \
