@@ -7,8 +7,8 @@ use crate::domain::{
     TraceContext,
 };
 use crate::store::{
-    CancelOutcome, Claimed, IdempotencyKey, JobFilter, Refill, RetryOutcome, StoredResponse,
-    Submission, SubmitOutcome, WebhookOwner,
+    CancelOutcome, Claimed, IdempotencyKey, JobFilter, RetryOutcome, StoredResponse, Submission,
+    SubmitOutcome, WebhookOwner,
 };
 
 /// What a successful submission returns.
@@ -61,29 +61,65 @@ impl Engine {
             }
         }
 
-        // A job that may start now is claimed by its own admission's write
-        // when its queue has a slot free: one commit instead of two, and
-        // no round through the dispatcher. The claim takes whichever job
-        // is next, as the dispatcher's would.
-        let queue_name = job.queue.clone();
+        // A job alone in its queue is claimed by its own admission's write
+        // when the queue has a slot free here: one commit instead of two,
+        // and no round through the dispatcher (`JobStore::submit_and_claim`).
+        let paused = queue.paused;
         let slot = (job.state == JobState::Queued
             && job.concurrency.is_none()
             && job.rate_limit.is_none())
-        .then(|| self.slot_for_submission(&queue_name))
+        .then(|| self.slot_for_submission(&job.queue))
         .flatten();
-        let taken_slot = slot.is_some();
-        let stored = self
-            .store_submission_claiming(tenant, job, idempotency, slot)
-            .await;
-        let (outcome, claimed) = match stored {
-            Ok(stored) => stored,
-            Err(error) => {
-                if taken_slot {
-                    self.fill_submitters_slot(&queue_name, Claimed::default());
-                }
-                return Err(error);
-            }
+        let Some(slot) = slot else {
+            let outcome = self
+                .store_submission(tenant, vec![job], None, idempotency)
+                .await?;
+            return self.submitted(outcome, Claimed::default(), paused, None);
         };
+        // Spawned: the slot is filled or given back, and a claimed job
+        // started, even when the request is dropped meanwhile (the client
+        // left, the request timed out).
+        let engine = self.clone();
+        let submission = self.submission(tenant, vec![job], None, idempotency);
+        let task = tokio::spawn(async move {
+            let queue = slot.queue.clone();
+            let stored = engine
+                .inner
+                .store
+                .submit_and_claim(submission, slot, &engine.inner.instance_id)
+                .await;
+            match stored {
+                Ok((Ok(outcome), claimed)) => {
+                    engine.submitted(outcome, claimed, paused, Some(&queue))
+                }
+                Ok((Err(rejection), claimed)) => {
+                    engine.fill_submitters_slot(&queue, claimed);
+                    Err(engine.rejection_error(rejection, ""))
+                }
+                Err(error) => {
+                    engine.fill_submitters_slot(&queue, Claimed::default());
+                    Err(error.into())
+                }
+            }
+        });
+        task.await.unwrap_or_else(|error| {
+            Err(EngineError::Storage(crate::store::StoreError::Corrupt(
+                format!("a submission's task failed: {error}"),
+            )))
+        })
+    }
+
+    /// What a stored single-job submission answers, its events published
+    /// first. With `slot` (its queue), the slot the submitter took goes to
+    /// what the admission's write claimed, or back, after those events: a
+    /// job's `started` follows its `queued`.
+    fn submitted(
+        &self,
+        outcome: SubmitOutcome,
+        claimed: Claimed,
+        paused: bool,
+        slot: Option<&str>,
+    ) -> Result<Submitted, EngineError> {
         let submitted = match outcome {
             SubmitOutcome::Created { jobs, effects, .. } => {
                 self.apply(effects);
@@ -91,49 +127,21 @@ impl Engine {
                 if let Some(job) = &job {
                     // The dispatcher is woken only while the new job waits.
                     let started_now = claimed.jobs.iter().any(|taken| taken.id == job.id);
-                    self.admitted(job, queue.paused || started_now);
+                    self.admitted(job, paused || started_now);
                 }
                 job.map(|job| Submitted::Created(self.shown(job)))
             }
             SubmitOutcome::Existing(job) => Some(Submitted::Existing(self.shown(*job))),
             SubmitOutcome::Replayed(response) => Some(Submitted::Replayed(response)),
         };
-        // After the admission's events: a job's `started` follows its `queued`.
-        if taken_slot {
-            self.fill_submitters_slot(&queue_name, claimed);
+        if let Some(queue) = slot {
+            self.fill_submitters_slot(queue, claimed);
         }
         submitted.ok_or_else(|| {
             EngineError::Storage(crate::store::StoreError::Corrupt(
                 "a submission stored no job".into(),
             ))
         })
-    }
-
-    /// As [`Self::store_submission`] for one job, with the claim of `slot`
-    /// made by the same write when there is one.
-    async fn store_submission_claiming(
-        &self,
-        tenant: &str,
-        job: NewJob,
-        idempotency: Option<IdempotencyKey>,
-        slot: Option<Refill>,
-    ) -> Result<(SubmitOutcome, Claimed), EngineError> {
-        let Some(slot) = slot else {
-            let outcome = self
-                .store_submission(tenant, vec![job], None, idempotency)
-                .await?;
-            return Ok((outcome, Claimed::default()));
-        };
-        let submission = self.submission(tenant, vec![job], None, idempotency);
-        let (outcome, claimed) = self
-            .inner
-            .store
-            .submit_and_claim(submission, slot, &self.inner.instance_id)
-            .await?;
-        // A refused submission claims nothing (the store claims only after
-        // an admission).
-        let outcome = outcome.map_err(|rejection| self.rejection_error(rejection, ""))?;
-        Ok((outcome, claimed))
     }
 
     /// Stores a single job, or a batch with its jobs, all or nothing: what
