@@ -425,7 +425,7 @@ impl Engine {
     /// shared mode the dispatcher's claims of many jobs at once are cheaper
     /// than a claim per outcome.
     fn refill(&self, queue: &str) -> Option<Refill> {
-        if self.inner.shared.is_some() || self.inner.stopping.is_cancelled() {
+        if !self.writes_claim() {
             return None;
         }
         let queues = self.read_queues();
@@ -443,13 +443,20 @@ impl Engine {
         })
     }
 
+    /// Whether writes other than the dispatcher's claim jobs (a refill, a
+    /// submission's own claim): in embedded mode, where one write does both,
+    /// and not while shutting down.
+    fn writes_claim(&self) -> bool {
+        self.inner.shared.is_none() && !self.inner.stopping.is_cancelled()
+    }
+
     /// A slot of `queue` taken for a submission's own claim
     /// ([`JobStore::submit_and_claim`]): while the queue is open and has a
     /// slot free, and not while shutting down. Embedded mode only, as
     /// [`Self::refill`]. The caller gives it to what the claim took, or
     /// back ([`Self::fill_submitters_slot`]).
     pub(super) fn slot_for_submission(&self, queue: &str) -> Option<Refill> {
-        if self.inner.shared.is_some() || self.inner.stopping.is_cancelled() {
+        if !self.writes_claim() {
             return None;
         }
         let mut queues = self.write_queues();
@@ -470,13 +477,9 @@ impl Engine {
     /// Starts the job a submission's claim took into the slot
     /// [`Self::slot_for_submission`] reserved, or frees the slot when it
     /// took none. Called after the submission's own events, so a job's
-    /// `started` follows its `queued`.
+    /// `started` follows its `queued`. (That claim never takes a rate-limited
+    /// job, so it has no `next_eligible_at` to pass on.)
     pub(super) fn fill_submitters_slot(&self, queue: &str, claimed: Claimed) {
-        if let Some(at) = claimed.next_eligible_at {
-            self.inner
-                .next_eligible_ms
-                .fetch_min(at.as_millis(), Ordering::AcqRel);
-        }
         match claimed.jobs.into_iter().next() {
             Some(job) => self.run_attempt(job),
             None => {

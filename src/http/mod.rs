@@ -310,9 +310,9 @@ fn request_span(request: &Request) -> tracing::Span {
 }
 
 /// One line per request, when it is answered: at info (probes and scrapes
-/// at debug, whatever their answer), with the problem's `code` when it is an error. A 5xx other
-/// than 503 is an error: logged with its cause (the body the client gets
-/// stays opaque). A 503 is the service declining for now (the store out of
+/// at debug, whatever their answer), with the problem's `code` when it is
+/// an error. A 5xx other than 503 is an error: logged with its cause (the
+/// body the client gets stays opaque). A 503 is the service declining for now (the store out of
 /// reach or losing a race three times, a request over its time, shutting
 /// down): a warning, with its cause when it has one, so that an operator
 /// can tell a database that refuses from one that is merely slow.

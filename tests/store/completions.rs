@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 use spool::domain::{JobId, JobState, QueueConfig, TENANT_DEFAULT};
-use spool::store::{AttemptOutcome, CompletionResult, JobStore, Refill, Submission, SubmitOutcome};
+use spool::store::{AttemptOutcome, CompletionResult, JobStore, Refill, SubmitOutcome};
 
-use crate::conformance::{OWNER, at, completion, error, job, submit_one, with_queues};
+use crate::conformance::{OWNER, at, completion, error, job, submission, submit_one, with_queues};
 
 async fn read(store: &Arc<dyn JobStore>, id: JobId) -> spool::domain::Job {
     store
@@ -194,16 +194,8 @@ async fn submit_claiming(
         queue: job.queue.clone(),
         ..refill(10)
     };
-    let submission = Submission {
-        batch: None,
-        tenant: TENANT_DEFAULT.into(),
-        jobs: vec![job],
-        idempotency: None,
-        redactor: Default::default(),
-        limit_pending: false,
-    };
     let (outcome, claimed) = store
-        .submit_and_claim(submission, slot, OWNER)
+        .submit_and_claim(submission(TENANT_DEFAULT, vec![job]), slot, OWNER)
         .await
         .expect("storage works");
     assert!(

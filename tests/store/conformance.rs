@@ -60,16 +60,21 @@ pub(crate) async fn submit_as(
         job.tenant = tenant.to_owned();
     }
     store
-        .submit(Submission {
-            batch: None,
-            tenant: tenant.into(),
-            jobs,
-            idempotency: None,
-            redactor: Default::default(),
-            limit_pending: false,
-        })
+        .submit(submission(tenant, jobs))
         .await
         .expect("storage works")
+}
+
+/// A plain submission of `jobs` by `tenant`: no batch, no idempotency key.
+pub(crate) fn submission(tenant: &str, jobs: Vec<NewJob>) -> Submission {
+    Submission {
+        batch: None,
+        tenant: tenant.into(),
+        jobs,
+        idempotency: None,
+        redactor: Default::default(),
+        limit_pending: false,
+    }
 }
 
 pub(crate) async fn submit_one(store: &Arc<dyn JobStore>, new: NewJob) -> JobId {

@@ -33,13 +33,7 @@ pub fn claim_admitted(
     slot: &Refill,
     owner: &str,
 ) -> Result<Claimed, StoreError> {
-    let committed: i64 = tx
-        .conn
-        .prepare_cached(
-            "SELECT coalesce((SELECT n FROM queue_counts WHERE queue = ? AND state = 'queued'), 0)",
-        )?
-        .query_row(params![slot.queue], |row| row.get(0))?;
-    if committed + tx.counts.pending(&slot.queue, JobState::Queued) != 1 {
+    if tx.counts.seen(tx.conn, &slot.queue, JobState::Queued)? != 1 {
         return Ok(Claimed::default());
     }
     let jobs = query_jobs(

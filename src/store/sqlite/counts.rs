@@ -96,6 +96,17 @@ impl Counts {
             .sum()
     }
 
+    /// Jobs of `queue` in `state` as this group sees them: committed, plus
+    /// the group's changes not yet written.
+    pub fn seen(&self, conn: &Connection, queue: &str, state: JobState) -> Result<i64, StoreError> {
+        let committed: i64 = conn
+            .prepare_cached(
+                "SELECT coalesce((SELECT n FROM queue_counts WHERE queue = ? AND state = ?), 0)",
+            )?
+            .query_row(params![queue, state.as_str()], |row| row.get(0))?;
+        Ok(committed + self.pending(queue, state))
+    }
+
     /// Applies the changes; part of the group's transaction.
     pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let mut update =

@@ -285,13 +285,13 @@ impl JobStore for SqliteStore {
         let owner = owner.to_owned();
         self.write(move |tx| {
             let outcome = admit::submit(tx, submission)?;
-            let admitted = match &outcome {
-                Ok(SubmitOutcome::Created { jobs, .. }) => match jobs.as_slice() {
-                    [job] if job.status == JobState::Queued => job.id,
-                    _ => return Ok((outcome, Claimed::default())),
-                },
-                _ => return Ok((outcome, Claimed::default())),
+            let Ok(SubmitOutcome::Created { jobs, .. }) = &outcome else {
+                return Ok((outcome, Claimed::default()));
             };
+            let [admitted] = jobs.as_slice() else {
+                return Ok((outcome, Claimed::default()));
+            };
+            let admitted = admitted.id;
             // In the admission's transaction, sharing its commit.
             let claimed = claim::claim_admitted(tx, admitted, &refill, &owner)
                 .unwrap_or_else(|error| {
