@@ -124,16 +124,21 @@ pub struct Batch {
     pub total: u64,
     pub counts: BatchCounts,
     pub success_threshold: f64,
+    /// The automatic re-run policy as submitted (`null`: none).
+    pub retry: Option<BatchRetryPolicy>,
+    /// Times the batch was re-run, by hand or by its `retry` policy.
+    pub retries: u32,
     pub metadata: BTreeMap<String, String>,
     pub callback_url: Option<String>,
-    /// The delivery of the `batch.finished` webhook (`null` while the batch
-    /// runs, or without `callback_url`).
+    /// The delivery of the `batch.finished` webhook of the batch's latest
+    /// end (`null` while the batch runs, or without `callback_url`).
     pub webhook: Option<super::WebhookDelivery>,
     /// The batch was cancelled; it becomes `cancelled` once its running jobs stop.
     pub cancel_requested: bool,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
-    /// When the last job finished; `null` while any runs.
+    /// When the last job finished; `null` while any runs (again, after a
+    /// re-run).
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
     /// The jobs' ids, in the order they were submitted.
@@ -177,6 +182,96 @@ pub struct BatchSpec {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1)]
     pub success_threshold: Option<f64>,
+    /// Re-run the batch by itself when it ends with too many jobs failed
+    /// or cancelled. Default: never.
+    #[serde(default)]
+    pub retry: Option<BatchRetryPolicy>,
+}
+
+/// Which of a finished batch's jobs a re-run runs again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchRetryScope {
+    /// The failed and cancelled jobs (with the jobs waiting on them).
+    #[default]
+    Failed,
+    /// Every job, succeeded ones too.
+    All,
+}
+
+impl BatchRetryScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchRetryScope::Failed => "failed",
+            BatchRetryScope::All => "all",
+        }
+    }
+}
+
+impl FromStr for BatchRetryScope {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [BatchRetryScope::Failed, BatchRetryScope::All]
+            .into_iter()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| format!("unknown retry scope `{text}`"))
+    }
+}
+
+/// A batch's automatic re-run: when it ends with more than
+/// `when_failed_ratio` of its jobs failed or cancelled, the jobs of `scope`
+/// run again, up to `max_times` times; the batch's status is decided by
+/// its last run. A batch cancelled by request is never re-run by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRetryPolicy {
+    /// Share of the batch's jobs, 0 ≤ ratio < 1, that may end failed or
+    /// cancelled without a re-run.
+    #[schema(minimum = 0, exclusive_maximum = 1)]
+    pub when_failed_ratio: f64,
+    /// Automatic re-runs at most, 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_times: u32,
+    /// Which jobs run again. Default `failed`.
+    #[serde(default)]
+    pub scope: BatchRetryScope,
+}
+
+/// Most automatic re-runs a policy may ask for.
+pub const MAX_BATCH_RETRIES: u32 = 100;
+
+impl BatchRetryPolicy {
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if !(0.0..1.0).contains(&self.when_failed_ratio) {
+            errors.push(FieldError::new(
+                "/retry/when_failed_ratio",
+                "must be at least 0 and less than 1",
+            ));
+        }
+        if !(1..=MAX_BATCH_RETRIES).contains(&self.max_times) {
+            errors.push(FieldError::new(
+                "/retry/max_times",
+                format!("must be between 1 and {MAX_BATCH_RETRIES}"),
+            ));
+        }
+    }
+
+    /// Failed or cancelled jobs out of `total` the policy lets pass: the
+    /// largest n with n / total ≤ ratio (with the tolerance of
+    /// `success_required`); one more re-runs the batch.
+    pub fn failures_allowed(&self, total: u64) -> u64 {
+        let exact = self.when_failed_ratio * total as f64;
+        ((exact + 1e-9).floor().max(0.0) as u64).min(total)
+    }
+}
+
+/// `POST /v1/batches/{id}/retry`. The body may be left out.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRetryRequest {
+    /// Which jobs run again. Default `failed`.
+    #[serde(default)]
+    pub scope: BatchRetryScope,
 }
 
 /// A validated batch, ready to be stored with its jobs.
@@ -187,6 +282,7 @@ pub struct NewBatch {
     pub success_threshold: f64,
     /// Succeeded jobs it takes for the batch to succeed.
     pub success_required: u64,
+    pub retry: Option<BatchRetryPolicy>,
     pub metadata: BTreeMap<String, String>,
     pub callback_url: Option<String>,
     pub created_at: Timestamp,
@@ -232,6 +328,9 @@ impl BatchSpec {
         {
             errors.push(error);
         }
+        if let Some(retry) = &self.retry {
+            retry.check(&mut errors);
+        }
         let metadata = self.metadata.clone().unwrap_or_default();
         errors.extend(check_metadata(&metadata, "/metadata"));
         if !errors.is_empty() {
@@ -242,6 +341,7 @@ impl BatchSpec {
             tenant: tenant.to_owned(),
             success_threshold: threshold,
             success_required: success_required(threshold, self.jobs.len() as u64),
+            retry: self.retry,
             metadata,
             callback_url: self.callback_url.clone(),
             created_at: now,
@@ -269,5 +369,20 @@ mod tests {
         assert_eq!(success_required(0.5, 3), 2);
         assert_eq!(success_required(0.0, 3), 0);
         assert_eq!(success_required(0.333, 1000), 333);
+    }
+
+    #[test]
+    fn a_retry_policy_lets_pass_at_most_its_share_of_failures() {
+        let policy = |ratio| BatchRetryPolicy {
+            when_failed_ratio: ratio,
+            max_times: 1,
+            scope: BatchRetryScope::Failed,
+        };
+        assert_eq!(policy(0.5).failures_allowed(10), 5);
+        assert_eq!(policy(0.0).failures_allowed(10), 0);
+        assert_eq!(policy(0.7).failures_allowed(10), 7);
+        assert_eq!(policy(0.33).failures_allowed(3), 0);
+        assert_eq!(policy(0.34).failures_allowed(3), 1);
+        assert_eq!(policy(0.999).failures_allowed(10), 9);
     }
 }

@@ -19,8 +19,8 @@ pub use access::{
     ApiKey, Caller, KeyHash, KeyId, KeySource, KeySpec, Role, StoredKey, valid_tenant,
 };
 pub use batch::{
-    Batch, BatchCounts, BatchId, BatchResult, BatchSpec, BatchStatus, NewBatch, check_callback_url,
-    success_required,
+    Batch, BatchCounts, BatchId, BatchResult, BatchRetryPolicy, BatchRetryRequest, BatchRetryScope,
+    BatchSpec, BatchStatus, MAX_BATCH_RETRIES, NewBatch, check_callback_url, success_required,
 };
 pub use cadence::{CatchUp, Due, LATE_AFTER_MS, MAX_FIRES_PER_PASS, Plan, Timing};
 pub use job::{ErrorInfo, Job, JobId, JobState, Progress, Redactor, TENANT_DEFAULT, WaitingReason};

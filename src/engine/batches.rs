@@ -6,11 +6,12 @@ use super::validation::SpecCheck;
 use super::waiting::results_waiter;
 use super::{Engine, EngineError};
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchSpec, JobId, QueueConfig, SpecContext, Timestamp,
+    Batch, BatchId, BatchResult, BatchRetryScope, BatchSpec, JobId, QueueConfig, SpecContext, Timestamp,
     TraceContext,
 };
 use crate::store::{
-    BatchCancelOutcome, IdempotencyKey, StoredResponse, SubmitOutcome, WebhookOwner,
+    BatchCancelOutcome, BatchRetryOutcome, IdempotencyKey, StoredResponse, SubmitOutcome,
+    WebhookOwner,
 };
 
 /// Field errors reported for one batch at most: enough to fix a generator,
@@ -146,7 +147,8 @@ impl Engine {
                         .get_batch(tenant, id)
                         .await?
                         .ok_or(EngineError::NotFound("batch"))?;
-                    batch.webhook = webhook;
+                    // A re-run batch shows no webhook until it ends again.
+                    batch.webhook = webhook.filter(|_| batch.finished_at.is_some());
                 }
             }
             Ok(batch)
@@ -186,6 +188,49 @@ impl Engine {
             !results.is_empty() || batch.finished_at.is_some()
         })
         .await
+    }
+
+    /// Re-runs a finished batch's jobs of `scope` (`POST /v1/batches/{id}/retry`).
+    pub async fn retry_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        scope: BatchRetryScope,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<BatchSubmitted, EngineError> {
+        if !self.is_admitting() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let outcome = self
+            .inner
+            .store
+            .retry_batch(tenant, id, scope, idempotency, Timestamp::now())
+            .await?;
+        match outcome {
+            BatchRetryOutcome::NotFound => Err(EngineError::NotFound("batch")),
+            BatchRetryOutcome::Running(batch) => Err(EngineError::BatchRunning(Box::new(batch))),
+            BatchRetryOutcome::NothingToRetry(batch) => {
+                Err(EngineError::BatchNothingToRetry(Box::new(batch)))
+            }
+            BatchRetryOutcome::DependencyFailed { job, dependency } => {
+                Err(EngineError::DependencyFailed {
+                    job: Box::new(self.shown(job)),
+                    dependency,
+                })
+            }
+            BatchRetryOutcome::Rejected(rejection) => Err(self.rejection_error(rejection, "")),
+            BatchRetryOutcome::Replayed(response) => Ok(BatchSubmitted::Replayed(response)),
+            BatchRetryOutcome::Retried {
+                batch,
+                jobs,
+                mut effects,
+            } => {
+                effects.retried_batches.push((*batch).clone());
+                effects.reopened = jobs;
+                self.apply(effects);
+                Ok(BatchSubmitted::Created(batch))
+            }
+        }
     }
 
     /// Cancels every unfinished job of a batch.

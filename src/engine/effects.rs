@@ -194,6 +194,23 @@ impl Engine {
         for job in &effects.cancelled {
             self.publish(job);
         }
+        // A re-run batch before its jobs' events, each job's before it can start.
+        for batch in &effects.retried_batches {
+            tracing::info!(batch_id = %batch.id, retries = batch.retries, "batch reopened for a re-run");
+            self.inner.events.publish(
+                EventKind::BatchRetried,
+                Subject::Batch(BatchSummary {
+                    id: batch.id,
+                    status: batch.status,
+                    counts: batch.counts,
+                    finished_at: batch.finished_at,
+                    tenant: batch.tenant.clone(),
+                }),
+            );
+        }
+        for job in &effects.reopened {
+            self.publish_stored(job);
+        }
         if !effects.ready_queues.is_empty() {
             self.inner.wake_dispatcher.notify_one();
         }

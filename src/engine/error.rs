@@ -41,8 +41,14 @@ pub enum EngineError {
     NotRetryable(Box<Job>),
     #[error("a batch holds at most {max} jobs; this one has {size}")]
     BatchTooLarge { size: usize, max: usize },
-    #[error("the job's batch has finished; batches don't reopen")]
+    #[error("the job's batch has finished: re-run the batch instead (POST /v1/batches/{{id}}/retry)")]
     BatchFinished(Box<Job>),
+    #[error("the batch is still running; a batch re-runs once it finished")]
+    BatchRunning(Box<crate::domain::Batch>),
+    #[error(
+        "no job of the batch failed or was cancelled; `{{\"scope\": \"all\"}}` runs every job again"
+    )]
+    BatchNothingToRetry(Box<crate::domain::Batch>),
     #[error("dependency {dependency} did not succeed; retry it first")]
     DependencyFailed { job: Box<Job>, dependency: JobId },
     #[error("the batch already finished")]

@@ -14,12 +14,12 @@ use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
 use super::error::{ApiError, Problem};
 use super::extract::{
-    BatchIdPath, IdempotencyHeader, JsonBody, MAX_WAIT_S, QueryPairs, parse_wait,
+    BatchIdPath, IdempotencyHeader, JsonBody, MAX_WAIT_S, QueryPairs, fingerprint, parse_wait,
 };
 use super::idempotency::{idempotency_key, replayed};
 use super::quotas::{RateGate, add_rate_headers, take_rate, with_rate_headers};
 use super::traces::RequestTrace;
-use crate::domain::{Batch, BatchResult, BatchSpec, BatchStatus, FieldError};
+use crate::domain::{Batch, BatchResult, BatchRetryRequest, BatchSpec, BatchStatus, FieldError};
 use crate::engine::BatchSubmitted;
 use axum::Extension;
 
@@ -221,6 +221,69 @@ pub async fn batch_results(
         next_cursor,
         batch_status: batch.status,
     }))
+}
+
+/// Re-run a finished batch.
+///
+/// Its failed and cancelled jobs (`{"scope": "all"}`: every job) run again
+/// as new attempt series, the jobs waiting on them waiting again; the batch
+/// reopens: `running`, its counts moved back, `finished_at` cleared,
+/// `retries` counted. Their new results come after the old ones in the
+/// results stream (a reader following `next_cursor` sees each once more),
+/// `batch.retried` is published, and the webhook fires again, with a new
+/// `webhook-id`, when the batch ends again. The jobs are admitted as a
+/// submission is: queue room, the tenant's quota, unique keys.
+#[utoipa::path(
+    post, path = "/v1/batches/{id}/retry", tag = "batches",
+    security(("bearer" = ["write"])),
+    request_body(content = Option<BatchRetryRequest>, description = "May be left out: `failed` scope."),
+    params(
+        ("id" = String, Path, description = "Batch id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 hours: a repeat gets the first answer."),
+    ),
+    responses(
+        (status = 202, description = "Reopened; its jobs are queued again.", body = Batch,
+            headers(("Location" = String, description = "The batch's URL"))),
+        (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`batch_running` (it has not finished), `not_retryable` (no job failed or was cancelled: use `scope: all`), `key_conflict` or `dependency_failed` (a job waits on one outside the batch that failed: retry that first).", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` or `idempotency_mismatch`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`queue_full` or `tenant_quota`: no room for the jobs that would run again. See `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "`shutting_down` or `storage_unavailable`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn retry_batch(
+    WriteAccess(caller): WriteAccess,
+    State(state): State<AppState>,
+    BatchIdPath(id): BatchIdPath,
+    IdempotencyHeader(header): IdempotencyHeader,
+    body: Option<JsonBody<BatchRetryRequest>>,
+) -> Result<Response, ApiError> {
+    let route = format!("POST /v1/batches/{id}/retry");
+    let idempotency = idempotency_key(header.as_ref(), || match &body {
+        Some(body) => body.fingerprint(&route),
+        // No body is the empty object: the same request.
+        None => fingerprint(&route, b"{}"),
+    })?;
+    let scope = body.map(|body| body.value.scope).unwrap_or_default();
+    let retried = state
+        .engine
+        .retry_batch(&caller.tenant, id, scope, idempotency)
+        .await?;
+    Ok(match retried {
+        BatchSubmitted::Created(batch) => {
+            let location = format!("/v1/batches/{}", batch.id);
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(batch),
+            )
+                .into_response()
+        }
+        BatchSubmitted::Replayed(stored) => replayed(&stored, "/v1/batches"),
+    })
 }
 
 /// Cancel a batch.

@@ -290,6 +290,12 @@ impl From<EngineError> for ApiError {
             EngineError::DependencyFailed { job, .. } => {
                 Self::new(StatusCode::CONFLICT, "dependency_failed", detail).with_job(job.id)
             }
+            EngineError::BatchRunning(_) => {
+                Self::new(StatusCode::CONFLICT, "batch_running", detail)
+            }
+            EngineError::BatchNothingToRetry(_) => {
+                Self::new(StatusCode::CONFLICT, "not_retryable", detail)
+            }
             EngineError::BatchAlreadyFinished(_) => {
                 Self::new(StatusCode::CONFLICT, "already_finished", detail)
             }

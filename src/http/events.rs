@@ -50,7 +50,7 @@ impl Filter {
     }
 }
 
-const EVENT_TYPES: [EventKind; 9] = [
+const EVENT_TYPES: [EventKind; 10] = [
     EventKind::Scheduled,
     EventKind::Queued,
     EventKind::Started,
@@ -60,6 +60,7 @@ const EVENT_TYPES: [EventKind; 9] = [
     EventKind::Failed,
     EventKind::Cancelled,
     EventKind::BatchFinished,
+    EventKind::BatchRetried,
 ];
 
 fn parse_filter(

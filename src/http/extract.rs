@@ -2,7 +2,7 @@
 //! axum's plain-text rejections.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -25,19 +25,24 @@ impl<T> JsonBody<T> {
     /// SHA-256 of the body's canonical form (keys sorted, no whitespace), so
     /// a retried request that only differs in formatting matches its original.
     pub fn fingerprint(&self, route: &str) -> String {
-        let canonical = serde_json::from_slice::<Value>(&self.raw)
-            .map(|value| value.to_string())
-            .unwrap_or_default();
-        let mut hasher = Sha256::new();
-        hasher.update(route.as_bytes());
-        hasher.update([0]);
-        hasher.update(canonical.as_bytes());
-        hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        fingerprint(route, &self.raw)
     }
+}
+
+/// SHA-256 of `route` and the canonical form of the JSON `body`.
+pub fn fingerprint(route: &str, body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<Value>(body)
+        .map(|value| value.to_string())
+        .unwrap_or_default();
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(canonical.as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -115,6 +120,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             })?;
         let value = parse_json(&raw)?;
         Ok(Self { value, raw })
+    }
+}
+
+/// A body that may be left out (`Option<JsonBody<T>>`): none when the
+/// request has neither a `Content-Type` nor a body; otherwise read as
+/// `JsonBody` is.
+impl<S: Send + Sync, T: DeserializeOwned> OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        let empty = !request.headers().contains_key(header::CONTENT_TYPE)
+            && declared_length(&request).is_none_or(|length| length == 0)
+            && !request.headers().contains_key(header::TRANSFER_ENCODING);
+        if empty {
+            return Ok(None);
+        }
+        <Self as FromRequest<S>>::from_request(request, state)
+            .await
+            .map(Some)
     }
 }
 

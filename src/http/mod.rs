@@ -156,6 +156,7 @@ fn api_routers(settings: &HttpSettings) -> (OpenApiRouter<AppState>, OpenApiRout
         .routes(routes!(batches::get_batch))
         .routes(routes!(batches::batch_results))
         .routes(routes!(batches::cancel_batch))
+        .routes(routes!(batches::retry_batch))
         .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))

@@ -46,6 +46,9 @@ pub enum EventKind {
     Cancelled,
     #[serde(rename = "batch.finished")]
     BatchFinished,
+    /// A finished batch (or one its retry policy held open) runs again.
+    #[serde(rename = "batch.retried")]
+    BatchRetried,
 }
 
 impl EventKind {
@@ -82,6 +85,7 @@ impl EventKind {
             EventKind::Failed => "job.failed",
             EventKind::Cancelled => "job.cancelled",
             EventKind::BatchFinished => "batch.finished",
+            EventKind::BatchRetried => "batch.retried",
         }
     }
 }

@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::{
-    Batch, BatchId, BatchResult, ErrorInfo, Gcra, Job, JobId, JobState, KeyId, KeyState, LimitKey,
+    Batch, BatchId, BatchResult, BatchRetryScope, ErrorInfo, Gcra, Job, JobId, JobState, KeyId,
+    KeyState, LimitKey,
     NewBatch, NewJob, Progress, QueueConfig, QueueInfo, RateLimit, Redactor, StoredKey,
     TenantConfig, Timestamp, WebhookDelivery,
 };
@@ -66,6 +67,11 @@ pub struct Effects {
     pub next_due: Option<Timestamp>,
     /// Batches whose last job finished.
     pub finished_batches: Vec<FinishedBatch>,
+    /// Batches re-run (by hand or by their retry policy), as they are
+    /// after reopening, and the jobs that re-run (reopened `queued` or
+    /// `scheduled`), in submission order.
+    pub retried_batches: Vec<Batch>,
+    pub reopened: Vec<Job>,
     /// Running jobs whose cancellation was requested.
     pub stop: Vec<JobId>,
 }
@@ -76,6 +82,8 @@ impl Effects {
             && self.ready_queues.is_empty()
             && self.next_due.is_none()
             && self.finished_batches.is_empty()
+            && self.retried_batches.is_empty()
+            && self.reopened.is_empty()
             && self.stop.is_empty()
     }
 }
@@ -205,7 +213,7 @@ pub enum CancelOutcome {
 pub enum RetryOutcome {
     NotFound,
     NotRetryable(Job),
-    /// Its batch finished: batches don't reopen.
+    /// Its batch finished: the batch re-runs as a whole (`retry_batch`).
     BatchFinished(Job),
     /// A dependency failed or was cancelled (or is gone): retry it first.
     DependencyFailed {
@@ -214,6 +222,30 @@ pub enum RetryOutcome {
     },
     Retried(Job),
     Rejected(SubmitRejection),
+}
+
+/// `POST /v1/batches/{id}/retry`, and a batch's retry policy.
+#[derive(Clone, Debug)]
+pub enum BatchRetryOutcome {
+    NotFound,
+    /// Still running: a batch re-runs once it finished.
+    Running(Batch),
+    /// No job of the scope to run again (`failed` on a batch that succeeded whole).
+    NothingToRetry(Batch),
+    /// A job of the scope waits on a job outside it that failed for good.
+    DependencyFailed {
+        job: Job,
+        dependency: JobId,
+    },
+    Rejected(SubmitRejection),
+    /// A repeat of an earlier request with the same `Idempotency-Key`.
+    Replayed(StoredResponse),
+    /// Reopened: the batch as it is now, and the jobs that run again.
+    Retried {
+        batch: Box<Batch>,
+        jobs: Vec<Job>,
+        effects: Effects,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -513,6 +545,16 @@ pub trait JobStore: ScheduleStore + Send + Sync + 'static {
         id: JobId,
         at: Timestamp,
     ) -> Result<RetryOutcome, StoreError>;
+    /// Re-runs a finished batch's jobs of `scope` as new attempt series,
+    /// the batch reopened, or refuses as a submission is refused.
+    async fn retry_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        scope: BatchRetryScope,
+        idempotency: Option<IdempotencyKey>,
+        at: Timestamp,
+    ) -> Result<BatchRetryOutcome, StoreError>;
 
     /// Extends the leases `owner` holds on `ids` (the jobs it is running
     /// right now); returns those of them whose cancellation was requested

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::domain::{
-    Backoff, Batch, BatchCounts, BatchId, BatchResult, DeliveryStatus, ErrorInfo, Gcra, Job, JobId,
+    Backoff, Batch, BatchCounts, BatchId, BatchRetryPolicy, BatchResult, DeliveryStatus, ErrorInfo, Gcra, Job, JobId,
     JobState, NewJob, Progress, QueueConfig, QueueDefaults, RateLimit, RateLimitRef, Timestamp,
     WebhookDelivery,
 };
@@ -246,7 +246,7 @@ pub fn to_json(value: &impl serde::Serialize) -> String {
 /// Every column of `batches` a `Batch` shows, in `BatchRow` order.
 pub const BATCH_COLUMNS: &str = "id, tenant, total, success_threshold, metadata, callback_url, \
     status, cancel_requested, scheduled, queued, running, succeeded, failed, cancelled, \
-    created_at, finished_at";
+    created_at, finished_at, retries, retry_when_failed_ratio, retry_max_times, retry_scope";
 
 #[derive(sqlx::FromRow)]
 pub struct BatchRow {
@@ -266,6 +266,10 @@ pub struct BatchRow {
     pub(super) cancelled: i64,
     pub(super) created_at: i64,
     pub(super) finished_at: Option<i64>,
+    pub(super) retries: i64,
+    pub(super) retry_when_failed_ratio: Option<f64>,
+    pub(super) retry_max_times: i64,
+    pub(super) retry_scope: Option<String>,
 }
 
 impl BatchRow {
@@ -275,6 +279,15 @@ impl BatchRow {
             StoreError::Corrupt(format!("batch {}: {what}: {reason}", self.id))
         };
         let count = |n: i64| n.max(0) as u64;
+        let retry = match (self.retry_when_failed_ratio, &self.retry_scope) {
+            (Some(when_failed_ratio), Some(scope)) => Some(BatchRetryPolicy {
+                when_failed_ratio,
+                max_times: u32::try_from(self.retry_max_times)
+                    .map_err(|e| corrupt("retry_max_times", e.to_string()))?,
+                scope: scope.parse().map_err(|e| corrupt("retry_scope", e))?,
+            }),
+            _ => None,
+        };
         Ok(Batch {
             id: self
                 .id
@@ -291,6 +304,8 @@ impl BatchRow {
                 cancelled: count(self.cancelled),
             },
             success_threshold: self.success_threshold,
+            retry,
+            retries: u32::try_from(self.retries).map_err(|e| corrupt("retries", e.to_string()))?,
             metadata: serde_json::from_str(&self.metadata)
                 .map_err(|e| corrupt("metadata", e.to_string()))?,
             callback_url: self.callback_url.clone(),

@@ -6,6 +6,7 @@
 //! - `transaction.rs`: what a backend provides.
 //! - `admission.rs`: submitting jobs and batches.
 //! - `transitions.rs`: cancelling a job, retrying one, cancelling a batch.
+//! - `batch_retry.rs`: re-running a batch, by hand or by its policy.
 //! - `settle.rs`: what a job's end sets in motion (dependents, batches).
 //! - `schedules.rs`: a schedule's fire (overlap, admission, history, advance).
 //! - `retention.rs`: what a prune deletes; the latest webhook delivery.
@@ -13,6 +14,7 @@
 //!   the jobs it reports, the errors a store writes on a job, claim order).
 
 mod admission;
+mod batch_retry;
 mod expiry;
 mod limits;
 mod retention;
@@ -24,12 +26,13 @@ mod transitions;
 use std::collections::HashSet;
 
 pub use admission::admit;
+pub use batch_retry::{Rerun, retry_batch, settle_batches};
 pub use expiry::{EXPIRE_CHUNK, expire_due};
 pub use limits::{KeyState, LimitKey, Limiter, rescale};
 pub use retention::{PRUNE, PRUNE_CHUNK, latest_delivery};
 pub use schedules::{ScheduleTx, fire_schedule};
 pub use settle::{Ended, settle, settle_rescued};
-pub use transaction::{Released, Requested, StatesOf, Transaction};
+pub use transaction::{EndedBatches, Released, Requested, StatesOf, Transaction};
 pub use transitions::{cancel_batch, cancel_job, retry_job};
 
 use crate::domain::{Batch, ErrorInfo, Job, JobId, JobState, NewJob, Redactor, Timestamp};

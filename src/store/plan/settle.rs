@@ -4,8 +4,9 @@
 //! the batches whose last job this was are reported.
 //!
 //! Batch counts, finishing order and status are kept by each database's
-//! `jobs_batch_counts` trigger; this only reports which batches the write
-//! finished, so the engine can wake their long-polls.
+//! `jobs_batch_counts` trigger; this reports which batches the write
+//! finished, so the engine can wake their long-polls, and re-runs those
+//! their retry policy held open (`batch_retry.rs`).
 
 use super::transaction::Transaction;
 use crate::domain::{BatchId, Job, JobId, JobState, Timestamp};
@@ -76,10 +77,7 @@ pub async fn settle<T: Transaction>(
     }
     batches.sort();
     batches.dedup();
-    effects
-        .finished_batches
-        .extend(tx.finished_batches(&batches).await?);
-    Ok(())
+    super::settle_batches(tx, &batches, at, effects).await
 }
 
 /// What a rescue's statement took back (`rows`: jobs whose lease lapsed,

@@ -184,9 +184,30 @@ pub trait Transaction {
     /// keep.
     fn left_running(&mut self, job: &Rescued);
 
-    /// Those of `batches` (sorted, each once) that are finished.
-    async fn finished_batches(
-        &mut self,
-        batches: &[BatchId],
-    ) -> Result<Vec<FinishedBatch>, StoreError>;
+    /// Of `batches` (sorted, each once): those finished, and those whose
+    /// jobs all ended while their retry policy held them open.
+    async fn ended_batches(&mut self, batches: &[BatchId]) -> Result<EndedBatches, StoreError>;
+
+    /// The jobs of batch `id` in submission order, their rows locked where
+    /// the database has row locks: in id order, before the batch's row, as
+    /// a completion takes them (its job, then its batch through the trigger).
+    async fn batch_jobs(&mut self, id: BatchId) -> Result<Vec<Job>, StoreError>;
+
+    /// Reopens a batch for a re-run: `running`, no end, not cancelled, one
+    /// retry more. Its counts follow its jobs as they are reopened.
+    async fn reopen_batch(&mut self, id: BatchId) -> Result<(), StoreError>;
+
+    /// Ends at `at` a batch whose jobs all ended but which its retry policy
+    /// held open, with the status its last job's end would have given it:
+    /// for a re-run that could not be made.
+    async fn finish_batch(&mut self, id: BatchId, at: Timestamp) -> Result<(), StoreError>;
+}
+
+/// Batches a write ended a job of, as `Transaction::ended_batches` finds them.
+#[derive(Debug, Default)]
+pub struct EndedBatches {
+    /// Finished by the write.
+    pub finished: Vec<FinishedBatch>,
+    /// Every job ended, the batch held open by its retry policy: it re-runs.
+    pub held: Vec<FinishedBatch>,
 }

@@ -125,7 +125,8 @@ pub(super) async fn insert_batch(
     // Only the ends are counted in the row (see `SELECT_BATCH`).
     sqlx::query(
         "INSERT INTO batches (id, tenant, total, success_threshold, success_required, metadata, \
-         callback_url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         callback_url, created_at, retry_when_failed_ratio, retry_above, retry_max_times, \
+         retry_scope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(batch.id.to_string())
     .bind(&batch.tenant)
@@ -135,6 +136,14 @@ pub(super) async fn insert_batch(
     .bind(to_json(&batch.metadata))
     .bind(&batch.callback_url)
     .bind(batch.created_at.as_millis())
+    .bind(batch.retry.map(|retry| retry.when_failed_ratio))
+    .bind(
+        batch
+            .retry
+            .map(|retry| retry.failures_allowed(jobs.len() as u64) as i64),
+    )
+    .bind(batch.retry.map_or(0, |retry| i64::from(retry.max_times)))
+    .bind(batch.retry.map(|retry| retry.scope.as_str()))
     .execute(conn)
     .await?;
     Ok(())

@@ -47,18 +47,23 @@ const SUCCEED_GROUP: &str = "WITH target AS MATERIALIZED ( \
          WHERE id IN (SELECT c_batch FROM counted) ORDER BY id FOR NO KEY UPDATE), \
      bumped AS ( \
          UPDATE batches SET succeeded = succeeded + c_n, finish_seq = finish_seq + c_n, \
-             finished_at = CASE WHEN succeeded + c_n + failed + cancelled = total \
+             finished_at = CASE WHEN succeeded + c_n + failed + cancelled = total AND NOT (NOT cancel_requested AND retries < retry_max_times \
+                 AND failed + cancelled > coalesce(retry_above, total)) \
                  THEN coalesce(finished_at, c_at) ELSE finished_at END, \
              status = CASE WHEN finished_at IS NULL AND succeeded + c_n + failed + cancelled = total \
+                 AND NOT (NOT cancel_requested AND retries < retry_max_times \
+                 AND failed + cancelled > coalesce(retry_above, total)) \
                  THEN CASE WHEN cancel_requested THEN 'cancelled' \
                            WHEN succeeded + c_n >= success_required THEN 'succeeded' \
                            ELSE 'failed' END \
                  ELSE status END \
          FROM counted, locked WHERE batches.id = c_batch AND l_id = c_batch \
          RETURNING batches.id AS b_id, finish_seq - c_n AS b_base, \
-             l_finished_at IS NULL AND batches.finished_at IS NOT NULL AS b_ended), \
+             l_finished_at IS NULL AND batches.finished_at IS NOT NULL AS b_ended, \
+             batches.finished_at IS NULL \
+             AND batches.succeeded + batches.failed + batches.cancelled = batches.total AS b_held), \
      numbered AS ( \
-         SELECT t_id, t_result, t_at, b_ended, \
+         SELECT t_id, t_result, t_at, b_ended, b_held, \
              b_base + row_number() OVER (PARTITION BY t_batch ORDER BY t_at, t_id) AS n_seq \
          FROM target LEFT JOIN bumped ON b_id = t_batch) \
      UPDATE jobs SET state = 'succeeded', result = t_result, error = NULL, finished_at = t_at, \
@@ -73,12 +78,14 @@ struct EndedRow {
     has_dependents: bool,
 }
 /// A row of `SUCCEED_GROUP`: whether the statement finished the job's
-/// batch (NULL without a batch).
+/// batch, or ended its last job while its retry policy held it open (both
+/// NULL without a batch).
 #[derive(sqlx::FromRow)]
 struct SucceededRow {
     #[sqlx(flatten)]
     row: EndedRow,
     batch_ended: Option<bool>,
+    batch_held: Option<bool>,
 }
 
 /// Appends the JSON text `$n` to the `errors` array without re-encoding
@@ -214,7 +221,8 @@ pub fn complete_group<'a>(
                 ats.push(completion.at.as_millis());
             }
             let sql = format!(
-                "{SUCCEED_GROUP} RETURNING {JOB_COLUMNS}, has_dependents, b_ended AS batch_ended"
+                "{SUCCEED_GROUP} RETURNING {JOB_COLUMNS}, has_dependents, b_ended AS batch_ended, \
+                 b_held AS batch_held"
             );
             let rows: Vec<SucceededRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)
@@ -227,7 +235,12 @@ pub fn complete_group<'a>(
             // Batches the statement finished, each reported to the first of
             // its jobs' callers only.
             let mut reported: Vec<BatchId> = Vec::new();
-            for SucceededRow { row, batch_ended } in rows {
+            for SucceededRow {
+                row,
+                batch_ended,
+                batch_held,
+            } in rows
+            {
                 let job = Job::try_from(row.job)?;
                 let Some(&index) = index_of.get(&(job.id, job.attempt)) else {
                     continue;
@@ -256,6 +269,19 @@ pub fn complete_group<'a>(
                         id: batch,
                         tenant: job.tenant.clone(),
                     });
+                }
+                // Its retry policy re-runs it, in this transaction.
+                if let Some(batch) = job.batch_id
+                    && batch_held == Some(true)
+                    && !reported.contains(&batch)
+                {
+                    reported.push(batch);
+                    let tx = &mut PgTx {
+                        conn: &mut *conn,
+                        counts: &mut counts,
+                    };
+                    let at = completions[index].at;
+                    plan::settle_batches(tx, &[batch], at, &mut effects).await?;
                 }
                 answers[index] = Some(CompletionResult::Applied {
                     job: Box::new(job),

@@ -14,35 +14,42 @@ use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::counts::Counts;
 use crate::domain::{ErrorInfo, Job, JobId, JobState, Timestamp};
-use crate::store::plan::Released;
+use crate::store::plan::{EndedBatches, Released};
 use crate::store::rows::{JOB_COLUMNS, JobRow, to_json};
 use crate::store::{FinishedBatch, StoreError};
 
-/// Those of `batches` that are finished (as this statement sees them), each once.
-pub async fn finished_batches(
+/// Those of `batches` that are finished (as this statement sees them), and
+/// those whose jobs all ended while their retry policy held them open,
+/// each once.
+pub async fn ended_batches(
     conn: &mut PgConnection,
     mut batches: Vec<String>,
-) -> Result<Vec<FinishedBatch>, StoreError> {
+) -> Result<EndedBatches, StoreError> {
+    let mut found = EndedBatches::default();
     if batches.is_empty() {
-        return Ok(Vec::new());
+        return Ok(found);
     }
     batches.sort();
     batches.dedup();
-    let finished: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, tenant FROM batches WHERE id = ANY($1) AND finished_at IS NOT NULL ORDER BY id",
+    let ended: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT id, tenant, finished_at IS NOT NULL FROM batches WHERE id = ANY($1) \
+         AND (finished_at IS NOT NULL OR succeeded + failed + cancelled = total) ORDER BY id",
     )
     .bind(&batches)
     .fetch_all(conn)
     .await?;
-    finished
-        .into_iter()
-        .map(|(id, tenant)| {
-            let id = id
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("batch id {id}: {e}")))?;
-            Ok(FinishedBatch { id, tenant })
-        })
-        .collect()
+    for (id, tenant, finished) in ended {
+        let id = id
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("batch id {id}: {e}")))?;
+        let batch = FinishedBatch { id, tenant };
+        if finished {
+            found.finished.push(batch);
+        } else {
+            found.held.push(batch);
+        }
+    }
+    Ok(found)
 }
 
 /// One dependency fewer for each job waiting on `id`; those left with none

@@ -38,13 +38,13 @@ use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
-    BatchCancelOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
+    BatchCancelOutcome, BatchRetryOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
     Effects, JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges,
     StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt,
     WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, Gcra, Job, JobId, KeyId, KeyState, LimitKey, NewJob, Progress,
+    Batch, BatchId, BatchResult, BatchRetryScope, Gcra, IdempotencyKey, Job, JobId, KeyId, KeyState, LimitKey, NewJob, Progress,
     QueueConfig, QueueInfo, RateLimit, StoredKey, TenantConfig, Timestamp, WebhookDelivery,
 };
 
@@ -439,6 +439,27 @@ impl JobStore for PgStore {
             self.pool,
             |tx| decide!(tx, |decision| plan::retry_job(decision, tenant, id, at)),
             |outcome| matches!(outcome, RetryOutcome::Retried(_))
+        )
+    }
+
+    async fn retry_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        scope: BatchRetryScope,
+        idempotency: Option<IdempotencyKey>,
+        at: Timestamp,
+    ) -> Result<BatchRetryOutcome, StoreError> {
+        let rerun = plan::Rerun::ByHand {
+            scope,
+            idempotency: idempotency.as_ref(),
+        };
+        transaction!(
+            self.pool,
+            |tx| decide!(tx, |decision| plan::retry_batch(
+                decision, tenant, id, rerun, at
+            )),
+            |outcome| matches!(outcome, BatchRetryOutcome::Retried { .. })
         )
     }
 

@@ -15,9 +15,9 @@ use super::admit::{self, capacity_rejection};
 use super::counts::{self, Counts};
 use super::{deps, ops, tenants};
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Timestamp};
-use crate::store::plan::{Released, Requested, StatesOf, Transaction};
+use crate::store::plan::{EndedBatches, Released, Requested, StatesOf, Transaction};
 use crate::store::rows::{JOB_COLUMNS, JobRow, parse_ids};
-use crate::store::{FinishedBatch, Rescued, StoreError, StoredResponse, SubmitRejection};
+use crate::store::{Rescued, StoreError, StoredResponse, SubmitRejection};
 
 /// An open transaction and the queue counts it moved so far.
 pub struct PgTx<'a> {
@@ -310,11 +310,46 @@ impl Transaction for PgTx<'_> {
         self.counts.add(&job.queue, &job.tenant, job.state, 1);
     }
 
-    async fn finished_batches(
-        &mut self,
-        batches: &[BatchId],
-    ) -> Result<Vec<FinishedBatch>, StoreError> {
+    async fn ended_batches(&mut self, batches: &[BatchId]) -> Result<EndedBatches, StoreError> {
         let batches = batches.iter().map(BatchId::to_string).collect();
-        deps::finished_batches(self.conn, batches).await
+        deps::ended_batches(self.conn, batches).await
+    }
+
+    async fn batch_jobs(&mut self, id: BatchId) -> Result<Vec<Job>, StoreError> {
+        // Locked in id order first, as `flag_batch_cancelled` does.
+        sqlx::query("SELECT 1 FROM jobs WHERE batch_id = $1 ORDER BY id FOR UPDATE")
+            .bind(id.to_string())
+            .execute(&mut *self.conn)
+            .await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY batch_index");
+        let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    async fn reopen_batch(&mut self, id: BatchId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE batches SET status = 'running', finished_at = NULL, cancel_requested = false, \
+             retries = retries + 1 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_batch(&mut self, id: BatchId, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE batches SET finished_at = $1, status = CASE WHEN cancel_requested THEN 'cancelled' \
+             WHEN succeeded >= success_required THEN 'succeeded' ELSE 'failed' END \
+             WHERE id = $2 AND finished_at IS NULL",
+        )
+        .bind(at.as_millis())
+        .bind(id.to_string())
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
     }
 }

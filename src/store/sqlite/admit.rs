@@ -49,7 +49,8 @@ pub(super) fn insert_batch(
     }
     conn.prepare_cached(
         "INSERT INTO batches (id, tenant, total, success_threshold, success_required, metadata, \
-         callback_url, scheduled, queued, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         callback_url, scheduled, queued, created_at, retry_when_failed_ratio, retry_above, \
+         retry_max_times, retry_scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         batch.id.to_string(),
@@ -62,6 +63,12 @@ pub(super) fn insert_batch(
         counts.scheduled as i64,
         counts.queued as i64,
         batch.created_at.as_millis(),
+        batch.retry.map(|retry| retry.when_failed_ratio),
+        batch
+            .retry
+            .map(|retry| retry.failures_allowed(jobs.len() as u64) as i64),
+        batch.retry.map_or(0, |retry| i64::from(retry.max_times)),
+        batch.retry.map(|retry| retry.scope.as_str()),
     ])?;
     Ok(())
 }

@@ -38,13 +38,13 @@ use super::gauges;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
-    BatchCancelOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
+    BatchCancelOutcome, BatchRetryOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
     Effects, JobFilter, JobStore, Promoted, QueueDeletion, Refill, Rescued, RetryOutcome,
     ServiceGauges, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
     WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, Gcra, Job, JobId, JobState, KeyId, KeyState, LimitKey, Progress,
+    Batch, BatchId, BatchResult, BatchRetryScope, Gcra, IdempotencyKey, Job, JobId, JobState, KeyId, KeyState, LimitKey, Progress,
     QueueConfig, QueueCounts, QueueInfo, RateLimit, StoredKey, TenantConfig, Timestamp,
     WebhookDelivery,
 };
@@ -515,6 +515,25 @@ impl JobStore for SqliteStore {
         let tenant = tenant.to_owned();
         self.write(move |tx| run_now(plan::retry_job(tx, &tenant, id, at)))
             .await
+    }
+
+    async fn retry_batch(
+        &self,
+        tenant: &str,
+        id: BatchId,
+        scope: BatchRetryScope,
+        idempotency: Option<IdempotencyKey>,
+        at: Timestamp,
+    ) -> Result<BatchRetryOutcome, StoreError> {
+        let tenant = tenant.to_owned();
+        self.write(move |tx| {
+            let rerun = plan::Rerun::ByHand {
+                scope,
+                idempotency: idempotency.as_ref(),
+            };
+            run_now(plan::retry_batch(tx, &tenant, id, rerun, at))
+        })
+        .await
     }
 
     async fn renew_leases(

@@ -12,7 +12,7 @@ use super::writer::{WriteTx, run_now};
 use crate::domain::{
     Batch, BatchId, ErrorInfo, Job, JobId, JobState, Progress, QueueConfig, Timestamp,
 };
-use crate::store::plan::{self, Ended, Transaction as _};
+use crate::store::plan::{self, Ended};
 use crate::store::rows::RescuedRow;
 use crate::store::{
     AttemptOutcome, Completion, CompletionResult, Effects, Promoted, QueueDeletion, Rescued,
@@ -209,10 +209,12 @@ fn succeed_all(
         {
             batches_seen.push(batch);
             settled = settled.and_then(|()| {
-                effects
-                    .finished_batches
-                    .extend(run_now(tx.finished_batches(&[batch]))?);
-                Ok(())
+                run_now(plan::settle_batches(
+                    tx,
+                    &[batch],
+                    completion.at,
+                    &mut effects,
+                ))
             });
         }
         results.push(settled.map(|()| CompletionResult::Applied {

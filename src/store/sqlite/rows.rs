@@ -67,6 +67,10 @@ impl BatchRow {
             cancelled: row.get(13)?,
             created_at: row.get(14)?,
             finished_at: row.get(15)?,
+            retries: row.get(16)?,
+            retry_when_failed_ratio: row.get(17)?,
+            retry_max_times: row.get(18)?,
+            retry_scope: row.get(19)?,
         })
     }
 }

@@ -12,7 +12,8 @@ use rusqlite::{OptionalExtension, params};
 use super::writer::WriteTx;
 use super::{admit, deps, ops};
 use crate::domain::{Batch, BatchId, ErrorInfo, Job, JobId, JobState, NewBatch, NewJob, Timestamp};
-use crate::store::plan::{Released, Requested, StatesOf, Transaction};
+use crate::store::plan::{EndedBatches, Released, Requested, StatesOf, Transaction};
+use crate::store::rows::JOB_COLUMNS;
 use crate::store::tenants::remembered_response;
 use crate::store::{FinishedBatch, Rescued, StoreError, StoredResponse, SubmitRejection};
 
@@ -239,22 +240,57 @@ impl Transaction for WriteTx<'_> {
             .moved(&job.queue, &job.tenant, JobState::Running, job.state);
     }
 
-    async fn finished_batches(
-        &mut self,
-        batches: &[BatchId],
-    ) -> Result<Vec<FinishedBatch>, StoreError> {
-        let mut finished = self.conn.prepare_cached(
-            "SELECT tenant FROM batches WHERE id = ? AND finished_at IS NOT NULL",
+    async fn ended_batches(&mut self, batches: &[BatchId]) -> Result<EndedBatches, StoreError> {
+        let mut ended = self.conn.prepare_cached(
+            "SELECT tenant, finished_at IS NOT NULL FROM batches WHERE id = ? \
+             AND (finished_at IS NOT NULL OR succeeded + failed + cancelled = total)",
         )?;
-        let mut found = Vec::new();
+        let mut found = EndedBatches::default();
         for batch in batches {
-            let tenant: Option<String> = finished
-                .query_row(params![batch.to_string()], |row| row.get(0))
+            let row: Option<(String, bool)> = ended
+                .query_row(params![batch.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            if let Some(tenant) = tenant {
-                found.push(FinishedBatch { id: *batch, tenant });
+            if let Some((tenant, finished)) = row {
+                let batch = FinishedBatch { id: *batch, tenant };
+                if finished {
+                    found.finished.push(batch);
+                } else {
+                    found.held.push(batch);
+                }
             }
         }
         Ok(found)
+    }
+
+    async fn batch_jobs(&mut self, id: BatchId) -> Result<Vec<Job>, StoreError> {
+        ops::query_jobs(
+            self.conn,
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY batch_index"
+            ),
+            params![id.to_string()],
+        )
+    }
+
+    async fn reopen_batch(&mut self, id: BatchId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE batches SET status = 'running', finished_at = NULL, cancel_requested = 0, \
+                 retries = retries + 1 WHERE id = ?",
+            )?
+            .execute(params![id.to_string()])?;
+        Ok(())
+    }
+
+    async fn finish_batch(&mut self, id: BatchId, at: Timestamp) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE batches SET finished_at = ?, status = CASE \
+                 WHEN cancel_requested = 1 THEN 'cancelled' \
+                 WHEN succeeded >= success_required THEN 'succeeded' ELSE 'failed' END \
+                 WHERE id = ? AND finished_at IS NULL",
+            )?
+            .execute(params![at.as_millis(), id.to_string()])?;
+        Ok(())
     }
 }
