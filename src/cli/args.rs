@@ -254,6 +254,22 @@ pub enum BatchCommand {
         /// Batch id.
         id: String,
     },
+    /// Re-run a finished batch's failed and cancelled jobs (POST
+    /// /v1/batches/{id}/retry); with --wait, wait until it finishes again.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Retry {
+        /// Batch id.
+        id: String,
+        /// Re-run every job, succeeded ones too.
+        #[arg(long)]
+        all: bool,
+        /// Wait until the batch finishes again; the exit code says how it ended.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit code 7).
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -1,4 +1,4 @@
-//! `spool batch submit|get|wait|results|cancel`.
+//! `spool batch submit|get|wait|results|cancel|retry`.
 
 use std::path::Path;
 
@@ -53,6 +53,25 @@ pub async fn run(args: BatchArgs) -> Result<Exit, CliError> {
                 .await?;
             show(&batch, json);
             Ok(Exit::Success)
+        }
+        BatchCommand::Retry {
+            id,
+            all,
+            wait,
+            timeout,
+        } => {
+            let scope = if all { "all" } else { "failed" };
+            let batch = client
+                .post(
+                    &format!("{}/retry", batch_path(&id)),
+                    Some(&json!({ "scope": scope })),
+                )
+                .await?;
+            if !wait {
+                show(&batch, json);
+                return Ok(Exit::Success);
+            }
+            finish(wait_batch(&client, &id, timeout).await?, json)
         }
     }
 }

@@ -6,8 +6,8 @@ use super::validation::SpecCheck;
 use super::waiting::results_waiter;
 use super::{Engine, EngineError};
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchRetryScope, BatchSpec, JobId, QueueConfig, SpecContext, Timestamp,
-    TraceContext,
+    Batch, BatchId, BatchResult, BatchRetryScope, BatchSpec, JobId, QueueConfig, SpecContext,
+    Timestamp, TraceContext,
 };
 use crate::store::{
     BatchCancelOutcome, BatchRetryOutcome, IdempotencyKey, StoredResponse, SubmitOutcome,
@@ -208,13 +208,13 @@ impl Engine {
             .await?;
         match outcome {
             BatchRetryOutcome::NotFound => Err(EngineError::NotFound("batch")),
-            BatchRetryOutcome::Running(batch) => Err(EngineError::BatchRunning(Box::new(batch))),
+            BatchRetryOutcome::Running(batch) => Err(EngineError::BatchRunning(batch)),
             BatchRetryOutcome::NothingToRetry(batch) => {
-                Err(EngineError::BatchNothingToRetry(Box::new(batch)))
+                Err(EngineError::BatchNothingToRetry(batch))
             }
             BatchRetryOutcome::DependencyFailed { job, dependency } => {
                 Err(EngineError::DependencyFailed {
-                    job: Box::new(self.shown(job)),
+                    job: Box::new(self.shown(*job)),
                     dependency,
                 })
             }

@@ -41,7 +41,9 @@ pub enum EngineError {
     NotRetryable(Box<Job>),
     #[error("a batch holds at most {max} jobs; this one has {size}")]
     BatchTooLarge { size: usize, max: usize },
-    #[error("the job's batch has finished: re-run the batch instead (POST /v1/batches/{{id}}/retry)")]
+    #[error(
+        "the job's batch has finished: re-run the batch instead (POST /v1/batches/{{id}}/retry)"
+    )]
     BatchFinished(Box<Job>),
     #[error("the batch is still running; a batch re-runs once it finished")]
     BatchRunning(Box<crate::domain::Batch>),

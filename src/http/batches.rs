@@ -34,6 +34,10 @@ pub struct ResultPage {
     /// while the batch runs, even when this page is empty (poll with it);
     /// `null` once the batch is finished and every result was returned.
     pub next_cursor: Option<String>,
+    /// The position after this page's items, always present: keep it to
+    /// read, later, only what finished since (the results of a re-run of
+    /// the batch, after `next_cursor` went `null`).
+    pub cursor: String,
     /// The batch's status when the page was read.
     pub batch_status: BatchStatus,
 }
@@ -211,14 +215,12 @@ pub async fn batch_results(
         .await?;
     // The batch was read first: seen finished, all its results were there.
     let exhausted = batch.finished_at.is_some() && items.len() < limit as usize;
-    let next_cursor = if exhausted {
-        None
-    } else {
-        Some(items.last().map_or(after, |item| item.seq).to_string())
-    };
+    let cursor = items.last().map_or(after, |item| item.seq).to_string();
+    let next_cursor = (!exhausted).then(|| cursor.clone());
     Ok(Json(ResultPage {
         items,
         next_cursor,
+        cursor,
         batch_status: batch.status,
     }))
 }

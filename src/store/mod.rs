@@ -21,9 +21,8 @@ use serde_json::Value;
 
 use crate::domain::{
     Batch, BatchId, BatchResult, BatchRetryScope, ErrorInfo, Gcra, Job, JobId, JobState, KeyId,
-    KeyState, LimitKey,
-    NewBatch, NewJob, Progress, QueueConfig, QueueInfo, RateLimit, Redactor, StoredKey,
-    TenantConfig, Timestamp, WebhookDelivery,
+    KeyState, LimitKey, NewBatch, NewJob, Progress, QueueConfig, QueueInfo, RateLimit, Redactor,
+    StoredKey, TenantConfig, Timestamp, WebhookDelivery,
 };
 
 pub use crate::domain::{IdempotencyKey, JobFilter, StoredResponse};
@@ -229,12 +228,12 @@ pub enum RetryOutcome {
 pub enum BatchRetryOutcome {
     NotFound,
     /// Still running: a batch re-runs once it finished.
-    Running(Batch),
+    Running(Box<Batch>),
     /// No job of the scope to run again (`failed` on a batch that succeeded whole).
-    NothingToRetry(Batch),
+    NothingToRetry(Box<Batch>),
     /// A job of the scope waits on a job outside it that failed for good.
     DependencyFailed {
-        job: Job,
+        job: Box<Job>,
         dependency: JobId,
     },
     Rejected(SubmitRejection),

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::domain::{
-    Backoff, Batch, BatchCounts, BatchId, BatchRetryPolicy, BatchResult, DeliveryStatus, ErrorInfo, Gcra, Job, JobId,
-    JobState, NewJob, Progress, QueueConfig, QueueDefaults, RateLimit, RateLimitRef, Timestamp,
-    WebhookDelivery,
+    Backoff, Batch, BatchCounts, BatchId, BatchResult, BatchRetryPolicy, DeliveryStatus, ErrorInfo,
+    Gcra, Job, JobId, JobState, NewJob, Progress, QueueConfig, QueueDefaults, RateLimit,
+    RateLimitRef, Timestamp, WebhookDelivery,
 };
 use crate::store::{
     ClaimedWebhook, Rescued, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,

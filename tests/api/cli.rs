@@ -299,6 +299,15 @@ fn a_cancelled_batch_exits_its_waiter_with_the_cancelled_code() {
     let page = ran.assert_code(0).json();
     assert_eq!(page["items"][0]["status"], "cancelled", "{ran}");
     assert!(page["next_cursor"].is_null(), "{ran}");
+
+    // Re-run: the cancelled job runs now (its delay was its first run's),
+    // and the waiter exits with the new end's code.
+    let ran = service.spool(&["batch", "retry", &id, "--wait", "--timeout", "20", "--json"]);
+    let batch = ran.assert_code(0).json();
+    assert_eq!(batch["status"], "succeeded", "{ran}");
+    assert_eq!(batch["retries"], 1, "{ran}");
+    // Nothing failed now: refused (409), the refusal's code.
+    service.spool(&["batch", "retry", &id]).assert_code(4);
 }
 
 #[test]

@@ -536,7 +536,9 @@ impl PgSchema {
             .expect("a fresh schema");
         let base = pg_base_url();
         let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+        // Named after the schema, so its connections can be ended with it.
+        let url =
+            format!("{base}{separator}options=-c%20search_path%3D{name}&application_name={name}");
         Some(PgSchema {
             url,
             name,
@@ -558,6 +560,16 @@ impl Drop for PgSchema {
             let _ = sqlx::query("SET lock_timeout = '2s'")
                 .execute(&mut admin)
                 .await;
+            // The connections of the test's in-process apps: their pools
+            // outlive the test's runtime until the test binary exits, and
+            // enough of them would exhaust the server's connection slots.
+            let _ = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&name)
+            .execute(&mut admin)
+            .await;
             for _ in 0..5 {
                 let drop = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
                 if sqlx::query(sqlx::AssertSqlSafe(drop))

@@ -3,6 +3,7 @@
 
 mod access;
 mod access_processes;
+mod batch_retry;
 mod batches;
 mod cli;
 mod cluster;

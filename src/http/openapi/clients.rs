@@ -211,6 +211,13 @@ fn shape_operation(operation: &mut Operation) {
     if let Some(RefOr::T(body)) = operation.request_body.as_mut() {
         for media in body.content.values_mut() {
             if let RefOr::T(media) = media {
+                // A body that may be left out (`Option<T>`, not required) is
+                // its schema when sent: a JSON `null` is no way to leave it out.
+                if let Some(RefOr::T(Schema::OneOf(one_of))) = &media.schema
+                    && let [RefOr::Ref(reference), RefOr::T(_)] = one_of.items.as_slice()
+                {
+                    media.schema = Some(RefOr::Ref(reference.clone()));
+                }
                 add_example(&id, media);
             }
         }

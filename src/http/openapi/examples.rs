@@ -24,6 +24,9 @@ pub fn schema(name: &str) -> Option<Value> {
         "Batch" => batch(),
         "BatchCounts" => batch_counts(),
         "BatchResult" => batch_result(),
+        "BatchRetryPolicy" => batch_retry_policy(),
+        "BatchRetryRequest" => json!({"scope": "failed"}),
+        "BatchRetryScope" => json!("failed"),
         "BatchSpec" => batch_spec(),
         "BatchStatus" => json!("running"),
         "BatchSummary" => json!({
@@ -77,7 +80,7 @@ pub fn schema(name: &str) -> Option<Value> {
         "RateLimitSettings" => json!({"rate": 10, "per_ms": 1000, "burst": 5}),
         "WaitingReason" => json!("rate_limited"),
         "ResultPage" => {
-            json!({"items": [batch_result()], "next_cursor": null, "batch_status": "succeeded"})
+            json!({"items": [batch_result()], "next_cursor": null, "cursor": "1", "batch_status": "succeeded"})
         }
         "Role" => json!("write"),
         "CatchUp" => json!("latest"),
@@ -237,8 +240,13 @@ fn batch_spec() -> Value {
             {"kind": "noop", "payload": {"step": "render"}, "depends_on": [0]},
         ],
         "success_threshold": 1.0,
+        "retry": batch_retry_policy(),
         "metadata": {"report": "2026-12"},
     })
+}
+
+fn batch_retry_policy() -> Value {
+    json!({"when_failed_ratio": 0.5, "max_times": 2, "scope": "failed"})
 }
 
 fn batch() -> Value {
@@ -248,6 +256,8 @@ fn batch() -> Value {
         "total": 2,
         "counts": batch_counts(),
         "success_threshold": 1.0,
+        "retry": batch_retry_policy(),
+        "retries": 0,
         "metadata": {"report": "2026-12"},
         "callback_url": null,
         "cancel_requested": false,

@@ -11,9 +11,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::transaction::{Requested, Transaction};
-use crate::domain::{
-    BatchId, BatchRetryScope, IdempotencyKey, Job, JobId, JobState, Timestamp,
-};
+use crate::domain::{BatchId, BatchRetryScope, IdempotencyKey, Job, JobId, JobState, Timestamp};
 use crate::store::rows::to_json;
 use crate::store::{BatchRetryOutcome, Effects, StoreError, SubmitRejection};
 
@@ -65,7 +63,7 @@ pub async fn retry_batch<T: Transaction>(
     let scope = match rerun {
         Rerun::ByHand { scope, .. } => {
             if batch.finished_at.is_none() {
-                return Ok(BatchRetryOutcome::Running(batch));
+                return Ok(BatchRetryOutcome::Running(Box::new(batch)));
             }
             scope
         }
@@ -79,7 +77,7 @@ pub async fn retry_batch<T: Transaction>(
         })
         .collect();
     if rerun_jobs.is_empty() || rerun_jobs.iter().any(|job| !job.status.is_terminal()) {
-        return Ok(BatchRetryOutcome::NothingToRetry(batch));
+        return Ok(BatchRetryOutcome::NothingToRetry(Box::new(batch)));
     }
     let rerun_ids: HashSet<JobId> = rerun_jobs.iter().map(|job| job.id).collect();
 
@@ -110,7 +108,7 @@ pub async fn retry_batch<T: Transaction>(
                 Some(Ok(state)) if !state.is_terminal() => waits_on.push(*dependency),
                 _ => {
                     return Ok(BatchRetryOutcome::DependencyFailed {
-                        job: (*job).clone(),
+                        job: Box::new((*job).clone()),
                         dependency: *dependency,
                     });
                 }
@@ -153,7 +151,10 @@ pub async fn retry_batch<T: Transaction>(
         } else {
             JobState::Scheduled
         };
-        let Some(job) = tx.reopen(job.id, job.status, state, at, waits_on.len()).await? else {
+        let Some(job) = tx
+            .reopen(job.id, job.status, state, at, waits_on.len())
+            .await?
+        else {
             return Err(StoreError::Corrupt(format!(
                 "job {} of batch {id} vanished while it was re-run",
                 job.id

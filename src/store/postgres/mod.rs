@@ -38,14 +38,15 @@ use super::fair::Turns;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
-    BatchCancelOutcome, BatchRetryOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
-    Effects, JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome, ServiceGauges,
-    StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection, WebhookAttempt,
-    WebhookOwner,
+    BatchCancelOutcome, BatchRetryOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion,
+    CompletionResult, Effects, JobFilter, JobStore, Promoted, QueueDeletion, Rescued, RetryOutcome,
+    ServiceGauges, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
+    WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchRetryScope, Gcra, IdempotencyKey, Job, JobId, KeyId, KeyState, LimitKey, NewJob, Progress,
-    QueueConfig, QueueInfo, RateLimit, StoredKey, TenantConfig, Timestamp, WebhookDelivery,
+    Batch, BatchId, BatchResult, BatchRetryScope, Gcra, IdempotencyKey, Job, JobId, KeyId,
+    KeyState, LimitKey, NewJob, Progress, QueueConfig, QueueInfo, RateLimit, StoredKey,
+    TenantConfig, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -122,8 +123,13 @@ impl PgStore {
     /// As `open`, with at most `connections` connections.
     pub async fn open_with_pool_size(url: &str, connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad database URL: {e}")))?
-            .application_name("spool");
+            .map_err(|e| StoreError::Unavailable(format!("bad database URL: {e}")))?;
+        // `spool` in `pg_stat_activity`, unless the URL names the instance
+        // (`?application_name=spool-eu-1`).
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("spool"),
+        };
         // Migrations on a connection of their own, closed afterwards: the
         // migrator holds a session-level advisory lock meanwhile, which must
         // not outlive it on a pooled connection.

@@ -321,7 +321,8 @@ impl Transaction for PgTx<'_> {
             .bind(id.to_string())
             .execute(&mut *self.conn)
             .await?;
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY batch_index");
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY batch_index");
         let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id.to_string())
             .fetch_all(&mut *self.conn)

@@ -38,15 +38,15 @@ use super::gauges;
 use super::lists::{LIST_WAIT, ListBudget};
 use super::plan;
 use super::{
-    BatchCancelOutcome, BatchRetryOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion, CompletionResult,
-    Effects, JobFilter, JobStore, Promoted, QueueDeletion, Refill, Rescued, RetryOutcome,
-    ServiceGauges, StoreError, StoredResponse, Submission, SubmitOutcome, SubmitRejection,
-    WebhookAttempt, WebhookOwner,
+    BatchCancelOutcome, BatchRetryOutcome, CancelOutcome, Claimed, ClaimedWebhook, Completion,
+    CompletionResult, Effects, JobFilter, JobStore, Promoted, QueueDeletion, Refill, Rescued,
+    RetryOutcome, ServiceGauges, StoreError, StoredResponse, Submission, SubmitOutcome,
+    SubmitRejection, WebhookAttempt, WebhookOwner,
 };
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchRetryScope, Gcra, IdempotencyKey, Job, JobId, JobState, KeyId, KeyState, LimitKey, Progress,
-    QueueConfig, QueueCounts, QueueInfo, RateLimit, StoredKey, TenantConfig, Timestamp,
-    WebhookDelivery,
+    Batch, BatchId, BatchResult, BatchRetryScope, Gcra, IdempotencyKey, Job, JobId, JobState,
+    KeyId, KeyState, LimitKey, Progress, QueueConfig, QueueCounts, QueueInfo, RateLimit, StoredKey,
+    TenantConfig, Timestamp, WebhookDelivery,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

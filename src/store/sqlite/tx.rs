@@ -248,7 +248,9 @@ impl Transaction for WriteTx<'_> {
         let mut found = EndedBatches::default();
         for batch in batches {
             let row: Option<(String, bool)> = ended
-                .query_row(params![batch.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(params![batch.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .optional()?;
             if let Some((tenant, finished)) = row {
                 let batch = FinishedBatch { id: *batch, tenant };
@@ -265,9 +267,7 @@ impl Transaction for WriteTx<'_> {
     async fn batch_jobs(&mut self, id: BatchId) -> Result<Vec<Job>, StoreError> {
         ops::query_jobs(
             self.conn,
-            &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY batch_index"
-            ),
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY batch_index"),
             params![id.to_string()],
         )
     }
