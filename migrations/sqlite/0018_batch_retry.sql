@@ -13,6 +13,9 @@ ALTER TABLE batches ADD COLUMN retry_when_failed_ratio REAL;
 ALTER TABLE batches ADD COLUMN retry_above INTEGER;
 ALTER TABLE batches ADD COLUMN retry_max_times INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE batches ADD COLUMN retry_scope TEXT;
+-- A batch's window, as submitted (NULL: none). Its jobs carry it as their
+-- concurrency key `batch:<id>` and limit, which is what claims enforce.
+ALTER TABLE batches ADD COLUMN max_in_flight INTEGER;
 
 -- As in 0002, except that the last job's end does not finish a batch its
 -- policy re-runs: the write that ended the job finds the batch with every

@@ -128,6 +128,11 @@ pub struct Batch {
     pub retry: Option<BatchRetryPolicy>,
     /// Times the batch was re-run, by hand or by its `retry` policy.
     pub retries: u32,
+    /// At most this many of its jobs run at once, service-wide (`null`: no
+    /// window of its own).
+    pub max_in_flight: Option<u32>,
+    /// Its jobs running now (`counts.running`): what `max_in_flight` bounds.
+    pub in_flight: u64,
     pub metadata: BTreeMap<String, String>,
     pub callback_url: Option<String>,
     /// The delivery of the `batch.finished` webhook of the batch's latest
@@ -186,6 +191,13 @@ pub struct BatchSpec {
     /// or cancelled. Default: never.
     #[serde(default)]
     pub retry: Option<BatchRetryPolicy>,
+    /// At most this many of the batch's jobs run at once, service-wide
+    /// (1 to 10 000); the others wait `queued` without holding up other work
+    /// of their queues. Its jobs hold the concurrency key `batch:<id>` and
+    /// may not have one of their own. Default: no window.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// Which of a finished batch's jobs a re-run runs again.
@@ -283,9 +295,17 @@ pub struct NewBatch {
     /// Succeeded jobs it takes for the batch to succeed.
     pub success_required: u64,
     pub retry: Option<BatchRetryPolicy>,
+    pub max_in_flight: Option<u32>,
     pub metadata: BTreeMap<String, String>,
     pub callback_url: Option<String>,
     pub created_at: Timestamp,
+}
+
+impl NewBatch {
+    /// The concurrency key its jobs hold under `max_in_flight`.
+    pub fn window_key(&self) -> String {
+        format!("batch:{}", self.id)
+    }
 }
 
 /// Longest `callback_url`.
@@ -331,6 +351,17 @@ impl BatchSpec {
         if let Some(retry) = &self.retry {
             retry.check(&mut errors);
         }
+        if let Some(window) = self.max_in_flight
+            && !(1..=super::spec::MAX_CONCURRENCY_LIMIT).contains(&window)
+        {
+            errors.push(FieldError::new(
+                "/max_in_flight",
+                format!(
+                    "must be between 1 and {}",
+                    super::spec::MAX_CONCURRENCY_LIMIT
+                ),
+            ));
+        }
         let metadata = self.metadata.clone().unwrap_or_default();
         errors.extend(check_metadata(&metadata, "/metadata"));
         if !errors.is_empty() {
@@ -342,6 +373,7 @@ impl BatchSpec {
             success_threshold: threshold,
             success_required: success_required(threshold, self.jobs.len() as u64),
             retry: self.retry,
+            max_in_flight: self.max_in_flight,
             metadata,
             callback_url: self.callback_url.clone(),
             created_at: now,

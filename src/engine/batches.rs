@@ -6,8 +6,8 @@ use super::validation::SpecCheck;
 use super::waiting::results_waiter;
 use super::{Engine, EngineError};
 use crate::domain::{
-    Batch, BatchId, BatchResult, BatchRetryScope, BatchSpec, JobId, QueueConfig, SpecContext,
-    Timestamp, TraceContext,
+    Batch, BatchId, BatchResult, BatchRetryScope, BatchSpec, FieldError, JobId, QueueConfig,
+    SpecContext, Timestamp, TraceContext,
 };
 use crate::store::{
     BatchCancelOutcome, BatchRetryOutcome, IdempotencyKey, StoredResponse, SubmitOutcome,
@@ -68,6 +68,10 @@ impl Engine {
         };
         let batch_id = batch.as_ref().map_or_else(BatchId::new, |batch| batch.id);
         let ids: Vec<JobId> = spec.jobs.iter().map(|_| JobId::new()).collect();
+        // The batch's window is a concurrency key its jobs share.
+        let window = batch
+            .as_ref()
+            .and_then(|batch| batch.max_in_flight.map(|limit| (batch.window_key(), limit)));
         let mut check = SpecCheck::new(self, tenant, now, trace);
         let mut jobs = Vec::with_capacity(spec.jobs.len());
         for (index, job) in spec.jobs.into_iter().enumerate() {
@@ -76,7 +80,18 @@ impl Engine {
                 batch: Some((batch_id, index, &ids)),
             };
             match check.check(job, ctx) {
-                Ok((job, _)) => jobs.push(job),
+                Ok((mut job, _)) => match &window {
+                    Some(_) if job.concurrency.is_some() => errors.push(FieldError::new(
+                        format!("/jobs/{index}/concurrency_key"),
+                        "a job of a batch with max_in_flight runs in the batch's window: \
+                         it cannot have a concurrency_key of its own",
+                    )),
+                    Some(window) => {
+                        job.concurrency = Some(window.clone());
+                        jobs.push(job);
+                    }
+                    None => jobs.push(job),
+                },
                 Err(problems) => {
                     errors.extend(problems.into_iter().map(|problem| problem.into_field(self)))
                 }

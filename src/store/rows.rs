@@ -246,7 +246,8 @@ pub fn to_json(value: &impl serde::Serialize) -> String {
 /// Every column of `batches` a `Batch` shows, in `BatchRow` order.
 pub const BATCH_COLUMNS: &str = "id, tenant, total, success_threshold, metadata, callback_url, \
     status, cancel_requested, scheduled, queued, running, succeeded, failed, cancelled, \
-    created_at, finished_at, retries, retry_when_failed_ratio, retry_max_times, retry_scope";
+    created_at, finished_at, retries, retry_when_failed_ratio, retry_max_times, retry_scope, \
+    max_in_flight";
 
 #[derive(sqlx::FromRow)]
 pub struct BatchRow {
@@ -270,6 +271,7 @@ pub struct BatchRow {
     pub(super) retry_when_failed_ratio: Option<f64>,
     pub(super) retry_max_times: i64,
     pub(super) retry_scope: Option<String>,
+    pub(super) max_in_flight: Option<i64>,
 }
 
 impl BatchRow {
@@ -306,6 +308,12 @@ impl BatchRow {
             success_threshold: self.success_threshold,
             retry,
             retries: u32::try_from(self.retries).map_err(|e| corrupt("retries", e.to_string()))?,
+            max_in_flight: self
+                .max_in_flight
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|e| corrupt("max_in_flight", e.to_string()))?,
+            in_flight: count(self.running),
             metadata: serde_json::from_str(&self.metadata)
                 .map_err(|e| corrupt("metadata", e.to_string()))?,
             callback_url: self.callback_url.clone(),

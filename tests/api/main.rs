@@ -4,6 +4,7 @@
 mod access;
 mod access_processes;
 mod batch_retry;
+mod batch_window;
 mod batches;
 mod cli;
 mod cluster;

@@ -241,6 +241,7 @@ fn batch_spec() -> Value {
         ],
         "success_threshold": 1.0,
         "retry": batch_retry_policy(),
+        "max_in_flight": 10,
         "metadata": {"report": "2026-12"},
     })
 }
@@ -258,6 +259,8 @@ fn batch() -> Value {
         "success_threshold": 1.0,
         "retry": batch_retry_policy(),
         "retries": 0,
+        "max_in_flight": 10,
+        "in_flight": 0,
         "metadata": {"report": "2026-12"},
         "callback_url": null,
         "cancel_requested": false,

@@ -126,7 +126,7 @@ pub(super) async fn insert_batch(
     sqlx::query(
         "INSERT INTO batches (id, tenant, total, success_threshold, success_required, metadata, \
          callback_url, created_at, retry_when_failed_ratio, retry_above, retry_max_times, \
-         retry_scope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         retry_scope, max_in_flight) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(batch.id.to_string())
     .bind(&batch.tenant)
@@ -144,6 +144,7 @@ pub(super) async fn insert_batch(
     )
     .bind(batch.retry.map_or(0, |retry| i64::from(retry.max_times)))
     .bind(batch.retry.map(|retry| retry.scope.as_str()))
+    .bind(batch.max_in_flight.map(i64::from))
     .execute(conn)
     .await?;
     Ok(())

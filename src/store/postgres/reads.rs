@@ -20,7 +20,7 @@ use crate::store::{ServiceGauges, StoreError};
 pub(super) const SELECT_BATCH: &str = "SELECT id, tenant, total, success_threshold, metadata, \
     callback_url, status, cancel_requested, c.scheduled, c.queued, c.running, succeeded, failed, \
     cancelled, created_at, finished_at, retries, retry_when_failed_ratio, retry_max_times, \
-    retry_scope FROM batches, LATERAL (SELECT \
+    retry_scope, max_in_flight FROM batches, LATERAL (SELECT \
     count(*) FILTER (WHERE state = 'scheduled') AS scheduled, \
     count(*) FILTER (WHERE state = 'queued') AS queued, \
     count(*) FILTER (WHERE state = 'running') AS running \

@@ -50,7 +50,8 @@ pub(super) fn insert_batch(
     conn.prepare_cached(
         "INSERT INTO batches (id, tenant, total, success_threshold, success_required, metadata, \
          callback_url, scheduled, queued, created_at, retry_when_failed_ratio, retry_above, \
-         retry_max_times, retry_scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         retry_max_times, retry_scope, max_in_flight) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         batch.id.to_string(),
@@ -69,6 +70,7 @@ pub(super) fn insert_batch(
             .map(|retry| retry.failures_allowed(jobs.len() as u64) as i64),
         batch.retry.map_or(0, |retry| i64::from(retry.max_times)),
         batch.retry.map(|retry| retry.scope.as_str()),
+        batch.max_in_flight.map(i64::from),
     ])?;
     Ok(())
 }

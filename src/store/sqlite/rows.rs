@@ -71,6 +71,7 @@ impl BatchRow {
             retry_when_failed_ratio: row.get(17)?,
             retry_max_times: row.get(18)?,
             retry_scope: row.get(19)?,
+            max_in_flight: row.get(20)?,
         })
     }
 }
