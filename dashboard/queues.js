@@ -127,11 +127,25 @@ export function queuesScreen(ctx) {
     }
   }
 
+  // An adaptive queue's concurrency is a range: {min, max}.
+  const adaptive = (queue) => typeof queue.concurrency === 'object' && queue.concurrency !== null;
+
+  function concurrencyText(queue) {
+    if (!adaptive(queue)) return String(queue.concurrency);
+    const { min, max } = queue.concurrency;
+    return `${queue.current_concurrency} (adaptive, ${min}–${max})`;
+  }
+
   function settingsForm(queue) {
-    const concurrency = h('input', {
-      type: 'number', name: 'concurrency', min: 1, required: true, value: queue.concurrency,
-      id: `concurrency-${queue.name}`,
+    const number = (name, value) => h('input', {
+      type: 'number', name, min: 1, required: true, value, id: `${name}-${queue.name}`,
     });
+    const fields = adaptive(queue)
+      ? [number('concurrency-min', queue.concurrency.min), number('concurrency-max', queue.concurrency.max)]
+      : [number('concurrency', queue.concurrency)];
+    const concurrencyValue = () => (adaptive(queue)
+      ? { min: Number(fields[0].value), max: Number(fields[1].value) }
+      : Number(fields[0].value));
     const capacity = h('input', {
       type: 'number', name: 'capacity', min: 0, required: true, value: queue.capacity,
       id: `capacity-${queue.name}`,
@@ -142,11 +156,15 @@ export function queuesScreen(ctx) {
         class: 'settings',
         onsubmit: (event) => {
           event.preventDefault();
-          change(queue, { concurrency: Number(concurrency.value), capacity: Number(capacity.value) });
+          change(queue, { concurrency: concurrencyValue(), capacity: Number(capacity.value) });
         },
       },
-      h('label', { for: concurrency.id }, 'Concurrency'),
-      concurrency,
+      ...fields.flatMap((field) => [
+        h('label', { for: field.id }, {
+          concurrency: 'Concurrency', 'concurrency-min': 'Concurrency, least', 'concurrency-max': 'Concurrency, most',
+        }[field.name]),
+        field,
+      ]),
       h('label', { for: capacity.id }, 'Capacity'),
       capacity,
       h('div', { class: 'actions' },
@@ -185,7 +203,7 @@ export function queuesScreen(ctx) {
         ['Queued', h('a', { href: jobsOf('queued'), 'data-count': 'queued' }, String(queue.counts.queued))],
         ['Running', h('a', { href: jobsOf('running'), 'data-count': 'running' }, String(queue.counts.running))],
         ['Scheduled', h('a', { href: jobsOf('scheduled'), 'data-count': 'scheduled' }, String(queue.counts.scheduled))],
-        ['Concurrency', String(queue.concurrency)],
+        ['Concurrency', h('span', { 'data-concurrency': '' }, concurrencyText(queue))],
         ['Capacity', String(queue.capacity)],
         ['Oldest ready', h('span', { title: age.title, 'data-oldest': '' }, age.text)],
         ['Finished / min', h('span', { 'data-throughput': '' }, rate.toFixed(rate < 10 ? 1 : 0),

@@ -756,7 +756,7 @@ async fn wait_until_idle(engine: &crate::engine::Engine) -> anyhow::Result<()> {
 /// for everything a round submits.
 fn bench_queue(args: &BenchArgs, paused: bool) -> QueueSettings {
     QueueSettings {
-        concurrency: Some(args.concurrency),
+        concurrency: Some(crate::domain::Concurrency::Fixed(args.concurrency)),
         capacity: Some(100_000_000),
         paused: Some(paused),
         defaults: Some(QueueDefaultsPatch::default()),

@@ -29,7 +29,8 @@ pub use limit::{
     RateLimitSettings, from_micros_ceil, micros,
 };
 pub use queue::{
-    Backoff, QueueConfig, QueueCounts, QueueDefaults, QueueDefaultsPatch, QueueInfo, QueueSettings,
+    Backoff, Concurrency, ConcurrencyRange, QueueConfig, QueueCounts, QueueDefaults,
+    QueueDefaultsPatch, QueueInfo, QueueSettings,
 };
 pub use request::{IdempotencyKey, JobFilter, StoredResponse};
 pub use schedule::{

@@ -65,12 +65,79 @@ impl Default for QueueDefaults {
     }
 }
 
+/// How many jobs of a queue run at once on each instance: a fixed number,
+/// or a range the service moves within as the jobs show it may
+/// (`{"min": 2, "max": 64}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Concurrency {
+    /// Exactly this many, 1 to 10 000.
+    Fixed(u32),
+    /// Adaptive: starts at `min`, grows toward `max` while jobs wait and
+    /// run as fast as before, shrinks when they slow down or fail, and back
+    /// toward `min` when the queue is idle.
+    Adaptive(ConcurrencyRange),
+}
+
+/// The range of an adaptive queue's concurrency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyRange {
+    /// 1 to `max`.
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub min: u32,
+    /// `min` to 10 000.
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub max: u32,
+}
+
+impl Concurrency {
+    /// The most jobs that may ever run at once.
+    pub fn max(self) -> u32 {
+        match self {
+            Concurrency::Fixed(n) => n,
+            Concurrency::Adaptive(range) => range.max,
+        }
+    }
+
+    /// The adaptive range, if the concurrency is adaptive.
+    pub fn range(self) -> Option<ConcurrencyRange> {
+        match self {
+            Concurrency::Fixed(_) => None,
+            Concurrency::Adaptive(range) => Some(range),
+        }
+    }
+
+    fn check(self, errors: &mut Vec<FieldError>) {
+        let max = QueueConfig::MAX_CONCURRENCY;
+        match self {
+            Concurrency::Fixed(n) if !(1..=max).contains(&n) => errors.push(FieldError::new(
+                "/concurrency",
+                format!("must be between 1 and {max}"),
+            )),
+            Concurrency::Adaptive(range) if !(1..=max).contains(&range.min) => {
+                errors.push(FieldError::new(
+                    "/concurrency/min",
+                    format!("must be between 1 and {max}"),
+                ));
+            }
+            Concurrency::Adaptive(range) if !(range.min..=max).contains(&range.max) => {
+                errors.push(FieldError::new(
+                    "/concurrency/max",
+                    format!("must be between min ({}) and {max}", range.min),
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A queue's settings, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
     pub name: String,
-    /// Jobs of this queue running at once. Default 10.
-    pub concurrency: u32,
+    /// Jobs of this queue running at once on each instance. Default 10.
+    pub concurrency: Concurrency,
     /// Bound on `scheduled + queued` jobs. Default 10 000.
     pub capacity: u64,
     /// A paused queue admits jobs but starts none.
@@ -88,7 +155,7 @@ impl QueueConfig {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            concurrency: Self::DEFAULT_CONCURRENCY,
+            concurrency: Concurrency::Fixed(Self::DEFAULT_CONCURRENCY),
             capacity: Self::DEFAULT_CAPACITY,
             paused: false,
             defaults: QueueDefaults::default(),
@@ -108,13 +175,10 @@ impl QueueConfig {
     pub fn apply(&mut self, settings: &QueueSettings) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Some(concurrency) = settings.concurrency {
-            if (1..=Self::MAX_CONCURRENCY).contains(&concurrency) {
+            let before = errors.len();
+            concurrency.check(&mut errors);
+            if errors.len() == before {
                 self.concurrency = concurrency;
-            } else {
-                errors.push(FieldError::new(
-                    "/concurrency",
-                    format!("must be between 1 and {}", Self::MAX_CONCURRENCY),
-                ));
             }
         }
         if let Some(capacity) = settings.capacity {
@@ -193,7 +257,9 @@ impl QueueConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
-    pub concurrency: Option<u32>,
+    /// Jobs running at once on each instance: a number (1 to 10 000), or
+    /// `{"min": 2, "max": 64}` to let the service adapt it.
+    pub concurrency: Option<Concurrency>,
     pub capacity: Option<u64>,
     pub paused: Option<bool>,
     pub defaults: Option<QueueDefaultsPatch>,
@@ -238,7 +304,10 @@ pub struct QueueCounts {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct QueueInfo {
     pub name: String,
-    pub concurrency: u32,
+    pub concurrency: Concurrency,
+    /// Jobs that may run at once on the instance that answered: the fixed
+    /// number, or where an adaptive queue's limit is now.
+    pub current_concurrency: u32,
     pub capacity: u64,
     pub paused: bool,
     pub defaults: QueueDefaults,
@@ -255,6 +324,10 @@ impl QueueInfo {
         Self {
             name: config.name,
             concurrency: config.concurrency,
+            current_concurrency: config
+                .concurrency
+                .range()
+                .map_or(config.concurrency.max(), |range| range.min),
             capacity: config.capacity,
             paused: config.paused,
             defaults: config.defaults,

@@ -6,7 +6,7 @@
 //! `tenants`, `schedules` (with its firing loop); `validation` is the one check of a job spec, `effects` acts on
 //! what a write set in motion, `error` says why a request was refused. Loops:
 //! `worker` (dispatch, attempts), `maintenance`, `shared` (the bus). Helpers:
-//! `drain`, `ready_clock`, `waiters`.
+//! `drain`, `ready_clock`, `waiters`, `limiter` (an adaptive queue's limit).
 
 mod batches;
 mod drain;
@@ -14,6 +14,7 @@ mod effects;
 mod error;
 mod jobs;
 mod lifecycle;
+mod limiter;
 mod limits;
 mod maintenance;
 mod queues;
@@ -39,6 +40,7 @@ use crate::domain::{JobId, QueueConfig};
 use crate::kinds::KindRegistry;
 use crate::notify::{EventHub, Webhooks};
 use crate::store::JobStore;
+use crate::telemetry::metrics::AttemptEnd;
 use crate::telemetry::traces::Tracer;
 
 pub use batches::BatchSubmitted;
@@ -110,15 +112,77 @@ struct QueueState {
     /// Jobs of this queue running in this process.
     running: u32,
     drain: DrainMeter,
+    /// An adaptive queue's limit on this instance (`None`: fixed).
+    limiter: Option<limiter::Limiter>,
+    /// The last claim for the queue took all it asked for: every slot was
+    /// taken and jobs may still wait. What lets an adaptive limit grow.
+    saturated: bool,
 }
 
 impl QueueState {
     fn new(config: QueueConfig) -> Self {
+        let limiter = config
+            .concurrency
+            .range()
+            .map(|range| limiter::Limiter::new(range.min, range.max, std::time::Instant::now()));
         Self {
             config,
             running: 0,
             drain: DrainMeter::default(),
+            limiter,
+            saturated: false,
         }
+    }
+
+    /// New settings; an adaptive limit keeps its place within a new range.
+    fn set_config(&mut self, config: QueueConfig) {
+        match (config.concurrency.range(), &mut self.limiter) {
+            (Some(range), Some(limiter)) => limiter.set_range(range.min, range.max),
+            (Some(range), None) => {
+                self.limiter = Some(limiter::Limiter::new(
+                    range.min,
+                    range.max,
+                    std::time::Instant::now(),
+                ));
+            }
+            (None, _) => self.limiter = None,
+        }
+        self.config = config;
+    }
+
+    /// Feeds an attempt of an adaptive queue (begun at `began`, ended
+    /// `end`) to its limiter: a failure or a slow run shrinks the limit, a
+    /// healthy run while jobs wait grows it. Cancelled and handed-back
+    /// attempts say nothing. True when the limit grew.
+    fn adapt(&mut self, name: &str, began: std::time::Instant, end: AttemptEnd) -> bool {
+        let failed = match end {
+            AttemptEnd::Succeeded => false,
+            AttemptEnd::Retried | AttemptEnd::Failed => true,
+            AttemptEnd::Cancelled | AttemptEnd::Released => {
+                if let Some(limiter) = self.limiter.as_mut() {
+                    limiter.forget(began);
+                }
+                return false;
+            }
+        };
+        let saturated = self.saturated;
+        let Some(limiter) = self.limiter.as_mut() else {
+            return false;
+        };
+        let before = limiter.limit();
+        limiter.observe(began, failed, saturated, std::time::Instant::now());
+        let after = limiter.limit();
+        if after != before {
+            tracing::debug!(queue = %name, from = before, to = after, "adaptive concurrency changed");
+        }
+        after > before
+    }
+
+    /// Jobs of the queue that may run at once here now.
+    fn limit(&self) -> u32 {
+        self.limiter
+            .as_ref()
+            .map_or(self.config.concurrency.max(), limiter::Limiter::limit)
     }
 }
 

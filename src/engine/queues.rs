@@ -34,9 +34,21 @@ impl Engine {
         Ok(queues)
     }
 
+    /// Sets each queue's `current_concurrency`: this instance's limit now.
+    fn add_current_concurrency(&self, queues: &mut [QueueInfo]) {
+        let states = self.read_queues();
+        for queue in queues {
+            if let Some(state) = states.get(&queue.name) {
+                queue.current_concurrency = state.limit();
+            }
+        }
+    }
+
     /// Sets each queue's `oldest_ready_at` from the figures `/metrics` reads
-    /// (at most once a second); the counts stay as fresh as the store's.
+    /// (at most once a second), and its `current_concurrency`; the counts
+    /// stay as fresh as the store's.
     async fn add_oldest_ready(&self, queues: &mut [QueueInfo]) -> Result<(), EngineError> {
+        self.add_current_concurrency(queues);
         let snapshot = self.metrics_snapshot().await?;
         for queue in queues {
             queue.oldest_ready_at = match queue.counts.queued {
@@ -61,7 +73,8 @@ impl Engine {
         {
             return Ok(snapshot.clone());
         }
-        let queues = self.inner.store.list_queues().await?;
+        let mut queues = self.inner.store.list_queues().await?;
+        self.add_current_concurrency(&mut queues);
         let gauges = self.inner.store.gauges().await?;
         let running_here = self
             .read_queues()
@@ -117,7 +130,7 @@ impl Engine {
             let mut queues = self.write_queues();
             queues
                 .entry(name.to_owned())
-                .and_modify(|state| state.config = config.clone())
+                .and_modify(|state| state.set_config(config.clone()))
                 .or_insert_with(|| QueueState::new(config));
         }
         // More concurrency or an unpaused queue may start jobs now.
@@ -172,7 +185,7 @@ impl Engine {
                 match queues.get_mut(&config.name) {
                     Some(state) if state.config == config => {}
                     Some(state) => {
-                        state.config = config;
+                        state.set_config(config);
                         changed = true;
                     }
                     None => {

@@ -247,7 +247,7 @@ impl Engine {
                 let has_room = self
                     .read_queues()
                     .get(&queue)
-                    .is_some_and(|q| !q.config.paused && q.running < q.config.concurrency);
+                    .is_some_and(|q| !q.config.paused && q.running < q.limit());
                 if has_room {
                     self.inner.wake_dispatcher.notify_one();
                 }

@@ -42,8 +42,8 @@ impl Engine {
             let wanted: Vec<(String, u32)> = self
                 .read_queues()
                 .values()
-                .filter(|q| !q.config.paused && q.running < q.config.concurrency)
-                .map(|q| (q.config.name.clone(), q.config.concurrency - q.running))
+                .filter(|q| !q.config.paused && q.running < q.limit())
+                .map(|q| (q.config.name.clone(), q.limit() - q.running))
                 .collect();
             // Cleared before the claims: one that passes over a limited job
             // sets it again.
@@ -63,13 +63,14 @@ impl Engine {
                     )
                 });
                 // Claims of all queues go out together and share one commit.
-                for (result, (queue, _)) in futures::future::join_all(claims)
+                for (result, (queue, free)) in futures::future::join_all(claims)
                     .await
                     .into_iter()
                     .zip(&wanted)
                 {
                     match result {
                         Ok(claimed) => {
+                            self.claimed_for(queue, claimed.jobs.len(), *free);
                             if let Some(at) = claimed.next_eligible_at {
                                 self.inner
                                     .next_eligible_ms
@@ -114,8 +115,12 @@ impl Engine {
     fn run_attempt(&self, job: Job) {
         let token = CancellationToken::new();
         let stop = Arc::new(AtomicU8::new(super::STOP_NONE));
+        let began = std::time::Instant::now();
         if let Some(queue) = self.write_queues().get_mut(&job.queue) {
             queue.drain.record(1);
+            if let Some(limiter) = queue.limiter.as_mut() {
+                limiter.started(began);
+            }
         }
         if let Ok(mut running) = self.inner.running.lock() {
             running.insert(
@@ -172,7 +177,6 @@ impl Engine {
             // What the attempt produces is stored and shown: it must not
             // repeat a secret value of the payload (an echoed header).
             let secrets = engine.inner.kinds.secrets(&job.kind, &job.payload);
-            let began = std::time::Instant::now();
             let outcome = engine.execute(&job, token, &stop, &secrets, onward).await;
             let end = attempt_end(&outcome);
             metrics::attempt_finished(&job.queue, &job.kind, end, began.elapsed());
@@ -183,7 +187,7 @@ impl Engine {
             {
                 span.fail(format!("{}: {}", error.code, error.message));
             }
-            engine.finish(job, outcome).await;
+            engine.finish(job, outcome, began, end).await;
             drop(span);
         };
         self.inner.jobs.spawn(attempt.instrument(log_span));
@@ -367,7 +371,15 @@ impl Engine {
     /// Stores the outcome (fenced by attempt and lease), hands the slot to
     /// the next job the same write claimed or frees it, and tells whoever
     /// waits.
-    async fn finish(&self, job: Job, outcome: AttemptOutcome) {
+    /// Stores an attempt's outcome (`end`; it began at `began`), refilling
+    /// its slot in the same write where that is done, and acts on it.
+    async fn finish(
+        &self,
+        job: Job,
+        outcome: AttemptOutcome,
+        began: std::time::Instant,
+        end: AttemptEnd,
+    ) {
         let completion = Completion {
             id: job.id,
             attempt: job.attempt,
@@ -376,6 +388,7 @@ impl Engine {
             at: Timestamp::now(),
         };
         let refill = self.refill(&job.queue);
+        let refilled = refill.is_some();
         let (stored, claimed) = self.store_outcome(&completion, refill).await;
         if let Ok(mut running) = self.inner.running.lock() {
             running.remove(&job.id);
@@ -386,10 +399,19 @@ impl Engine {
                 .fetch_min(at.as_millis(), Ordering::AcqRel);
         }
         let next = claimed.jobs.into_iter().next();
-        if next.is_none()
-            && let Some(queue) = self.write_queues().get_mut(&job.queue)
-        {
-            queue.running = queue.running.saturating_sub(1);
+        let mut grew = false;
+        if let Some(queue) = self.write_queues().get_mut(&job.queue) {
+            if next.is_none() {
+                queue.running = queue.running.saturating_sub(1);
+            }
+            // A refill that found a job: jobs were waiting for this slot.
+            if refilled {
+                queue.saturated = next.is_some();
+            }
+            grew = queue.adapt(&job.queue, began, end);
+        }
+        if grew {
+            self.inner.wake_dispatcher.notify_one();
         }
         // Even when the slot went on to the next job: this end may have
         // freed a concurrency key another queue's job waits for.
@@ -431,7 +453,7 @@ impl Engine {
         let queues = self.read_queues();
         let open = queues
             .get(queue)
-            .is_some_and(|q| !q.config.paused && q.running <= q.config.concurrency);
+            .is_some_and(|q| !q.config.paused && q.running <= q.limit());
         drop(queues);
         open.then(|| {
             let now = Timestamp::now();
@@ -441,6 +463,22 @@ impl Engine {
                 now,
             }
         })
+    }
+
+    /// Notes what a claim for `queue` took of the `free` slots it asked
+    /// for: all of them means jobs may still wait (an adaptive limit may
+    /// grow); none, with nothing running, means the queue is idle (an
+    /// adaptive limit shrinks toward its `min`).
+    fn claimed_for(&self, queue: &str, took: usize, free: u32) {
+        if let Some(state) = self.write_queues().get_mut(queue) {
+            state.saturated = took >= free as usize;
+            if took == 0
+                && state.running == 0
+                && let Some(limiter) = state.limiter.as_mut()
+            {
+                limiter.idle(std::time::Instant::now());
+            }
+        }
     }
 
     /// Whether writes other than the dispatcher's claim jobs (a refill, a
@@ -461,7 +499,7 @@ impl Engine {
         }
         let mut queues = self.write_queues();
         let state = queues.get_mut(queue)?;
-        if state.config.paused || state.running >= state.config.concurrency {
+        if state.config.paused || state.running >= state.limit() {
             return None;
         }
         state.running += 1;

@@ -93,14 +93,14 @@ fn render_queues(out: &mut String, snapshot: &MetricsSnapshot) {
     family(
         out,
         "spool_queue_concurrency",
-        "Worker slots of each queue, per instance.",
+        "Worker slots of each queue on this instance (an adaptive queue's: where its limit is now).",
     );
     for queue in &snapshot.queues {
         sample(
             out,
             "spool_queue_concurrency",
             &[("queue", &queue.name)],
-            f64::from(queue.concurrency),
+            f64::from(queue.current_concurrency),
         );
     }
     family(

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::domain::{
-    Backoff, Batch, BatchCounts, BatchId, BatchResult, BatchRetryPolicy, DeliveryStatus, ErrorInfo,
-    Gcra, Job, JobId, JobState, NewJob, Progress, QueueConfig, QueueDefaults, RateLimit,
-    RateLimitRef, Timestamp, WebhookDelivery,
+    Backoff, Batch, BatchCounts, BatchId, BatchResult, BatchRetryPolicy, Concurrency,
+    ConcurrencyRange, DeliveryStatus, ErrorInfo, Gcra, Job, JobId, JobState, NewJob, Progress,
+    QueueConfig, QueueDefaults, RateLimit, RateLimitRef, Timestamp, WebhookDelivery,
 };
 use crate::store::{
     ClaimedWebhook, Rescued, StoreError, WebhookAttempt, WebhookOutcome, WebhookOwner,
@@ -152,7 +152,7 @@ pub fn jobs_from_rows(rows: Vec<JobRow>) -> Result<Vec<Job>, StoreError> {
 
 /// Every column of `queues`, in `QueueRow` order.
 pub const QUEUE_COLUMNS: &str = "name, concurrency, capacity, paused, max_attempts, timeout_ms, \
-    backoff_base_ms, backoff_max_ms, rate_limit, rate_limit_key, expires_after_ms";
+    backoff_base_ms, backoff_max_ms, rate_limit, rate_limit_key, expires_after_ms, concurrency_min";
 
 #[derive(sqlx::FromRow)]
 pub struct QueueRow {
@@ -167,6 +167,7 @@ pub struct QueueRow {
     pub(super) rate_limit: Option<String>,
     pub(super) rate_limit_key: Option<String>,
     pub(super) expires_after_ms: Option<i64>,
+    pub(super) concurrency_min: Option<i64>,
 }
 
 /// A stored limit reference: the name, and the key ('' or NULL for none).
@@ -181,7 +182,13 @@ impl From<QueueRow> for QueueConfig {
     fn from(row: QueueRow) -> Self {
         QueueConfig {
             name: row.name,
-            concurrency: row.concurrency as u32,
+            concurrency: match row.concurrency_min {
+                Some(min) => Concurrency::Adaptive(ConcurrencyRange {
+                    min: min as u32,
+                    max: row.concurrency as u32,
+                }),
+                None => Concurrency::Fixed(row.concurrency as u32),
+            },
             capacity: row.capacity as u64,
             paused: row.paused,
             defaults: QueueDefaults {

@@ -3,6 +3,7 @@
 
 mod access;
 mod access_processes;
+mod adaptive;
 mod batch_retry;
 mod batch_window;
 mod batches;

@@ -287,6 +287,17 @@ describe('the dashboard', () => {
     await page.fill('#concurrency-default', '7');
     await page.click(`${card} button[data-action="save"]`);
     await eventually('concurrency changed', async () => (await api('GET', '/v1/queues/default')).concurrency === 7);
+    // An adaptive queue shows where its limit is, and keeps its range when saved.
+    await api('PUT', '/v1/queues/elastic', { concurrency: { min: 2, max: 16 } });
+    const elastic = '.queue[data-queue="elastic"]';
+    await page.waitForSelector(elastic);
+    await eventually('adaptive concurrency shown', async () => (
+      await page.textContent(`${elastic} [data-concurrency]`)).includes('adaptive, 2–16'));
+    await page.click(`${elastic} button[data-action="edit"]`);
+    await page.fill('#concurrency-max-elastic', '24');
+    await page.click(`${elastic} button[data-action="save"]`);
+    await eventually('range changed', async () => (await api('GET', '/v1/queues/elastic')).concurrency.max === 24);
+    assert.deepEqual((await api('GET', '/v1/queues/elastic')).concurrency, { min: 2, max: 24 });
     await shot(page, 'queues');
     assert.deepEqual(page.problems, []);
     await page.context().close();

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use spool::domain::{
-    ErrorInfo, JobId, JobSpec, JobState, NewJob, OnConflict, Progress, QueueConfig, SpecContext,
-    TENANT_DEFAULT, Timestamp,
+    Concurrency, ConcurrencyRange, ErrorInfo, JobId, JobSpec, JobState, NewJob, OnConflict,
+    Progress, QueueConfig, SpecContext, TENANT_DEFAULT, Timestamp,
 };
 use spool::store::{
     AttemptOutcome, CancelOutcome, Completion, CompletionResult, IdempotencyKey, JobFilter,
@@ -871,15 +871,25 @@ pub async fn prune_deletes_only_old_terminal_jobs(store: Arc<dyn JobStore>) {
 pub async fn queues_are_created_updated_and_counted(store: Arc<dyn JobStore>) {
     let mut queue = QueueConfig::new("mail");
     assert!(store.upsert_queue(&queue).await.unwrap(), "created");
-    queue.concurrency = 3;
+    queue.concurrency = Concurrency::Fixed(3);
     queue.paused = true;
     queue.defaults.max_attempts = 9;
     assert!(!store.upsert_queue(&queue).await.unwrap(), "updated");
     let read = store.get_queue("mail").await.unwrap().unwrap();
     assert_eq!(
         (read.concurrency, read.paused, read.defaults.max_attempts),
-        (3, true, 9)
+        (Concurrency::Fixed(3), true, 9)
     );
+    // An adaptive range is kept whole, and back to a fixed number again.
+    let range = Concurrency::Adaptive(ConcurrencyRange { min: 2, max: 64 });
+    queue.concurrency = range;
+    store.upsert_queue(&queue).await.unwrap();
+    let read = store.get_queue("mail").await.unwrap().unwrap();
+    assert_eq!(read.concurrency, range);
+    queue.concurrency = Concurrency::Fixed(5);
+    store.upsert_queue(&queue).await.unwrap();
+    let read = store.get_queue("mail").await.unwrap().unwrap();
+    assert_eq!(read.concurrency, Concurrency::Fixed(5));
     assert!(store.get_queue("nope").await.unwrap().is_none());
     assert_eq!(store.list_queues().await.unwrap().len(), 1);
 }

@@ -66,7 +66,9 @@ pub fn schema(name: &str) -> Option<Value> {
         "QueueDefaultsPatch" => json!({"max_attempts": 5}),
         "QueueInfo" => queue_info(),
         "QueueList" => json!({"items": [queue_info()]}),
-        "QueueSettings" => json!({"concurrency": 8, "capacity": 50000}),
+        "QueueSettings" => json!({"concurrency": {"min": 2, "max": 64}, "capacity": 50000}),
+        "Concurrency" => json!({"min": 2, "max": 64}),
+        "ConcurrencyRange" => json!({"min": 2, "max": 64}),
         "RateLimit" => rate_limit(),
         "RateLimitKeyState" => json!({
             "limit": "partner-api",
@@ -359,7 +361,8 @@ fn queue_defaults() -> Value {
 fn queue_info() -> Value {
     json!({
         "name": "emails",
-        "concurrency": 8,
+        "concurrency": {"min": 2, "max": 64},
+        "current_concurrency": 8,
         "capacity": 50000,
         "paused": false,
         "defaults": queue_defaults(),

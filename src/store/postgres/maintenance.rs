@@ -159,9 +159,10 @@ pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, S
     let created: bool = sqlx::query_scalar(
         "INSERT INTO queues (name, concurrency, capacity, paused, max_attempts, timeout_ms, \
          backoff_base_ms, backoff_max_ms, created_at, updated_at, rate_limit, rate_limit_key, \
-         expires_after_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12) \
+         expires_after_ms, concurrency_min) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13) \
          ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, \
+         concurrency_min = excluded.concurrency_min, \
          capacity = excluded.capacity, paused = excluded.paused, \
          max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, \
          backoff_base_ms = excluded.backoff_base_ms, backoff_max_ms = excluded.backoff_max_ms, \
@@ -170,7 +171,7 @@ pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, S
          RETURNING xmax = 0",
     )
     .bind(&config.name)
-    .bind(i64::from(config.concurrency))
+    .bind(i64::from(config.concurrency.max()))
     .bind(config.capacity as i64)
     .bind(config.paused)
     .bind(i64::from(config.defaults.max_attempts))
@@ -187,6 +188,7 @@ pub async fn upsert_queue(pool: &PgPool, config: &QueueConfig) -> Result<bool, S
             .and_then(|limit| limit.key.as_ref()),
     )
     .bind(config.defaults.expires_after_ms.map(|ms| ms as i64))
+    .bind(config.concurrency.range().map(|range| i64::from(range.min)))
     .fetch_one(pool)
     .await?;
     Ok(created)

@@ -561,9 +561,10 @@ pub(super) fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bo
     conn.prepare_cached(
         "INSERT INTO queues (name, concurrency, capacity, paused, max_attempts, timeout_ms, \
          backoff_base_ms, backoff_max_ms, created_at, updated_at, rate_limit, rate_limit_key, \
-         expires_after_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         expires_after_ms, concurrency_min) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, \
+         concurrency_min = excluded.concurrency_min, \
          capacity = excluded.capacity, paused = excluded.paused, \
          max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, \
          backoff_base_ms = excluded.backoff_base_ms, backoff_max_ms = excluded.backoff_max_ms, \
@@ -572,7 +573,7 @@ pub(super) fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bo
     )?
     .execute(params![
         config.name,
-        i64::from(config.concurrency),
+        i64::from(config.concurrency.max()),
         config.capacity as i64,
         i64::from(config.paused),
         i64::from(config.defaults.max_attempts),
@@ -588,6 +589,7 @@ pub(super) fn upsert_queue(conn: &Connection, config: &QueueConfig) -> Result<bo
             .as_ref()
             .and_then(|limit| limit.key.as_ref()),
         config.defaults.expires_after_ms.map(|ms| ms as i64),
+        config.concurrency.range().map(|range| i64::from(range.min)),
     ])?;
     Ok(exists.is_none())
 }
