@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::batches::submit_batch;
-use crate::helpers::{SOON, TestApp, id_of, spawn_app_with};
+use crate::helpers::{PgSchema, SOON, TestApp, id_of, spawn_app_with};
 
 const KNEE: usize = 8;
 const FAST: Duration = Duration::from_millis(50);
@@ -82,31 +82,50 @@ async fn run(app: &TestApp, target: &MockServer, name: &str, n: usize) -> (Durat
     }
 }
 
+async fn app_on(database_url: Option<&str>) -> TestApp {
+    let url = database_url.map(str::to_owned);
+    spawn_app_with(move |config| {
+        config.outbound_allow = "127.0.0.1".parse().unwrap();
+        if let Some(url) = url {
+            config.database_url = url;
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_adaptive_queue_settles_near_the_targets_knee_beats_a_fixed_64_and_shrinks_when_idle() {
+    settles_beats_a_fixed_64_and_shrinks(&app_on(None).await).await;
+}
+
+#[tokio::test]
+async fn an_adaptive_queue_adapts_alike_on_postgres() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    settles_beats_a_fixed_64_and_shrinks(&app_on(Some(&schema.url)).await).await;
+}
+
+async fn settles_beats_a_fixed_64_and_shrinks(app: &TestApp) {
     let target = MockServer::start().await;
     Mock::given(wiremock::matchers::path("/work"))
         .respond_with(SlowsPastTheKnee::default())
         .mount(&target)
         .await;
-    let app = spawn_app_with(|config| {
-        config.outbound_allow = "127.0.0.1".parse().unwrap();
-    })
-    .await;
     app.configure_queue("adaptive", json!({"concurrency": {"min": 2, "max": 64}}))
         .await;
     app.configure_queue("fixed", json!({"concurrency": 64}))
         .await;
-    let shown = queue(&app, "adaptive").await;
+    let shown = queue(app, "adaptive").await;
     assert_eq!(
         shown["concurrency"],
         json!({"min": 2, "max": 64}),
         "{shown}"
     );
     assert_eq!(shown["current_concurrency"], 2, "{shown}");
-    assert_eq!(queue(&app, "fixed").await["current_concurrency"], 64);
+    assert_eq!(queue(app, "fixed").await["current_concurrency"], 64);
 
-    let (adaptive, samples) = run(&app, &target, "adaptive", 400).await;
+    let (adaptive, samples) = run(app, &target, "adaptive", 400).await;
     // Where it settled: the second half of the run, past the climb.
     let mut late = samples[samples.len() / 2..].to_vec();
     late.sort_unstable();
@@ -119,7 +138,7 @@ async fn an_adaptive_queue_settles_near_the_targets_knee_beats_a_fixed_64_and_sh
         late.iter().all(|limit| *limit <= 16),
         "it stays near the knee: {late:?}"
     );
-    let (fixed, _) = run(&app, &target, "fixed", 400).await;
+    let (fixed, _) = run(app, &target, "fixed", 400).await;
     eprintln!("adaptive {adaptive:?} (settled at {median}), fixed 64 {fixed:?}");
     assert!(
         adaptive < fixed,
@@ -135,7 +154,7 @@ async fn an_adaptive_queue_settles_near_the_targets_knee_beats_a_fixed_64_and_sh
     // Idle, it goes back to its min.
     let deadline = Instant::now() + SOON;
     loop {
-        let now = queue(&app, "adaptive").await["current_concurrency"]
+        let now = queue(app, "adaptive").await["current_concurrency"]
             .as_u64()
             .unwrap();
         if now == 2 {

@@ -14,6 +14,7 @@ use spool::domain::JobId;
 use spool::kinds::{JobContext, JobFailure, JobKind};
 
 use crate::batches::submit_batch;
+use crate::events::EventStream;
 use crate::helpers::{PgSchema, SOON, TestApp, id_of, job_ids, spawn_app_with_kinds};
 use crate::webhooks::Receiver;
 
@@ -186,6 +187,7 @@ async fn a_batch_reruns_by_hand(app: &TestApp) {
     receiver.wait_for(1, SOON).await;
 
     // The failed jobs run again (and fail again).
+    let mut stream = EventStream::open(app, &format!("batch_id={id}"), None).await;
     let response = retry(app, &id, None).await;
     assert_eq!(response.status(), 202);
     assert_eq!(
@@ -208,6 +210,23 @@ async fn a_batch_reruns_by_hand(app: &TestApp) {
     assert_eq!(waiting, 6, "{reopened}");
     let again = retry(app, &id, None).await;
     assert_eq!(again.status(), 409, "a re-run batch is running");
+    // The stream says so, before the re-run jobs' own events, then the new end.
+    let seen = stream
+        .until(|message| message.event == "batch.finished")
+        .await;
+    let events: Vec<&str> = seen.iter().map(|m| m.event.as_str()).collect();
+    let retried = events.iter().position(|e| *e == "batch.retried");
+    let first_queued = events.iter().position(|e| *e == "job.queued");
+    assert!(
+        retried.is_some() && retried < first_queued,
+        "batch.retried first: {events:?}"
+    );
+    assert_eq!(seen[retried.unwrap()].json()["batch"]["id"], id.as_str());
+    assert_eq!(
+        events.iter().filter(|e| **e == "job.failed").count(),
+        6,
+        "{events:?}"
+    );
 
     let second = finished(app, &id, 1).await;
     assert_eq!(second["status"], "failed", "{second}");

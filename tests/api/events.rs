@@ -70,7 +70,7 @@ impl EventStream {
     }
 
     /// Opens `/v1/events?{query}`, asserting a 200 SSE response.
-    async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Self {
+    pub(crate) async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Self {
         let response = request(app, query, last_event_id).await;
         let status = response.status();
         if status != 200 {
@@ -125,7 +125,7 @@ impl EventStream {
     }
 
     /// Messages up to and including the first for which `last` holds.
-    async fn until(&mut self, last: impl Fn(&Message) -> bool) -> Vec<Message> {
+    pub(crate) async fn until(&mut self, last: impl Fn(&Message) -> bool) -> Vec<Message> {
         let mut seen = Vec::new();
         loop {
             let message = self.next().await;
