@@ -50,6 +50,22 @@ pub async fn retry_batch<T: Transaction>(
         }
         return Ok(BatchRetryOutcome::Replayed(response));
     }
+    // By hand, a batch that has not finished is refused before any lock:
+    // its jobs may be ending meanwhile, and a completion holds its job's
+    // row, then the batch's, then (re-running it by policy) the others'.
+    if let Rerun::ByHand { .. } = rerun
+        && tx.batch_finished(id).await? != Some(true)
+    {
+        match tx.batch(id, None).await? {
+            Some(batch) if batch.tenant != tenant => return Ok(BatchRetryOutcome::NotFound),
+            None => return Ok(BatchRetryOutcome::NotFound),
+            Some(batch) if batch.finished_at.is_none() => {
+                return Ok(BatchRetryOutcome::Running(Box::new(batch)));
+            }
+            // It finished meanwhile: re-run it.
+            Some(_) => {}
+        }
+    }
     // The jobs' rows before the batch's, the order completions lock them in.
     let jobs = tx.batch_jobs(id).await?;
     let job_ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
