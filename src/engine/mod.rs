@@ -5,7 +5,8 @@
 //! readiness, shutdown), `jobs`, `batches`, `waiting` (long-polls), `queues`,
 //! `tenants`, `schedules` (with its firing loop); `validation` is the one check of a job spec, `effects` acts on
 //! what a write set in motion, `error` says why a request was refused. Loops:
-//! `worker` (dispatch, attempts), `maintenance`, `shared` (the bus). Helpers:
+//! `worker` (dispatch, attempts), `maintenance`, `shared` (the bus); `slots`
+//! (which writes fill a slot). Helpers:
 //! `drain`, `ready_clock`, `waiters`, `limiter` (an adaptive queue's limit).
 
 mod batches;
@@ -21,6 +22,7 @@ mod queues;
 mod ready_clock;
 mod schedules;
 mod shared;
+mod slots;
 mod tenants;
 mod validation;
 mod waiters;
