@@ -86,7 +86,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Every event type but `job.progress`: for screens that show counts only. */
 export const STATE_CHANGES = [
   'job.scheduled', 'job.queued', 'job.started', 'job.retrying',
-  'job.succeeded', 'job.failed', 'job.cancelled', 'batch.finished',
+  'job.succeeded', 'job.failed', 'job.cancelled', 'batch.finished', 'batch.retried',
 ].join(',');
 
 /**

@@ -90,13 +90,22 @@ export function batchScreen(ctx) {
     const actionsKey = `${batch.status}|${batch.cancel_requested}`;
     if (shownActions !== actionsKey) {
       shownActions = actionsKey;
-      fill(actions, ctx.can('write') && batch.status === 'running' && !batch.cancel_requested
-        ? h('button', { type: 'button', 'data-action': 'cancel-batch', onclick: cancel }, 'Cancel batch')
-        : null);
+      let action = null;
+      if (ctx.can('write') && batch.status === 'running' && !batch.cancel_requested) {
+        action = h('button', { type: 'button', 'data-action': 'cancel-batch', onclick: cancel }, 'Cancel batch');
+      } else if (ctx.can('write') && batch.finished_at && c.failed + c.cancelled > 0) {
+        action = h('button', { type: 'button', 'data-action': 'rerun-batch', onclick: rerun }, 'Re-run failed jobs');
+      }
+      fill(actions, action);
     }
     fill(details, facts([
       ...COUNTS.map((name) => [name[0].toUpperCase() + name.slice(1), h('span', { 'data-count': name }, String(c[name]))]),
       ['Success threshold', String(batch.success_threshold)],
+      ['In flight', batch.max_in_flight ? `${batch.in_flight} of at most ${batch.max_in_flight}` : null],
+      ['Re-runs', batch.retries || batch.retry
+        ? h('span', { 'data-retries': '' }, String(batch.retries),
+          batch.retry ? ` (by itself up to ${batch.retry.max_times}, past ${batch.retry.when_failed_ratio * 100} % failed)` : '')
+        : null],
       ['Metadata', Object.keys(batch.metadata || {}).length ? jsonInline(batch.metadata) : null],
       ['Created', time(batch.created_at)],
       ['Finished', time(batch.finished_at)],
@@ -113,9 +122,21 @@ export function batchScreen(ctx) {
     }
   }
 
+  async function rerun() {
+    try {
+      await api('POST', `/v1/batches/${encodeURIComponent(id)}/retry`, { scope: 'failed' });
+      ctx.notify('Batch re-run: its failed and cancelled jobs run again.');
+      await load();
+    } catch (error) {
+      ctx.fail(error);
+    }
+  }
+
   const load = serial(async () => {
     try {
       batch = await api('GET', `/v1/batches/${encodeURIComponent(id)}`);
+      // Re-run after it was read to the end: read on from the held cursor.
+      if (!batch.finished_at) finishedReading = false;
       render();
       if (tbody.children.length < LIVE_RESULTS) readResults();
     } catch (error) {
@@ -139,7 +160,9 @@ export function batchScreen(ctx) {
         if (cursor) query.set('cursor', cursor);
         const page = await api('GET', `/v1/batches/${encodeURIComponent(id)}/results?${query}`);
         for (const item of page.items) {
-          tbody.append(h('tr', { 'data-job-id': item.job_id, 'data-status': item.status },
+          // A re-run job's new result replaces its old row.
+          tbody.querySelector(`tr[data-job-id="${item.job_id}"]`)?.remove();
+          tbody.append(h('tr', { 'data-job-id': item.job_id, 'data-status': item.status, 'data-finished-at': item.finished_at },
             h('td', { 'data-label': '#' }, String(item.index)),
             h('td', { 'data-label': 'Job' }, h('a', { href: `#/jobs/${item.job_id}`, class: 'mono', title: item.job_id }, shortId(item.job_id))),
             h('td', { 'data-label': 'Status' }, statusBadge(item.status)),
@@ -149,6 +172,7 @@ export function batchScreen(ctx) {
         }
         if (page.next_cursor === null || page.next_cursor === undefined) {
           finishedReading = true;
+          cursor = page.cursor || cursor;
           break;
         }
         cursor = page.next_cursor;

@@ -221,6 +221,33 @@ describe('the dashboard', () => {
     await page.context().close();
   });
 
+  test('re-runs a failed batch from its page and shows each job once, with its new result', async () => {
+    const failing = { kind: 'sleep', payload: { ms: 10, fail: true }, max_attempts: 1 };
+    const batch = await api('POST', '/v1/batches', { jobs: [failing, failing, { kind: 'noop' }] });
+    await api('GET', `/v1/batches/${batch.id}?wait=20`);
+    const page = await openDashboard(ADMIN_KEY, `#/batches/${batch.id}`);
+    await page.waitForSelector('#batch[data-status="failed"]');
+    await eventually('three results', async () => (await page.$$('#results tbody tr')).length === 3);
+    await page.click('#batch button[data-action="rerun-batch"]');
+    await eventually('re-run once', async () => (await api('GET', `/v1/batches/${batch.id}`)).retries === 1);
+    await page.waitForSelector('#batch[data-status="failed"]');
+    await page.waitForSelector('#batch [data-retries]');
+    assert.equal((await page.textContent('#batch [data-retries]')).trim(), '1');
+    // Each job once: the re-run results replaced the old rows.
+    await eventually('the re-run results shown', async () => {
+      if (!(await api('GET', `/v1/batches/${batch.id}`)).finished_at) return false;
+      for (const jobId of batch.job_ids.slice(0, 2)) {
+        const job = await api('GET', `/v1/jobs/${jobId}`);
+        const shown = await page.getAttribute(`#results tr[data-job-id="${jobId}"]`, 'data-finished-at');
+        if (shown !== job.finished_at) return false;
+      }
+      return true;
+    });
+    assert.equal((await page.$$('#results tbody tr')).length, 3);
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
+
   test("follows a batch's progress bar to 100 %", async () => {
     const page = await openDashboard(ADMIN_KEY, '#/queues');
     const spec = { jobs: [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000].map((ms) => sleepJob(ms)) };
