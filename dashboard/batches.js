@@ -76,6 +76,7 @@ export function batchScreen(ctx) {
   let batch = null;
   let cursor = '';
   let finishedReading = false;
+  let seenRetries = null; // the batch's re-runs when last read
   let reading = false;
   let readAgain = false; // asked while a read ran: read once more after it
   let shownActions = null;
@@ -135,8 +136,12 @@ export function batchScreen(ctx) {
   const load = serial(async () => {
     try {
       batch = await api('GET', `/v1/batches/${encodeURIComponent(id)}`);
-      // Re-run after it was read to the end: read on from the held cursor.
-      if (!batch.finished_at) finishedReading = false;
+      // Re-run after it was read to the end (it may have ended again
+      // already): read on from the held cursor.
+      if (!batch.finished_at || (seenRetries !== null && batch.retries !== seenRetries)) {
+        finishedReading = false;
+      }
+      seenRetries = batch.retries;
       render();
       if (tbody.children.length < LIVE_RESULTS) readResults();
     } catch (error) {
