@@ -39,11 +39,15 @@ impl Engine {
     pub(super) async fn dispatch_loop(self) {
         let stopping = self.inner.stopping.clone();
         loop {
-            let wanted: Vec<(String, u32)> = self
+            // (queue, free slots, adaptive)
+            let wanted: Vec<(String, u32, bool)> = self
                 .read_queues()
                 .values()
                 .filter(|q| !q.config.paused && q.running < q.limit())
-                .map(|q| (q.config.name.clone(), q.limit() - q.running))
+                .map(|q| {
+                    let adaptive = q.limiter.is_some();
+                    (q.config.name.clone(), q.limit() - q.running, adaptive)
+                })
                 .collect();
             // Cleared before the claims: one that passes over a limited job
             // sets it again.
@@ -53,7 +57,7 @@ impl Engine {
             if !wanted.is_empty() {
                 let now = Timestamp::now();
                 let lease_until = self.lease_from(now);
-                let claims = wanted.iter().map(|(queue, free)| {
+                let claims = wanted.iter().map(|(queue, free, _)| {
                     self.inner.store.claim_ready(
                         queue,
                         *free,
@@ -63,14 +67,17 @@ impl Engine {
                     )
                 });
                 // Claims of all queues go out together and share one commit.
-                for (result, (queue, free)) in futures::future::join_all(claims)
+                for (result, (queue, free, adaptive)) in futures::future::join_all(claims)
                     .await
                     .into_iter()
                     .zip(&wanted)
                 {
                     match result {
                         Ok(claimed) => {
-                            self.claimed_for(queue, claimed.jobs.len(), *free);
+                            // Only an adaptive limit reads what a claim took.
+                            if *adaptive {
+                                self.claimed_for(queue, claimed.jobs.len(), *free);
+                            }
                             if let Some(at) = claimed.next_eligible_at {
                                 self.inner
                                     .next_eligible_ms

@@ -103,18 +103,7 @@ pub async fn create_batch(
         )
         .await
         .map_err(|error| with_rate_headers(error.into(), rate.as_ref()))?;
-    let mut response = match submitted {
-        BatchSubmitted::Created(batch) => {
-            let location = format!("/v1/batches/{}", batch.id);
-            (
-                StatusCode::ACCEPTED,
-                [(header::LOCATION, location)],
-                Json(batch),
-            )
-                .into_response()
-        }
-        BatchSubmitted::Replayed(stored) => replayed(&stored, "/v1/batches"),
-    };
+    let mut response = accepted(submitted);
     add_rate_headers(&mut response, rate.as_ref());
     Ok(response)
 }
@@ -274,7 +263,12 @@ pub async fn retry_batch(
         .engine
         .retry_batch(&caller.tenant, id, scope, idempotency)
         .await?;
-    Ok(match retried {
+    Ok(accepted(retried))
+}
+
+/// 202 with the batch and its `Location`, or the replay of a repeat.
+fn accepted(submitted: BatchSubmitted) -> Response {
+    match submitted {
         BatchSubmitted::Created(batch) => {
             let location = format!("/v1/batches/{}", batch.id);
             (
@@ -285,7 +279,7 @@ pub async fn retry_batch(
                 .into_response()
         }
         BatchSubmitted::Replayed(stored) => replayed(&stored, "/v1/batches"),
-    })
+    }
 }
 
 /// Cancel a batch.
