@@ -87,8 +87,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-65536");
+            .pragma("temp_store", "memory");
+        // The read pool keeps SQLite's default page cache: a reader's cache
+        // is dropped whole whenever another connection wrote since its last
+        // read, so under load a bigger one only costs the dropping.
         let path = options.get_filename().to_path_buf();
         if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
             return Err(StoreError::Unavailable(
@@ -106,9 +108,19 @@ impl SqliteStore {
         // PostgreSQL has no such key): admission checks the queue in its
         // transaction, and a deleted queue's finished jobs keep its name.
         let writer = rusqlite::Connection::open(&path)?;
+        // A small page cache (SQLite's default 2 000 KiB), not a big one:
+        // a commit that follows a B-tree rebalance walks every page in the
+        // cache. The rebalance renumbers a page through the reserved page
+        // at 1 GiB (`balance_nonroot`), which leaves the cache believing
+        // it holds pages past the end of the file, and the commit's
+        // truncation then scans the whole cache for them. With 64 MiB
+        // (16 000 pages) that walk was 13 % of the writer's time in a
+        // drain; pages the cache drops are read again from the operating
+        // system's cache, which costs less (see docs/benchmarks.md,
+        // 2026-12-08).
         writer.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
-             PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
+             PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -2000; \
              PRAGMA wal_autocheckpoint = 0;",
         )?;
         writer.set_prepared_statement_cache_capacity(64);
