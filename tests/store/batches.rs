@@ -529,3 +529,55 @@ async fn state_of_opt(store: &Arc<dyn JobStore>, id: JobId) -> Option<JobState> 
         .unwrap()
         .map(|job| job.status)
 }
+
+/// More jobs than one multi-row INSERT holds (SQLite writes them 64 at a
+/// time, the rest one by one): every job comes back with what it was
+/// submitted with, in its own row, none swapped with a neighbour's.
+pub async fn a_batch_larger_than_one_insert_stores_each_job_as_submitted(store: Arc<dyn JobStore>) {
+    with_queues(&store, &[("default", 1_000)]).await;
+    let specs: Vec<serde_json::Value> = (0..130)
+        .map(|n: i64| {
+            let mut spec = json!({
+                "payload": {"n": n},
+                "priority": n % 7,
+                "timeout_ms": 1_000 + n,
+                "metadata": {"n": n.to_string()},
+            });
+            if n % 10 == 9 {
+                spec["depends_on"] = json!([n - 1]);
+            }
+            if n % 4 == 0 {
+                spec["concurrency_key"] = json!(format!("k{n}"));
+                spec["concurrency_limit"] = json!(n + 1);
+            }
+            spec
+        })
+        .collect();
+    let (batch, ids) = submit_batch(&store, &specs, 1.0).await;
+    for (n, id) in ids.iter().enumerate() {
+        let job = store
+            .get_job(TENANT_DEFAULT, *id)
+            .await
+            .expect("storage works")
+            .expect("the job is stored");
+        let n = n as i64;
+        assert_eq!(job.payload, json!({"n": n}), "job {n}");
+        assert_eq!(i64::from(job.priority), n % 7, "job {n}");
+        assert_eq!(job.timeout_ms as i64, 1_000 + n, "job {n}");
+        assert_eq!(job.metadata.get("n"), Some(&n.to_string()), "job {n}");
+        assert_eq!(job.batch_id, Some(batch), "job {n}");
+        let (depends_on, state) = if n % 10 == 9 {
+            (vec![ids[n as usize - 1]], JobState::Scheduled)
+        } else {
+            (Vec::new(), JobState::Queued)
+        };
+        assert_eq!(job.depends_on, depends_on, "job {n}");
+        assert_eq!(job.status, state, "job {n}");
+        let key = (n % 4 == 0).then(|| (format!("k{n}"), n as u32 + 1));
+        assert_eq!(
+            job.concurrency_key.clone().zip(job.concurrency_limit),
+            key,
+            "job {n}"
+        );
+    }
+}

@@ -105,6 +105,7 @@ macro_rules! with_every_case {
             queue_counts_match_the_jobs_after_every_kind_of_transition,
             batch_counts_follow_every_transition_and_the_last_job_decides_the_status,
             a_batch_whose_jobs_succeed_together_finishes_once_with_each_result_numbered_once,
+            a_batch_larger_than_one_insert_stores_each_job_as_submitted,
             results_come_in_finishing_order_after_a_cursor,
             a_dependent_waits_until_its_dependencies_succeed_and_gets_their_results,
             a_failed_dependency_cancels_its_dependents_transitively,
