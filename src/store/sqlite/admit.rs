@@ -136,9 +136,10 @@ const INSERT_WIDTH: usize = 27;
 /// Rows per multi-row INSERT. Each statement inside a savepoint (a batch's,
 /// see `submit`) copies every page it touches into SQLite's statement
 /// journal and, when it ends, walks that journal from its start: one
-/// statement per job made a batch of 1 000 pay that a thousand times, and
-/// half of the writer's time went to it (`docs/benchmarks.md`,
-/// 2026-12-08). 64 rows bind 1 728 values, far below SQLite's 32 766.
+/// statement per job made a batch of 1 000 pay that a thousand times (the
+/// walk alone was 12 % of the writer's samples, and batches went 1.5 times
+/// faster without it: `docs/benchmarks.md`, 2026-12-08). 64 rows bind
+/// 1 728 values, far below SQLite's limit of 32 766.
 const INSERT_ROWS: usize = 64;
 
 pub(super) fn insert_jobs(
