@@ -147,25 +147,21 @@ pub(super) fn insert_jobs(
     jobs: &[NewJob],
     pending: &[i64],
 ) -> Result<(), StoreError> {
-    let rows: Vec<(&NewJob, i64)> = jobs.iter().zip(pending.iter().copied()).collect();
-    let mut chunks = rows.chunks_exact(INSERT_ROWS);
-    if chunks.len() > 0 {
-        let mut insert = conn.prepare_cached(&INSERT_MANY)?;
-        for chunk in chunks.by_ref() {
-            for (row, (job, pending)) in chunk.iter().enumerate() {
+    for (jobs, pending) in jobs.chunks(INSERT_ROWS).zip(pending.chunks(INSERT_ROWS)) {
+        if jobs.len() == INSERT_ROWS {
+            let mut insert = conn.prepare_cached(&INSERT_MANY)?;
+            for (row, (job, pending)) in jobs.iter().zip(pending).enumerate() {
                 bind_job(&mut insert, row * INSERT_WIDTH, job, *pending)?;
             }
             insert.raw_execute()?;
-        }
-    }
-    // Fewer than `INSERT_ROWS` left: one statement each, so that the cache
-    // holds two statements, not one per remainder.
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut insert = conn.prepare_cached(&INSERT_ONE)?;
-        for (job, pending) in rest {
-            bind_job(&mut insert, 0, job, *pending)?;
-            insert.raw_execute()?;
+        } else {
+            // The last, short chunk: one statement per job, so that the
+            // cache holds two statements, not one per chunk length.
+            let mut insert = conn.prepare_cached(&INSERT_ONE)?;
+            for (job, pending) in jobs.iter().zip(pending) {
+                bind_job(&mut insert, 0, job, *pending)?;
+                insert.raw_execute()?;
+            }
         }
     }
     Ok(())
@@ -191,11 +187,7 @@ fn bind_job(
     job: &NewJob,
     pending: i64,
 ) -> Result<(), StoreError> {
-    let depends_on = if job.depends_on.is_empty() {
-        "[]".to_owned()
-    } else {
-        to_json(&job.depends_on)
-    };
+    let depends_on = (!job.depends_on.is_empty()).then(|| to_json(&job.depends_on));
     let values: [&dyn rusqlite::ToSql; INSERT_WIDTH] = [
         &job.id.to_string(),
         &job.tenant,
@@ -214,7 +206,7 @@ fn bind_job(
         &job.run_at.as_millis(),
         &job.batch_id.map(|id| id.to_string()),
         &job.batch_index.map(i64::from),
-        &depends_on,
+        &depends_on.as_deref().unwrap_or("[]"),
         &pending,
         &job.callback_url,
         &job.concurrency.as_ref().map(|(key, _)| key),

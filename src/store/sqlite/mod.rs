@@ -81,6 +81,9 @@ impl SqliteStore {
     /// Opens (creating when missing) the database at `url`, e.g.
     /// `sqlite://spool.db`, and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        // The read pool keeps SQLite's default page cache: a reader's cache
+        // is dropped whole whenever another connection wrote since its last
+        // read, so under load a bigger one only costs the dropping.
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -88,9 +91,6 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
-        // The read pool keeps SQLite's default page cache: a reader's cache
-        // is dropped whole whenever another connection wrote since its last
-        // read, so under load a bigger one only costs the dropping.
         let path = options.get_filename().to_path_buf();
         if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
             return Err(StoreError::Unavailable(
